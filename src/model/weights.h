@@ -7,6 +7,7 @@
 
 #include "core/tensor.h"
 #include "model/config.h"
+#include "tokenizer/tokenizer.h"
 
 namespace nb {
 
@@ -32,13 +33,6 @@ struct ModelWeights {
   // Total parameters and stored bytes of all tensors (tied output counted once).
   int64_t num_params() const;
   int64_t num_bytes() const;
-};
-
-// Where a model's tokenizer lives, as found by the loader.
-struct TokenizerSource {
-  enum class Kind { kNone, kGguf, kSentencePieceModel, kLlama2cBin, kHfTokenizerJson };
-  Kind kind = Kind::kNone;
-  std::string path;  // the .gguf, tokenizer.model, tok*.bin or tokenizer.json
 };
 
 struct LoadedModel {
