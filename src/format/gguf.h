@@ -52,6 +52,7 @@ class GgufFile {
   uint32_t version() const { return version_; }
   uint64_t alignment() const { return alignment_; }
   const std::string& path() const { return file_->path(); }
+  const std::shared_ptr<MappedFile>& file() const { return file_; }
 
   const GgufValue* find(std::string_view key) const;
   Result<std::string> get_string(std::string_view key) const;
@@ -77,5 +78,8 @@ class GgufFile {
   std::unordered_map<std::string, size_t> tensor_index_;
   friend class GgufParser;
 };
+
+// "Q4_K", "F32", ... for a raw ggml type id ("UNKNOWN" past the table).
+std::string_view ggml_type_name(uint32_t ggml_type);
 
 }  // namespace nb
