@@ -3,6 +3,7 @@
 // replaces it for serving; generate/chat/bench on one sequence use this.
 #pragma once
 #include <cstdint>
+#include <span>
 #include <vector>
 
 #include "model/config.h"

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "core/status.h"
+#include "backend/ops.h"
 #include "core/thread_pool.h"
 #include "model/weights.h"
 
