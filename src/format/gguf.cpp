@@ -7,6 +7,8 @@
 // header fails with a Status instead of reserving gigabytes.
 #include "format/gguf.h"
 
+#include "format/aligned_view.h"
+
 #include <cstring>
 #include <limits>
 
@@ -451,8 +453,8 @@ Result<Tensor> GgufFile::tensor(const GgufTensorInfo& info) const {
   if (!file_->contains(info.offset, info.nbytes)) {
     return out_of_range("tensor '" + info.name + "' lies outside '" + path() + "'");
   }
-  auto* p = const_cast<uint8_t*>(file_->data() + info.offset);
-  return Tensor::view(p, info.shape.data(), static_cast<int>(info.shape.size()), info.dtype, file_);
+  return view_or_aligned_copy(file_->data() + info.offset, info.nbytes, info.shape.data(),
+                              static_cast<int>(info.shape.size()), info.dtype, file_);
 }
 
 std::string_view ggml_type_name(uint32_t ggml_type) {
