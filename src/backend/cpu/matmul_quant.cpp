@@ -1,0 +1,276 @@
+// y[m, n] = x[m, :] . W[n, :] for GGUF block weights Q8_0 / Q4_0 / Q4_1, the way llama.cpp does it:
+// x is quantized once per call to 8-bit blocks of 32 (act_quant.h), every 32-element block product
+// is an exact int32 dot product (AVX-512 VNNI vpdpbusd: unsigned weight bytes x signed activation
+// bytes), and one f32 multiply-add per block applies the two block scales.
+//   Q4_1: w = d q + m, q in 0..15  ->  d da (q . qa) + m (da sum qa)
+//   Q4_0: w = d (q - 8)            ->  d da (q . qa - 8 sum qa)      (the 8 sum qa is `corr`)
+//   Q8_0: w = d q, q signed        ->  d da ((q + 128) . qa - 128 sum qa)   (sign bit flipped)
+// Work split: output rows across threads (contiguous chunks); inside a chunk, tiles of kRows weight
+// rows x kTokens activation rows, so each weight group is unpacked once per tile and each
+// activation group is loaded once per kRows rows.
+#include <algorithm>
+#include <array>
+#include <cstring>
+#include <memory>
+#include <new>
+#include <utility>
+
+#include "backend/cpu/act_quant.h"
+#include "backend/cpu/matmul_internal.h"
+#include "backend/cpu/simd.h"
+
+namespace nb::cpu {
+
+namespace {
+
+struct AlignedFree {
+  void operator()(uint8_t* p) const { ::operator delete[](p, std::align_val_t{64}); }
+};
+using AlignedBytes = std::unique_ptr<uint8_t[], AlignedFree>;
+AlignedBytes alloc_aligned(size_t n) {
+  return AlignedBytes(static_cast<uint8_t*>(::operator new[](n, std::align_val_t{64})));
+}
+
+int act_bias(DType t) {
+  switch (t) {
+    case DType::kQ4_0: return 8;
+    case DType::kQ8_0: return 128;
+    default: return 0;
+  }
+}
+
+using QuantizeRowFn = void (*)(const float*, const ActQ8Layout&, int, uint8_t*);
+
+// Quantizes the m activation rows; threaded when there are enough rows to pay for a dispatch.
+AlignedBytes quantize_activations(const MatmulParams& p, const ActQ8Layout& l, ThreadPool& pool,
+                                  QuantizeRowFn quantize_row) {
+  AlignedBytes buf = alloc_aligned(l.row_bytes * static_cast<size_t>(p.m));
+  const int bias = act_bias(p.weight.dtype());
+  auto body = [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) quantize_row(p.x + r * l.k, l, bias, buf.get() + l.row_bytes * static_cast<size_t>(r));
+  };
+  if (p.m >= 8) {
+    pool.parallel_for(p.m, body);
+  } else {
+    body(0, p.m);
+  }
+  return buf;
+}
+
+// Plain C++ block dot product of weight row w (nb blocks) with quantized activation row a.
+float dot_row_portable(DType t, const uint8_t* w, const uint8_t* a, const ActQ8Layout& l) {
+  const auto* qs = reinterpret_cast<const int8_t*>(a);
+  const auto* scale = reinterpret_cast<const float*>(a + l.scale_offset);
+  const auto* sum = reinterpret_cast<const float*>(a + l.sum_offset);
+  float acc = 0.f;
+  int q[32];
+  for (int64_t b = 0; b < l.num_blocks; ++b) {
+    float dw = 0.f, mw = 0.f;
+    if (t == DType::kQ8_0) {
+      const auto* blk = reinterpret_cast<const BlockQ8_0*>(w) + b;
+      dw = fp16_to_fp32(blk->d);
+      for (int e = 0; e < 32; ++e) q[e] = blk->qs[e];
+    } else if (t == DType::kQ4_0) {
+      const auto* blk = reinterpret_cast<const BlockQ4_0*>(w) + b;
+      dw = fp16_to_fp32(blk->d);
+      for (int e = 0; e < 16; ++e) {
+        q[e] = (blk->qs[e] & 0xf) - 8;
+        q[e + 16] = (blk->qs[e] >> 4) - 8;
+      }
+    } else {
+      const auto* blk = reinterpret_cast<const BlockQ4_1*>(w) + b;
+      dw = fp16_to_fp32(blk->d);
+      mw = fp16_to_fp32(blk->m);
+      for (int e = 0; e < 16; ++e) {
+        q[e] = blk->qs[e] & 0xf;
+        q[e + 16] = blk->qs[e] >> 4;
+      }
+    }
+    const int64_t g = b / 4;
+    const int i = static_cast<int>(b % 4);
+    const int8_t* gq = qs + g * 128 + i * 16;
+    int32_t dot = 0;
+    for (int e = 0; e < 16; ++e) dot += q[e] * gq[e] + q[e + 16] * gq[64 + e];
+    acc += dw * scale[g * 16 + i * 4] * static_cast<float>(dot) + mw * sum[b];
+  }
+  return acc;
+}
+
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
+#define NB_HAVE_VNNI_MATMUL 1
+
+constexpr int kRows = 4;    // weight rows per tile
+constexpr int kTokens = 4;  // activation rows per tile
+
+template <DType kT>
+struct QFormat;
+template <>
+struct QFormat<DType::kQ4_1> {
+  static constexpr size_t kBlockBytes = sizeof(BlockQ4_1), kQsOffset = 4;
+  static constexpr bool kNibbles = true, kHasMin = true, kHasCorr = false;
+};
+template <>
+struct QFormat<DType::kQ4_0> {
+  static constexpr size_t kBlockBytes = sizeof(BlockQ4_0), kQsOffset = 2;
+  static constexpr bool kNibbles = true, kHasMin = false, kHasCorr = true;
+};
+template <>
+struct QFormat<DType::kQ8_0> {
+  static constexpr size_t kBlockBytes = sizeof(BlockQ8_0), kQsOffset = 2;
+  static constexpr bool kNibbles = false, kHasMin = false, kHasCorr = true;
+};
+
+// One group of 4 weight blocks of one row, ready for vpdpbusd.
+struct WeightGroup {
+  __m512i lo, hi;  // unsigned bytes in the act_quant.h group order
+  __m512 d;        // block scale of block i in lanes 4i..4i+3
+  __m512 m;        // Q4_1: min / 4 in lanes 4i..4i+3 (each of the 4 lanes adds a quarter)
+};
+
+inline __m128i load16(const uint8_t* p) { return _mm_loadu_si128(reinterpret_cast<const __m128i*>(p)); }
+
+inline __m512i gather_quarters(const uint8_t* p0, const uint8_t* p1, const uint8_t* p2, const uint8_t* p3) {
+  __m512i v = _mm512_castsi128_si512(load16(p0));
+  v = _mm512_inserti32x4(v, load16(p1), 1);
+  v = _mm512_inserti32x4(v, load16(p2), 2);
+  return _mm512_inserti32x4(v, load16(p3), 3);
+}
+
+inline uint32_t load_u32(const uint8_t* p) {
+  uint32_t v;
+  std::memcpy(&v, p, 4);
+  return v;
+}
+
+// Blocks past `last` (the tail group) re-read block `last`: their activations are zero, so they
+// add d * 0 without touching memory outside the row.
+template <DType kT>
+inline void load_weight_group(const uint8_t* row, int64_t b0, int64_t last, WeightGroup& w) {
+  using F = QFormat<kT>;
+  const uint8_t* p0 = row + static_cast<size_t>(std::min(b0, last)) * F::kBlockBytes;
+  const uint8_t* p1 = row + static_cast<size_t>(std::min(b0 + 1, last)) * F::kBlockBytes;
+  const uint8_t* p2 = row + static_cast<size_t>(std::min(b0 + 2, last)) * F::kBlockBytes;
+  const uint8_t* p3 = row + static_cast<size_t>(std::min(b0 + 3, last)) * F::kBlockBytes;
+  constexpr size_t o = F::kQsOffset;
+  if constexpr (F::kNibbles) {
+    const __m512i q = gather_quarters(p0 + o, p1 + o, p2 + o, p3 + o);
+    const __m512i mask = _mm512_set1_epi8(0x0f);
+    w.lo = _mm512_and_si512(q, mask);
+    w.hi = _mm512_and_si512(_mm512_srli_epi16(q, 4), mask);
+  } else {
+    const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
+    w.lo = _mm512_xor_si512(gather_quarters(p0 + o, p1 + o, p2 + o, p3 + o), flip);
+    w.hi = _mm512_xor_si512(gather_quarters(p0 + o + 16, p1 + o + 16, p2 + o + 16, p3 + o + 16), flip);
+  }
+  // Headers: the first 4 bytes of each block are (d, m) for Q4_1, (d, first qs) otherwise.
+  const __m128i h = _mm_setr_epi32(static_cast<int>(load_u32(p0)), static_cast<int>(load_u32(p1)),
+                                   static_cast<int>(load_u32(p2)), static_cast<int>(load_u32(p3)));
+  const __m512 dm = _mm512_castps256_ps512(_mm256_cvtph_ps(h));  // d0 m0 d1 m1 d2 m2 d3 m3
+  w.d = _mm512_permutexvar_ps(_mm512_setr_epi32(0, 0, 0, 0, 2, 2, 2, 2, 4, 4, 4, 4, 6, 6, 6, 6), dm);
+  if constexpr (F::kHasMin) {
+    w.m = _mm512_mul_ps(_mm512_permutexvar_ps(_mm512_setr_epi32(1, 1, 1, 1, 3, 3, 3, 3, 5, 5, 5, 5, 7, 7, 7, 7), dm),
+                        _mm512_set1_ps(0.25f));
+  }
+}
+
+// y[t * ldy + r] = W row r . activation row t, for r < R, t < T.
+template <DType kT, int R, int T>
+void tile_kernel(const uint8_t* w0, size_t w_stride, const uint8_t* a0, const ActQ8Layout& l, float* y,
+                 int64_t ldy) {
+  using F = QFormat<kT>;
+  __m512 acc[R][T];
+  for (int r = 0; r < R; ++r)
+    for (int t = 0; t < T; ++t) acc[r][t] = _mm512_setzero_ps();
+  const int64_t last = l.num_blocks - 1;
+  const __m512i rep4 = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
+  for (int64_t g = 0; g < l.num_groups; ++g) {
+    WeightGroup w[R];
+    for (int r = 0; r < R; ++r) load_weight_group<kT>(w0 + static_cast<size_t>(r) * w_stride, g * 4, last, w[r]);
+    for (int t = 0; t < T; ++t) {
+      const uint8_t* a = a0 + static_cast<size_t>(t) * l.row_bytes;
+      const __m512i alo = _mm512_load_si512(a + g * 128);
+      const __m512i ahi = _mm512_load_si512(a + g * 128 + 64);
+      const __m512 ascale = _mm512_load_ps(reinterpret_cast<const float*>(a + l.scale_offset) + g * 16);
+      __m512i init = _mm512_setzero_si512();
+      if constexpr (F::kHasCorr) init = _mm512_load_si512(a + l.corr_offset + g * 64);
+      __m512 asum = _mm512_setzero_ps();
+      if constexpr (F::kHasMin) {
+        asum = _mm512_permutexvar_ps(
+            rep4, _mm512_castps128_ps512(_mm_loadu_ps(reinterpret_cast<const float*>(a + l.sum_offset) + g * 4)));
+      }
+      for (int r = 0; r < R; ++r) {
+        const __m512i dot = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(init, w[r].lo, alo), w[r].hi, ahi);
+        acc[r][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(w[r].d, ascale), acc[r][t]);
+        if constexpr (F::kHasMin) acc[r][t] = _mm512_fmadd_ps(w[r].m, asum, acc[r][t]);
+      }
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int t = 0; t < T; ++t) y[t * ldy + r] = _mm512_reduce_add_ps(acc[r][t]);
+}
+
+using TileFn = void (*)(const uint8_t*, size_t, const uint8_t*, const ActQ8Layout&, float*, int64_t);
+
+template <DType kT, int R, int... Ts>
+constexpr auto tile_row(std::integer_sequence<int, Ts...>) {
+  return std::array<TileFn, sizeof...(Ts)>{&tile_kernel<kT, R, Ts + 1>...};
+}
+template <DType kT, int... Rs>
+constexpr auto tile_table(std::integer_sequence<int, Rs...>) {
+  return std::array<std::array<TileFn, kTokens>, sizeof...(Rs)>{
+      tile_row<kT, Rs + 1>(std::make_integer_sequence<int, kTokens>{})...};
+}
+
+template <DType kT>
+void matmul_vnni(const MatmulParams& p, ThreadPool& pool) {
+  static constexpr auto kTable = tile_table<kT>(std::make_integer_sequence<int, kRows>{});
+  const int64_t n = p.weight.dim(0), k = p.weight.dim(1);
+  const ActQ8Layout l = act_q8_layout(k);
+  const AlignedBytes act = quantize_activations(p, l, pool, &quantize_act_row);
+  const auto* w = static_cast<const uint8_t*>(p.weight.data());
+  const size_t w_stride = p.weight.row_nbytes();
+  pool.parallel_for(n, [&](int64_t n0, int64_t n1) {
+    for (int64_t r = n0; r < n1; r += kRows) {
+      const int rows = static_cast<int>(std::min<int64_t>(kRows, n1 - r));
+      for (int64_t t = 0; t < p.m; t += kTokens) {
+        const int toks = static_cast<int>(std::min<int64_t>(kTokens, p.m - t));
+        kTable[static_cast<size_t>(rows - 1)][static_cast<size_t>(toks - 1)](
+            w + static_cast<size_t>(r) * w_stride, w_stride, act.get() + static_cast<size_t>(t) * l.row_bytes, l,
+            p.y + t * n + r, n);
+      }
+    }
+  }, kRows);
+}
+#endif  // AVX-512 VNNI
+
+}  // namespace
+
+namespace portable {
+void matmul_quantized(const MatmulParams& p, ThreadPool& pool) {
+  const int64_t n = p.weight.dim(0), k = p.weight.dim(1);
+  const ActQ8Layout l = act_q8_layout(k);
+  const AlignedBytes act = quantize_activations(p, l, pool, &portable::quantize_act_row);
+  pool.parallel_for(n, [&](int64_t n0, int64_t n1) {
+    for (int64_t r = n0; r < n1; ++r) {
+      const auto* w = p.weight.row<const uint8_t>(r);
+      for (int64_t t = 0; t < p.m; ++t) {
+        p.y[t * n + r] = dot_row_portable(p.weight.dtype(), w, act.get() + static_cast<size_t>(t) * l.row_bytes, l);
+      }
+    }
+  });
+}
+}  // namespace portable
+
+void matmul_quantized(const MatmulParams& p, ThreadPool& pool) {
+#if defined(NB_HAVE_VNNI_MATMUL)
+  switch (p.weight.dtype()) {
+    case DType::kQ4_1: return matmul_vnni<DType::kQ4_1>(p, pool);
+    case DType::kQ4_0: return matmul_vnni<DType::kQ4_0>(p, pool);
+    case DType::kQ8_0: return matmul_vnni<DType::kQ8_0>(p, pool);
+    default: break;
+  }
+#endif
+  portable::matmul_quantized(p, pool);
+}
+
+}  // namespace nb::cpu
