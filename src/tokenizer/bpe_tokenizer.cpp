@@ -63,6 +63,7 @@ class BpeTokenizer final : public Tokenizer {
   std::unordered_map<uint64_t, Merge> merges_;
   std::array<int32_t, 256> byte_token_{};
   bool ignore_merges_ = false;
+  bool missing_byte_to_unk_ = false;
 };
 
 Status BpeTokenizer::build(TokenVocab vocab, BpeOptions options) {
@@ -99,6 +100,7 @@ Status BpeTokenizer::build(TokenVocab vocab, BpeOptions options) {
 
   for (int b = 0; b < 256; ++b) byte_token_[b] = find_token(b2u[b]);
   ignore_merges_ = options.ignore_merges;
+  missing_byte_to_unk_ = options.missing_byte_to_unk;
 
   merges_.reserve(options.merges.size());
   std::string joined;
@@ -205,8 +207,8 @@ void BpeTokenizer::encode_word(std::string_view word, std::vector<int32_t>* out)
   sym.reserve(word.size());
   for (char c : word) {
     int32_t id = byte_token_[static_cast<uint8_t>(c)];
-    if (id < 0) id = unk_id();
-    if (id < 0) continue;  // no token for this byte and no unknown token: HF drops it too
+    if (id < 0 && missing_byte_to_unk_) id = unk_id();
+    if (id < 0) continue;
     const auto i = static_cast<int32_t>(sym.size());
     sym.push_back({id, i - 1, i + 1, true});
   }

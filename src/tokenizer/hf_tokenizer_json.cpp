@@ -222,6 +222,7 @@ Result<std::unique_ptr<Tokenizer>> parse(std::string_view text, std::string_view
                                               : first_of({"<|end_of_text|>", "</s>", "<|endoftext|>", "<eos>"});
   if (const auto unk = model.find("unk_token"); unk != model.end() && unk->is_string()) {
     vocab.unk_id = find_id(unk->get<std::string>());
+    options.missing_byte_to_unk = vocab.unk_id >= 0;
   }
   vocab.add_bos = flag(config, "add_bos_token", false);
   return make_bpe_tokenizer(std::move(vocab), std::move(options));

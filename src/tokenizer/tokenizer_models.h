@@ -41,6 +41,9 @@ struct BpeOptions {
   std::vector<std::pair<std::string, std::string>> merges;
   std::vector<PreTokenizeStep> pre_tokenizer;
   bool ignore_merges = false;  // HF BPE ignore_merges: a piece that is a token is not merged further
+  // A byte whose character is not in the vocabulary becomes the unknown token (HF BPE with an
+  // unk_token); otherwise it is dropped, as HF without unk_token and llama.cpp do.
+  bool missing_byte_to_unk = false;
 };
 Result<std::unique_ptr<Tokenizer>> make_bpe_tokenizer(TokenVocab vocab, BpeOptions options);
 
