@@ -1,0 +1,30 @@
+// What generate / chat share: loading a model with its tokenizer and chat template, and turning
+// the sampling flags into SamplingParams.
+#pragma once
+#include <memory>
+#include <string>
+
+#include "engine/sampler.h"
+#include "model/llama.h"
+#include "tokenizer/tokenizer.h"
+#include "tools/cli_args.h"
+
+namespace nb::tools {
+
+struct CliModel {
+  std::unique_ptr<LlamaModel> model;
+  std::unique_ptr<Tokenizer> tokenizer;
+  std::string chat_template;  // Jinja source shipped with the model; empty if none
+};
+
+// Declares -m, -t, --tokenizer.
+void add_model_options(CliArgs& args);
+// Loads what add_model_options describes. --tokenizer overrides the tokenizer found beside the model.
+Result<CliModel> load_cli_model(const CliArgs& args);
+
+// Declares --temp, --top-k, --top-p, --min-p, --repeat-penalty, --repeat-last-n, --presence-penalty,
+// --frequency-penalty, --seed.
+void add_sampling_options(CliArgs& args);
+Result<SamplingParams> sampling_params_from(const CliArgs& args);
+
+}  // namespace nb::tools
