@@ -67,7 +67,7 @@ Result<TokenizerSource> detect_tokenizer_source(const std::string& path) {
     head.resize(std::fread(head.data(), 1, 4, f));
     std::fclose(f);
   }
-  if (head == "GGUF") return TokenizerSource{TokenizerSource::Kind::kGguf, path};
+  if (head == "GGUF" || ext == ".gguf") return TokenizerSource{TokenizerSource::Kind::kGguf, path};
   if (ext == ".json") return TokenizerSource{TokenizerSource::Kind::kHfTokenizerJson, path};
   if (ext == ".model") return TokenizerSource{TokenizerSource::Kind::kSentencePieceModel, path};
   if (ext == ".bin") return TokenizerSource{TokenizerSource::Kind::kLlama2cBin, path};
