@@ -38,6 +38,7 @@ struct Value {
   double f = 0.0;
   std::string s;               // kString; for kUndefined, the name that was looked up
   std::shared_ptr<List> list;  // kList
+  bool tuple = false;          // kList: a Python tuple (prints with parentheses; never equals a list)
   std::shared_ptr<Dict> dict;  // kDict, kNamespace (a namespace is a dict that {% set %} may mutate)
 
   static Value undefined(std::string name = {}) { Value v; v.s = std::move(name); return v; }
@@ -47,6 +48,7 @@ struct Value {
   static Value number(double x) { Value v; v.kind = Kind::kFloat; v.f = x; return v; }
   static Value string(std::string x) { Value v; v.kind = Kind::kString; v.s = std::move(x); return v; }
   static Value make_list(List x = {}) { Value v; v.kind = Kind::kList; v.list = std::make_shared<List>(std::move(x)); return v; }
+  static Value make_tuple(List x) { Value v = make_list(std::move(x)); v.tuple = true; return v; }
   static Value make_dict(Dict x = {}) { Value v; v.kind = Kind::kDict; v.dict = std::make_shared<Dict>(std::move(x)); return v; }
 
   bool is_undefined() const { return kind == Kind::kUndefined; }

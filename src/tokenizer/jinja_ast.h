@@ -20,7 +20,7 @@ struct Node {
     kOutput,     // kids[0]: expression to print
     kIf,         // kids: cond0, body0, cond1, body1, ..., [nullptr, else_body]
     kFor,        // names: loop targets; kids: iterable, filter cond|nullptr, body, else body|nullptr
-    kSet,        // str: variable; attr: namespace attribute or empty; kids[0]: value
+    kSet,        // str: variable (names: all targets of `set a, b = ...`); attr: namespace attribute; kids[0]: value
     kSetBlock,   // str: variable; kids[0]: body whose rendering is assigned
     kBreak,
     kContinue,
@@ -41,7 +41,7 @@ struct Node {
     kBinary,     // attr: operator (+ - * / // % ** ~); kids[0], kids[1]
     kCompare,    // kids: operands; names: the operators between them (== != < <= > >= in notin)
     kCond,       // kids[0]: value if true; kids[1]: condition; kids[2]: value if false|nullptr
-    kList,       // kids: elements (tuples too)
+    kList,       // kids: elements; negated: it is a tuple
     kDict,       // kids: key0, value0, key1, value1, ...
   };
   Kind kind = Kind::kBody;

@@ -183,7 +183,7 @@ Result<Value> binary_op(const std::string& op, const Value& a, const Value& b, c
     return type_error("unsupported operand types for *", a, b);
   }
   if (!nums) {
-    if (op == "%" && a.is_string()) return unimplemented("printf-style '%' string formatting");
+    if (op == "%" && a.is_string()) return unimplemented("printf-style '%' string formatting is not supported by nibble's Jinja subset");
     return type_error("unsupported operand types for " + op, a, b);
   }
   if (op == "-") {
@@ -311,7 +311,7 @@ Result<Value> apply_filter(const std::string& name, const Value& v, const Args& 
   if (name == "items") {
     if (!v.is_mapping()) return v.is_undefined() ? Value::make_list() : Result<Value>(invalid_argument("items expects a dict"));
     List out;
-    for (const auto& [k, x] : *v.dict) out.push_back(Value::make_list({Value::string(k), x}));
+    for (const auto& [k, x] : *v.dict) out.push_back(Value::make_tuple({Value::string(k), x}));
     return Value::make_list(std::move(out));
   }
   if (name == "join") {

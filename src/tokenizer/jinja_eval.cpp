@@ -73,6 +73,15 @@ class Renderer {
   }
 
   Status assign(const Node& n, Value v) {
+    if (!n.names.empty()) {  // {% set a, b = ... %}
+      auto parts = iterate(v);
+      if (!parts.ok()) return at(n.pos, parts.status());
+      if (parts->size() != n.names.size())
+        return error(n.pos, "cannot unpack " + std::to_string(parts->size()) + " values into " +
+                                std::to_string(n.names.size()) + " names");
+      for (size_t i = 0; i < parts->size(); ++i) scopes_.back()[n.names[i]] = (*parts)[i];
+      return Status::Ok();
+    }
     if (n.attr.empty()) {
       scopes_.back()[n.str] = std::move(v);
       return Status::Ok();
@@ -236,7 +245,8 @@ class Renderer {
       if (obj.is_string()) text += obj.s.substr(off[i], off[i + 1] - off[i]);
       else items.push_back((*obj.list)[static_cast<size_t>(i)]);
     }
-    return obj.is_string() ? Value::string(std::move(text)) : Value::make_list(std::move(items));
+    if (obj.is_string()) return Value::string(std::move(text));
+    return obj.tuple ? Value::make_tuple(std::move(items)) : Value::make_list(std::move(items));
   }
 
   Result<Value> eval(const Node& n) {
@@ -325,7 +335,7 @@ class Renderer {
           NB_ASSIGN_OR_RETURN(Value v, eval(*k));
           items.push_back(std::move(v));
         }
-        return Value::make_list(std::move(items));
+        return n.negated ? Value::make_tuple(std::move(items)) : Value::make_list(std::move(items));
       }
       case Kind::kDict: {
         Value d = Value::make_dict();

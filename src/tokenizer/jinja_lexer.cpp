@@ -65,8 +65,11 @@ class Lexer {
       }
       emit_text(std::move(text), p);
       p = tag + 2 + (sign ? 1 : 0);
+      size_t raw_end = 0;
       if (type == '#') {
         NB_ASSIGN_OR_RETURN(p, skip_comment(tag, p));
+      } else if (type == '%' && (raw_end = match_word_tag(p, "raw")) != 0) {
+        NB_ASSIGN_OR_RETURN(p, lex_raw(tag, raw_end));
       } else {
         tokens_.push_back({type == '{' ? Token::Kind::kVarBegin : Token::Kind::kBlockBegin, "", tag});
         NB_ASSIGN_OR_RETURN(p, lex_tag(tag, p, type == '%'));
@@ -102,6 +105,48 @@ class Lexer {
       ++p;
     }
     return p;
+  }
+
+  // If src_[p..] is `\s*word\s*` then `-%}` or `%}` (or `+%}` when plus_ok), returns the offset
+  // just past that end marker, else 0. sign_out receives the end's sign.
+  size_t match_word_tag(size_t p, const char* word, bool plus_ok = false, char* sign_out = nullptr) const {
+    while (p < src_.size() && is_space(src_[p])) ++p;
+    const size_t len = std::strlen(word);
+    if (src_.compare(p, len, word) != 0 || (p + len < src_.size() && is_name_char(src_[p + len]))) return 0;
+    p += len;
+    while (p < src_.size() && is_space(src_[p])) ++p;
+    char sign = 0;
+    if (p < src_.size() && (src_[p] == '-' || (plus_ok && src_[p] == '+'))) sign = src_[p++];
+    if (src_.compare(p, 2, "%}") != 0) return 0;
+    if (sign_out) *sign_out = sign;
+    return p + 2;
+  }
+
+  // {% raw %}...{% endraw %}: the body is text. As in Jinja2, the raw tag's own end takes "-"
+  // (strip following whitespace) but no trim_blocks newline; endraw behaves like any block tag.
+  Result<size_t> lex_raw(size_t tag, size_t after_begin) {
+    size_t p = after_begin;
+    if (src_[p - 3] == '-') {
+      while (p < src_.size() && is_space(src_[p])) ++p;
+    }
+    for (size_t q = src_.find("{%", p); q != std::string::npos; q = src_.find("{%", q + 1)) {
+      const char sign = q + 2 < src_.size() && (src_[q + 2] == '-' || src_[q + 2] == '+') ? src_[q + 2] : 0;
+      char end_sign = 0;
+      const size_t end = match_word_tag(q + 2 + (sign ? 1 : 0), "endraw", true, &end_sign);
+      if (end == 0) continue;
+      std::string text = src_.substr(p, q - p);
+      if (sign == '-') {
+        while (!text.empty() && is_space(text.back())) text.pop_back();
+      } else if (sign != '+' && opt_.lstrip_blocks) {
+        const size_t line = text.rfind('\n') == std::string::npos ? 0 : text.rfind('\n') + 1;
+        bool blank = line < text.size();
+        for (size_t i = line; i < text.size(); ++i) blank &= is_space(text[i]);
+        if (blank && (line > 0 || src_[p - 1] == '\n')) text.resize(line);
+      }
+      emit_text(std::move(text), p);
+      return after_end(end, end_sign, true);
+    }
+    return error(tag, "{% raw %} is never closed with {% endraw %}");
   }
 
   Result<size_t> skip_comment(size_t tag, size_t p) const {

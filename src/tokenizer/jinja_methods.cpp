@@ -142,7 +142,7 @@ Result<Value> call_method(const Value& obj, const std::string& name, const Args&
     if (name == "items" || name == "keys" || name == "values") {
       List out;
       for (const auto& [k, v] : *obj.dict) {
-        if (name == "items") out.push_back(Value::make_list({Value::string(k), v}));
+        if (name == "items") out.push_back(Value::make_tuple({Value::string(k), v}));
         else out.push_back(name == "keys" ? Value::string(k) : v);
       }
       return Value::make_list(std::move(out));

@@ -140,7 +140,7 @@ class Parser {
       return body;
     }
     static const std::set<std::string> kKnown = {"macro", "call", "filter", "include", "import", "from", "extends",
-                                                  "block", "raw", "with", "autoescape", "do", "endmacro"};
+                                                  "block", "with", "autoescape", "do", "endmacro"};
     if (kKnown.count(kw.text)) return unsupported(kw.pos, "{% " + kw.text + " %}");
     return error(kw.pos, "unknown or misplaced statement '{% " + kw.text + " %}'");
   }
@@ -205,8 +205,14 @@ class Parser {
       attr = cur().text;
       ++i_;
     }
-    if (at_op(",")) return unsupported(cur().pos, "tuple assignment in {% set %}");
-    if (cur().kind == TK::kBlockEnd && attr.empty()) {  // {% set x %}...{% endset %}
+    std::vector<std::string> targets = {name};
+    while (attr.empty() && at_op(",")) {  // {% set a, b = ... %}
+      ++i_;
+      if (cur().kind != TK::kName) return error(cur().pos, "expected a variable name after ','");
+      targets.push_back(cur().text);
+      ++i_;
+    }
+    if (cur().kind == TK::kBlockEnd && attr.empty() && targets.size() == 1) {  // {% set x %}...{% endset %}
       ++i_;
       std::string end;
       NB_ASSIGN_OR_RETURN(NodePtr body, parse_body({"endset"}, &end));
@@ -221,6 +227,7 @@ class Parser {
     NB_RETURN_IF_ERROR(expect_block_end());
     auto n = make(Kind::kSet, pos);
     n->str = name;
+    if (targets.size() > 1) n->names = targets;
     n->attr = attr;
     n->kids.push_back(value);
     return NodePtr(n);
@@ -234,6 +241,7 @@ class Parser {
     NB_ASSIGN_OR_RETURN(NodePtr first, parse_expr());
     if (!at_op(",")) return first;
     auto n = make(Kind::kList, pos);
+    n->negated = true;
     n->kids.push_back(first);
     while (at_op(",")) {
       ++i_;
@@ -426,14 +434,17 @@ class Parser {
     ++i_;
     if (at_op(")")) {  // () is an empty tuple
       ++i_;
-      return NodePtr(make(Kind::kList, pos));
+      auto n = make(Kind::kList, pos);
+      n->negated = true;
+      return NodePtr(n);
     }
     NB_ASSIGN_OR_RETURN(NodePtr first, parse_expr());
     if (at_op(")")) {
       ++i_;
       return first;
     }
-    auto n = make(Kind::kList, pos);  // a tuple; printed like a list (documented difference)
+    auto n = make(Kind::kList, pos);
+    n->negated = true;  // a tuple
     n->kids.push_back(first);
     while (at_op(",")) {
       ++i_;

@@ -184,9 +184,10 @@ std::string to_repr(const Value& v) {
     case K::kString: return string_repr(v.s);
     case K::kUndefined: return "Undefined";
     case K::kList: {
-      std::string out = "[";
+      std::string out = v.tuple ? "(" : "[";
       for (size_t i = 0; i < v.list->size(); ++i) out += (i ? ", " : "") + to_repr((*v.list)[i]);
-      return out + "]";
+      if (v.tuple && v.list->size() == 1) out += ",";
+      return out + (v.tuple ? ")" : "]");
     }
     case K::kDict:
     case K::kNamespace: {
@@ -235,7 +236,7 @@ bool equals(const Value& a, const Value& b) {
     case K::kNone: return true;
     case K::kString: return a.s == b.s;
     case K::kList: {
-      if (a.list->size() != b.list->size()) return false;
+      if (a.tuple != b.tuple || a.list->size() != b.list->size()) return false;
       for (size_t i = 0; i < a.list->size(); ++i)
         if (!equals((*a.list)[i], (*b.list)[i])) return false;
       return true;
