@@ -175,9 +175,9 @@ Status GgufParser::read_scalar(GgufType t, GgufValue* v) {
     case GgufType::kBool: {
       uint8_t x = 0;
       NB_RETURN_IF_ERROR(read(&x, "bool value"));
-      if (x > 1) return corrupt("bool value " + std::to_string(x) + " is neither 0 nor 1");
-      v->i = x;
-      v->u = x;
+      // ggml reads bools as int8 and treats any nonzero byte as true; so do we.
+      v->i = x != 0;
+      v->u = x != 0;
       return Status::Ok();
     }
     case GgufType::kString: return read_string(&v->str, "string value");

@@ -62,6 +62,11 @@ Result<ModelConfig> gguf_config(const GgufFile& g) {
   c.rope_theta = static_cast<float>(theta);
   const int64_t default_head_dim = c.num_heads > 0 ? c.dim / c.num_heads : 0;
   NB_ASSIGN_OR_RETURN(c.head_dim, g.get_int_or("llama.attention.key_length", default_head_dim));
+  NB_ASSIGN_OR_RETURN(int64_t value_dim, g.get_int_or("llama.attention.value_length", c.head_dim));
+  if (value_dim != c.head_dim) {
+    return unimplemented("attention value_length " + std::to_string(value_dim) + " != key_length " +
+                         std::to_string(c.head_dim) + " is not supported");
+  }
   NB_ASSIGN_OR_RETURN(int64_t rot, g.get_int_or("llama.rope.dimension_count", c.head_dim));
   if (rot != c.head_dim) {
     return unimplemented("partial rotary embeddings (rope.dimension_count " + std::to_string(rot) + " != head_dim " +

@@ -2,6 +2,7 @@
 // GGUF files built here from the spec with every supported dtype, error cases, and fuzzing.
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <filesystem>
 
 #include "format/gguf.h"
@@ -44,6 +45,7 @@ struct TinySpec {
   bool with_output = true;
   std::string arch = "llama";
   int64_t q_rows = 64;  // shape of attn_q rows: 64 is correct
+  std::vector<float> rope_freqs = {};  // written as rope_freqs.weight when not empty
 };
 
 // A 2-layer llama (dim 64, ffn 96, 4 heads / 2 kv heads, vocab 40) using every supported ggml type.
@@ -82,6 +84,11 @@ std::string tiny_gguf(const TinySpec& spec, std::map<std::string, std::string>* 
     if (raw != nullptr) (*raw)[name] = data;
     b.tensor(name, shape, ggml, data);
   };
+  if (!spec.rope_freqs.empty()) {
+    std::string bytes(spec.rope_freqs.size() * 4, '\0');
+    std::memcpy(bytes.data(), spec.rope_freqs.data(), bytes.size());
+    b.tensor("rope_freqs.weight", {static_cast<int64_t>(spec.rope_freqs.size())}, kGgmlF32, bytes);
+  }
   add("token_embd.weight", {40, 64}, kGgmlQ8_0);
   add("output_norm.weight", {64}, kGgmlF32);
   if (spec.with_output) add("output.weight", {40, 64}, kGgmlQ4_0);
@@ -198,6 +205,49 @@ TEST(GgufFile, ReadsEveryMetadataType) {
   EXPECT_EQ(g.find("tokenizer.ggml.token_type")->ints, std::vector<int64_t>(40, 1));
   EXPECT_EQ(g.find("tokenizer.ggml.tokens")->strs[39], "t39");
   EXPECT_EQ(g.keys().front(), "general.architecture");  // file order is kept
+}
+
+// llama.cpp's convert_hf_to_gguf.py (LlamaModel, rope_type llama3) writes rope_freqs.weight as these
+// per-frequency divisors; re-implemented here from that script, not from our rope_inv_freq.
+std::vector<float> llama3_rope_factors(double theta, int head_dim, double factor, double low, double high,
+                                       double old_ctx) {
+  std::vector<float> out;
+  for (int i = 0; i < head_dim; i += 2) {
+    const float freq = static_cast<float>(1.0 / std::pow(theta, static_cast<float>(i) / head_dim));
+    const double wavelen = 2 * M_PI / freq;
+    if (wavelen < old_ctx / high) {
+      out.push_back(1.f);
+    } else if (wavelen > old_ctx / low) {
+      out.push_back(static_cast<float>(factor));
+    } else {
+      const double smooth = (old_ctx / wavelen - low) / (high - low);
+      out.push_back(static_cast<float>(1 / ((1 - smooth) / factor + smooth)));
+    }
+  }
+  return out;
+}
+
+TEST(GgufLoader, RecoversLlama3RopeScalingFromRopeFreqs) {
+  testing::TempDir dir;
+  // theta 500000, head_dim 16: the 8 wavelengths span all three llama3 bands (keep, blend, divide).
+  testing::write_bytes(dir.file("l3.gguf"),
+                       tiny_gguf({.rope_freqs = llama3_rope_factors(500000.0, 16, 32.0, 1.0, 4.0, 8192.0)}));
+  auto r = load_model(dir.file("l3.gguf"));
+  ASSERT_TRUE(r.ok()) << r.status().to_string();
+  const RopeScaling& s = r->weights.config.rope_scaling;
+  EXPECT_EQ(s.type, RopeScaling::Type::kLlama3);
+  EXPECT_EQ(s.factor, 32.f);
+  EXPECT_EQ(s.low_freq_factor, 1.f);
+  EXPECT_EQ(s.high_freq_factor, 4.f);
+  EXPECT_EQ(s.original_max_position, 8192);
+
+  std::vector<float> odd = llama3_rope_factors(500000.0, 16, 32.0, 1.0, 4.0, 8192.0);
+  odd[3] *= 1.5f;  // not a llama3 curve: refuse rather than run with the wrong frequencies
+  testing::write_bytes(dir.file("odd.gguf"), tiny_gguf({.rope_freqs = odd}));
+  auto bad = load_model(dir.file("odd.gguf"));
+  ASSERT_FALSE(bad.ok());
+  EXPECT_EQ(bad.status().code(), StatusCode::kUnimplemented);
+  EXPECT_NE(bad.status().message().find("rope_freqs"), std::string::npos);
 }
 
 Status load_status(const std::string& bytes) {
