@@ -12,8 +12,8 @@
 
 namespace nb {
 
-IncrementalDetokenizer::IncrementalDetokenizer(const Tokenizer& tokenizer, bool skip_special)
-    : tok_(tokenizer), skip_special_(skip_special) {}
+IncrementalDetokenizer::IncrementalDetokenizer(const Tokenizer& tokenizer, bool skip_special, bool starts_text)
+    : tok_(tokenizer), skip_special_(skip_special), starts_text_(starts_text), expect_bos_ws_(starts_text) {}
 
 std::string IncrementalDetokenizer::drain(bool final) {
   const utf8::Repair repair =
@@ -82,7 +82,7 @@ std::string IncrementalDetokenizer::flush() {
   std::string out = drain(/*final=*/true);
   emitted_any_ = false;
   bos_ws_seen_ = false;
-  expect_bos_ws_ = true;
+  expect_bos_ws_ = starts_text_;
   return out;
 }
 

@@ -145,15 +145,20 @@ class Tokenizer {
 // it is complete, and invalid bytes become U+FFFD as decode does. The tokenizer must outlive this.
 class IncrementalDetokenizer {
  public:
-  explicit IncrementalDetokenizer(const Tokenizer& tokenizer, bool skip_special = true);
+  // starts_text: the ids begin a text, as in decode(). Pass false for ids that continue text
+  // decoded elsewhere (tokens generated after a prompt): a SentencePiece leading space is then a
+  // real space, not the dummy prefix, and is kept.
+  explicit IncrementalDetokenizer(const Tokenizer& tokenizer, bool skip_special = true, bool starts_text = true);
   std::string push(int32_t id);
-  std::string flush();  // emits what is held back (incomplete sequences become U+FFFD); resets
+  // Emits what is held back (an incomplete sequence becomes U+FFFD) and starts a new stream.
+  std::string flush();
 
  private:
   std::string drain(bool final);
 
   const Tokenizer& tok_;
   bool skip_special_;
+  bool starts_text_;
   std::string pending_;       // bytes not yet emitted: the start of an incomplete sequence
   bool emitted_any_ = false;  // SentencePiece: text so far is non-empty
   bool bos_ws_seen_ = false;  // SentencePiece: the last piece had its dummy-prefix space stripped

@@ -162,9 +162,14 @@ TEST(TokenizerDetokenizer, RandomMultilingualRoundTripAndValidChunks) {
       const std::string text = test::random_multilingual(rng, 40);
       const Ids ids = tok->encode(text, false, false);
       // Byte-level BPE gives back every byte; SentencePiece gives U+2581 back as ' '.
-      std::string expected = text;
-      if (tok->model() == Tokenizer::Model::kSentencePiece) {
-        for (size_t p; (p = expected.find("\xE2\x96\x81")) != std::string::npos;) expected.replace(p, 3, " ");
+      std::string expected;
+      for (size_t i = 0; i < text.size(); ++i) {
+        if (tok->model() == Tokenizer::Model::kSentencePiece && text.compare(i, 3, "\xE2\x96\x81") == 0) {
+          expected += ' ';
+          i += 2;
+        } else {
+          expected += text[i];
+        }
       }
       const std::string decoded = tok->decode(ids, true);
       ASSERT_EQ(decoded, expected) << path;
@@ -218,6 +223,42 @@ TEST(TokenizerDetokenizer, RandomIdsStreamEqualsDecode) {
       }
     }
   }
+}
+
+// Streaming generated tokens after a prompt: decode(prompt) + stream(rest, starts_text=false) must
+// equal decode(prompt + rest) wherever the split falls between whole characters.
+TEST(TokenizerDetokenizer, ContinuationAfterPromptKeepsLeadingSpace) {
+  const std::vector<std::string> paths = {test::smollm2_path(), test::shared_data("llama2-tokenizer.model")};
+  const std::vector<std::string> lines = test::wikitext_lines(100);
+  for (const std::string& path : paths) {
+    if (!test::exists(path)) continue;
+    auto tok = load_or_die(path);
+    ASSERT_NE(tok, nullptr);
+    int num_checked = 0;
+    for (const std::string& line : lines) {
+      const Ids ids = tok->encode(line + " \xE6\x97\xA5\xE6\x9C\xAC", false, false);
+      std::string prefix_bytes;
+      for (size_t k = 1; k < ids.size(); ++k) {
+        prefix_bytes += tok->token_piece(ids[k - 1]);
+        // Split only where the prompt's bytes end a character and no byte-token run spans the cut.
+        if (!utf8::is_valid(prefix_bytes) || tok->token_type(ids[k]) == TokenType::kByte) continue;
+        const Ids prompt(ids.begin(), ids.begin() + k), rest(ids.begin() + k, ids.end());
+        IncrementalDetokenizer detok(*tok, true, /*starts_text=*/false);
+        std::string streamed;
+        for (int32_t id : rest) streamed += detok.push(id);
+        streamed += detok.flush();
+        ASSERT_EQ(tok->decode(prompt, true) + streamed, tok->decode(ids, true)) << path << " split " << k;
+        ++num_checked;
+      }
+    }
+    EXPECT_GT(num_checked, 1000) << path;
+  }
+}
+
+TEST_F(Llama2Tokenizer, DetokenizerStartsTextOrContinuesIt) {
+  IncrementalDetokenizer fresh(*tok_), continued(*tok_, true, /*starts_text=*/false);
+  EXPECT_EQ(fresh.push(15043), "Hello");       // "▁Hello" at the start: the dummy prefix goes
+  EXPECT_EQ(continued.push(15043), " Hello");  // after a prompt: it is a real space
 }
 
 TEST_F(Llama2Tokenizer, DetokenizerHoldsSplitCharacterUntilComplete) {
