@@ -33,7 +33,7 @@ ActQ8Layout act_q8_layout(int64_t k) {
   l.scale_offset = g * kGroupQsBytes;
   l.corr_offset = l.scale_offset + g * 64;
   l.sum_offset = l.corr_offset + g * 64;
-  l.row_bytes = (l.sum_offset + g * 16 + 63) / 64 * 64;
+  l.row_bytes = l.sum_offset + g * 64;
   return l;
 }
 
@@ -60,8 +60,11 @@ void quantize_act_row(const float* x, const ActQ8Layout& l, int bias, uint8_t* o
       corr[g * 16 + i * 4 + (e & 15) / 4] -= bias * q;
       total += q;
     }
-    for (int j = 0; j < 4; ++j) scale[g * 16 + i * 4 + j] = d;
-    sum[b] = d * static_cast<float>(total);
+    const float s4 = d * static_cast<float>(total) * 0.25f;
+    for (int j = 0; j < 4; ++j) {
+      scale[g * 16 + i * 4 + j] = d;
+      sum[g * 16 + i * 4 + j] = s4;
+    }
   }
 }
 }  // namespace portable
@@ -82,7 +85,7 @@ void quantize_act_row(const float* x, const ActQ8Layout& l, int bias, uint8_t* o
         std::memset(gq + i * 16, 0, 16);
         std::memset(gq + 64 + i * 16, 0, 16);
         _mm_storeu_ps(scale + g * 16 + i * 4, _mm_setzero_ps());
-        sum[b] = 0.f;
+        _mm_storeu_ps(sum + g * 16 + i * 4, _mm_setzero_ps());
         continue;
       }
       const __m512 x0 = _mm512_loadu_ps(x + b * 32);
@@ -96,7 +99,8 @@ void quantize_act_row(const float* x, const ActQ8Layout& l, int bias, uint8_t* o
       _mm_storeu_si128(reinterpret_cast<__m128i*>(gq + i * 16), _mm512_cvtsepi32_epi8(q0));
       _mm_storeu_si128(reinterpret_cast<__m128i*>(gq + 64 + i * 16), _mm512_cvtsepi32_epi8(q1));
       _mm_storeu_ps(scale + g * 16 + i * 4, _mm_set1_ps(d));
-      sum[b] = d * static_cast<float>(_mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1)));
+      const float s4 = d * static_cast<float>(_mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1))) * 0.25f;
+      _mm_storeu_ps(sum + g * 16 + i * 4, _mm_set1_ps(s4));
     }
     // Per-lane sums of the 8 values each dpbusd lane multiplies: a dot product with all-ones.
     const __m512i lo = _mm512_loadu_si512(gq);
@@ -104,8 +108,6 @@ void quantize_act_row(const float* x, const ActQ8Layout& l, int bias, uint8_t* o
     const __m512i s = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), ones, lo), ones, hi);
     _mm512_storeu_si512(corr + g * 16, _mm512_mullo_epi32(s, vbias));
   }
-  const size_t used = l.sum_offset + static_cast<size_t>(l.num_groups) * 16;
-  std::memset(out + used, 0, l.row_bytes - used);
 #else
   portable::quantize_act_row(x, l, bias, out);
 #endif

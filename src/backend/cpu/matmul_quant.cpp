@@ -91,7 +91,7 @@ float dot_row_portable(DType t, const uint8_t* w, const uint8_t* a, const ActQ8L
     const int8_t* gq = qs + g * 128 + i * 16;
     int32_t dot = 0;
     for (int e = 0; e < 16; ++e) dot += q[e] * gq[e] + q[e + 16] * gq[64 + e];
-    acc += dw * scale[g * 16 + i * 4] * static_cast<float>(dot) + mw * sum[b];
+    acc += dw * scale[g * 16 + i * 4] * static_cast<float>(dot) + mw * (4.f * sum[g * 16 + i * 4]);
   }
   return acc;
 }
@@ -124,10 +124,75 @@ struct QFormat<DType::kQ8_0> {
 struct WeightGroup {
   __m512i lo, hi;  // unsigned bytes in the act_quant.h group order
   __m512 d;        // block scale of block i in lanes 4i..4i+3
-  __m512 m;        // Q4_1: min / 4 in lanes 4i..4i+3 (each of the 4 lanes adds a quarter)
+  __m512 m;        // Q4_1: block min of block i in lanes 4i..4i+3
 };
 
 inline __m128i load16(const uint8_t* p) { return _mm_loadu_si128(reinterpret_cast<const __m128i*>(p)); }
+inline __m512i load64(const uint8_t* p) { return _mm512_loadu_si512(p); }
+
+// Byte / 16-bit-word index vectors for vpermt2b / vpermw, built once per call site.
+template <typename Fn>
+inline __m512i byte_index(Fn fn) {
+  alignas(64) uint8_t idx[64];
+  for (int j = 0; j < 64; ++j) idx[j] = static_cast<uint8_t>(fn(j));
+  return _mm512_load_si512(idx);
+}
+template <typename Fn>
+inline __m512i word_index(Fn fn) {
+  alignas(64) uint16_t idx[32];
+  for (int j = 0; j < 32; ++j) idx[j] = static_cast<uint16_t>(fn(j));
+  return _mm512_load_si512(idx);
+}
+inline __m512 half_words_to_ps(__m512i words) { return _mm512_cvtph_ps(_mm512_castsi512_si256(words)); }
+
+// Index vectors for a full group of 4 blocks read as whole 64-byte vectors; see load_full_group.
+struct GroupIndex {
+  __m512i qs_lo, qs_hi, d, m;
+};
+
+template <DType kT>
+GroupIndex make_group_index() {
+  GroupIndex ix{};
+  if constexpr (kT == DType::kQ4_1) {
+    // Vectors A = bytes [0, 64) and B = bytes [16, 80) of the group; block i is bytes [20i, 20i+20).
+    ix.qs_lo = byte_index([](int j) { const int src = 20 * (j / 16) + 4 + j % 16; return src < 64 ? src : 64 + src - 16; });
+    ix.d = word_index([](int j) { return 10 * ((j / 4) % 4); });
+    ix.m = word_index([](int j) { return 10 * ((j / 4) % 4) + 1; });
+  } else if constexpr (kT == DType::kQ4_0) {
+    // A = bytes [0, 64), B = bytes [8, 72); block i is bytes [18i, 18i+18).
+    ix.qs_lo = byte_index([](int j) { const int src = 18 * (j / 16) + 2 + j % 16; return src < 64 ? src : 64 + src - 8; });
+    ix.d = word_index([](int j) { return 9 * ((j / 4) % 4); });
+  } else {
+    // Low halves from A = [0, 64), B = [64, 128); high halves from A' = [8, 72), B' = [72, 136);
+    // d words from A, B. Block i is bytes [34i, 34i+34).
+    ix.qs_lo = byte_index([](int j) { return 34 * (j / 16) + 2 + j % 16; });  // A|B is bytes [0, 128) as is
+    ix.qs_hi = byte_index([](int j) { const int src = 34 * (j / 16) + 18 + j % 16; return src < 72 ? src - 8 : 64 + src - 72; });
+    ix.d = word_index([](int j) { return 17 * ((j / 4) % 4); });
+  }
+  return ix;
+}
+
+// A full group (4 blocks inside the row): two or four 64-byte loads, then byte permutes gather the
+// 64 quant bytes and word permutes spread the f16 scales over their 4 lanes each.
+template <DType kT>
+inline void load_full_group(const uint8_t* p, const GroupIndex& ix, WeightGroup& w) {
+  if constexpr (kT == DType::kQ8_0) {
+    const __m512i a = load64(p), b = load64(p + 64);
+    const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
+    w.lo = _mm512_xor_si512(_mm512_permutex2var_epi8(a, ix.qs_lo, b), flip);
+    w.hi = _mm512_xor_si512(_mm512_permutex2var_epi8(load64(p + 8), ix.qs_hi, load64(p + 72)), flip);
+    w.d = half_words_to_ps(_mm512_permutex2var_epi16(a, ix.d, b));
+  } else {
+    constexpr int kSecond = kT == DType::kQ4_1 ? 16 : 8;
+    const __m512i a = load64(p);
+    const __m512i q = _mm512_permutex2var_epi8(a, ix.qs_lo, load64(p + kSecond));
+    const __m512i mask = _mm512_set1_epi8(0x0f);
+    w.lo = _mm512_and_si512(q, mask);
+    w.hi = _mm512_and_si512(_mm512_srli_epi16(q, 4), mask);
+    w.d = half_words_to_ps(_mm512_permutexvar_epi16(ix.d, a));
+    if constexpr (kT == DType::kQ4_1) w.m = half_words_to_ps(_mm512_permutexvar_epi16(ix.m, a));
+  }
+}
 
 inline __m512i gather_quarters(const uint8_t* p0, const uint8_t* p1, const uint8_t* p2, const uint8_t* p3) {
   __m512i v = _mm512_castsi128_si512(load16(p0));
@@ -142,10 +207,10 @@ inline uint32_t load_u32(const uint8_t* p) {
   return v;
 }
 
-// Blocks past `last` (the tail group) re-read block `last`: their activations are zero, so they
-// add d * 0 without touching memory outside the row.
+// The last, partial group: block by block, never reading past the row. Blocks past `last` re-read
+// block `last`; their activations are zero, so they add d * 0.
 template <DType kT>
-inline void load_weight_group(const uint8_t* row, int64_t b0, int64_t last, WeightGroup& w) {
+inline void load_tail_group(const uint8_t* row, int64_t b0, int64_t last, WeightGroup& w) {
   using F = QFormat<kT>;
   const uint8_t* p0 = row + static_cast<size_t>(std::min(b0, last)) * F::kBlockBytes;
   const uint8_t* p1 = row + static_cast<size_t>(std::min(b0 + 1, last)) * F::kBlockBytes;
@@ -168,8 +233,30 @@ inline void load_weight_group(const uint8_t* row, int64_t b0, int64_t last, Weig
   const __m512 dm = _mm512_castps256_ps512(_mm256_cvtph_ps(h));  // d0 m0 d1 m1 d2 m2 d3 m3
   w.d = _mm512_permutexvar_ps(_mm512_setr_epi32(0, 0, 0, 0, 2, 2, 2, 2, 4, 4, 4, 4, 6, 6, 6, 6), dm);
   if constexpr (F::kHasMin) {
-    w.m = _mm512_mul_ps(_mm512_permutexvar_ps(_mm512_setr_epi32(1, 1, 1, 1, 3, 3, 3, 3, 5, 5, 5, 5, 7, 7, 7, 7), dm),
-                        _mm512_set1_ps(0.25f));
+    w.m = _mm512_permutexvar_ps(_mm512_setr_epi32(1, 1, 1, 1, 3, 3, 3, 3, 5, 5, 5, 5, 7, 7, 7, 7), dm);
+  }
+}
+
+// acc[r][t] += the group's contribution of weight row r and activation row t.
+template <DType kT, int R, int T>
+inline void group_product(const WeightGroup (&w)[R], const uint8_t* a0, int64_t g, const ActQ8Layout& l,
+                          __m512 (&acc)[R][T]) {
+  using F = QFormat<kT>;
+  for (int t = 0; t < T; ++t) {
+    const uint8_t* a = a0 + static_cast<size_t>(t) * l.row_bytes;
+    const __m512i alo = _mm512_load_si512(a + g * 128);
+    const __m512i ahi = _mm512_load_si512(a + g * 128 + 64);
+    const __m512 ascale = _mm512_load_ps(reinterpret_cast<const float*>(a + l.scale_offset) + g * 16);
+    __m512i init = _mm512_setzero_si512();
+    if constexpr (F::kHasCorr) init = _mm512_load_si512(a + l.corr_offset + g * 64);
+    for (int r = 0; r < R; ++r) {
+      const __m512i dot = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(init, w[r].lo, alo), w[r].hi, ahi);
+      acc[r][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(w[r].d, ascale), acc[r][t]);
+      if constexpr (F::kHasMin) {
+        acc[r][t] = _mm512_fmadd_ps(w[r].m, _mm512_load_ps(reinterpret_cast<const float*>(a + l.sum_offset) + g * 16),
+                                    acc[r][t]);
+      }
+    }
   }
 }
 
@@ -178,32 +265,23 @@ template <DType kT, int R, int T>
 void tile_kernel(const uint8_t* w0, size_t w_stride, const uint8_t* a0, const ActQ8Layout& l, float* y,
                  int64_t ldy) {
   using F = QFormat<kT>;
+  static const GroupIndex kIndex = make_group_index<kT>();
+  const GroupIndex ix = kIndex;
   __m512 acc[R][T];
   for (int r = 0; r < R; ++r)
     for (int t = 0; t < T; ++t) acc[r][t] = _mm512_setzero_ps();
-  const int64_t last = l.num_blocks - 1;
-  const __m512i rep4 = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
-  for (int64_t g = 0; g < l.num_groups; ++g) {
+  const int64_t full_groups = l.num_blocks / 4;
+  for (int64_t g = 0; g < full_groups; ++g) {
     WeightGroup w[R];
-    for (int r = 0; r < R; ++r) load_weight_group<kT>(w0 + static_cast<size_t>(r) * w_stride, g * 4, last, w[r]);
-    for (int t = 0; t < T; ++t) {
-      const uint8_t* a = a0 + static_cast<size_t>(t) * l.row_bytes;
-      const __m512i alo = _mm512_load_si512(a + g * 128);
-      const __m512i ahi = _mm512_load_si512(a + g * 128 + 64);
-      const __m512 ascale = _mm512_load_ps(reinterpret_cast<const float*>(a + l.scale_offset) + g * 16);
-      __m512i init = _mm512_setzero_si512();
-      if constexpr (F::kHasCorr) init = _mm512_load_si512(a + l.corr_offset + g * 64);
-      __m512 asum = _mm512_setzero_ps();
-      if constexpr (F::kHasMin) {
-        asum = _mm512_permutexvar_ps(
-            rep4, _mm512_castps128_ps512(_mm_loadu_ps(reinterpret_cast<const float*>(a + l.sum_offset) + g * 4)));
-      }
-      for (int r = 0; r < R; ++r) {
-        const __m512i dot = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(init, w[r].lo, alo), w[r].hi, ahi);
-        acc[r][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(w[r].d, ascale), acc[r][t]);
-        if constexpr (F::kHasMin) acc[r][t] = _mm512_fmadd_ps(w[r].m, asum, acc[r][t]);
-      }
+    for (int r = 0; r < R; ++r) load_full_group<kT>(w0 + static_cast<size_t>(r) * w_stride + g * 4 * F::kBlockBytes, ix, w[r]);
+    group_product<kT, R, T>(w, a0, g, l, acc);
+  }
+  if (full_groups < l.num_groups) {
+    WeightGroup w[R];
+    for (int r = 0; r < R; ++r) {
+      load_tail_group<kT>(w0 + static_cast<size_t>(r) * w_stride, full_groups * 4, l.num_blocks - 1, w[r]);
     }
+    group_product<kT, R, T>(w, a0, full_groups, l, acc);
   }
   for (int r = 0; r < R; ++r)
     for (int t = 0; t < T; ++t) y[t * ldy + r] = _mm512_reduce_add_ps(acc[r][t]);
