@@ -5,7 +5,8 @@
 //   pre_tokenizer: ByteLevel | Split(Regex|String, "Isolated") | Digits | Sequence of these
 //   normalizer: null;  decoder: ByteLevel
 // Anything else is refused with a message naming what is not supported, never guessed at.
-// BOS/EOS names and add_bos_token come from tokenizer_config.json when it is given.
+// BOS/EOS names and add_bos_token come from tokenizer_config.json when it is given; a
+// TemplateProcessing post-processor that starts with a special token also means "add BOS".
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
@@ -93,6 +94,30 @@ std::string config_token(const json& config, const char* key) {
     if (c != it->end() && c->is_string()) return c->get<std::string>();
   }
   return "";
+}
+
+// The id of the special token a TemplateProcessing post-processor (alone or inside a Sequence)
+// puts before a single sequence, or -1.
+template <typename FindId>
+int32_t template_first_special(const json& root, const FindId& find_id) {
+  const auto pp = root.find("post_processor");
+  if (pp == root.end() || !pp->is_object()) return -1;
+  std::vector<const json*> candidates = {&*pp};
+  if (type_of(*pp) == "Sequence") {
+    if (const auto list = pp->find("processors"); list != pp->end() && list->is_array()) {
+      for (const json& p : *list) candidates.push_back(&p);
+    }
+  }
+  for (const json* p : candidates) {
+    if (!p->is_object() || type_of(*p) != "TemplateProcessing") continue;
+    const auto single = p->find("single");
+    if (single == p->end() || !single->is_array() || single->empty() || !(*single)[0].is_object()) continue;
+    const auto special = (*single)[0].find("SpecialToken");
+    if (special == (*single)[0].end() || !special->is_object()) continue;
+    const auto id = special->find("id");
+    if (id != special->end() && id->is_string()) return find_id(id->get<std::string>());
+  }
+  return -1;
 }
 
 Result<std::unique_ptr<Tokenizer>> parse(std::string_view text, std::string_view config_text) {
@@ -224,7 +249,13 @@ Result<std::unique_ptr<Tokenizer>> parse(std::string_view text, std::string_view
     vocab.unk_id = find_id(unk->get<std::string>());
     options.missing_byte_to_unk = vocab.unk_id >= 0;
   }
-  vocab.add_bos = flag(config, "add_bos_token", false);
+  // A TemplateProcessing post-processor whose single-sequence template starts with a special
+  // token adds BOS (Llama 3 does it this way, with no add_bos_token in its config).
+  if (const int32_t template_bos = template_first_special(root, find_id); template_bos >= 0) {
+    if (!config.contains("bos_token")) vocab.bos_id = template_bos;
+    vocab.add_bos = template_bos == vocab.bos_id;
+  }
+  if (const auto it = config.find("add_bos_token"); it != config.end() && it->is_boolean()) vocab.add_bos = it->get<bool>();
   return make_bpe_tokenizer(std::move(vocab), std::move(options));
 }
 

@@ -198,6 +198,23 @@ TEST(TokenizerRobust, TokenizerJsonSmallIsUsable) {
   EXPECT_EQ(t.decode(t.encode(" the cat 12\xE2\x82\xAC", false, true), false), " the cat 12\xE2\x82\xAC");
 }
 
+TEST(TokenizerRobust, TokenizerJsonTemplateProcessingAddsBos) {
+  json j = small_tokenizer_json();
+  j["post_processor"] = {
+      {"type", "Sequence"},
+      {"processors", json::array({{{"type", "ByteLevel"}},
+                                  {{"type", "TemplateProcessing"},
+                                   {"single", json::array({{{"SpecialToken", {{"id", "<|endoftext|>"}, {"type_id", 0}}}},
+                                                           {{"Sequence", {{"id", "A"}, {"type_id", 0}}}}})}}})}};
+  auto r = parse_json_only(j.dump());
+  ASSERT_TRUE(r.ok()) << r.status().to_string();
+  EXPECT_EQ((*r)->bos_id(), (*r)->find_token("<|endoftext|>"));
+  EXPECT_TRUE((*r)->add_bos_by_default());
+  r = parse_hf_tokenizer_json(j.dump(), R"({"add_bos_token": false})");
+  ASSERT_TRUE(r.ok());
+  EXPECT_FALSE((*r)->add_bos_by_default());
+}
+
 TEST(TokenizerRobust, TokenizerJsonTruncatedOrCorrupted) {
   const std::string original = small_tokenizer_json().dump(1);
   const Outcome o = fuzz_file(original, parse_json_only, 200, 300, 4);
