@@ -4,12 +4,14 @@
 //
 // Supported: text, {{ }}, {# #}, whitespace control (-, +, trim_blocks, lstrip_blocks),
 // {% if/elif/else %}, {% for x in xs [if cond] %} with else/loop.*/break/continue,
-// {% set x = ... %}, {% set ns.attr = ... %}, {% set x %}...{% endset %}, {% generation %};
+// {% set x = ... %}, {% set a, b = ... %}, {% set ns.attr = ... %}, {% set x %}...{% endset %},
+// {% macro name(a, b=default) %} (called as name(...); no caller/varargs), {% raw %}, {% generation %};
 // literals (str, int, float, bool, none, list, tuple, dict), arithmetic, ~, comparisons, and/or/not,
 // in/not in, a if c else b, subscripts and slices, attribute access, filters, tests (`is`), string
 // and dict methods, and the globals raise_exception, range, namespace.
-// Not supported (a clear kUnimplemented error naming the construct): macros, call/filter blocks,
-// include/extends/import, raw blocks, and any filter/test/method not listed in jinja_eval.cpp.
+// Not supported (a clear kUnimplemented error naming the construct): call/filter blocks,
+// include/extends/import, recursive loops, and any filter/test/method not in jinja_builtins.cpp /
+// jinja_methods.cpp.
 //
 // Every error is a Status whose message starts with "template line L, column C:". Evaluation is
 // bounded: nesting depth, loop iterations and output size are capped (Limits), so a hostile

@@ -22,6 +22,7 @@ struct Node {
     kFor,        // names: loop targets; kids: iterable, filter cond|nullptr, body, else body|nullptr
     kSet,        // str: variable (names: all targets of `set a, b = ...`); attr: namespace attribute; kids[0]: value
     kSetBlock,   // str: variable; kids[0]: body whose rendering is assigned
+    kMacro,      // str: name; names: parameters; kids[0]: body, kids[1..]: defaults (nullptr if none)
     kBreak,
     kContinue,
     // ---- expressions

@@ -51,6 +51,9 @@ class Renderer {
         NB_RETURN_IF_ERROR(exec(*n.kids[0], captured));
         return assign(n, Value::string(std::move(captured)));
       }
+      case Kind::kMacro:
+        macros_.emplace_back(n.str, &n);
+        return Status::Ok();
       case Kind::kBreak: flow_ = Flow::kBreak; return Status::Ok();
       case Kind::kContinue: flow_ = Flow::kContinue; return Status::Ok();
       default: return error(n.pos, "internal: expression node in statement position");
@@ -180,6 +183,8 @@ class Renderer {
     NB_ASSIGN_OR_RETURN(Args args, eval_args(n, 1));
     Result<Value> r = Value();
     if (callee.kind == Kind::kName) {
+      for (size_t i = macros_.size(); i-- > 0;)
+        if (macros_[i].first == callee.str && lookup(callee.str) == nullptr) return call_macro(*macros_[i].second, args, n.pos);
       if (lookup(callee.str) != nullptr || !is_global_function(callee.str))
         return error(n.pos, "'" + callee.str + "' is not callable (or not a supported function)");
       r = call_global(callee.str, args, limits_);
@@ -191,6 +196,39 @@ class Renderer {
     }
     if (!r.ok()) return at(n.pos, r.status());
     return r;
+  }
+
+  // A macro sees the template's globals and top-level variables plus its parameters (not the
+  // caller's loop variables), and returns its rendering as a string.
+  Result<Value> call_macro(const Node& m, const Args& args, size_t pos) {
+    if (++macro_depth_ > limits_.max_depth)
+      return Status(StatusCode::kResourceExhausted, position_prefix(src_, pos) + "macro calls nested deeper than " +
+                                                        std::to_string(limits_.max_depth));
+    if (args.positional.size() > m.names.size())
+      return error(pos, "macro '" + m.str + "' takes " + std::to_string(m.names.size()) + " arguments");
+    Scope params;
+    for (size_t i = 0; i < m.names.size(); ++i) {
+      Value v = args.get(i, m.names[i].c_str());
+      if (v.is_undefined() && m.kids[i + 1]) {
+        NB_ASSIGN_OR_RETURN(v, eval(*m.kids[i + 1]));
+      }
+      params[m.names[i]] = std::move(v);
+    }
+    for (const std::string& k : args.names) {
+      if (std::find(m.names.begin(), m.names.end(), k) == m.names.end())
+        return error(pos, "macro '" + m.str + "' has no parameter '" + k + "'");
+    }
+    std::vector<Scope> saved(scopes_.begin() + 2, scopes_.end());
+    scopes_.resize(2);
+    scopes_.push_back(std::move(params));
+    std::string out;
+    const Status s = exec(*m.kids[0], out);
+    flow_ = Flow::kNormal;
+    scopes_.resize(2);
+    scopes_.insert(scopes_.end(), saved.begin(), saved.end());
+    --macro_depth_;
+    NB_RETURN_IF_ERROR(s);
+    return Value::string(std::move(out));
   }
 
   Result<Value> subscript(const Value& obj, const Value& key, size_t pos) {
@@ -366,6 +404,8 @@ class Renderer {
     Scope(const Dict& d) : std::vector<std::pair<std::string, Value>>(d) {}  // NOLINT: implicit
   };
   std::vector<Scope> scopes_;
+  std::vector<std::pair<std::string, const Node*>> macros_;  // defined so far; later ones win
+  int macro_depth_ = 0;
   Flow flow_ = Flow::kNormal;
   int64_t iterations_ = 0;
 };

@@ -68,7 +68,8 @@ Result<NodePtr> Parser::parse_statement() {
     NB_RETURN_IF_ERROR(expect_block_end());
     return body;
   }
-  static const std::set<std::string> kKnown = {"macro", "call", "filter", "include", "import", "from", "extends",
+  if (kw.text == "macro") return parse_macro(kw.pos);
+  static const std::set<std::string> kKnown = {"call", "filter", "include", "import", "from", "extends",
                                                 "block", "with", "autoescape", "do", "endmacro"};
   if (kKnown.count(kw.text)) return unsupported(kw.pos, "{% " + kw.text + " %}");
   return error(kw.pos, "unknown or misplaced statement '{% " + kw.text + " %}'");
@@ -159,6 +160,35 @@ Result<NodePtr> Parser::parse_set(size_t pos) {
   if (targets.size() > 1) n->names = targets;
   n->attr = attr;
   n->kids.push_back(value);
+  return NodePtr(n);
+}
+
+Result<NodePtr> Parser::parse_macro(size_t pos) {
+  auto n = make_node(Kind::kMacro, pos);
+  if (cur().kind != TK::kName) return error(cur().pos, "expected a macro name");
+  n->str = cur().text;
+  ++i_;
+  NB_RETURN_IF_ERROR(expect_op("("));
+  std::vector<NodePtr> defaults;
+  while (!at_op(")")) {
+    if (!n->names.empty()) NB_RETURN_IF_ERROR(expect_op(","));
+    if (cur().kind != TK::kName) return error(cur().pos, "expected a parameter name, got " + describe(cur()));
+    n->names.push_back(cur().text);
+    ++i_;
+    NodePtr dflt;
+    if (at_op("=")) {
+      ++i_;
+      NB_ASSIGN_OR_RETURN(dflt, parse_expr());
+    }
+    defaults.push_back(dflt);
+  }
+  ++i_;
+  NB_RETURN_IF_ERROR(expect_block_end());
+  std::string end;
+  NB_ASSIGN_OR_RETURN(NodePtr body, parse_body({"endmacro"}, &end));
+  NB_RETURN_IF_ERROR(expect_block_end());
+  n->kids.push_back(body);
+  n->kids.insert(n->kids.end(), defaults.begin(), defaults.end());
   return NodePtr(n);
 }
 

@@ -86,6 +86,7 @@ class Parser {
   Result<NodePtr> parse_if(size_t pos);
   Result<NodePtr> parse_for(size_t pos);
   Result<NodePtr> parse_set(size_t pos);
+  Result<NodePtr> parse_macro(size_t pos);
 
   // ---- expressions ----------------------------------------------------------------------------
 

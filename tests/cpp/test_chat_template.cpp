@@ -67,7 +67,7 @@ TEST(ChatTemplate, RaiseExceptionIsAnErrorWithTheMessage) {
 
 TEST(ChatTemplate, ForModelFallsBackOnlyForUnsupportedJinja) {
   // Parse-time unsupported construct + ChatML markers -> chatml.
-  auto a = ChatTemplate::for_model("{% macro f() %}{% endmacro %}{{ '<|im_start|>' }}", "", "");
+  auto a = ChatTemplate::for_model("{% filter upper %}{% endfilter %}{{ '<|im_start|>' }}", "", "");
   ASSERT_TRUE(a.ok()) << a.status().to_string();
   EXPECT_EQ(a->name(), "chatml");
   // Unsupported filter seen only when rendering + [INST] -> mistral.
@@ -83,17 +83,17 @@ TEST(ChatTemplate, ForModelFallsBackOnlyForUnsupportedJinja) {
   ASSERT_FALSE(d.ok());
   EXPECT_EQ(d.status().code(), StatusCode::kInvalidArgument);
   // Unsupported and unrecognisable: an error that says what to do.
-  auto e = ChatTemplate::for_model("{% macro f() %}{% endmacro %}", "", "");
+  auto e = ChatTemplate::for_model("{% include 'other.jinja' %}", "", "");
   ASSERT_FALSE(e.ok());
   EXPECT_TRUE(contains(e.status().message(), "by name")) << e.status().message();
   EXPECT_EQ(ChatTemplate::for_model("", "", "")->name(), "chatml");
 }
 
 TEST(Jinja, UnsupportedSyntaxNamesConstructAndPosition) {
-  const Status s = render_status("ok\n  {% macro greet(x) %}hi{% endmacro %}");
+  const Status s = render_status("ok\n  {% call greet() %}hi{% endcall %}");
   EXPECT_EQ(s.code(), StatusCode::kUnimplemented);
   EXPECT_TRUE(contains(s.message(), "line 2, column 6")) << s.message();
-  EXPECT_TRUE(contains(s.message(), "macro")) << s.message();
+  EXPECT_TRUE(contains(s.message(), "call")) << s.message();
   for (const char* src : {"{% include 'x' %}", "{% extends 'x' %}", "{% filter upper %}x{% endfilter %}",
                           "{{ x | wordwrap }}", "{{ 'a'.zfill(3) }}", "{{ [1] | sort }}"}) {
     EXPECT_EQ(render_status(src, {{"x", jinja::Value::string("a")}}).code(), StatusCode::kUnimplemented) << src;
@@ -145,6 +145,12 @@ TEST(JinjaRobust, RunawayLoopsAndOutputAreBounded) {
   // Default limits stop a cartesian explosion too (1e12 iterations would take hours).
   EXPECT_EQ(render_status("{% for a in range(1000000) %}{% for b in range(1000000) %}{% endfor %}{% endfor %}").code(),
             StatusCode::kResourceExhausted);
+}
+
+TEST(JinjaRobust, RunawayMacroRecursionIsAnError) {
+  const Status s = render_status("{% macro f(x) %}{{ f(x) }}{% endmacro %}{{ f(1) }}");
+  EXPECT_EQ(s.code(), StatusCode::kResourceExhausted);
+  EXPECT_TRUE(contains(s.message(), "macro calls nested deeper")) << s.message();
 }
 
 TEST(JinjaRobust, DeepNestingIsAnErrorNotACrash) {

@@ -355,10 +355,10 @@ def test_gguf_template_and_special_tokens(nibble_bin):
     assert got.stdout.decode() == want
 
 
-def test_unsupported_template_falls_back_by_name(nibble_bin, tmp_path):
-    # A ChatML template that also defines a macro: the loader path (--gguf uses for_model) is not
-    # reachable with a file, so check the error names the construct and the name hint.
-    source = "{% macro m() %}x{% endmacro %}" + CHATML
+def test_unsupported_template_is_reported(nibble_bin, tmp_path):
+    # --template-file renders exactly the given template (no fallback; the loader path, --gguf,
+    # falls back by name): the error names the construct and its position.
+    source = "{% filter upper %}x{% endfilter %}" + CHATML
     got = nibble(nibble_bin, tmp_path, source, CONVERSATIONS["single_user"])
     assert got.returncode != 0
-    assert "macro" in got.stderr.decode() and "line 1, column" in got.stderr.decode()
+    assert "filter" in got.stderr.decode() and "line 1, column" in got.stderr.decode()

@@ -78,6 +78,12 @@ SNIPPETS = [
     "a\n\n{% if t %}\n\nb\n{% endif %}\n\n",
     "{{ 'x' }}\n{{ 'y' }}\n",
     "{% raw %}{{ not rendered }}{% endraw %}",
+    "  {%- raw -%}  \n {{ x }}  \n  {%- endraw %}\nafter",
+    # macros
+    "{% macro m(a, b='B', c=n) %}<{{ a }}|{{ b }}|{{ c }}|{{ n }}>{% endmacro %}{{ m(1) }}{{ m(1, 2) }}{{ m(a=3, c=4) }}{{ m('x', c='y') }}",
+    "{% macro fact(k) %}{% if k <= 1 %}1{% else %}{{ k }}*{{ fact(k - 1) }}{% endif %}{% endmacro %}{{ fact(5) }}",
+    "{% macro show(x) %}[{{ x }}{{ item }}]{% endmacro %}{% for item in ls %}{{ show(loop.index) }}{% endfor %}|{{ show('z') | upper }}",
+    "{%- macro render(msg) -%}\n  {{ msg.role }}: {{ msg.content | trim }}\n{%- endmacro -%}\n{% for m in messages %}{{ render(m) }};{% endfor %}",
     # literals and misc
     "{{ 'a' 'b' }}|{{ \"\\t\\x41\\u00e9\\U0001F600\\101\" }}|{{ 'unknown \\d escape' }}|{{ 1_000 }}|{{ 0.5e1 }}|{{ (1, 2) | length }}",
     "{{ {'k': [1, {'z': none}], 'j': 'v'} }}|{{ {'k': 1}['k'] }}|{{ [1, 2, 3][1:][0] }}|{{ 'abc'[-1] }}",
@@ -96,7 +102,7 @@ SNIPPETS = [
 # Valid Jinja that nibble's subset rejects: the error must say so (the caller then falls back to a
 # built-in template by name).
 UNSUPPORTED = [
-    "{% macro m() %}x{% endmacro %}",
+    "{% macro m() %}x{{ caller() }}{% endmacro %}{% call m() %}y{% endcall %}",
     "{% filter upper %}x{% endfilter %}",
     "{% for x in l recursive %}{{ x }}{% endfor %}",
     "{{ '%s-%d' % ('a', 1) }}",
