@@ -279,6 +279,65 @@ QWEN25 = """{%- if tools %}
 {%- endif %}
 """
 
+# Qwen3-style: reversed slice, namespace carried out of a loop, str methods chained on split().
+QWEN3 = """{%- if messages[0].role == 'system' %}
+    {{- '<|im_start|>system\n' + messages[0].content + '<|im_end|>\n' }}
+{%- endif %}
+{%- set ns = namespace(multi_step_tool=true, last_query_index=messages|length - 1) %}
+{%- for message in messages[::-1] %}
+    {%- set index = (messages|length - 1) - loop.index0 %}
+    {%- if ns.multi_step_tool and message.role == "user" and message.content is string and not(message.content.startswith('<tool_response>') and message.content.endswith('</tool_response>')) %}
+        {%- set ns.multi_step_tool = false %}
+        {%- set ns.last_query_index = index %}
+    {%- endif %}
+{%- endfor %}
+{%- for message in messages %}
+    {%- if message.content is string %}
+        {%- set content = message.content %}
+    {%- else %}
+        {%- set content = '' %}
+    {%- endif %}
+    {%- if (message.role == "user") or (message.role == "system" and not loop.first) %}
+        {{- '<|im_start|>' + message.role + '\n' + content + '<|im_end|>' + '\n' }}
+    {%- elif message.role == "assistant" %}
+        {%- set reasoning_content = '' %}
+        {%- if message.reasoning_content is string %}
+            {%- set reasoning_content = message.reasoning_content %}
+        {%- else %}
+            {%- if '</think>' in content %}
+                {%- set reasoning_content = content.split('</think>')[0].rstrip('\n').split('<think>')[-1].lstrip('\n') %}
+                {%- set content = content.split('</think>')[-1].lstrip('\n') %}
+            {%- endif %}
+        {%- endif %}
+        {%- if loop.index0 > ns.last_query_index %}
+            {%- if loop.last or (not loop.last and reasoning_content) %}
+                {{- '<|im_start|>' + message.role + '\n<think>\n' + reasoning_content.strip('\n') + '\n</think>\n\n' + content.lstrip('\n') }}
+            {%- else %}
+                {{- '<|im_start|>' + message.role + '\n' + content }}
+            {%- endif %}
+        {%- else %}
+            {{- '<|im_start|>' + message.role + '\n' + content }}
+        {%- endif %}
+        {{- '<|im_end|>\n' }}
+    {%- elif message.role == "tool" %}
+        {%- if loop.first or (messages[loop.index0 - 1].role != "tool") %}
+            {{- '<|im_start|>user' }}
+        {%- endif %}
+        {{- '\n<tool_response>\n' }}
+        {{- content }}
+        {{- '\n</tool_response>' }}
+        {%- if loop.last or (messages[loop.index0 + 1].role != "tool") %}
+            {{- '<|im_end|>\n' }}
+        {%- endif %}
+    {%- endif %}
+{%- endfor %}
+{%- if add_generation_prompt %}
+    {{- '<|im_start|>assistant\n' }}
+    {%- if enable_thinking is defined and enable_thinking is false %}
+        {{- '<think>\n\n</think>\n\n' }}
+    {%- endif %}
+{%- endif %}"""
+
 TEMPLATES = {
     "smollm2": smollm2_template(),
     "chatml": CHATML,
@@ -290,6 +349,7 @@ TEMPLATES = {
     "phi3": PHI3,
     "llama31": LLAMA31,
     "qwen25": QWEN25,
+    "qwen3": QWEN3,
 }
 
 # Which Python-side template each built-in name must reproduce.
@@ -308,6 +368,10 @@ CONVERSATIONS = {
     "tool_turn": [{"role": "user", "content": "Weather?"}, {"role": "assistant", "content": "Checking."},
                   {"role": "tool", "content": "{\"temp\": 21}"}, {"role": "tool", "content": "sunny"},
                   {"role": "user", "content": "Thanks {{ not a tag }} {% neither %}"}],
+    "thinking": [{"role": "user", "content": "Q1"},
+                 {"role": "assistant", "content": "<think>\nstep 1\nstep 2\n</think>\n\nA1"},
+                 {"role": "user", "content": "Q2"},
+                 {"role": "assistant", "content": "<think>\nmore\n</think>\n\nA2"}],
     "bad_alternation": [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}],
 }
 
@@ -323,10 +387,11 @@ def test_matches_jinja2(nibble_bin, tmp_path, template, conversation, add_genera
     check_same(nibble_bin, tmp_path, TEMPLATES[template], CONVERSATIONS[conversation], add_generation_prompt)
 
 
-@pytest.mark.parametrize("template", ["llama31", "qwen25"])
+@pytest.mark.parametrize("template", ["llama31", "qwen25", "qwen3"])
 @pytest.mark.parametrize("extra", [{"tools": TOOLS}, {"tools": TOOLS, "tools_in_user_message": False},
                                    {"builtin_tools": ["brave_search", "code_interpreter", "wolfram"],
-                                    "date_string": "01 Jan 2025"}])
+                                    "date_string": "01 Jan 2025"},
+                                   {"enable_thinking": False}, {"enable_thinking": True}])
 def test_matches_jinja2_with_tools(nibble_bin, tmp_path, template, extra):
     check_same(nibble_bin, tmp_path, TEMPLATES[template], CONVERSATIONS["system_user_assistant_user"], True, extra)
 
