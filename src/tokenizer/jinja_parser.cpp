@@ -27,7 +27,7 @@ Result<NodePtr> Parser::parse_body(const std::set<std::string>& ends, std::strin
     } else if (t.kind == TK::kVarBegin) {
       ++i_;
       auto n = make_node(Kind::kOutput, t.pos);
-      NB_ASSIGN_OR_RETURN(NodePtr e, parse_expr());
+      NB_ASSIGN_OR_RETURN(NodePtr e, parse_expr_or_tuple());
       n->kids.push_back(e);
       if (cur().kind != TK::kVarEnd) return error(cur().pos, "expected '}}', got " + describe(cur()));
       ++i_;
@@ -78,7 +78,8 @@ Result<NodePtr> Parser::parse_statement() {
 Result<NodePtr> Parser::parse_if(size_t pos) {
   auto n = make_node(Kind::kIf, pos);
   while (true) {
-    NB_ASSIGN_OR_RETURN(NodePtr cond, parse_expr());
+    // Jinja2 parses if-conditions without `a if b else c` (parse_tuple(with_condexpr=False)).
+    NB_ASSIGN_OR_RETURN(NodePtr cond, parse_or());
     NB_RETURN_IF_ERROR(expect_block_end());
     std::string end;
     NB_ASSIGN_OR_RETURN(NodePtr body, parse_body({"elif", "else", "endif"}, &end));

@@ -90,7 +90,7 @@ class Parser {
 
   // ---- expressions ----------------------------------------------------------------------------
 
-  // `a, b` without brackets is a tuple (used on the right of {% set %}).
+  // `a, b` without brackets is a tuple ({{ a, b }} and the right of {% set %}).
   Result<NodePtr> parse_expr_or_tuple();
   Result<NodePtr> parse_expr();
   Result<NodePtr> parse_or();

@@ -18,7 +18,7 @@ Result<NodePtr> Parser::parse_expr_or_tuple() {
   n->kids.push_back(first);
   while (at_op(",")) {
     ++i_;
-    if (cur().kind == TK::kBlockEnd) break;
+    if (cur().kind == TK::kBlockEnd || cur().kind == TK::kVarEnd) break;
     NB_ASSIGN_OR_RETURN(NodePtr e, parse_expr());
     n->kids.push_back(e);
   }
@@ -313,6 +313,19 @@ Result<NodePtr> Parser::parse_subscript(NodePtr obj) {
     }
     if (parts[idx]) return error(cur().pos, "expected ']' or ':' in subscript, got " + describe(cur()));
     NB_ASSIGN_OR_RETURN(parts[idx], parse_expr());
+    if (idx == 0 && !is_slice && at_op(",")) {  // x[a, b]: the key is a tuple
+      auto key = make_node(Kind::kList, parts[0]->pos);
+      key->negated = true;
+      key->kids.push_back(parts[0]);
+      while (at_op(",")) {
+        ++i_;
+        if (at_op("]")) break;
+        NB_ASSIGN_OR_RETURN(NodePtr e, parse_expr());
+        key->kids.push_back(e);
+      }
+      parts[0] = key;
+      if (!at_op("]")) return error(cur().pos, "expected ']' after a tuple subscript, got " + describe(cur()));
+    }
   }
   ++i_;
   if (!is_slice) {

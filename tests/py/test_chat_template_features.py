@@ -149,3 +149,58 @@ def test_vars_cannot_override_conversation(nibble_bin, tmp_path):
     got = nibble(nibble_bin, tmp_path, "{{ messages | length }} {{ bos_token }}", MSGS, extra={"messages": [], "bos_token": "X"})
     assert got.returncode == 0 and got.stdout.decode() == f"{len(MSGS)} <s>", got.stdout
     assert json.loads("[]") == []
+
+
+# ---- generated templates: random nesting of text, tags, whitespace control and expressions ------
+
+def _ws(r):
+    return r.choice(["", " ", "  ", "\n", " \n ", "\n\n", "\t", "x", "ab \n", " \n", "\n  "])
+
+
+def _sign(r):
+    return r.choice(["", "", "-", "+"])
+
+
+def _expr(r, depth=0):
+    atoms = ["n", "f", "s", "l", "d", "t", "e", "none", "1", "2.0", "'q'", "\"w\"", "true", "[1, 2]", "nope", "d.b",
+             "l[0]", "s[1:3]", "loop.index", "ls"]
+    if depth > 2 or r.random() < 0.4:
+        return r.choice(atoms)
+    a, b = _expr(r, depth + 1), _expr(r, depth + 1)
+    return r.choice([
+        f"{a} ~ {b}", f"({a} + {b})", f"{a} {r.choice(['==', '!=', '<', '>', 'in', 'not in'])} {b}",
+        f"{a} {r.choice(['and', 'or'])} {b}", f"not {a}",
+        f"{a} | {r.choice(['length', 'trim', 'upper', 'string', 'first', 'tojson', 'default(1)', 'list'])}",
+        f"{a} if {b} else {_expr(r, depth + 1)}",
+        f"{a} is {r.choice(['defined', 'none', 'string', 'number', 'mapping', 'not defined'])}", f"({a} * 2)"])
+
+
+def _block(r, depth=0):
+    out = []
+    for _ in range(r.randrange(1, 4)):
+        k = r.randrange(6 if depth < 2 else 3)
+        s = lambda: _sign(r)  # noqa: E731
+        v = lambda: _sign(r).replace("+", "")  # noqa: E731 - {{+ is not valid Jinja
+        if k == 0:
+            out.append(_ws(r))
+        elif k == 1:
+            out.append("{{" + v() + " " + _expr(r) + " " + v() + "}}")
+        elif k == 2:
+            out.append("{#" + s() + " c " + s() + "#}")
+        elif k == 3:
+            out.append("{%" + s() + " if " + _expr(r) + " " + s() + "%}" + _block(r, depth + 1) + _ws(r) + "{%" + s() +
+                       " else " + s() + "%}" + _block(r, depth + 1) + "{%" + s() + " endif " + s() + "%}")
+        elif k == 4:
+            out.append("{%" + s() + " for x in " + r.choice(["l", "d", "s", "[]", "messages"]) + " " + s() + "%}" +
+                       _ws(r) + "{{ x }}" + _block(r, depth + 1) + "{%" + s() + " endfor " + s() + "%}")
+        else:
+            out.append("{%" + s() + " set v = " + _expr(r) + " " + s() + "%}" + _ws(r) + "{{ v }}")
+        out.append(_ws(r))
+    return "".join(out)
+
+
+def test_generated_templates_match_jinja2(nibble_bin, tmp_path):
+    import random
+    rng = random.Random(2024)
+    for _ in range(250):
+        check_same(nibble_bin, tmp_path, _block(rng), MSGS, True, VARS)
