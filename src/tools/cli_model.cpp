@@ -8,6 +8,7 @@ void add_model_options(CliArgs& args) {
   args.option("-m,--model", "model: .gguf file, llama2.c .bin, or Hugging Face directory");
   args.option("-t,--threads", "CPU threads", "2");
   args.option("--tokenizer", "tokenizer file to use instead of the one found with the model");
+  args.flag("--exact", "f32 activations in every matmul (slower reference path; default quantizes them to 8 bits)");
 }
 
 Result<CliModel> load_cli_model(const CliArgs& args) {
@@ -30,6 +31,7 @@ Result<CliModel> load_cli_model(const CliArgs& args) {
   }
   out.chat_template = std::move(loaded.chat_template);
   NB_ASSIGN_OR_RETURN(out.model, LlamaModel::create(std::move(loaded.weights), static_cast<int>(threads)));
+  out.model->set_exact_matmul(args.has("--exact"));
   return out;
 }
 
