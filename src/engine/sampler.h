@@ -7,16 +7,22 @@
 // Determinism: each Sampler owns a std::mt19937_64 seeded with SamplingParams::seed. The engine's
 // output is fully specified by the C++ standard, and uniforms are made from its raw bits here (not
 // with std::uniform_real_distribution, whose algorithm is implementation-defined), so a given seed
-// gives the same tokens on every compiler and platform for the same logits.
+// gives the same tokens run after run and across standard libraries for the same logits. Caveat:
+// a build for another CPU may round exp() differently in the last bit (FMA contraction), which
+// changes a draw only when the uniform lands within ~1e-7 of a bucket boundary.
 //
 // Logprobs: reported values are the log-softmax of the logits after penalties and temperature and
 // BEFORE top-k/top-p/min-p truncation (for temperature 0, after penalties at temperature 1). This is
 // the model's distribution as OpenAI reports it; the token actually drawn was drawn from the
 // truncated, renormalised distribution, so its reported logprob is the untruncated one.
 //
-// Cost per token for a vocab of V: O(V) when no truncation is active; top-k adds an O(V)
-// nth_element plus O(k log k); top-p without top-k sorts only a growing prefix of the candidates
-// (never the whole vocab unless the prefix really needs it); min-p is one O(V) pass.
+// Cost per token for a vocab of V, all O(V) with no full sort: one copy, the sparse penalties, a
+// scale, a max and a vectorized exp pass (plus sums per 512-id block, so the draw walks one block).
+// top-k/top-p first find a weight threshold (relative to the top token) that keeps enough tokens
+// or mass, with vectorized counting passes, then select among those few candidates
+// (nth_element / bisection); a nucleus of more than 4096 tokens is found by bisecting on the
+// weight instead. min-p is one pass. Ties are broken by lower id everywhere, so results do not
+// depend on the standard library's selection algorithms.
 //
 // Not thread-safe: one Sampler per sequence.
 #pragma once
