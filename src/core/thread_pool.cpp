@@ -13,6 +13,9 @@ namespace nb {
 
 namespace {
 constexpr int kSpinIterations = 1 << 16;  // ~a few hundred µs of spinning before sleeping
+// After this many pauses a spinning thread also yields its core: when the machine is
+// oversubscribed, the thread we wait for may need our core to finish.
+constexpr int kYieldAfter = 256;
 }
 
 ThreadPool::ThreadPool(int num_threads) {
@@ -38,7 +41,11 @@ void ThreadPool::worker_loop(int index) {
     uint64_t g;
     while ((g = generation_.load(std::memory_order_acquire)) == seen) {
       if (++spins < kSpinIterations) {
-        NB_PAUSE();
+        if (spins > kYieldAfter) {
+          std::this_thread::yield();
+        } else {
+          NB_PAUSE();
+        }
         continue;
       }
       std::unique_lock<std::mutex> lock(mu_);
@@ -65,7 +72,13 @@ void ThreadPool::run(const std::function<void(int, int)>& fn) {
   }
   cv_.notify_all();
   fn(0, num_threads_);
-  while (pending_.load(std::memory_order_acquire) != 0) NB_PAUSE();
+  for (int spins = 0; pending_.load(std::memory_order_acquire) != 0; ++spins) {
+    if (spins > kYieldAfter) {
+      std::this_thread::yield();
+    } else {
+      NB_PAUSE();
+    }
+  }
   task_ = nullptr;
 }
 
