@@ -137,7 +137,16 @@ Result<List> iterate(const Value& v) {
 }
 
 Result<Value> binary_op(const std::string& op, const Value& a, const Value& b, const Limits& limits) {
-  if (op == "~") return Value::string(to_str(a) + to_str(b));
+  const auto too_long = [&](size_t n) {
+    return n > limits.max_output_bytes ? resource_exhausted("a string of " + std::to_string(n) +
+                                                            " bytes is over the template output limit")
+                                       : Status::Ok();
+  };
+  if (op == "~") {
+    std::string out = to_str(a) + to_str(b);
+    NB_RETURN_IF_ERROR(too_long(out.size()));
+    return Value::string(std::move(out));
+  }
   if (a.is_undefined()) return undefined_error(a);
   if (b.is_undefined()) return undefined_error(b);
   const bool nums = a.is_number() && b.is_number();
@@ -149,8 +158,14 @@ Result<Value> binary_op(const std::string& op, const Value& a, const Value& b, c
       return Value::integer(r);
     }
     if (nums) return Value::number(as_double(a) + as_double(b));
-    if (a.is_string() && b.is_string()) return Value::string(a.s + b.s);
+    if (a.is_string() && b.is_string()) {
+      NB_RETURN_IF_ERROR(too_long(a.s.size() + b.s.size()));
+      return Value::string(a.s + b.s);
+    }
     if (a.kind == K::kList && b.kind == K::kList) {
+      if (a.list->size() + b.list->size() > static_cast<size_t>(limits.max_range))
+        return resource_exhausted("a list of " + std::to_string(a.list->size() + b.list->size()) +
+                                  " items is over the template limit");
       List out = *a.list;
       out.insert(out.end(), b.list->begin(), b.list->end());
       return Value::make_list(std::move(out));
@@ -215,9 +230,12 @@ Result<Value> binary_op(const std::string& op, const Value& a, const Value& b, c
   }
   if (op == "**") {
     if (ints && as_int(b) >= 0) {
+      // Square-and-multiply: O(log e) even for 1 ** 10**18.
       int64_t r = 1, base = as_int(a);
-      for (int64_t e = as_int(b); e > 0; --e)
-        if (__builtin_mul_overflow(r, base, &r)) return invalid_argument("integer overflow in **");
+      for (int64_t e = as_int(b); e > 0; e >>= 1) {
+        if ((e & 1) && __builtin_mul_overflow(r, base, &r)) return invalid_argument("integer overflow in **");
+        if (e > 1 && __builtin_mul_overflow(base, base, &base)) return invalid_argument("integer overflow in **");
+      }
       return Value::integer(r);
     }
     return Value::number(std::pow(as_double(a), as_double(b)));

@@ -11,6 +11,21 @@ namespace {
 
 using Kind = Node::Kind;
 
+// How deeply `v` nests lists/dicts, counting no further than `limit` + 1 (so a value that contains
+// itself through a namespace still terminates).
+int nesting_depth(const Value& v, int limit) {
+  if (limit < 0) return 1;
+  int deepest = 0;
+  if (v.kind == Value::Kind::kList) {
+    for (const Value& x : *v.list) deepest = std::max(deepest, nesting_depth(x, limit - 1));
+  } else if (v.is_mapping()) {
+    for (const auto& kv : *v.dict) deepest = std::max(deepest, nesting_depth(kv.second, limit - 1));
+  } else {
+    return 0;
+  }
+  return 1 + deepest;
+}
+
 class Renderer {
  public:
   Renderer(const std::string& src, const Limits& limits, const Dict& globals) : src_(src), limits_(limits) {
@@ -67,6 +82,17 @@ class Renderer {
   // Re-raises a builtin's error with this node's position, keeping its code.
   Status at(size_t pos, const Status& s) const { return Status(s.code(), position_prefix(src_, pos) + s.message()); }
 
+  // Values nest at most max_depth levels, so printing, comparing and freeing them cannot exhaust
+  // the stack, and a namespace cannot be stored inside itself.
+  Status deep_value(size_t pos) const {
+    return Status(StatusCode::kResourceExhausted, position_prefix(src_, pos) + "a value nested deeper than " +
+                                                      std::to_string(limits_.max_depth) + " levels (or containing itself)");
+  }
+  Result<Value> checked(Value v, size_t pos) const {
+    if (nesting_depth(v, limits_.max_depth) > limits_.max_depth) return deep_value(pos);
+    return v;
+  }
+
   Status append(std::string& out, const std::string& s, size_t pos) {
     if (out.size() + s.size() > limits_.max_output_bytes)
       return Status(StatusCode::kResourceExhausted, position_prefix(src_, pos) + "output is over the limit of " +
@@ -94,6 +120,10 @@ class Renderer {
       return error(n.pos, "cannot assign attribute '" + n.attr + "' on '" + n.str + "': only namespace() objects allow it");
     Value handle = *ns;  // shares the dict
     handle.set(n.attr, std::move(v));
+    if (nesting_depth(handle, limits_.max_depth) > limits_.max_depth) {
+      handle.set(n.attr, Value::none());  // break the cycle / depth before reporting
+      return deep_value(n.pos);
+    }
     return Status::Ok();
   }
 
@@ -188,6 +218,7 @@ class Renderer {
       if (lookup(callee.str) != nullptr || !is_global_function(callee.str))
         return error(n.pos, "'" + callee.str + "' is not callable (or not a supported function)");
       r = call_global(callee.str, args, limits_);
+      if (r.ok()) r = checked(std::move(r).value(), n.pos);
     } else if (callee.kind == Kind::kGetAttr) {
       NB_ASSIGN_OR_RETURN(Value obj, eval(*callee.kids[0]));
       r = call_method(obj, callee.str, args);
@@ -373,7 +404,7 @@ class Renderer {
           NB_ASSIGN_OR_RETURN(Value v, eval(*k));
           items.push_back(std::move(v));
         }
-        return n.negated ? Value::make_tuple(std::move(items)) : Value::make_list(std::move(items));
+        return checked(n.negated ? Value::make_tuple(std::move(items)) : Value::make_list(std::move(items)), n.pos);
       }
       case Kind::kDict: {
         Value d = Value::make_dict();
@@ -383,7 +414,7 @@ class Renderer {
           if (!k.is_string()) return error(n.kids[i]->pos, "dict keys must be strings in nibble's Jinja subset");
           d.set(k.s, std::move(v));
         }
-        return d;
+        return checked(std::move(d), n.pos);
       }
       default: return error(n.pos, "internal: statement node in expression position");
     }

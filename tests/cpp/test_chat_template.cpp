@@ -147,6 +147,21 @@ TEST(JinjaRobust, RunawayLoopsAndOutputAreBounded) {
             StatusCode::kResourceExhausted);
 }
 
+TEST(JinjaRobust, DeepOrSelfContainingValuesAreErrors) {
+  for (const char* src : {"{% set x = [] %}{% set ns = namespace(v=x) %}{% for i in range(100000) %}{% set ns.v = [ns.v] %}{% endfor %}{{ ns.v }}",
+                          "{% set ns = namespace(v=1) %}{% for i in range(100000) %}{% set ns.v = {'a': ns.v} %}{% endfor %}",
+                          "{% set ns = namespace() %}{% set ns.self = ns %}{{ ns }}",
+                          "{% set ns = namespace() %}{% set ns.l = [1, ns] %}{{ ns.l }}",
+                          "{% set ns = namespace(s='x') %}{% for i in range(100) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}",
+                          "{% set ns = namespace(l=[1]) %}{% for i in range(100) %}{% set ns.l = ns.l + ns.l %}{% endfor %}",
+                          "{{ 1 ** 1000000000000000000 }}{{ 2 ** 100 }}"}) {
+    const Status s = render_status(src);
+    EXPECT_FALSE(s.ok()) << src;
+    EXPECT_TRUE(s.code() == StatusCode::kResourceExhausted || s.code() == StatusCode::kInvalidArgument) << s.to_string();
+  }
+  EXPECT_TRUE(render_status("{{ 1 ** 1000000000000000000 }}").ok());
+}
+
 TEST(JinjaRobust, RunawayMacroRecursionIsAnError) {
   const Status s = render_status("{% macro f(x) %}{{ f(x) }}{% endmacro %}{{ f(1) }}");
   EXPECT_EQ(s.code(), StatusCode::kResourceExhausted);
