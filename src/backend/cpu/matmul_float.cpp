@@ -85,9 +85,12 @@ void matmul_avx512(const MatmulParams& p, ThreadPool& pool) {
   static constexpr auto kTable = tile_table<L>(std::make_integer_sequence<int, kRows>{});
   const int64_t n = p.weight.dim(0), k = p.weight.dim(1);
   const auto* w = static_cast<const typename L::Elem*>(p.weight.data());
+  const size_t row_bytes = static_cast<size_t>(k) * sizeof(typename L::Elem);
+  const int64_t ahead = kRows * simd::prefetch_tiles_ahead(kRows * row_bytes);
   pool.parallel_for(n, [&](int64_t n0, int64_t n1) {
     for (int64_t r = n0; r < n1; r += kRows) {
       const int rows = static_cast<int>(std::min<int64_t>(kRows, n1 - r));
+      simd::prefetch_range(w + std::min(n1, r + ahead) * k, w + std::min(n1, r + ahead + kRows) * k);
       for (int64_t t = 0; t < p.m; t += kTokens) {
         const int toks = static_cast<int>(std::min<int64_t>(kTokens, p.m - t));
         kTable[static_cast<size_t>(rows - 1)][static_cast<size_t>(toks - 1)](w + r * k, k, p.x + t * k,

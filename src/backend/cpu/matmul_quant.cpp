@@ -307,9 +307,12 @@ void matmul_vnni(const MatmulParams& p, ThreadPool& pool) {
   const AlignedBytes act = quantize_activations(p, l, pool, &quantize_act_row);
   const auto* w = static_cast<const uint8_t*>(p.weight.data());
   const size_t w_stride = p.weight.row_nbytes();
+  const int64_t ahead = kRows * simd::prefetch_tiles_ahead(kRows * w_stride);
   pool.parallel_for(n, [&](int64_t n0, int64_t n1) {
     for (int64_t r = n0; r < n1; r += kRows) {
       const int rows = static_cast<int>(std::min<int64_t>(kRows, n1 - r));
+      simd::prefetch_range(w + static_cast<size_t>(std::min(n1, r + ahead)) * w_stride,
+                           w + static_cast<size_t>(std::min(n1, r + ahead + kRows)) * w_stride);
       for (int64_t t = 0; t < p.m; t += kTokens) {
         const int toks = static_cast<int>(std::min<int64_t>(kTokens, p.m - t));
         kTable[static_cast<size_t>(rows - 1)][static_cast<size_t>(toks - 1)](

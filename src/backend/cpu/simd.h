@@ -5,8 +5,10 @@
 #include <cmath>
 #include <cstdint>
 
-#if defined(__AVX512F__)
+#if defined(__x86_64__)
 #include <immintrin.h>
+#endif
+#if defined(__AVX512F__)
 // GCC 12 reports "'__Y' (may be) used uninitialized" inside its own AVX-512 headers wherever an
 // intrinsic built on _mm512_undefined_*() is inlined (GCC bug 105593, fixed in GCC 13). The
 // warning is a false positive; it is silenced for the CPU kernel files that include this header.
@@ -43,5 +45,23 @@ inline __mmask16 first_lanes(int64_t n) {
   return n >= 16 ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << (n < 0 ? 0 : n)) - 1u);
 }
 #endif
+
+// Streaming weights from DRAM: the hardware prefetchers alone keep too few lines in flight for
+// the 4 interleaved row streams of a matmul tile (measured: the 30 MB Q8_0 output head ran at
+// ~6 GB/s on one Zen 4 core without this, ~16 GB/s with it). So each tile first requests the
+// bytes of the tile after next-ish: [begin, end) rounded out to cache lines.
+inline void prefetch_range(const void* begin, const void* end) {
+  for (auto* p = static_cast<const char*>(begin); p < static_cast<const char*>(end); p += 64) {
+#if defined(__SSE__)
+    _mm_prefetch(p, _MM_HINT_T0);
+#else
+    __builtin_prefetch(p);
+#endif
+  }
+}
+// How many row tiles ahead to prefetch so that the distance is at least ~2 KiB.
+inline int64_t prefetch_tiles_ahead(size_t tile_bytes) {
+  return tile_bytes >= 2048 ? 1 : static_cast<int64_t>((2048 + tile_bytes - 1) / tile_bytes);
+}
 
 }  // namespace nb::cpu::simd
