@@ -222,6 +222,16 @@ double Sampler::exp_pass(float mx) {
   return total;
 }
 
+void Sampler::mask_below(float t) {
+  float* p = probs_.data();
+  const size_t vocab = probs_.size();
+  for (size_t i = 0; i < vocab; ++i) p[i] = p[i] >= t ? p[i] : 0.0f;
+  for (size_t b = 0; b < block_sums_.size(); ++b) {
+    const size_t lo = b * kBlock;
+    block_sums_[b] = sum_of(p + lo, std::min(kBlock, vocab - lo));
+  }
+}
+
 void Sampler::collect_at_least(float t) {
   // Chunks of 16 are tested with one vector compare and skipped when none passes (most chunks,
   // for a peaked distribution); passing chunks are written branchlessly.
@@ -254,11 +264,32 @@ void Sampler::collect_candidates(size_t min_count, double min_mass) {
   // to the top token's weight, which is 1. Counting is a vectorized pass; only the chosen
   // threshold is collected. The mass is a float-lane sum, so it must clear min_mass by a margin
   // to be sure the exact (double) mass does too.
-  for (float t : {1e-1f, 1e-2f, 1e-4f, 1e-7f}) {
-    size_t count = 0;
-    double mass = 0.0;
+  // For flat distributions even t = 0.1 keeps most of the vocab; then bisect t (over float bit
+  // patterns) between the passing and the failing threshold until the set is small.
+  size_t count = 0;
+  double mass = 0.0;
+  auto enough = [&](float t) {
     count_at_least(probs_.data(), probs_.size(), t, &count, &mass);
-    if (count >= min_count && mass >= min_mass * (1.0 + 1e-4)) return collect_at_least(t);
+    return count >= min_count && mass >= min_mass * (1.0 + 1e-4);
+  };
+  float failed = 1.5f;  // above every weight: keeps nothing
+  for (float t : {1e-1f, 1e-2f, 1e-4f, 1e-7f}) {
+    if (!enough(t)) {
+      failed = t;
+      continue;
+    }
+    uint32_t lo = std::bit_cast<uint32_t>(t), hi = std::bit_cast<uint32_t>(failed);
+    size_t lo_count = count;
+    while (lo_count > kMaxSelectCandidates && hi - lo > (1u << 12)) {
+      const uint32_t mid = lo + (hi - lo) / 2;
+      if (enough(std::bit_cast<float>(mid))) {
+        lo = mid;
+        lo_count = count;
+      } else {
+        hi = mid;
+      }
+    }
+    return collect_at_least(std::bit_cast<float>(lo));
   }
   collect_at_least(0.0f);  // everything
 }
@@ -369,8 +400,10 @@ double Sampler::truncate() {
     } else if (use_p) {
       std::erase_if(cand_, [&](int32_t t) { return probs_[t] < threshold; });
     } else {
-      for (size_t i = 0; i < vocab; ++i)
-        if (probs_[i] >= threshold) cand_.push_back(static_cast<int32_t>(i));
+      // min-p alone: zero the dropped weights in place (one vectorized pass) and draw over the
+      // vocab with fresh block sums, instead of gathering a possibly vocab-sized id list.
+      mask_below(threshold);
+      return -1.0;
     }
   }
   if (!use_k && !use_p && !use_min_p) return -1.0;  // no truncation: caller draws over the whole vocab
@@ -433,22 +466,23 @@ Result<int32_t> Sampler::sample(std::span<const float> logits, TokenHistory hist
   if (greedy) {
     while (work_[chosen] != mx) ++chosen;  // the first maximum: ties go to the lowest id
   } else {
-    const double all = exp_pass(mx);
+    total_weight_ = exp_pass(mx);
     have_probs = true;
     const double total = truncate();
-    chosen = total < 0.0 ? draw_from_vocab(all) : draw_from_candidates(total);
+    if (total < 0.0) {
+      double all = 0.0;
+      for (double b : block_sums_) all += b;
+      chosen = draw_from_vocab(all);
+    } else {
+      chosen = draw_from_candidates(total);
+    }
   }
   if (out != nullptr) fill_logprobs(chosen, mx, have_probs, out);
   return chosen;
 }
 
 void Sampler::fill_logprobs(int32_t chosen, float mx, bool have_probs, SampleOutput* out) {
-  double total = 0.0;
-  if (have_probs) {
-    for (double b : block_sums_) total += b;
-  } else {
-    total = exp_pass(mx);
-  }
+  const double total = have_probs ? total_weight_ : exp_pass(mx);
   const double log_z = mx + std::log(total);
   out->logprob = static_cast<float>(work_[chosen] - log_z);
   out->top.clear();

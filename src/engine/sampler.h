@@ -99,6 +99,7 @@ class Sampler {
   // cand_ = a most-likely prefix of the vocab holding >= min_count ids and >= min_mass weight.
   void collect_candidates(size_t min_count, double min_mass);
   void collect_at_least(float t);  // cand_ = ids with probs_ >= t, in id order
+  void mask_below(float t);        // probs_[i] = 0 where < t; block sums recomputed
   // Top-p over the whole vocab when the nucleus is large: cand_ = the nucleus, unordered.
   void nucleus_by_threshold(double target);
   // Applies top-k/top-p/min-p: cand_ = the survivors; returns their weight, or -1 when no
@@ -117,6 +118,7 @@ class Sampler {
   std::vector<float> work_;       // [vocab] processed logits
   std::vector<float> probs_;      // [vocab] exp(logit - max): unnormalised probabilities
   std::vector<double> block_sums_;  // [ceil(vocab / kBlock)] sums of probs_
+  double total_weight_ = 0.0;       // sum of probs_ before truncation (the logprob normaliser)
   std::vector<int32_t> cand_;     // surviving candidate ids
   std::vector<int32_t> ties_;     // tokens in the top-p threshold band
   std::vector<int32_t> counts_;   // sorted history ids, for counting

@@ -288,30 +288,35 @@ TEST(Sampler, PenaltyChangesGreedyChoice) {
 // ---- logprobs -------------------------------------------------------------------------------
 
 TEST(Sampler, LogprobsAreLogSoftmaxAfterTemperatureAndSumToOne) {
-  SamplingParams p;
-  p.temperature = 0.7f;
-  p.top_k = 5;  // truncation must not change the reported distribution
-  p.top_logprobs = 20;
-  p.seed = 3;
-  auto s = Sampler::create(p);
-  const auto logits = test_logits(20);
-  SampleOutput out;
-  auto tok = s->sample(logits, {}, &out);
-  ASSERT_TRUE(tok.ok());
-  ASSERT_EQ(out.top.size(), 20u);
-  double mx = -1e30, sum = 0, prob_sum = 0;
-  for (float l : logits) mx = std::max(mx, l / 0.7);
-  for (float l : logits) sum += std::exp(l / 0.7 - mx);
-  for (size_t i = 0; i < out.top.size(); ++i) {
-    const auto& e = out.top[i];
-    EXPECT_NEAR(e.logprob, logits[e.token] / 0.7 - mx - std::log(sum), 1e-5);
-    if (i > 0) {
-      EXPECT_GE(out.top[i - 1].logprob, e.logprob);
+  // Truncation (top-k here, min-p's in-place masking in the second case) must not change the
+  // reported distribution.
+  for (const auto& [k, min_p] : {std::pair<int, float>{5, 0.0f}, std::pair<int, float>{0, 0.3f}}) {
+    SamplingParams p;
+    p.temperature = 0.7f;
+    p.top_k = k;
+    p.min_p = min_p;
+    p.top_logprobs = 20;
+    p.seed = 3;
+    auto s = Sampler::create(p);
+    const auto logits = test_logits(20);
+    SampleOutput out;
+    auto tok = s->sample(logits, {}, &out);
+    ASSERT_TRUE(tok.ok());
+    ASSERT_EQ(out.top.size(), 20u);
+    double mx = -1e30, sum = 0, prob_sum = 0;
+    for (float l : logits) mx = std::max(mx, l / 0.7);
+    for (float l : logits) sum += std::exp(l / 0.7 - mx);
+    for (size_t i = 0; i < out.top.size(); ++i) {
+      const auto& e = out.top[i];
+      EXPECT_NEAR(e.logprob, logits[e.token] / 0.7 - mx - std::log(sum), 1e-5);
+      if (i > 0) {
+        EXPECT_GE(out.top[i - 1].logprob, e.logprob);
+      }
+      prob_sum += std::exp(e.logprob);
     }
-    prob_sum += std::exp(e.logprob);
+    EXPECT_NEAR(prob_sum, 1.0, 1e-5);
+    EXPECT_NEAR(out.logprob, logits[*tok] / 0.7 - mx - std::log(sum), 1e-5);
   }
-  EXPECT_NEAR(prob_sum, 1.0, 1e-5);
-  EXPECT_NEAR(out.logprob, logits[*tok] / 0.7 - mx - std::log(sum), 1e-5);
 }
 
 // ---- large vocab: the partial-sort top-p path keeps exactly the reference nucleus ----------------
