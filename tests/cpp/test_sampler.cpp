@@ -125,6 +125,8 @@ struct ChiCase {
   SamplingParams params;
 };
 
+void PrintTo(const ChiCase& c, std::ostream* os) { *os << c.name; }
+
 class SamplerChiSquare : public ::testing::TestWithParam<ChiCase> {};
 
 TEST_P(SamplerChiSquare, FrequenciesMatchRenormalisedDistribution) {
