@@ -1,4 +1,4 @@
-// CPU matmul: every fast path (AVX-512 and the portable fallback) against nb::cpu::ref::matmul, and
+// CPU matmul: every fast path (AVX-512, AVX2 and the portable fallback) against nb::cpu::ref::matmul, and
 // ref::matmul itself against the GGUF block formulas written out by hand.
 #include <gtest/gtest.h>
 
@@ -61,6 +61,23 @@ std::vector<float> as_quantized(const std::vector<float>& x, int64_t m, int64_t 
 }
 
 using MatmulFn = void (*)(const MatmulParams&, ThreadPool&);
+struct NamedMatmul {
+  const char* name;
+  MatmulFn fn;
+};
+
+// Every implementation this machine can run: the dispatcher's choice, the portable fallback, and
+// the AVX2 kernels (what AVX2-only machines dispatch to) wherever the CPU has AVX2.
+std::vector<NamedMatmul> quantized_impls() {
+  std::vector<NamedMatmul> v = {{"dispatch", &cpu::matmul}, {"portable", &cpu::portable::matmul_quantized}};
+  if (cpu::avx2::available()) v.push_back({"avx2", &cpu::avx2::matmul_quantized});
+  return v;
+}
+std::vector<NamedMatmul> float_impls() {
+  std::vector<NamedMatmul> v = {{"dispatch", &cpu::matmul}, {"portable", &cpu::portable::matmul_float}};
+  if (cpu::avx2::available()) v.push_back({"avx2", &cpu::avx2::matmul_float});
+  return v;
+}
 
 class QuantMatmul : public ::testing::TestWithParam<std::tuple<DType, int>> {};
 
@@ -78,13 +95,12 @@ TEST_P(QuantMatmul, MatchesReferenceOnSameQuantizedActivations) {
     const std::vector<float> xq = as_quantized(x, s.m, s.k);
     const std::vector<float> want = run_ref(w.tensor, xq.data(), s.m);
     const std::vector<double> scale = abs_dot(w.tensor, xq.data(), s.m);
-    for (MatmulFn fn : {&cpu::matmul, &cpu::portable::matmul_quantized}) {
+    for (const NamedMatmul& impl : quantized_impls()) {
       std::vector<float> y(want.size(), NAN);
-      fn({w.tensor, x.data(), y.data(), s.m}, pool);
+      impl.fn({w.tensor, x.data(), y.data(), s.m}, pool);
       for (size_t i = 0; i < y.size(); ++i) {
         ASSERT_NEAR(y[i], want[i], 1e-5 * scale[i] + 1e-30)
-            << dtype_name(dtype) << " m=" << s.m << " n=" << s.n << " k=" << s.k << " i=" << i
-            << (fn == &cpu::matmul ? " fast" : " portable");
+            << dtype_name(dtype) << " m=" << s.m << " n=" << s.n << " k=" << s.k << " i=" << i << " " << impl.name;
       }
     }
   }
@@ -152,12 +168,12 @@ TEST_P(FloatMatmul, MatchesReference) {
     const std::vector<float> x = random_normal(static_cast<size_t>(s.m * s.k), seed++);
     const std::vector<float> want = run_ref(w.tensor, x.data(), s.m);
     const std::vector<double> scale = abs_dot(w.tensor, x.data(), s.m);
-    for (MatmulFn fn : {&cpu::matmul, &cpu::portable::matmul_float}) {
+    for (const NamedMatmul& impl : float_impls()) {
       std::vector<float> y(want.size(), NAN);
-      fn({w.tensor, x.data(), y.data(), s.m}, pool);
+      impl.fn({w.tensor, x.data(), y.data(), s.m}, pool);
       for (size_t i = 0; i < y.size(); ++i) {
         ASSERT_NEAR(y[i], want[i], 1e-5 * scale[i] + 1e-30)
-            << dtype_name(dtype) << " m=" << s.m << " n=" << s.n << " k=" << s.k << " i=" << i;
+            << dtype_name(dtype) << " m=" << s.m << " n=" << s.n << " k=" << s.k << " i=" << i << " " << impl.name;
       }
     }
   }
@@ -260,10 +276,13 @@ TEST(CpuOpsFuzz, MatmulRandomShapesMatchReference) {
     const std::vector<float> xq = block ? as_quantized(x, m, k) : x;
     const std::vector<float> want = run_ref(w.tensor, xq.data(), m);
     const std::vector<double> scale = abs_dot(w.tensor, xq.data(), m);
-    std::vector<float> y(want.size(), NAN);
-    cpu::matmul({w.tensor, x.data(), y.data(), m}, pool);
-    for (size_t i = 0; i < y.size(); ++i) {
-      ASSERT_NEAR(y[i], want[i], 1e-5 * scale[i] + 1e-30) << dtype_name(dtype) << " m=" << m << " n=" << n << " k=" << k;
+    for (const NamedMatmul& impl : block ? quantized_impls() : float_impls()) {
+      std::vector<float> y(want.size(), NAN);
+      impl.fn({w.tensor, x.data(), y.data(), m}, pool);
+      for (size_t i = 0; i < y.size(); ++i) {
+        ASSERT_NEAR(y[i], want[i], 1e-5 * scale[i] + 1e-30)
+            << dtype_name(dtype) << " m=" << m << " n=" << n << " k=" << k << " " << impl.name;
+      }
     }
   }
 }

@@ -129,6 +129,8 @@ void matmul_float(const MatmulParams& p, ThreadPool& pool) {
     case DType::kBF16: return matmul_avx512<LoadBF16>(p, pool);
     default: break;
   }
+#elif defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+  return avx2::matmul_float(p, pool);
 #endif
   portable::matmul_float(p, pool);
 }

@@ -23,38 +23,12 @@ namespace nb::cpu {
 
 namespace {
 
-struct AlignedFree {
-  void operator()(uint8_t* p) const { ::operator delete[](p, std::align_val_t{64}); }
-};
-using AlignedBytes = std::unique_ptr<uint8_t[], AlignedFree>;
-AlignedBytes alloc_aligned(size_t n) {
-  return AlignedBytes(static_cast<uint8_t*>(::operator new[](n, std::align_val_t{64})));
-}
-
 int act_bias(DType t) {
   switch (t) {
     case DType::kQ4_0: return 8;
     case DType::kQ8_0: return 128;
     default: return 0;
   }
-}
-
-using QuantizeRowFn = void (*)(const float*, const ActQ8Layout&, int, uint8_t*);
-
-// Quantizes the m activation rows; threaded when there are enough rows to pay for a dispatch.
-AlignedBytes quantize_activations(const MatmulParams& p, const ActQ8Layout& l, ThreadPool& pool,
-                                  QuantizeRowFn quantize_row) {
-  AlignedBytes buf = alloc_aligned(l.row_bytes * static_cast<size_t>(p.m));
-  const int bias = act_bias(p.weight.dtype());
-  auto body = [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; ++r) quantize_row(p.x + r * l.k, l, bias, buf.get() + l.row_bytes * static_cast<size_t>(r));
-  };
-  if (p.m >= 8) {
-    pool.parallel_for(p.m, body);
-  } else {
-    body(0, p.m);
-  }
-  return buf;
 }
 
 // Plain C++ block dot product of weight row w (nb blocks) with quantized activation row a.
@@ -129,6 +103,12 @@ struct WeightGroup {
 
 inline __m128i load16(const uint8_t* p) { return _mm_loadu_si128(reinterpret_cast<const __m128i*>(p)); }
 inline __m512i load64(const uint8_t* p) { return _mm512_loadu_si512(p); }
+inline __m256i load32(const uint8_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
+inline uint16_t load_u16(const uint8_t* p) {
+  uint16_t v;
+  std::memcpy(&v, p, 2);
+  return v;
+}
 
 // Byte / 16-bit-word index vectors for vpermt2b / vpermw, built once per call site.
 template <typename Fn>
@@ -145,9 +125,9 @@ inline __m512i word_index(Fn fn) {
 }
 inline __m512 half_words_to_ps(__m512i words) { return _mm512_cvtph_ps(_mm512_castsi512_si256(words)); }
 
-// Index vectors for a full group of 4 blocks read as whole 64-byte vectors; see load_full_group.
+// Index vectors for a full Q4 group of 4 blocks read as whole 64-byte vectors; see load_full_group.
 struct GroupIndex {
-  __m512i qs_lo, qs_hi, d, m;
+  __m512i qs_lo, d, m;
 };
 
 template <DType kT>
@@ -162,26 +142,26 @@ GroupIndex make_group_index() {
     // A = bytes [0, 64), B = bytes [8, 72); block i is bytes [18i, 18i+18).
     ix.qs_lo = byte_index([](int j) { const int src = 18 * (j / 16) + 2 + j % 16; return src < 64 ? src : 64 + src - 8; });
     ix.d = word_index([](int j) { return 9 * ((j / 4) % 4); });
-  } else {
-    // Low halves from A = [0, 64), B = [64, 128); high halves from A' = [8, 72), B' = [72, 136);
-    // d words from A, B. Block i is bytes [34i, 34i+34).
-    ix.qs_lo = byte_index([](int j) { return 34 * (j / 16) + 2 + j % 16; });  // A|B is bytes [0, 128) as is
-    ix.qs_hi = byte_index([](int j) { const int src = 34 * (j / 16) + 18 + j % 16; return src < 72 ? src - 8 : 64 + src - 72; });
-    ix.d = word_index([](int j) { return 17 * ((j / 4) % 4); });
   }
   return ix;
 }
 
-// A full group (4 blocks inside the row): two or four 64-byte loads, then byte permutes gather the
-// 64 quant bytes and word permutes spread the f16 scales over their 4 lanes each.
+// A full group (4 blocks inside the row). Q4: two 64-byte loads, then a byte permute gathers the 64
+// quant bytes and word permutes spread the f16 scales over their 4 lanes each. Q8_0: one 32-byte
+// load per block and 64-bit-lane permutes (fewer cache-line-crossing loads than 64-byte ones).
 template <DType kT>
 inline void load_full_group(const uint8_t* p, const GroupIndex& ix, WeightGroup& w) {
   if constexpr (kT == DType::kQ8_0) {
-    const __m512i a = load64(p), b = load64(p + 64);
+    const __m512i z01 = _mm512_inserti64x4(_mm512_castsi256_si512(load32(p + 2)), load32(p + 36), 1);
+    const __m512i z23 = _mm512_inserti64x4(_mm512_castsi256_si512(load32(p + 70)), load32(p + 104), 1);
     const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
-    w.lo = _mm512_xor_si512(_mm512_permutex2var_epi8(a, ix.qs_lo, b), flip);
-    w.hi = _mm512_xor_si512(_mm512_permutex2var_epi8(load64(p + 8), ix.qs_hi, load64(p + 72)), flip);
-    w.d = half_words_to_ps(_mm512_permutex2var_epi16(a, ix.d, b));
+    w.lo = _mm512_xor_si512(_mm512_permutex2var_epi64(z01, _mm512_setr_epi64(0, 1, 4, 5, 8, 9, 12, 13), z23), flip);
+    w.hi = _mm512_xor_si512(_mm512_permutex2var_epi64(z01, _mm512_setr_epi64(2, 3, 6, 7, 10, 11, 14, 15), z23), flip);
+    const __m128i h = _mm_setr_epi16(static_cast<int16_t>(load_u16(p)), static_cast<int16_t>(load_u16(p + 34)),
+                                     static_cast<int16_t>(load_u16(p + 68)), static_cast<int16_t>(load_u16(p + 102)), 0, 0,
+                                     0, 0);
+    w.d = _mm512_permutexvar_ps(_mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3),
+                                _mm512_castps128_ps512(_mm_cvtph_ps(h)));
   } else {
     constexpr int kSecond = kT == DType::kQ4_1 ? 16 : 8;
     const __m512i a = load64(p);
@@ -304,7 +284,7 @@ void matmul_vnni(const MatmulParams& p, ThreadPool& pool) {
   static constexpr auto kTable = tile_table<kT>(std::make_integer_sequence<int, kRows>{});
   const int64_t n = p.weight.dim(0), k = p.weight.dim(1);
   const ActQ8Layout l = act_q8_layout(k);
-  const AlignedBytes act = quantize_activations(p, l, pool, &quantize_act_row);
+  const AlignedBytes act = quantize_activations(p, l, act_bias(kT), pool, &quantize_act_row);
   const auto* w = static_cast<const uint8_t*>(p.weight.data());
   const size_t w_stride = p.weight.row_nbytes();
   const int64_t ahead = kRows * simd::prefetch_tiles_ahead(kRows * w_stride);
@@ -326,11 +306,25 @@ void matmul_vnni(const MatmulParams& p, ThreadPool& pool) {
 
 }  // namespace
 
+AlignedBytes quantize_activations(const MatmulParams& p, const ActQ8Layout& l, int bias, ThreadPool& pool,
+                                  QuantizeRowFn quantize_row) {
+  AlignedBytes buf = alloc_aligned(l.row_bytes * static_cast<size_t>(p.m));
+  auto body = [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) quantize_row(p.x + r * l.k, l, bias, buf.get() + l.row_bytes * static_cast<size_t>(r));
+  };
+  if (p.m >= 8) {
+    pool.parallel_for(p.m, body);
+  } else {
+    body(0, p.m);
+  }
+  return buf;
+}
+
 namespace portable {
 void matmul_quantized(const MatmulParams& p, ThreadPool& pool) {
   const int64_t n = p.weight.dim(0), k = p.weight.dim(1);
   const ActQ8Layout l = act_q8_layout(k);
-  const AlignedBytes act = quantize_activations(p, l, pool, &portable::quantize_act_row);
+  const AlignedBytes act = quantize_activations(p, l, act_bias(p.weight.dtype()), pool, &portable::quantize_act_row);
   pool.parallel_for(n, [&](int64_t n0, int64_t n1) {
     for (int64_t r = n0; r < n1; ++r) {
       const auto* w = p.weight.row<const uint8_t>(r);
@@ -350,6 +344,8 @@ void matmul_quantized(const MatmulParams& p, ThreadPool& pool) {
     case DType::kQ8_0: return matmul_vnni<DType::kQ8_0>(p, pool);
     default: break;
   }
+#elif defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+  return avx2::matmul_quantized(p, pool);
 #endif
   portable::matmul_quantized(p, pool);
 }
