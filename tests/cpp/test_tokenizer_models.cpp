@@ -132,6 +132,9 @@ TEST_F(SmolLm2Tokenizer, EncodesAThousandWikitextLinesFast) {
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   std::printf("[ SmolLM2 ] 1000 lines, %zu bytes -> %zu tokens in %.3f s (%.1f MB/s)\n", num_bytes, num_tokens,
               seconds, num_bytes / seconds / 1e6);
+#if defined(__SANITIZE_ADDRESS__)
+  GTEST_SKIP() << "timing is meaningless under AddressSanitizer";
+#endif
   EXPECT_LT(seconds, 0.5);
 }
 
