@@ -72,8 +72,9 @@ class Tokenizer {
   std::string decode(std::span<const int32_t> ids, bool skip_special) const;
 
   // The raw bytes a token stands for (not necessarily valid UTF-8 on its own): SentencePiece
-  // pieces with U+2581 turned into ' ', byte tokens as their one byte, the unknown token as
-  // " \u2047 "; byte-level BPE tokens mapped back to bytes; control tokens as their text.
+  // pieces with U+2581 turned into ' ', byte tokens as their one byte, the unknown token as the
+  // model's unk surface (sentencepiece's default " \u2047 "); byte-level BPE tokens mapped back to
+  // bytes; control tokens as their text.
   // Empty for an invalid id.
   const std::string& token_piece(int32_t id) const;
   // The token string as stored in the vocabulary (see TokenVocab::texts). Empty for an invalid id.
