@@ -42,11 +42,9 @@ Result<std::span<const float>> SequenceRunner::evaluate(std::span<const int32_t>
   last_reused_ = common;
   const auto total = static_cast<int64_t>(context.size());
   while (num_cached_ < total) {
-    const int64_t n = std::min(LlamaModel::kMaxChunkTokens, total - num_cached_);
-    ForwardBatch b;
-    b.tokens = context.subspan(static_cast<size_t>(num_cached_), static_cast<size_t>(n));
-    b.start_pos = num_cached_;
-    b.block_table = kv_.block_table();
+    const int64_t n = std::min(model_.max_batch_tokens(), total - num_cached_);
+    const ForwardBatch b = ForwardBatch::single(
+        context.subspan(static_cast<size_t>(num_cached_), static_cast<size_t>(n)), num_cached_, kv_.block_table());
     NB_RETURN_IF_ERROR(model_.forward(b, kv_.pools(), logits_.data()));
     num_cached_ += n;
   }
@@ -84,10 +82,8 @@ Result<GenerateStats> SequenceRunner::generate(std::span<const int32_t> context,
       stats.stop = StopReason::kContextFull;
       break;
     }
-    ForwardBatch b;
-    b.tokens = std::span<const int32_t>(&tokens_.back(), 1);
-    b.start_pos = num_cached_;
-    b.block_table = kv_.block_table();
+    const ForwardBatch b =
+        ForwardBatch::single(std::span<const int32_t>(&tokens_.back(), 1), num_cached_, kv_.block_table());
     NB_RETURN_IF_ERROR(model_.forward(b, kv_.pools(), logits_.data()));
     ++num_cached_;
     logits = logits_;

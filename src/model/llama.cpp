@@ -8,21 +8,25 @@
 
 namespace nb {
 
-Result<std::unique_ptr<LlamaModel>> LlamaModel::create(ModelWeights weights, int num_threads) {
+Result<std::unique_ptr<LlamaModel>> LlamaModel::create(ModelWeights weights, int num_threads,
+                                                     int64_t max_batch_tokens) {
   NB_RETURN_IF_ERROR(weights.config.validate());
   if (static_cast<int64_t>(weights.layers.size()) != weights.config.num_layers) {
     return invalid_argument("model has " + std::to_string(weights.layers.size()) + " layers but config says " +
                             std::to_string(weights.config.num_layers));
   }
-  return std::unique_ptr<LlamaModel>(new LlamaModel(std::move(weights), num_threads));
+  if (max_batch_tokens < 1 || max_batch_tokens > (1 << 16)) {
+    return invalid_argument("max batch tokens must be in [1, 65536]; got " + std::to_string(max_batch_tokens));
+  }
+  return std::unique_ptr<LlamaModel>(new LlamaModel(std::move(weights), num_threads, max_batch_tokens));
 }
 
-LlamaModel::LlamaModel(ModelWeights weights, int num_threads)
-    : weights_(std::move(weights)), pool_(num_threads) {
+LlamaModel::LlamaModel(ModelWeights weights, int num_threads, int64_t max_batch_tokens)
+    : weights_(std::move(weights)), pool_(num_threads), max_batch_tokens_(max_batch_tokens) {
   const ModelConfig& c = weights_.config;
   inv_freq_.resize(static_cast<size_t>(c.head_dim / 2));
   rope_inv_freq(c, inv_freq_.data());
-  const auto t = static_cast<size_t>(kMaxChunkTokens);
+  const auto t = static_cast<size_t>(max_batch_tokens);
   const auto q_dim = static_cast<size_t>(c.num_heads * c.head_dim);
   const auto kv_dim = static_cast<size_t>(c.num_kv_heads * c.head_dim);
   x_.resize(t * static_cast<size_t>(c.dim));
@@ -34,46 +38,72 @@ LlamaModel::LlamaModel(ModelWeights weights, int num_threads)
   hb_.resize(t * static_cast<size_t>(c.hidden_dim));
   hb2_.resize(t * static_cast<size_t>(c.hidden_dim));
   positions_.resize(t);
+  out_rows_.resize(t * static_cast<size_t>(c.dim));
 }
 
-Status LlamaModel::forward(const ForwardBatch& batch, const KvPools& kv, float* logits) {
+Status LlamaModel::validate(const ForwardBatch& batch, const KvPools& kv) const {
   const ModelConfig& c = weights_.config;
   const auto n = static_cast<int64_t>(batch.tokens.size());
-  if (n == 0 || n > kMaxChunkTokens) {
-    return invalid_argument("forward takes 1.." + std::to_string(kMaxChunkTokens) + " tokens, got " +
+  if (n == 0 || n > max_batch_tokens_) {
+    return invalid_argument("forward takes 1.." + std::to_string(max_batch_tokens_) + " tokens, got " +
                             std::to_string(n));
   }
-  const int64_t end = batch.start_pos + n;
-  if (batch.start_pos < 0 || end > c.max_seq_len) {
-    return out_of_range("position " + std::to_string(end) + " exceeds the context length " +
-                        std::to_string(c.max_seq_len) + "; use a shorter prompt or fewer new tokens");
+  int64_t covered = 0;
+  for (const SeqForward& sq : batch.seqs) {
+    if (sq.num_tokens <= 0) return internal_error("a sequence in the batch has no tokens");
+    covered += sq.num_tokens;
+    const int64_t end = sq.start_pos + sq.num_tokens;
+    if (sq.start_pos < 0 || end > c.max_seq_len) {
+      return out_of_range("position " + std::to_string(end) + " exceeds the context length " +
+                          std::to_string(c.max_seq_len) + "; use a shorter prompt or fewer new tokens");
+    }
+    const int64_t blocks_needed = (end + kv.block_size - 1) / kv.block_size;
+    if (static_cast<int64_t>(sq.block_table.size()) < blocks_needed) {
+      return internal_error("block table too short for position " + std::to_string(end));
+    }
+    for (int64_t i = 0; i < blocks_needed; ++i) {
+      const int32_t b = sq.block_table[static_cast<size_t>(i)];
+      if (b < 0 || b >= kv.num_blocks) return internal_error("block table entry out of range");
+    }
   }
-  const int64_t blocks_needed = (end + kv.block_size - 1) / kv.block_size;
-  if (static_cast<int64_t>(batch.block_table.size()) < blocks_needed) {
-    return internal_error("block table too short for position " + std::to_string(end));
-  }
-  for (int64_t i = 0; i < blocks_needed; ++i) {
-    const int32_t b = batch.block_table[static_cast<size_t>(i)];
-    if (b < 0 || b >= kv.num_blocks) return internal_error("block table entry out of range");
-  }
-  for (int64_t i = 0; i < n; ++i) {
-    const int32_t id = batch.tokens[static_cast<size_t>(i)];
+  if (covered != n) return internal_error("the sequences' token counts do not add up to the batch");
+  for (int32_t id : batch.tokens) {
     if (id < 0 || id >= c.vocab_size) {
       return invalid_argument("token id " + std::to_string(id) + " is outside the vocabulary (size " +
                               std::to_string(c.vocab_size) + ")");
     }
-    positions_[static_cast<size_t>(i)] = static_cast<int32_t>(batch.start_pos + i);
+  }
+  return Status::Ok();
+}
+
+Status LlamaModel::forward(const ForwardBatch& batch, const KvPools& kv, float* logits) {
+  NB_RETURN_IF_ERROR(validate(batch, kv));
+  const ModelConfig& c = weights_.config;
+  const auto n = static_cast<int64_t>(batch.tokens.size());
+  int64_t t = 0;
+  for (const SeqForward& sq : batch.seqs) {
+    for (int64_t i = 0; i < sq.num_tokens; ++i) positions_[static_cast<size_t>(t++)] = static_cast<int32_t>(sq.start_pos + i);
   }
 
   cpu::embedding({weights_.tok_embeddings, batch.tokens.data(), x_.data(), n});
   for (int64_t l = 0; l < c.num_layers; ++l) layer_forward(l, n, batch, kv);
 
   // Final norm and output head, only for the rows whose logits are wanted.
-  const int64_t first = batch.all_logits ? 0 : n - 1;
-  const int64_t rows = n - first;
-  float* xr = x_.data() + first * c.dim;
-  cpu::rms_norm({xr, weights_.final_norm.ptr<float>(), xr, rows, c.dim, c.norm_eps});
-  matmul({weights_.output, xr, logits, rows});
+  int64_t rows = 0;
+  t = 0;
+  for (const SeqForward& sq : batch.seqs) {
+    if (sq.want_logits) {
+      const int64_t first = batch.all_logits ? t : t + sq.num_tokens - 1;
+      const int64_t count = t + sq.num_tokens - first;
+      std::memcpy(out_rows_.data() + rows * c.dim, x_.data() + first * c.dim,
+                  static_cast<size_t>(count * c.dim) * sizeof(float));
+      rows += count;
+    }
+    t += sq.num_tokens;
+  }
+  if (rows == 0) return Status::Ok();
+  cpu::rms_norm({out_rows_.data(), weights_.final_norm.ptr<float>(), out_rows_.data(), rows, c.dim, c.norm_eps});
+  matmul({weights_.output, out_rows_.data(), logits, rows});
   return Status::Ok();
 }
 
@@ -109,30 +139,35 @@ void LlamaModel::layer_forward(int64_t l, int64_t n, const ForwardBatch& batch, 
   matmul({w.wv, xb_.data(), v_.data(), n});
   cpu::rope({q_.data(), k_.data(), positions_.data(), inv_freq_.data(), n, c.num_heads, c.num_kv_heads, hd,
              c.rope_style});
-  // Write K/V into the slots of positions start_pos.. through the block table.
+  // Each sequence writes its new K/V into its slots (through its block table), then attends.
   float* k_pool = kv.k[static_cast<size_t>(l)];
   float* v_pool = kv.v[static_cast<size_t>(l)];
-  for (int64_t i = 0; i < n; ++i) {
-    const int64_t pos = batch.start_pos + i;
-    const int64_t block = batch.block_table[static_cast<size_t>(pos / kv.block_size)];
-    const int64_t slot = block * kv.block_size + pos % kv.block_size;
-    std::memcpy(k_pool + slot * kv_dim, k_.data() + i * kv_dim, static_cast<size_t>(kv_dim) * sizeof(float));
-    std::memcpy(v_pool + slot * kv_dim, v_.data() + i * kv_dim, static_cast<size_t>(kv_dim) * sizeof(float));
+  int64_t t0 = 0;
+  for (const SeqForward& sq : batch.seqs) {
+    for (int64_t i = 0; i < sq.num_tokens; ++i) {
+      const int64_t pos = sq.start_pos + i;
+      const int64_t block = sq.block_table[static_cast<size_t>(pos / kv.block_size)];
+      const int64_t slot = block * kv.block_size + pos % kv.block_size;
+      const int64_t row = t0 + i;
+      std::memcpy(k_pool + slot * kv_dim, k_.data() + row * kv_dim, static_cast<size_t>(kv_dim) * sizeof(float));
+      std::memcpy(v_pool + slot * kv_dim, v_.data() + row * kv_dim, static_cast<size_t>(kv_dim) * sizeof(float));
+    }
+    AttentionParams ap{};
+    ap.q = q_.data() + t0 * q_dim;
+    ap.out = att_.data() + t0 * q_dim;
+    ap.k_cache = k_pool;
+    ap.v_cache = v_pool;
+    ap.block_table = sq.block_table.data();
+    ap.block_size = kv.block_size;
+    ap.num_tokens = sq.num_tokens;
+    ap.start_pos = sq.start_pos;
+    ap.num_heads = c.num_heads;
+    ap.num_kv_heads = c.num_kv_heads;
+    ap.head_dim = hd;
+    ap.scale = 1.0f / std::sqrt(static_cast<float>(hd));
+    cpu::attention(ap, pool_);
+    t0 += sq.num_tokens;
   }
-  AttentionParams ap{};
-  ap.q = q_.data();
-  ap.out = att_.data();
-  ap.k_cache = k_pool;
-  ap.v_cache = v_pool;
-  ap.block_table = batch.block_table.data();
-  ap.block_size = kv.block_size;
-  ap.num_tokens = n;
-  ap.start_pos = batch.start_pos;
-  ap.num_heads = c.num_heads;
-  ap.num_kv_heads = c.num_kv_heads;
-  ap.head_dim = hd;
-  ap.scale = 1.0f / std::sqrt(static_cast<float>(hd));
-  cpu::attention(ap, pool_);
   matmul({w.wo, att_.data(), xb_.data(), n});
   for (int64_t i = 0; i < n * dim; ++i) x_[static_cast<size_t>(i)] += xb_[static_cast<size_t>(i)];
 
@@ -144,7 +179,6 @@ void LlamaModel::layer_forward(int64_t l, int64_t n, const ForwardBatch& batch, 
   cpu::swiglu({hb_.data(), hb2_.data(), hb_.data(), n * hidden});
   matmul({w.w_down, hb_.data(), xb_.data(), n});
   for (int64_t i = 0; i < n * dim; ++i) x_[static_cast<size_t>(i)] += xb_[static_cast<size_t>(i)];
-  (void)q_dim;
 }
 
 }  // namespace nb

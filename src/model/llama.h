@@ -24,20 +24,41 @@ struct KvPools {
   int64_t block_size = 0;
 };
 
-// One sequence's step: tokens[i] sits at position start_pos + i.
-struct ForwardBatch {
-  std::span<const int32_t> tokens;
+// One sequence's part of a step: its num_tokens new tokens sit at positions start_pos.. and are
+// consecutive in ForwardBatch::tokens.
+struct SeqForward {
+  int64_t num_tokens = 0;
   int64_t start_pos = 0;
-  std::span<const int32_t> block_table;  // must cover positions [0, start_pos + tokens.size())
-  bool all_logits = false;               // logits for every token (perplexity) or only the last
+  std::span<const int32_t> block_table;  // must cover positions [0, start_pos + num_tokens)
+  bool want_logits = true;               // produce logits for this sequence
+};
+
+// A step over one or more sequences (continuous batching): all their new tokens go through every
+// matmul together; attention reads each sequence's own blocks.
+struct ForwardBatch {
+  std::span<const int32_t> tokens;  // [sum of num_tokens]
+  std::vector<SeqForward> seqs;
+  // Logits for every token of the sequences that want them (perplexity), or only their last token.
+  bool all_logits = false;
+
+  static ForwardBatch single(std::span<const int32_t> tokens, int64_t start_pos, std::span<const int32_t> block_table,
+                             bool all_logits = false) {
+    ForwardBatch b;
+    b.tokens = tokens;
+    b.seqs.push_back({static_cast<int64_t>(tokens.size()), start_pos, block_table, true});
+    b.all_logits = all_logits;
+    return b;
+  }
 };
 
 class LlamaModel {
  public:
-  // Largest number of tokens one forward() call takes; longer prompts are fed in chunks.
+  // Default for the most tokens one forward() call takes; longer prompts are fed in chunks.
   static constexpr int64_t kMaxChunkTokens = 256;
 
-  static Result<std::unique_ptr<LlamaModel>> create(ModelWeights weights, int num_threads);
+  static Result<std::unique_ptr<LlamaModel>> create(ModelWeights weights, int num_threads,
+                                                    int64_t max_batch_tokens = kMaxChunkTokens);
+  int64_t max_batch_tokens() const { return max_batch_tokens_; }
 
   const ModelConfig& config() const { return weights_.config; }
   const ModelWeights& weights() const { return weights_; }
@@ -46,22 +67,25 @@ class LlamaModel {
   // quantizing activations to 8 bits first; slower, used to compare logits with other implementations.
   void set_exact_matmul(bool exact) { exact_matmul_ = exact; }
 
-  // Runs the batch, writing its K/V into `kv`. `logits` receives [n, vocab] floats where n is
-  // tokens.size() with all_logits, else 1 (the last token).
+  // Runs the batch, writing its K/V into `kv`. `logits` receives [rows, vocab] floats: for each
+  // sequence with want_logits, in order, all its tokens' rows (all_logits) or its last token's row.
   Status forward(const ForwardBatch& batch, const KvPools& kv, float* logits);
 
  private:
-  LlamaModel(ModelWeights weights, int num_threads);
+  LlamaModel(ModelWeights weights, int num_threads, int64_t max_batch_tokens);
   void matmul(const MatmulParams& p);
   void layer_forward(int64_t layer, int64_t num_tokens, const ForwardBatch& batch, const KvPools& kv);
+  Status validate(const ForwardBatch& batch, const KvPools& kv) const;
 
   ModelWeights weights_;
   ThreadPool pool_;
   bool exact_matmul_ = false;
+  int64_t max_batch_tokens_;
   std::vector<float> inv_freq_;  // [head_dim / 2]
   // Scratch activations for up to kMaxChunkTokens tokens.
   std::vector<float> x_, xb_, q_, k_, v_, att_, hb_, hb2_;
   std::vector<int32_t> positions_;
+  std::vector<float> out_rows_;  // final hidden states of the rows that want logits
 };
 
 }  // namespace nb

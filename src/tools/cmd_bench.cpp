@@ -74,13 +74,14 @@ int run_bench_decode(int argc, char** argv) {
     auto t0 = std::chrono::steady_clock::now();
     for (int64_t pos = 0; pos < *num_prompt; pos += LlamaModel::kMaxChunkTokens) {
       const int64_t n = std::min(LlamaModel::kMaxChunkTokens, *num_prompt - pos);
-      ForwardBatch b{std::span<const int32_t>(ids.data() + pos, static_cast<size_t>(n)), pos, kv.block_table(), false};
+      const ForwardBatch b =
+          ForwardBatch::single(std::span<const int32_t>(ids.data() + pos, static_cast<size_t>(n)), pos, kv.block_table());
       if (Status s = m.forward(b, kv.pools(), logits.data()); !s.ok()) return fail("bench decode", s);
     }
     auto t1 = std::chrono::steady_clock::now();
     for (int64_t i = 0; i < *num_gen; ++i) {
       const int64_t pos = *num_prompt + i;
-      ForwardBatch b{std::span<const int32_t>(ids.data() + pos, 1), pos, kv.block_table(), false};
+      const ForwardBatch b = ForwardBatch::single(std::span<const int32_t>(ids.data() + pos, 1), pos, kv.block_table());
       if (Status s = m.forward(b, kv.pools(), logits.data()); !s.ok()) return fail("bench decode", s);
     }
     auto t2 = std::chrono::steady_clock::now();

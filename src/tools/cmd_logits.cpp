@@ -47,11 +47,8 @@ int run_logits(int argc, char** argv) {
   std::vector<float> logits(ids.size() * static_cast<size_t>(vocab));
   for (size_t pos = 0; pos < ids.size(); pos += LlamaModel::kMaxChunkTokens) {
     const size_t n = std::min(ids.size() - pos, static_cast<size_t>(LlamaModel::kMaxChunkTokens));
-    ForwardBatch b;
-    b.tokens = std::span<const int32_t>(ids.data() + pos, n);
-    b.start_pos = static_cast<int64_t>(pos);
-    b.block_table = kv.block_table();
-    b.all_logits = true;
+    const ForwardBatch b = ForwardBatch::single(std::span<const int32_t>(ids.data() + pos, n),
+                                                static_cast<int64_t>(pos), kv.block_table(), /*all_logits=*/true);
     if (Status s = m.forward(b, kv.pools(), logits.data() + pos * static_cast<size_t>(vocab)); !s.ok()) {
       return fail("logits", s);
     }
