@@ -65,7 +65,8 @@ int run_generate(int argc, char** argv) {
     std::fflush(stdout);
   }
   SequenceRunner runner(*cm.model, ctx);
-  IncrementalDetokenizer detok(*cm.tokenizer, /*skip_special=*/true);
+  // A plain completion continues the echoed prompt: a SentencePiece leading space is real text.
+  IncrementalDetokenizer detok(*cm.tokenizer, /*skip_special=*/true, /*starts_text=*/args.has("--chat"));
   GenerateOptions opts;
   opts.max_new_tokens = *n_predict;
   opts.stop_ids = cm.tokenizer->eot_ids();
