@@ -71,6 +71,8 @@ struct NamedMatmul {
 std::vector<NamedMatmul> quantized_impls() {
   std::vector<NamedMatmul> v = {{"dispatch", &cpu::matmul}, {"portable", &cpu::portable::matmul_quantized}};
   if (cpu::avx2::available()) v.push_back({"avx2", &cpu::avx2::matmul_quantized});
+  // The prefill strip kernel at every M (the dispatcher only picks it for M >= 12).
+  if (cpu::avx512::available()) v.push_back({"avx512_strips", &cpu::avx512::matmul_quantized_strips});
   return v;
 }
 std::vector<NamedMatmul> float_impls() {

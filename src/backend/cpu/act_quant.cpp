@@ -33,7 +33,8 @@ ActQ8Layout act_q8_layout(int64_t k) {
   l.scale_offset = g * kGroupQsBytes;
   l.corr_offset = l.scale_offset + g * 64;
   l.sum_offset = l.corr_offset + g * 64;
-  l.row_bytes = l.sum_offset + g * 64;
+  l.block_corr_offset = l.sum_offset + g * 64;
+  l.row_bytes = (l.block_corr_offset + g * 16 + 63) / 64 * 64;
   return l;
 }
 
@@ -44,6 +45,7 @@ void quantize_act_row(const float* x, const ActQ8Layout& l, int bias, uint8_t* o
   auto* scale = reinterpret_cast<float*>(out + l.scale_offset);
   auto* corr = reinterpret_cast<int32_t*>(out + l.corr_offset);
   auto* sum = reinterpret_cast<float*>(out + l.sum_offset);
+  auto* bcorr = reinterpret_cast<int32_t*>(out + l.block_corr_offset);
   for (int64_t b = 0; b < l.num_blocks; ++b) {
     const float* xb = x + b * 32;
     const int64_t g = b / kGroupBlocks;
@@ -61,6 +63,7 @@ void quantize_act_row(const float* x, const ActQ8Layout& l, int bias, uint8_t* o
       total += q;
     }
     const float s4 = d * static_cast<float>(total) * 0.25f;
+    bcorr[b] = -bias * total;
     for (int j = 0; j < 4; ++j) {
       scale[g * 16 + i * 4 + j] = d;
       sum[g * 16 + i * 4 + j] = s4;
@@ -75,6 +78,7 @@ void quantize_act_row(const float* x, const ActQ8Layout& l, int bias, uint8_t* o
   auto* scale = reinterpret_cast<float*>(out + l.scale_offset);
   auto* corr = reinterpret_cast<int32_t*>(out + l.corr_offset);
   auto* sum = reinterpret_cast<float*>(out + l.sum_offset);
+  auto* bcorr = reinterpret_cast<int32_t*>(out + l.block_corr_offset);
   const __m512i ones = _mm512_set1_epi8(1);
   const __m512i vbias = _mm512_set1_epi32(-bias);
   for (int64_t g = 0; g < l.num_groups; ++g) {
@@ -86,6 +90,7 @@ void quantize_act_row(const float* x, const ActQ8Layout& l, int bias, uint8_t* o
         std::memset(gq + 64 + i * 16, 0, 16);
         _mm_storeu_ps(scale + g * 16 + i * 4, _mm_setzero_ps());
         _mm_storeu_ps(sum + g * 16 + i * 4, _mm_setzero_ps());
+        bcorr[b] = 0;
         continue;
       }
       const __m512 x0 = _mm512_loadu_ps(x + b * 32);
@@ -99,8 +104,10 @@ void quantize_act_row(const float* x, const ActQ8Layout& l, int bias, uint8_t* o
       _mm_storeu_si128(reinterpret_cast<__m128i*>(gq + i * 16), _mm512_cvtsepi32_epi8(q0));
       _mm_storeu_si128(reinterpret_cast<__m128i*>(gq + 64 + i * 16), _mm512_cvtsepi32_epi8(q1));
       _mm_storeu_ps(scale + g * 16 + i * 4, _mm_set1_ps(d));
-      const float s4 = d * static_cast<float>(_mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1))) * 0.25f;
+      const int32_t total = _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
+      const float s4 = d * static_cast<float>(total) * 0.25f;
       _mm_storeu_ps(sum + g * 16 + i * 4, _mm_set1_ps(s4));
+      bcorr[b] = -bias * total;
     }
     // Per-lane sums of the 8 values each dpbusd lane multiplies: a dot product with all-ones.
     const __m512i lo = _mm512_loadu_si512(gq);
@@ -108,6 +115,8 @@ void quantize_act_row(const float* x, const ActQ8Layout& l, int bias, uint8_t* o
     const __m512i s = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), ones, lo), ones, hi);
     _mm512_storeu_si512(corr + g * 16, _mm512_mullo_epi32(s, vbias));
   }
+  const size_t used = l.block_corr_offset + static_cast<size_t>(l.num_groups) * 16;
+  std::memset(out + used, 0, l.row_bytes - used);
 #else
   portable::quantize_act_row(x, l, bias, out);
 #endif

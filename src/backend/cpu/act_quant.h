@@ -29,6 +29,7 @@ struct ActQ8Layout {
   size_t scale_offset = 0;  // bytes from the row start; qs start at 0
   size_t corr_offset = 0;
   size_t sum_offset = 0;   // the sum4 section
+  size_t block_corr_offset = 0;
   size_t row_bytes = 0;     // a multiple of 64, so every row of a 64-byte aligned buffer is aligned
 };
 

@@ -44,4 +44,13 @@ void matmul_quantized(const MatmulParams& p, ThreadPool& pool);
 void matmul_float(const MatmulParams& p, ThreadPool& pool);
 }  // namespace avx2
 
+// AVX-512 VNNI kernels (present when the build targets them).
+namespace avx512 {
+bool available();
+// Row-interleaved 16-row strips (matmul_quant_strip.cpp); any M, the dispatcher uses it for
+// M >= kStripMinTokens, where repacking each strip once per call pays off.
+void matmul_quantized_strips(const MatmulParams& p, ThreadPool& pool);
+constexpr int64_t kStripMinTokens = 12;  // measured: strips and tiles break even near M = 8
+}  // namespace avx512
+
 }  // namespace nb::cpu

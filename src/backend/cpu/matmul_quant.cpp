@@ -338,6 +338,7 @@ void matmul_quantized(const MatmulParams& p, ThreadPool& pool) {
 
 void matmul_quantized(const MatmulParams& p, ThreadPool& pool) {
 #if defined(NB_HAVE_VNNI_MATMUL)
+  if (p.m >= avx512::kStripMinTokens) return avx512::matmul_quantized_strips(p, pool);
   switch (p.weight.dtype()) {
     case DType::kQ4_1: return matmul_vnni<DType::kQ4_1>(p, pool);
     case DType::kQ4_0: return matmul_vnni<DType::kQ4_0>(p, pool);
