@@ -117,7 +117,7 @@ Result<std::vector<int64_t>> parse_ints(const std::string& opt, const std::strin
 
 int run_bench_ops(int argc, char** argv) {
   CliArgs args(kCmd, "[options]");
-  args.option("--dtypes", "weight dtypes to time (f32, f16, bf16, q8_0, q4_0, q4_1)", "q4_1,f16");
+  args.option("--dtypes", "weight dtypes to time (f32, f16, bf16, q8_0, q4_0, q4_1)", "q4_1,q8_0,f16");
   args.option("--m", "activation rows (tokens) per call", "1,128");
   args.option("--threads", "thread counts", "1,2");
   args.option("--reps", "repetitions per measurement; the median is reported", "9");
@@ -176,25 +176,33 @@ int run_bench_ops(int argc, char** argv) {
 
   // Per-token model estimate: 30 layers of (q, k, v, o, gate, up, down) plus the output head.
   // Prompt: the layers at M rows, divided by M, plus one M=1 head call per prompt (only the last
-  // token's logits are needed) — reported only when M=1 was timed too.
-  std::printf("\nSmolLM2-135M matmul time per token (estimate from the table above):\n");
-  for (DType dtype : dtypes) {
+  // token's logits are needed) when M=1 was timed too. The SmolLM2-135M-Instruct Q4_1 GGUF stores
+  // its (tied) output head token_embd as Q8_0, so that mix gets its own line when both were timed.
+  auto time_of = [&](DType t, int64_t m, int64_t nt, int si) -> double {
+    const auto it = seconds.find({static_cast<int>(t), m, nt, si});
+    return it == seconds.end() ? -1.0 : it->second;
+  };
+  auto estimate = [&](const char* label, DType layer_t, DType head_t) {
     for (int64_t nt : *threads) {
       for (int64_t m : *ms) {
         double layer = 0;
-        for (int si = 0; si < static_cast<int>(std::size(kShapes)); ++si) {
-          layer += kShapes[si].per_layer * seconds[{static_cast<int>(dtype), m, nt, si}];
+        for (int si = 0; si + 1 < static_cast<int>(std::size(kShapes)); ++si) {
+          layer += kShapes[si].per_layer * time_of(layer_t, m, nt, si);
         }
         const int head = static_cast<int>(std::size(kShapes)) - 1;
-        const auto head_m1 = seconds.find({static_cast<int>(dtype), 1, nt, head});
-        const double head_s = head_m1 != seconds.end() ? head_m1->second : seconds[{static_cast<int>(dtype), m, nt, head}] / m;
+        const double head_m1 = time_of(head_t, 1, nt, head);
+        const double head_s = head_m1 >= 0 ? head_m1 : time_of(head_t, m, nt, head) / static_cast<double>(m);
         const double per_token = (kLayers * layer + head_s) / static_cast<double>(m);
-        std::printf("  %-5s threads=%lld M=%-4lld %8.3f ms/token  (%.0f tokens/s if matmuls were all)\n",
-                    std::string(dtype_name(dtype)).c_str(), static_cast<long long>(nt), static_cast<long long>(m),
-                    per_token * 1e3, 1.0 / per_token);
+        std::printf("  %-23s threads=%lld M=%-4lld %8.3f ms/token  (%.0f tokens/s if matmuls were all)\n", label,
+                    static_cast<long long>(nt), static_cast<long long>(m), per_token * 1e3, 1.0 / per_token);
       }
     }
-  }
+  };
+  std::printf("\nSmolLM2-135M matmul time per token (estimate from the table above):\n");
+  for (DType dtype : dtypes) estimate(std::string(dtype_name(dtype)).c_str(), dtype, dtype);
+  const bool have_q4_1 = std::find(dtypes.begin(), dtypes.end(), DType::kQ4_1) != dtypes.end();
+  const bool have_q8_0 = std::find(dtypes.begin(), dtypes.end(), DType::kQ8_0) != dtypes.end();
+  if (have_q4_1 && have_q8_0) estimate("q4_1 layers + q8_0 head", DType::kQ4_1, DType::kQ8_0);
   return 0;
 }
 
