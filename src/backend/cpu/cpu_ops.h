@@ -1,6 +1,16 @@
 // CPU backend: reference implementations (nb::cpu::ref, plain loops, the ground truth every fast
 // path and GPU kernel is tested against) and fast implementations (nb::cpu, threaded + SIMD).
 // Inputs are validated once at the boundary (model load / batch build); these trust their Params.
+//
+// Fast matmul, by weight dtype (files in this folder):
+//   Q8_0/Q4_0/Q4_1  activations quantized per call to 8-bit blocks (act_quant.h), exact int32 block
+//                   dots. AVX-512 VNNI: M < 12 tile kernel (matmul_quant.cpp), M >= 12 16-row strip
+//                   kernel (matmul_quant_strip.cpp). AVX2: maddubs (matmul_avx2.cpp). Else portable.
+//                   Results differ from ref::matmul by the 8-bit activation rounding (|dx| <= amax/254
+//                   per element of each 32-block) plus f32 summation order.
+//   F32/F16/BF16    f32 FMA on weights widened in registers (matmul_float.cpp, matmul_avx2.cpp).
+// attention: f32 paged KV, per (token, kv head, key chunk) items; decode splits long key ranges.
+// All fast ops are deterministic for a given thread count (fixed work split, no atomics in sums).
 #pragma once
 #include "backend/ops.h"
 #include "core/thread_pool.h"

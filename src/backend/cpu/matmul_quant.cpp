@@ -5,9 +5,12 @@
 //   Q4_1: w = d q + m, q in 0..15  ->  d da (q . qa) + m (da sum qa)
 //   Q4_0: w = d (q - 8)            ->  d da (q . qa - 8 sum qa)      (the 8 sum qa is `corr`)
 //   Q8_0: w = d q, q signed        ->  d da ((q + 128) . qa - 128 sum qa)   (sign bit flipped)
-// Work split: output rows across threads (contiguous chunks); inside a chunk, tiles of kRows weight
-// rows x kTokens activation rows, so each weight group is unpacked once per tile and each
-// activation group is loaded once per kRows rows.
+// This file: the decode / small-M kernel, straight from the GGUF layout. Output rows are split
+// across threads (contiguous chunks); inside a chunk, tiles of kRows weight rows x kTokens
+// activation rows, so each weight group is unpacked once per tile and each activation group is
+// loaded once per kRows rows; the next tile's weights are prefetched (decode streams from DRAM).
+// M >= avx512::kStripMinTokens goes to the strip kernel (matmul_quant_strip.cpp); non-AVX-512
+// builds go to matmul_avx2.cpp or the portable loop below.
 #include <algorithm>
 #include <array>
 #include <cstring>
