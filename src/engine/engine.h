@@ -63,6 +63,7 @@ struct EngineStats {
   int64_t num_blocks_total = 0, num_blocks_used = 0, num_blocks_free = 0;
   int64_t prefix_cache_queries = 0, prefix_cache_hits = 0;  // in tokens
   int64_t num_preemptions = 0;
+  int64_t num_blocks_allocated = 0;         // blocks claimed fresh (not from the prefix cache), total
   int64_t num_steps = 0;
   int64_t num_prompt_tokens_computed = 0;   // prefill work actually done (excludes cache hits)
   int64_t num_generated_tokens = 0;
