@@ -61,7 +61,11 @@ bool Scheduler::try_admit(Sequence* seq, int64_t budget, SchedulerOutput& out) {
 SchedulerOutput Scheduler::schedule() {
   SchedulerOutput out;
   const bool static_batching = config_.batching == BatchingPolicy::kStatic;
-  const bool may_admit = !static_batching || running_.empty();
+  // Static batching admits while the batch is forming (nothing in it decodes yet), then runs it to
+  // completion before admitting again.
+  const bool may_admit = !static_batching || std::all_of(running_.begin(), running_.end(), [](const Sequence* s) {
+                           return s->num_generated == 0 && s->is_prefilling();
+                         });
   auto budget = [&] { return config_.max_batched_tokens - out.num_tokens; };
 
   // 1. Decodes first (one pending token each), oldest first; make room by preempting the newest.

@@ -1,0 +1,6 @@
+// Subcommands of `nibble bench` that live in their own files; cmd_bench.cpp dispatches to them.
+#pragma once
+
+namespace nb::tools {
+int run_bench_batching(int argc, char** argv);  // cmd_bench_batching.cpp
+}  // namespace nb::tools
