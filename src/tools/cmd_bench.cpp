@@ -10,6 +10,7 @@
 #include "engine/contiguous_kv.h"
 #include "model/llama.h"
 #include "tools/bench_commands.h"
+#include "tools/bench_serve/bench_serve.h"
 #include "tools/cli_args.h"
 #include "tools/commands.h"
 
@@ -104,6 +105,7 @@ int run_bench_decode(int argc, char** argv) {
 
 int run_bench(int argc, char** argv) {
   if (argc >= 2 && std::string(argv[1]) == "decode") return run_bench_decode(argc - 1, argv + 1);
+  if (argc >= 2 && std::string(argv[1]) == "serve") return run_bench_serve(argc - 1, argv + 1);
   if (argc >= 2 && std::string(argv[1]) == "batching") return run_bench_batching(argc - 1, argv + 1);
   std::fprintf(stderr,
                "usage: nibble bench decode -m MODEL [options]     prompt-processing and decode speed\n"
