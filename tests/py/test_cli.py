@@ -92,3 +92,16 @@ def test_info_reports_shape(nibble_bin):
     n_params = sum(int(np.prod(t.shape)) for t in reader.tensors)
     assert f"parameters     {n_params} " in r.stdout
     assert "layers         30" in r.stdout
+
+
+def test_chat_first_turn_matches_generate_and_keeps_context(nibble_bin):
+    q = "What is the capital of France?"
+    gen = run(nibble_bin, "generate", "-m", SMOLLM2, "--chat", "-p", q, "--temp", "0", "-n", "24", "--quiet")
+    assert gen.returncode == 0, gen.stderr
+    chat = run(nibble_bin, "chat", "-m", SMOLLM2, "--temp", "0", "-n", "24",
+               input=f"{q}\nRepeat your last answer.\n/exit\n")
+    assert chat.returncode == 0, chat.stderr
+    replies = [r.strip() for r in chat.stdout.split("> ") if r.strip()]
+    assert len(replies) == 2, chat.stdout
+    # Greedy: the interactive first turn is the same prompt as generate --chat, so the same reply.
+    assert replies[0] == gen.stdout.strip()
