@@ -11,7 +11,7 @@ void add_model_options(CliArgs& args) {
   args.flag("--exact", "f32 activations in every matmul (slower reference path; default quantizes them to 8 bits)");
 }
 
-Result<CliModel> load_cli_model(const CliArgs& args) {
+Result<CliModel> load_cli_model(const CliArgs& args, int64_t max_batch_tokens) {
   if (!args.has("-m")) return invalid_argument("-m MODEL is required (a .gguf, llama2.c .bin or HF directory)");
   NB_ASSIGN_OR_RETURN(int64_t threads, args.get_int("-t", 1, 256));
   NB_ASSIGN_OR_RETURN(LoadedModel loaded, load_model(args.get("-m")));
@@ -30,7 +30,7 @@ Result<CliModel> load_cli_model(const CliArgs& args) {
                             " tokens but the model only " + std::to_string(vocab) + "; is it the right tokenizer?");
   }
   out.chat_template = std::move(loaded.chat_template);
-  NB_ASSIGN_OR_RETURN(out.model, LlamaModel::create(std::move(loaded.weights), static_cast<int>(threads)));
+  NB_ASSIGN_OR_RETURN(out.model, LlamaModel::create(std::move(loaded.weights), static_cast<int>(threads), max_batch_tokens));
   out.model->set_exact_matmul(args.has("--exact"));
   return out;
 }

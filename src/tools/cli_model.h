@@ -20,7 +20,8 @@ struct CliModel {
 // Declares -m, -t, --tokenizer.
 void add_model_options(CliArgs& args);
 // Loads what add_model_options describes. --tokenizer overrides the tokenizer found beside the model.
-Result<CliModel> load_cli_model(const CliArgs& args);
+// max_batch_tokens: the most tokens one forward() takes (serve's engine batches up to its budget).
+Result<CliModel> load_cli_model(const CliArgs& args, int64_t max_batch_tokens = LlamaModel::kMaxChunkTokens);
 
 // Declares --temp, --top-k, --top-p, --min-p, --repeat-penalty, --repeat-last-n, --presence-penalty,
 // --frequency-penalty, --seed.
