@@ -135,10 +135,10 @@ RequestResult run_one_request(const RunConfig& config, const RequestSpec& spec, 
         return true;
       });
   r.e2e_s = seconds((done ? done_at : Clock::now()) - start);
-  if (!s.ok()) {
-    r.error = s.message();
-  } else if (r.http_status != 200) {
+  if (r.http_status != 0 && r.http_status != 200) {  // the status says more than a transport error after it
     r.error = "HTTP " + std::to_string(r.http_status) + ": " + excerpt(error_body);
+  } else if (!s.ok()) {
+    r.error = s.message();
   } else if (!error.empty()) {
     r.error = error;
   } else if (!done) {
