@@ -4,8 +4,10 @@
 //
 // Contract: the text released by all push() calls and finish() is exactly the full text truncated
 // before the earliest stop-string occurrence (the whole text when none occurs). Where two stop
-// strings occur, the one starting first wins; at the same start, the longer one (it does not matter
-// for the output, which ends before either).
+// strings occur, the one starting first wins, even when it completes later (stops "abcd" and "c"
+// on "abcd" give ""): a complete match waits while a longer one starting earlier may still
+// complete. At the same start the longer one is reported (the output, ending before both, is the
+// same). Text is released as soon as no stop string can start in it (minimal hold-back).
 //
 // UTF-8: when the pushed pieces are valid UTF-8 and the stop strings are too, every released piece
 // is valid UTF-8: text is held back only from a position where a stop string could start, which is
@@ -26,7 +28,8 @@ class StopMatcher {
   // Appends text; returns the text that is now final. After a stop string is found, stopped() is
   // true, the returned text ends just before it, and later pushes return nothing.
   std::string push(std::string_view text);
-  // The end of the stream: releases what was held back (it was only a partial match).
+  // The end of the stream: releases what was held back, up to a stop string that had matched but
+  // was waiting for a longer, earlier-starting one (then stopped() becomes true).
   std::string finish();
 
   bool stopped() const { return stopped_; }
@@ -35,6 +38,11 @@ class StopMatcher {
   const std::string& matched() const { return matched_; }
 
  private:
+  // Start of the earliest complete occurrence in held_ (npos if none); *which = that stop string.
+  size_t earliest_match(const std::string** which) const;
+  // Earliest j such that held_[j:] is a proper prefix of a stop string (held_.size() if none).
+  size_t earliest_partial() const;
+
   std::vector<std::string> stops_;
   std::string held_;  // text not yet released: a suffix that could still start a stop string
   bool stopped_ = false;
