@@ -70,8 +70,11 @@ struct Workload {
   bool exact = false;
 };
 
-Result<Workload> make_workload(const Tokenizer* tokenizer, int64_t num_prompts, double rate,
-                               uint64_t seed, const LengthRange& in, const LengthRange& out, int64_t prefix_len) {
+// request_max_tokens > 0: every request asks for that many tokens and the client closes the
+// stream at the drawn output length.
+Result<Workload> make_workload(const Tokenizer* tokenizer, int64_t num_prompts, double rate, uint64_t seed,
+                               const LengthRange& in, const LengthRange& out, int64_t prefix_len,
+                               int64_t request_max_tokens) {
   NB_ASSIGN_OR_RETURN(PromptBuilder builder, PromptBuilder::create(tokenizer));
   Workload w;
   w.exact = builder.exact();
@@ -84,7 +87,9 @@ Result<Workload> make_workload(const Tokenizer* tokenizer, int64_t num_prompts, 
   for (int64_t i = 0; i < num_prompts; ++i) {
     RequestSpec s;
     const int64_t input_len = len_rng.next_int(in.lo, in.hi);
-    s.max_tokens = len_rng.next_int(out.lo, out.hi);
+    const int64_t output_len = len_rng.next_int(out.lo, out.hi);
+    s.max_tokens = request_max_tokens > 0 ? request_max_tokens : output_len;
+    s.stop_after_chunks = request_max_tokens > 0 ? output_len : 0;
     NB_ASSIGN_OR_RETURN(std::string body, builder.build(input_len, prompt_rng, prefix, prefix_len));
     s.prompt = prefix + body;
     s.prompt_len = w.exact ? prefix_len + input_len : -1;
@@ -106,6 +111,10 @@ int run(int argc, char** argv) {
   args.option("--input-len-range", "prompt tokens drawn uniformly from A:B (instead of --input-len)");
   args.option("--output-len", "max_tokens of each request", "64");
   args.option("--output-len-range", "max_tokens drawn uniformly from A:B (instead of --output-len)");
+  args.option("--request-max-tokens",
+              "send this max_tokens and close each stream at its drawn output length (the server cancels it); "
+              "models requests that stop early, e.g. against a contiguous KV layout that reserves max_tokens");
+  args.option("--duration-s", "stop sending new requests after this many seconds; 0 = send all", "0");
   args.option("--shared-prefix-len", "tokens of a common system prefix before every prompt", "0");
   args.option("--seed", "seed for arrivals, lengths and prompts", "0");
   args.option("--tokenizer", "tokenizer file for exact prompt lengths (.gguf, tokenizer.json, tokenizer.model)");
@@ -131,18 +140,24 @@ int run(int argc, char** argv) {
   auto temperature = args.get_float("--temperature", 0, 100);
   auto timeout = args.get_float("--timeout-s", 0.001, 1e7);
   auto interval_ms = args.get_float("--metrics-interval-ms", 0, 1e7);
+  auto duration = args.get_float("--duration-s", 0, 1e9);
+  auto request_max = args.has("--request-max-tokens") ? args.get_int("--request-max-tokens", 1, kMaxLen) : Result<int64_t>(0);
   auto in = length_range(args, "--input-len", "--input-len-range", 1);
   auto out = length_range(args, "--output-len", "--output-len-range", 1);
   auto url = parse_url(args.get("--url"));
   for (const Status* s : {&num_prompts.status(), &rate.status(), &max_conc.status(), &prefix_len.status(), &seed.status(),
                           &temperature.status(), &timeout.status(), &interval_ms.status(), &in.status(), &out.status(),
-                          &url.status()}) {
+                          &url.status(), &duration.status(), &request_max.status()}) {
     if (!s->ok()) return fail(kCmd, *s);
+  }
+  if (*request_max > 0 && out->hi > *request_max) {
+    return fail(kCmd, invalid_argument("output lengths up to " + std::to_string(out->hi) + " exceed --request-max-tokens " +
+                                           std::to_string(*request_max) + "; lower the output length or raise it"));
   }
   auto tokenizer = load_prompt_tokenizer(args);
   if (!tokenizer.ok()) return fail(kCmd, tokenizer.status());
   auto workload = make_workload(tokenizer->get(), *num_prompts, *rate, static_cast<uint64_t>(*seed), *in, *out,
-                                *prefix_len);
+                                *prefix_len, *request_max);
   if (!workload.ok()) return fail(kCmd, workload.status());
 
   RunConfig config;
@@ -154,6 +169,7 @@ int run(int argc, char** argv) {
   config.max_concurrency = *max_conc;
   config.timeout_s = *timeout;
   config.metrics_interval_s = *interval_ms / 1e3;
+  config.duration_s = *duration;
   if (args.has("--model")) {
     config.model = args.get("--model");
   } else {

@@ -254,7 +254,7 @@ TEST(BenchServeRequest, MeasuresTtftGapsAndUsage) {
                           {chunk(e2), 40},
                           {chunk(e3.substr(0, e3.size() - 1)), 40},
                           {chunk(e3.substr(e3.size() - 1) + usage_event(7, 3) + "data: [DONE]\n\n") + "0\r\n\r\n"}}));
-  RequestSpec spec{"a prompt", 2, 3, 0};
+  RequestSpec spec{.prompt = "a prompt", .prompt_len = 2, .max_tokens = 3};
   const RequestResult r = run_one_request(config_for(s), spec, Clock::now());
   ASSERT_TRUE(r.success) << r.error;
   EXPECT_EQ(r.http_status, 200);
@@ -285,10 +285,27 @@ TEST(BenchServeRequest, MeasuresTtftGapsAndUsage) {
 TEST(BenchServeRequest, WithoutUsageCountsContentChunks) {
   ScriptedServer s(fixed({{kSseHead + chunk(token_event("a") + token_event("") + token_event("b") + "data: [DONE]\n\n") +
                            "0\r\n\r\n"}}));
-  const RequestResult r = run_one_request(config_for(s), RequestSpec{"p", -1, 5, 0}, Clock::now());
+  const RequestResult r = run_one_request(config_for(s), RequestSpec{.prompt = "p", .max_tokens = 5}, Clock::now());
   ASSERT_TRUE(r.success) << r.error;
   EXPECT_FALSE(r.usage_reported);
   EXPECT_EQ(r.output_tokens, 2);  // the empty-text chunk carries no visible token
+}
+
+TEST(BenchServeRequest, ClientClosesTheStreamAtItsOutputLength) {
+  std::vector<Step> steps = {{kSseHead}};
+  for (int i = 0; i < 20; ++i) steps.push_back({chunk(token_event("t")), 30});
+  steps.push_back({chunk("data: [DONE]\n\n") + "0\r\n\r\n"});
+  ScriptedServer s(fixed(steps));
+  const RequestSpec spec{.prompt = "p", .max_tokens = 2048, .stop_after_chunks = 3};
+  const RequestResult r = run_one_request(config_for(s), spec, Clock::now());
+  ASSERT_TRUE(r.success) << r.error;
+  EXPECT_TRUE(r.stopped_by_client);
+  EXPECT_EQ(r.output_tokens, 3);
+  EXPECT_EQ(r.target_tokens, 3);
+  EXPECT_EQ(r.itl_s.size(), 2u);
+  EXPECT_LT(r.e2e_s, 0.4);  // did not wait for the 20 tokens (600 ms)
+  const nlohmann::json body = nlohmann::json::parse(s.requests().at(0).substr(s.requests().at(0).find("\r\n\r\n") + 4));
+  EXPECT_EQ(body["max_tokens"], 2048);
 }
 
 TEST(BenchServeRequestRobust, FailuresAreClassifiedNotFatal) {
@@ -312,7 +329,7 @@ TEST(BenchServeRequestRobust, FailuresAreClassifiedNotFatal) {
   };
   for (const Case& c : cases) {
     ScriptedServer s(fixed(c.steps));
-    const RequestResult r = run_one_request(config_for(s), RequestSpec{"p", -1, 5, 0}, Clock::now());
+    const RequestResult r = run_one_request(config_for(s), RequestSpec{.prompt = "p", .max_tokens = 5}, Clock::now());
     EXPECT_FALSE(r.success) << c.name;
     EXPECT_NE(r.error.find(c.error_part), std::string::npos) << c.name << ": " << r.error;
   }
@@ -337,7 +354,7 @@ TEST(BenchServeRun, ClosedLoopHoldsTheConcurrencyAndScrapesMetrics) {
   RunConfig c = config_for(s);
   c.max_concurrency = 3;
   c.metrics_interval_s = 0.02;
-  std::vector<RequestSpec> specs(9, RequestSpec{"p", 1, 4, 0});
+  std::vector<RequestSpec> specs(9, RequestSpec{.prompt = "p", .prompt_len = 1, .max_tokens = 4});
   const RunResult r = run_benchmark(c, specs);
   int ok = 0;
   for (const RequestResult& q : r.requests) ok += q.success;
@@ -357,7 +374,7 @@ TEST(BenchServeRun, ClosedLoopHoldsTheConcurrencyAndScrapesMetrics) {
 TEST(BenchServeRun, PoissonArrivalsAreHonoured) {
   ScriptedServer s(fixed({{kSseHead + chunk(token_event("x") + usage_event(1, 1) + "data: [DONE]\n\n") + "0\r\n\r\n"}}));
   std::vector<RequestSpec> specs;
-  for (double t : {0.0, 0.1, 0.25, 0.3}) specs.push_back(RequestSpec{"p", 1, 1, t});
+  for (double t : {0.0, 0.1, 0.25, 0.3}) specs.push_back(RequestSpec{.prompt = "p", .prompt_len = 1, .max_tokens = 1, .arrival_s = t});
   const RunResult r = run_benchmark(config_for(s), specs);
   for (size_t i = 0; i < specs.size(); ++i) {
     ASSERT_TRUE(r.requests[i].success) << r.requests[i].error;
@@ -365,6 +382,25 @@ TEST(BenchServeRun, PoissonArrivalsAreHonoured) {
     EXPECT_LT(r.requests[i].start_s, specs[i].arrival_s + 0.1);
   }
   EXPECT_GE(r.duration_s, 0.3);
+}
+
+TEST(BenchServeRun, DurationLimitStopsSendingNewRequests) {
+  ScriptedServer s(fixed({{kSseHead + chunk(token_event("x")), 100}, {chunk(usage_event(1, 1) + "data: [DONE]\n\n") + "0\r\n\r\n"}}));
+  RunConfig c = config_for(s);
+  c.max_concurrency = 1;
+  c.duration_s = 0.35;
+  const RunResult r = run_benchmark(c, std::vector<RequestSpec>(20, RequestSpec{.prompt = "p", .max_tokens = 1}));
+  int sent = 0;
+  for (const RequestResult& q : r.requests) {
+    sent += q.sent;
+    if (q.sent) {
+      EXPECT_TRUE(q.success) << q.error;
+      EXPECT_LT(q.start_s, 0.35);
+    }
+  }
+  EXPECT_GE(sent, 2);  // ~100 ms each, one at a time: about 4 start before 0.35 s
+  EXPECT_LE(sent, 5);
+  EXPECT_EQ(static_cast<int>(s.requests().size()), sent);
 }
 
 }  // namespace

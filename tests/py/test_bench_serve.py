@@ -33,6 +33,7 @@ class FakeOpenAI:
         self.lock = threading.Lock()
         self.bodies, self.arrivals = [], []
         self.in_flight = self.max_in_flight = 0
+        self.num_done = 0  # streams that reached [DONE]
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -50,7 +51,8 @@ class FakeOpenAI:
                     body = ("# TYPE nibble_num_requests_running gauge\n"
                             f"nibble_num_requests_running {n}\n"
                             f"nibble_kv_blocks_used {3 * n}\n"
-                            f'nibble_time_to_first_token_seconds_bucket{{le="+Inf"}} 999\n')
+                            f'nibble_time_to_first_token_seconds_bucket{{le="+Inf"}} 999\n'
+                            f'nibble_requests_total{{status="success"}} {fake.num_done}\n')
                 else:
                     self.send_error(404)
                     return
@@ -77,12 +79,13 @@ class FakeOpenAI:
                             fake.in_flight -= 1
 
         class Server(ThreadingHTTPServer):
+            daemon_threads = True
+            request_queue_size = 256  # listen() backlog: read in __init__, so it must be a class attribute
+
             def handle_error(self, request, client_address):
                 pass  # clients that stop reading early (malformed streams) are expected here
 
         self.server = Server(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.server.request_queue_size = 256
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
@@ -128,6 +131,7 @@ class FakeOpenAI:
         write(event({"id": "c", "object": "text_completion", "choices": [], "usage": usage}))
         with self.lock:  # out of flight before [DONE], so a scrape right after the run sees 0
             self.in_flight -= 1
+            self.num_done += 1
         h.counted_out = True
         write(b"data: [DONE]\n\n")
         h.wfile.write(b"0\r\n\r\n")
@@ -195,9 +199,39 @@ def test_measurements_match_the_servers_delays(nibble_bin, tmp_path):
     assert j["peak_kv_blocks_used"] == 3 * j["peak_running_requests"]
     assert j["kv_blocks_used_after"] == 0
     assert set(j["metrics_peaks"]) == {"nibble_num_requests_running", "nibble_kv_blocks_used"}
+    assert j["counter_deltas"] == {'nibble_requests_total{status="success"}': 16}
     # The text report carries the same figures.
     assert re.search(r"Successful requests:\s+16\n", r.stdout)
     assert re.search(r"P99 ITL \(ms\):\s+[0-9.]+\n", r.stdout)
+
+
+def test_request_max_tokens_closes_streams_at_their_output_length(nibble_bin, tmp_path):
+    with FakeOpenAI() as fake:
+        r, j = bench(nibble_bin, fake.url, tmp_path, "--num-prompts", 8, "--input-len", 4,
+                     "--output-len-range", "2:6", "--request-max-tokens", 64)
+        time.sleep(0.3)  # the fake notices the closed connections at its next write
+        num_done = fake.num_done
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert j["completed"] == 8 and j["num_stopped_by_client"] == 8
+    assert all(b["max_tokens"] == 64 for b in fake.bodies)
+    for q in j["requests"]:
+        assert q["stopped_by_client"] and 2 <= q["target_tokens"] <= 6
+        assert q["output_tokens"] == q["num_content_chunks"] == q["target_tokens"]
+        # Closed at its length: far sooner than the 64 tokens the server was asked for.
+        assert q["e2e_ms"] < (FIRST_DELAY + TOKEN_DELAY * 32) * 1e3
+    assert num_done == 0  # no stream ran to its end
+
+
+def test_duration_limit_stops_sending(nibble_bin, tmp_path):
+    with FakeOpenAI() as fake:
+        r, j = bench(nibble_bin, fake.url, tmp_path, "--num-prompts", 200, "--max-concurrency", 2,
+                     "--input-len", 4, "--output-len", 3, "--duration-s", 1.0)
+    assert r.returncode == 0, r.stdout + r.stderr
+    # Each request takes >= 0.14 s, two at a time: at most ~15 start within 1 s.
+    assert 2 <= j["num_sent"] <= 16
+    assert j["completed"] == j["num_sent"] == len(fake.bodies) == len(j["requests"])
+    assert all(q["start_s"] < 1.0 for q in j["requests"])
+    assert "Requests sent (before --duration-s):" in r.stdout
 
 
 def test_failures_are_counted_by_kind(nibble_bin, tmp_path):

@@ -17,8 +17,6 @@ bool ends_with(std::string_view s, std::string_view suffix) {
   return s.size() >= suffix.size() && s.substr(s.size() - suffix.size()) == suffix;
 }
 
-std::string series_key(const PromSample& s) { return s.labels.empty() ? s.name : s.name + "{" + s.labels + "}"; }
-
 std::string_view name_of_key(std::string_view key) { return key.substr(0, key.find('{')); }
 
 double pick(const std::map<std::string, double>& m, std::string_view preferred, std::string_view needle) {
@@ -81,6 +79,8 @@ std::vector<PromSample> parse_prometheus_text(std::string_view text) {
   }
   return out;
 }
+
+std::string series_key(const PromSample& s) { return s.labels.empty() ? s.name : s.name + "{" + s.labels + "}"; }
 
 bool is_tracked_gauge(std::string_view name) {
   if (name.substr(0, 7) != "nibble_") return false;

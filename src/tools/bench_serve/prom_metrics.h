@@ -20,6 +20,9 @@ struct PromSample {
 // partly garbled or newer than this reader); label values may contain escaped quotes and braces.
 std::vector<PromSample> parse_prometheus_text(std::string_view text);
 
+// "name" or "name{labels}": one key per time series.
+std::string series_key(const PromSample& sample);
+
 // The serving gauges a benchmark reports, matched by name: any metric whose name starts with
 // "nibble_" and contains "running" or "kv_blocks_used" (histogram/counter series, i.e. names
 // ending in _bucket, _sum, _count, _total or _created, are not gauges and are skipped).

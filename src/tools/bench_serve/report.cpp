@@ -54,14 +54,17 @@ BenchReport make_report(const RunResult& run) {
   BenchReport r;
   std::vector<double> ttft, tpot, itl, e2e;
   for (const RequestResult& q : run.requests) {
+    if (!q.sent) continue;
+    ++r.num_sent;
     if (!q.success) {
       ++r.failed;
       continue;
     }
     ++r.completed;
+    r.num_stopped_by_client += q.stopped_by_client;
     r.total_output_tokens += q.output_tokens;
     r.total_input_tokens += q.prompt_tokens >= 0 ? q.prompt_tokens : std::max<int64_t>(q.prompt_len, 0);
-    if (q.output_tokens < q.max_tokens) ++r.num_short_of_max_tokens;
+    if (q.output_tokens < q.target_tokens) ++r.num_short_of_max_tokens;
     ttft.push_back(q.ttft_s * 1e3);
     e2e.push_back(q.e2e_s * 1e3);
     if (q.output_tokens > 1) tpot.push_back((q.e2e_s - q.ttft_s) * 1e3 / static_cast<double>(q.output_tokens - 1));
@@ -85,11 +88,24 @@ BenchReport make_report(const RunResult& run) {
     after.observe(run.metrics_after);
     r.kv_blocks_used_after = after.last_of(kKvUsedGauge, "kv_blocks_used");
   }
+  if (run.metrics_before_valid && run.metrics_after_valid) {
+    std::map<std::string, double> before;
+    for (const PromSample& s : run.metrics_before) before[series_key(s)] = s.value;
+    for (const PromSample& s : run.metrics_after) {
+      if (s.name.rfind("nibble_", 0) != 0 || s.name.size() < 6 || s.name.substr(s.name.size() - 6) != "_total") continue;
+      const std::string key = series_key(s);
+      const auto it = before.find(key);
+      r.counter_deltas[key] = s.value - (it == before.end() ? 0.0 : it->second);
+    }
+  }
   return r;
 }
 
 std::string format_text(const ReportContext& ctx, const BenchReport& r, const RunResult& run) {
   std::string out = "============ Serving Benchmark Result ============\n";
+  if (r.num_sent < static_cast<int64_t>(run.requests.size())) {
+    line(&out, "Requests sent (before --duration-s):", std::to_string(r.num_sent));
+  }
   line(&out, "Successful requests:", std::to_string(r.completed));
   line(&out, "Failed requests:", std::to_string(r.failed));
   line(&out, "Request rate (req/s):", std::isfinite(ctx.request_rate) ? fmt(ctx.request_rate) : "inf");
@@ -108,6 +124,12 @@ std::string format_text(const ReportContext& ctx, const BenchReport& r, const Ru
   section(&out, "Time per Output Token (excl. 1st token)", "TPOT", r.tpot_ms);
   section(&out, "Inter-token Latency", "ITL", r.itl_ms);
   section(&out, "End-to-end Latency", "E2E", r.e2e_ms);
+  if (!r.counter_deltas.empty()) {
+    out += "------------- Server counters (delta) -------------\n";
+    for (const auto& [key, delta] : r.counter_deltas) {
+      if (delta != 0) line(&out, (key + ":").c_str(), fmt(delta, "%.0f"));
+    }
+  }
   out += "==================================================\n";
   if (ctx.ignore_eos && r.num_short_of_max_tokens > 0) {
     out += "note: " + std::to_string(r.num_short_of_max_tokens) +
@@ -116,8 +138,12 @@ std::string format_text(const ReportContext& ctx, const BenchReport& r, const Ru
   if (!ctx.exact_prompt_lengths) out += "note: no tokenizer given (--tokenizer or -m): prompt lengths are approximate\n";
   if (run.metrics.num_scrapes() == 0 && !run.metrics_error.empty()) out += "note: /metrics not read: " + run.metrics_error + "\n";
   int shown = 0;
+  if (r.num_stopped_by_client > 0) {
+    out += "note: " + std::to_string(r.num_stopped_by_client) +
+           " streams were closed by the client at their output length (--request-max-tokens)\n";
+  }
   for (const RequestResult& q : run.requests) {
-    if (q.success || shown >= 3) continue;
+    if (!q.sent || q.success || shown >= 3) continue;
     out += "error: " + q.error + "\n";
     ++shown;
   }
@@ -144,6 +170,7 @@ json to_json(const ReportContext& ctx, const BenchReport& r, const RunResult& ru
   j["input_len"] = ctx.input_lens;
   j["output_len"] = ctx.output_lens;
   j["shared_prefix_len"] = ctx.shared_prefix_len;
+  j["num_sent"] = r.num_sent;
   j["completed"] = r.completed;
   j["failed"] = r.failed;
   j["duration_s"] = r.duration_s;
@@ -157,6 +184,7 @@ json to_json(const ReportContext& ctx, const BenchReport& r, const RunResult& ru
   j["itl_ms"] = summary_json(r.itl_ms);
   j["e2e_ms"] = summary_json(r.e2e_ms);
   j["num_short_of_max_tokens"] = r.num_short_of_max_tokens;
+  j["num_stopped_by_client"] = r.num_stopped_by_client;
   j["peak_in_flight_client"] = run.peak_in_flight;
   j["peak_running_requests"] = number_or_null(r.peak_running);
   j["peak_kv_blocks_used"] = number_or_null(r.peak_kv_blocks_used);
@@ -166,13 +194,19 @@ json to_json(const ReportContext& ctx, const BenchReport& r, const RunResult& ru
   json peaks = json::object();
   for (const auto& [k, v] : run.metrics.peaks()) peaks[k] = number_or_null(v);
   j["metrics_peaks"] = peaks;
+  json deltas = json::object();
+  for (const auto& [k, v] : r.counter_deltas) deltas[k] = number_or_null(v);
+  j["counter_deltas"] = deltas;
   json reqs = json::array();
   for (const RequestResult& q : run.requests) {
+    if (!q.sent) continue;
     reqs.push_back({{"success", q.success},
                     {"error", q.error},
                     {"http_status", q.http_status},
                     {"prompt_len", q.prompt_len},
                     {"max_tokens", q.max_tokens},
+                    {"target_tokens", q.target_tokens},
+                    {"stopped_by_client", q.stopped_by_client},
                     {"prompt_tokens", q.prompt_tokens >= 0 ? json(q.prompt_tokens) : json(nullptr)},
                     {"output_tokens", q.output_tokens},
                     {"usage_reported", q.usage_reported},

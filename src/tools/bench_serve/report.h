@@ -2,6 +2,7 @@
 // read side by side) and the same numbers, plus per-request detail, as JSON.
 #pragma once
 #include <cstdint>
+#include <map>
 #include <string>
 
 #include <nlohmann/json.hpp>
@@ -25,14 +26,19 @@ struct ReportContext {
 };
 
 struct BenchReport {
+  int64_t num_sent = 0;  // requests sent (fewer than the prompts when --duration-s ran out)
   int64_t completed = 0, failed = 0;
   double duration_s = 0;
   int64_t total_input_tokens = 0, total_output_tokens = 0;
   double request_throughput = 0, output_throughput = 0, total_token_throughput = 0;
   Summary ttft_ms, tpot_ms, itl_ms, e2e_ms;
-  int64_t num_short_of_max_tokens = 0;  // successful requests with fewer output tokens than max_tokens
+  int64_t num_short_of_max_tokens = 0;  // successful requests with fewer output tokens than asked for
+  int64_t num_stopped_by_client = 0;    // streams the client closed at their output length
   double peak_running = 0, peak_kv_blocks_used = 0;  // NaN when /metrics had no such gauge
   double kv_blocks_used_after = 0;                   // after the last request; NaN if unknown
+  // Growth of the server's nibble_*_total counters from just before the first request to just
+  // after the last (e.g. nibble_prompt_tokens_computed_total: the prefill work the run caused).
+  std::map<std::string, double> counter_deltas;
 };
 
 // TTFT, E2E over successful requests; TPOT over successful requests with more than one output

@@ -19,6 +19,7 @@ using json = nlohmann::json;
 
 constexpr int64_t kMaxClientThreads = 512;
 constexpr size_t kMaxErrorBody = 4096;
+constexpr int kSettleScrapes = 10;  // 50 ms apart
 
 double seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
 
@@ -65,8 +66,10 @@ std::string completion_body(const RunConfig& config, const RequestSpec& spec) {
 
 RequestResult run_one_request(const RunConfig& config, const RequestSpec& spec, Clock::time_point t0) {
   RequestResult r;
+  r.sent = true;
   r.prompt_len = spec.prompt_len;
   r.max_tokens = spec.max_tokens;
+  r.target_tokens = spec.stop_after_chunks > 0 ? spec.stop_after_chunks : spec.max_tokens;
   HttpRequest req;
   req.method = "POST";
   req.path = config.url.base_path + config.endpoint;
@@ -112,6 +115,11 @@ RequestResult run_one_request(const RunConfig& config, const RequestSpec& spec, 
       else r.itl_s.push_back(seconds(t - last_chunk));
       last_chunk = t;
       ++r.num_content_chunks;
+      if (spec.stop_after_chunks > 0 && r.num_content_chunks >= spec.stop_after_chunks) {
+        r.stopped_by_client = true;  // measured like [DONE]; closing the connection cancels the request
+        done = true;
+        done_at = t;
+      }
     }
     return true;
   };
@@ -164,14 +172,17 @@ RunResult run_benchmark(const RunConfig& config, const std::vector<RequestSpec>&
   bool all_dispatched = false, stop_metrics = false;
   std::atomic<int64_t> in_flight{0}, peak{0};
   Clock::time_point last_end;
-  const Clock::time_point t0 = Clock::now();
-
   auto scrape = [&](std::vector<PromSample>* samples) -> Status {
     NB_ASSIGN_OR_RETURN(HttpSimpleResponse resp, http_get(config.url, "/metrics", 5.0, 8u << 20, auth_headers(config)));
     if (resp.status != 200) return not_found("GET /metrics answered HTTP " + std::to_string(resp.status));
     *samples = parse_prometheus_text(resp.body);
     return Status::Ok();
   };
+  if (config.metrics_interval_s > 0) out.metrics_before_valid = scrape(&out.metrics_before).ok();
+  const Clock::time_point t0 = Clock::now();
+  const Clock::time_point stop_sending =
+      config.duration_s > 0 ? t0 + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(config.duration_s))
+                            : Clock::time_point::max();
   std::thread metrics_thread;
   if (config.metrics_interval_s > 0) {
     metrics_thread = std::thread([&] {
@@ -201,6 +212,7 @@ RunResult run_benchmark(const RunConfig& config, const std::vector<RequestSpec>&
           i = ready.front();
           ready.pop_front();
         }
+        if (Clock::now() >= stop_sending) continue;  // stays unsent
         const int64_t now_in_flight = ++in_flight;
         for (int64_t p = peak.load(); now_in_flight > p && !peak.compare_exchange_weak(p, now_in_flight);) {}
         RequestResult r = run_one_request(config, specs[i], t0);
@@ -212,6 +224,7 @@ RunResult run_benchmark(const RunConfig& config, const std::vector<RequestSpec>&
     });
   }
   for (size_t i = 0; i < specs.size(); ++i) {
+    if (t0 + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(specs[i].arrival_s)) >= stop_sending) break;
     std::this_thread::sleep_until(t0 + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(specs[i].arrival_s)));
     std::lock_guard lock(mu);
     ready.push_back(i);
@@ -229,13 +242,21 @@ RunResult run_benchmark(const RunConfig& config, const std::vector<RequestSpec>&
     cv.notify_all();
   }
   if (metrics_thread.joinable()) metrics_thread.join();
-  out.duration_s = seconds(last_end - t0);
+  out.duration_s = last_end > t0 ? seconds(last_end - t0) : 0.0;
   out.peak_in_flight = peak.load();
   if (config.metrics_interval_s > 0) {
-    std::vector<PromSample> samples;
-    if (scrape(&samples).ok()) {
+    // The server's gauges may lag the last [DONE] a little (the stream can be written before the
+    // engine's stats are refreshed), so let them settle: stop at zero KV blocks in use, or after
+    // kSettleScrapes tries. A leak still shows as a non-zero value.
+    for (int attempt = 0; attempt < kSettleScrapes; ++attempt) {
+      if (attempt > 0) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+      std::vector<PromSample> samples;
+      if (!scrape(&samples).ok()) continue;
       out.metrics_after = std::move(samples);
       out.metrics_after_valid = true;
+      MetricPeaks now;
+      now.observe(out.metrics_after);
+      if (!(now.last_of("nibble_kv_blocks_used", "kv_blocks_used") > 0)) break;
     }
   }
   return out;

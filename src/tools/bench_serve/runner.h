@@ -16,7 +16,11 @@ namespace nb::bench_serve {
 struct RequestSpec {
   std::string prompt;
   int64_t prompt_len = -1;  // tokens the prompt was built to have; -1 when unknown
-  int64_t max_tokens = 16;
+  int64_t max_tokens = 16;   // sent to the server
+  // > 0: the client closes the stream after this many content chunks (the server must cancel the
+  // request and free its blocks). Lets outputs be short while max_tokens (what a contiguous KV
+  // layout must reserve) stays large, as with requests that stop early on their own.
+  int64_t stop_after_chunks = 0;
   double arrival_s = 0;     // offset from the start of the run
 };
 
@@ -30,14 +34,18 @@ struct RunConfig {
   int64_t max_concurrency = 0;  // client threads (in-flight requests) at most; 0 = one per request
   double timeout_s = 600;       // per request
   double metrics_interval_s = 0.1;  // <= 0: do not scrape /metrics
+  double duration_s = 0;  // > 0: requests not started this long after the start are not sent
 };
 
 struct RequestResult {
+  bool sent = false;           // false: skipped because --duration-s ran out first
   bool success = false;
   std::string error;           // why it failed
   int http_status = 0;
   int64_t prompt_len = -1;     // what was asked for
   int64_t max_tokens = 0;
+  int64_t target_tokens = 0;   // stop_after_chunks when set, else max_tokens
+  bool stopped_by_client = false;  // closed after stop_after_chunks content chunks
   int64_t prompt_tokens = -1;  // from usage; -1 when the server sent none
   int64_t output_tokens = 0;   // from usage when sent, else the number of content chunks
   bool usage_reported = false;
@@ -54,8 +62,10 @@ struct RunResult {
   int64_t peak_in_flight = 0;           // client side
   MetricPeaks metrics;                  // server side, from /metrics
   std::string metrics_error;            // why scraping failed, if it never succeeded
-  bool metrics_after_valid = false;     // one scrape after the last request completed
-  std::vector<PromSample> metrics_after;
+  // One scrape before the first request and one after the last completed (counter deltas); the
+  // latter repeated for up to 0.5 s until no KV block is in use (server gauges settle).
+  bool metrics_before_valid = false, metrics_after_valid = false;
+  std::vector<PromSample> metrics_before, metrics_after;
 };
 
 // The streamed request body for one spec (exposed for tests).
