@@ -53,19 +53,19 @@ bool Scheduler::try_admit(Sequence* seq, int64_t budget, SchedulerOutput& out) {
   seq->state = Sequence::State::kRunning;
   running_.push_back(seq);
   const int64_t n = std::min(seq->num_pending(), budget);
-  out.batch.push_back({seq, n, n == seq->num_pending()});
-  out.num_tokens += n;
+  if (n > 0) {  // with no budget left this step, its prefill starts next step (static batching)
+    out.batch.push_back({seq, n, n == seq->num_pending()});
+    out.num_tokens += n;
+  }
   return true;
 }
 
 SchedulerOutput Scheduler::schedule() {
   SchedulerOutput out;
   const bool static_batching = config_.batching == BatchingPolicy::kStatic;
-  // Static batching admits while the batch is forming (nothing in it decodes yet), then runs it to
-  // completion before admitting again.
-  const bool may_admit = !static_batching || std::all_of(running_.begin(), running_.end(), [](const Sequence* s) {
-                           return s->num_generated == 0 && s->is_prefilling();
-                         });
+  // Static batching: when nothing runs, the whole queue that fits becomes the batch (its prefill
+  // then proceeds in budget-sized chunks), and it runs to completion before the next is admitted.
+  const bool static_admission = static_batching && running_.empty();
   auto budget = [&] { return config_.max_batched_tokens - out.num_tokens; };
 
   // 1. Decodes first (one pending token each), oldest first; make room by preempting the newest.
@@ -103,9 +103,9 @@ SchedulerOutput Scheduler::schedule() {
     out.num_tokens += n;
   }
   // 3. Admission, FCFS: stop at the first request that does not fit (no overtaking).
-  if (may_admit) {
-    while (!waiting_.empty() && budget() > 0 && num_running() < config_.max_num_seqs) {
-      if (!try_admit(waiting_.front(), budget(), out)) break;
+  if (!static_batching || static_admission) {
+    while (!waiting_.empty() && (static_admission || budget() > 0) && num_running() < config_.max_num_seqs) {
+      if (!try_admit(waiting_.front(), std::max<int64_t>(0, budget()), out)) break;
       waiting_.pop_front();
     }
   }
