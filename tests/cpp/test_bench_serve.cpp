@@ -547,6 +547,8 @@ TEST(BenchServeProm, PeaksOfTrackedGaugesOnly) {
   EXPECT_EQ(peaks.last_of("nibble_num_requests_running", "running"), 2);
   EXPECT_EQ(peaks.peak_of("nibble_kv_blocks_used", "kv_blocks_used"), 25);  // found with labels too
   EXPECT_EQ(peaks.peaks().size(), 2u);
+  EXPECT_DOUBLE_EQ(pick_series(peaks.means(), "nibble_num_requests_running", "running"), 4.0);  // (3 + 7 + 2) / 3
+  EXPECT_DOUBLE_EQ(pick_series(peaks.means(), "nibble_kv_blocks_used", "kv_blocks_used"), 13.0);
   EXPECT_TRUE(std::isnan(peaks.peak_of("nibble_missing", "missing")));
   // A server that names the gauge differently is still found by the pattern.
   MetricPeaks other;

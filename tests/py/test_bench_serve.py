@@ -197,6 +197,7 @@ def test_measurements_match_the_servers_delays(nibble_bin, tmp_path):
     assert fake.max_in_flight <= 4
     assert 1 <= j["peak_running_requests"] <= fake.max_in_flight
     assert j["peak_kv_blocks_used"] == 3 * j["peak_running_requests"]
+    assert 0 < j["mean_running_requests"] <= j["peak_running_requests"]
     assert j["kv_blocks_used_after"] == 0
     assert set(j["metrics_peaks"]) == {"nibble_num_requests_running", "nibble_kv_blocks_used"}
     assert j["counter_deltas"] == {'nibble_requests_total{status="success"}': 16}

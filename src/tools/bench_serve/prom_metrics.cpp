@@ -19,7 +19,9 @@ bool ends_with(std::string_view s, std::string_view suffix) {
 
 std::string_view name_of_key(std::string_view key) { return key.substr(0, key.find('{')); }
 
-double pick(const std::map<std::string, double>& m, std::string_view preferred, std::string_view needle) {
+}  // namespace
+
+double pick_series(const std::map<std::string, double>& m, std::string_view preferred, std::string_view needle) {
   double best = std::numeric_limits<double>::quiet_NaN();
   for (const auto& [key, v] : m) {  // exact name first (max over its label sets)
     if (name_of_key(key) == preferred && !(v <= best)) best = v;
@@ -30,8 +32,6 @@ double pick(const std::map<std::string, double>& m, std::string_view preferred, 
   }
   return best;
 }
-
-}  // namespace
 
 std::vector<PromSample> parse_prometheus_text(std::string_view text) {
   std::vector<PromSample> out;
@@ -98,15 +98,23 @@ void MetricPeaks::observe(const std::vector<PromSample>& samples) {
     auto [it, inserted] = peaks_.emplace(key, s.value);
     if (!inserted && s.value > it->second) it->second = s.value;
     last_[key] = s.value;
+    sums_[key] += s.value;
+    ++counts_[key];
   }
 }
 
+std::map<std::string, double> MetricPeaks::means() const {
+  std::map<std::string, double> out;
+  for (const auto& [key, sum] : sums_) out[key] = sum / static_cast<double>(counts_.at(key));
+  return out;
+}
+
 double MetricPeaks::peak_of(std::string_view preferred, std::string_view needle) const {
-  return pick(peaks_, preferred, needle);
+  return pick_series(peaks_, preferred, needle);
 }
 
 double MetricPeaks::last_of(std::string_view preferred, std::string_view needle) const {
-  return pick(last_, preferred, needle);
+  return pick_series(last_, preferred, needle);
 }
 
 }  // namespace nb::bench_serve

@@ -28,6 +28,10 @@ std::string series_key(const PromSample& sample);
 // ending in _bucket, _sum, _count, _total or _created, are not gauges and are skipped).
 bool is_tracked_gauge(std::string_view name);
 
+// The value of the first series in `m` whose name contains `needle`, preferring the exact name
+// `preferred` (the maximum over its label sets); NaN when there is none.
+double pick_series(const std::map<std::string, double>& m, std::string_view preferred, std::string_view needle);
+
 // Running maxima of the tracked gauges over the scrapes of a run, plus their last values.
 class MetricPeaks {
  public:
@@ -36,6 +40,9 @@ class MetricPeaks {
   // Per series ("name" or "name{labels}"): the peak and the most recent value.
   const std::map<std::string, double>& peaks() const { return peaks_; }
   const std::map<std::string, double>& last() const { return last_; }
+  // Mean over the scrapes that reported the series (the scrapes are evenly spaced in time, so
+  // this is a time average: e.g. the mean number of running sequences).
+  std::map<std::string, double> means() const;
   // The peak of the first tracked series whose name contains `needle`, preferring the exact
   // name `preferred`; NaN when no such gauge was ever seen.
   double peak_of(std::string_view preferred, std::string_view needle) const;
@@ -43,7 +50,8 @@ class MetricPeaks {
 
  private:
   int64_t num_scrapes_ = 0;
-  std::map<std::string, double> peaks_, last_;
+  std::map<std::string, double> peaks_, last_, sums_;
+  std::map<std::string, int64_t> counts_;
 };
 
 }  // namespace nb::bench_serve

@@ -23,7 +23,7 @@ json summary_json(const Summary& s) {
 
 void line(std::string* out, const char* label, const std::string& value) {
   char buf[256];
-  std::snprintf(buf, sizeof buf, "%-40s %s\n", label, value.c_str());
+  std::snprintf(buf, sizeof buf, "%-42s %s\n", label, value.c_str());
   *out += buf;
 }
 
@@ -82,6 +82,7 @@ BenchReport make_report(const RunResult& run) {
   r.e2e_ms = summarize(e2e);
   r.peak_running = run.metrics.peak_of(kRunningGauge, "running");
   r.peak_kv_blocks_used = run.metrics.peak_of(kKvUsedGauge, "kv_blocks_used");
+  r.mean_running = pick_series(run.metrics.means(), kRunningGauge, "running");
   r.kv_blocks_used_after = std::nan("");
   if (run.metrics_after_valid) {
     MetricPeaks after;
@@ -119,6 +120,7 @@ std::string format_text(const ReportContext& ctx, const BenchReport& r, const Ru
   line(&out, "Peak in-flight requests (client):", std::to_string(run.peak_in_flight));
   line(&out, "Peak running requests (server):", fmt(r.peak_running, "%.0f"));
   line(&out, "Peak KV blocks used (server):", fmt(r.peak_kv_blocks_used, "%.0f"));
+  line(&out, "Mean running requests (server):", fmt(r.mean_running));
   line(&out, "KV blocks used after the run:", fmt(r.kv_blocks_used_after, "%.0f"));
   section(&out, "Time to First Token", "TTFT", r.ttft_ms);
   section(&out, "Time per Output Token (excl. 1st token)", "TPOT", r.tpot_ms);
@@ -188,12 +190,16 @@ json to_json(const ReportContext& ctx, const BenchReport& r, const RunResult& ru
   j["peak_in_flight_client"] = run.peak_in_flight;
   j["peak_running_requests"] = number_or_null(r.peak_running);
   j["peak_kv_blocks_used"] = number_or_null(r.peak_kv_blocks_used);
+  j["mean_running_requests"] = number_or_null(r.mean_running);
   j["kv_blocks_used_after"] = number_or_null(r.kv_blocks_used_after);
   j["metrics_scrapes"] = run.metrics.num_scrapes();
   j["metrics_error"] = run.metrics_error;
   json peaks = json::object();
   for (const auto& [k, v] : run.metrics.peaks()) peaks[k] = number_or_null(v);
   j["metrics_peaks"] = peaks;
+  json means = json::object();
+  for (const auto& [k, v] : run.metrics.means()) means[k] = number_or_null(v);
+  j["metrics_means"] = means;
   json deltas = json::object();
   for (const auto& [k, v] : r.counter_deltas) deltas[k] = number_or_null(v);
   j["counter_deltas"] = deltas;

@@ -35,6 +35,7 @@ struct BenchReport {
   int64_t num_short_of_max_tokens = 0;  // successful requests with fewer output tokens than asked for
   int64_t num_stopped_by_client = 0;    // streams the client closed at their output length
   double peak_running = 0, peak_kv_blocks_used = 0;  // NaN when /metrics had no such gauge
+  double mean_running = 0;                           // time average over the scrapes; NaN likewise
   double kv_blocks_used_after = 0;                   // after the last request; NaN if unknown
   // Growth of the server's nibble_*_total counters from just before the first request to just
   // after the last (e.g. nibble_prompt_tokens_computed_total: the prefill work the run caused).
