@@ -1,7 +1,9 @@
 // The backend op interface: one Params struct per op, passed by value. Every backend (cpu/ now,
 // cuda/ later) implements the same ops with the same Params; backend/cpu/reference.cpp holds the
 // plain reference each fast path and GPU kernel is tested against.
-// Activations are f32 on the CPU backend. Shapes are written on the fields.
+// Activations are f32 on the CPU backend. The CUDA backend also takes f16/bf16 activations: an
+// `act_dtype` field (default f32) then says what the `float*` fields really point to (the pointers
+// are reinterpreted; the CPU ops require f32). Shapes are written on the fields.
 #pragma once
 #include <cstdint>
 
@@ -19,6 +21,7 @@ struct MatmulParams {
   const float* x;      // [M, K] row-major
   float* y;            // [M, N] row-major
   int64_t m;           // rows of x (tokens)
+  DType act_dtype = DType::kF32;  // of x and y
 };
 
 // y = x / sqrt(mean(x^2) + eps) * weight, row by row. y may alias x.
@@ -29,6 +32,21 @@ struct RmsNormParams {
   int64_t rows;
   int64_t dim;
   float eps;
+  DType act_dtype = DType::kF32;  // of x and y (weight stays f32)
+};
+
+// Fused residual add + RMSNorm, row by row: x += residual (x is updated in place, rounded to
+// act_dtype), then y = rms_norm(x) of that stored x, so y is exactly the norm of what the next
+// block adds to.
+struct AddRmsNormParams {
+  float* x;               // [rows, dim] the residual stream, updated in place
+  const float* residual;  // [rows, dim] the block output added to it
+  const float* weight;    // [dim] f32
+  float* y;               // [rows, dim] must not alias x or residual
+  int64_t rows;
+  int64_t dim;
+  float eps;
+  DType act_dtype = DType::kF32;  // of x, residual and y
 };
 
 // Rotates q and k in place. Token t has position positions[t].
@@ -42,6 +60,7 @@ struct RopeParams {
   int64_t num_kv_heads;
   int64_t head_dim;
   RopeStyle style;
+  DType act_dtype = DType::kF32;  // of q and k
 };
 
 // out[i] = silu(gate[i]) * up[i]
@@ -50,6 +69,22 @@ struct SwigluParams {
   const float* up;    // [n]
   float* out;         // [n]; may alias gate
   int64_t n;
+  DType act_dtype = DType::kF32;  // of gate, up and out
+};
+
+// Writes each new token's K and V rows into the paged cache: row t goes to slot slot_mapping[t]
+// (slot = block * block_size + offset in block); a negative slot skips the row (padding).
+// The cache layout is the one AttentionParams reads: [num_blocks, block_size, num_kv_heads, head_dim].
+struct KvWriteParams {
+  const float* k;               // [num_tokens, num_kv_heads, head_dim]
+  const float* v;               // [num_tokens, num_kv_heads, head_dim]
+  float* k_cache;               // [num_slots, num_kv_heads, head_dim]
+  float* v_cache;               // [num_slots, num_kv_heads, head_dim]
+  const int64_t* slot_mapping;  // [num_tokens]
+  int64_t num_tokens;
+  int64_t num_kv_heads;
+  int64_t head_dim;
+  DType act_dtype = DType::kF32;  // of k, v and both caches
 };
 
 // Causal attention of one sequence's new tokens over its cached K/V, read through a block table.
@@ -70,12 +105,40 @@ struct AttentionParams {
   float scale;                 // usually 1 / sqrt(head_dim)
 };
 
+// Attention for a batch of sequences at once (the GPU path: one launch for the whole batch).
+// Sequence s owns query rows [query_start[s], query_start[s + 1]); those rows sit at positions
+// start_pos[s] + i and see [0, start_pos[s] + i] (causal), through block table row s. It is exactly
+// AttentionParams applied to each sequence in turn (cpu::ref::batch_attention does that).
+// Decode is the case max_query_len == 1. Every pointer is in the backend's memory (device pointers
+// on CUDA), except that max_query_len and max_context_len are host values used to plan the launch.
+struct BatchAttentionParams {
+  const float* q;               // [num_tokens, num_heads, head_dim]
+  float* out;                   // [num_tokens, num_heads, head_dim]
+  const float* k_cache;         // [num_blocks, block_size, num_kv_heads, head_dim]
+  const float* v_cache;         // [num_blocks, block_size, num_kv_heads, head_dim]
+  const int32_t* block_tables;  // [num_seqs, block_table_stride] block ids
+  const int32_t* query_start;   // [num_seqs + 1] with query_start[0] = 0, query_start[num_seqs] = num_tokens
+  const int32_t* start_pos;     // [num_seqs] positions already in the cache before the new tokens
+  int64_t block_table_stride;   // entries per row of block_tables
+  int64_t num_seqs;
+  int64_t num_tokens;           // total query rows
+  int64_t max_query_len;        // >= max over s of query_start[s + 1] - query_start[s]
+  int64_t max_context_len;      // >= max over s of start_pos[s] + its query count
+  int64_t block_size;
+  int64_t num_heads;
+  int64_t num_kv_heads;
+  int64_t head_dim;
+  float scale;                  // usually 1 / sqrt(head_dim)
+  DType act_dtype = DType::kF32;  // of q, out, k_cache and v_cache
+};
+
 // out[t, :] = dequantized row ids[t] of the embedding table.
 struct EmbeddingParams {
   Tensor table;        // [vocab, dim] any dtype
   const int32_t* ids;  // [num_tokens]
   float* out;          // [num_tokens, dim]
   int64_t num_tokens;
+  DType act_dtype = DType::kF32;  // of out
 };
 
 }  // namespace nb

@@ -31,6 +31,10 @@ void rope(const RopeParams& p);
 void swiglu(const SwigluParams& p);
 void attention(const AttentionParams& p);
 void embedding(const EmbeddingParams& p);
+// Ops the batched GPU path adds (reference_batch.cpp), defined by the plain ops above.
+void add_rms_norm(const AddRmsNormParams& p);
+void kv_write(const KvWriteParams& p);
+void batch_attention(const BatchAttentionParams& p);  // host pointers; attention() per sequence
 }  // namespace ref
 
 }  // namespace nb::cpu

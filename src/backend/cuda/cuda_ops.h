@@ -1,0 +1,35 @@
+// CUDA implementations of the backend ops, each taking the same Params struct as its CPU reference
+// (backend/ops.h, nb::cpu::ref::*) with every pointer a device pointer, and enqueuing on ctx.stream().
+// Includable from plain C++. Each call checks the Params it can check on the host (dtypes, sizes the
+// kernels support) and the launch itself; kernel faults surface at the next synchronize.
+//
+// Activations (act_dtype): f32, f16 or bf16; kernels compute in f32 and round once on store.
+// Supported beyond that:
+//   embedding   table f32/f16/bf16/q8_0/q4_0/q4_1 (a device tensor, Device::kCUDA)
+//   matmul      cuBLAS GEMM (f32 accumulation, no TF32): weight dtype == act dtype for f16/bf16, or
+//               f32 weights with f32 activations. Quantized weights: unimplemented (repack at load).
+//   attention   head_dim <= 256; K/V cache in act_dtype. Decode batches (max_query_len == 1) are
+//               split along the keys when there are too few (sequence, kv head) blocks to fill the
+//               GPU (flash-decoding) and merged by a second kernel through ctx.workspace().
+#pragma once
+#include <cstddef>
+#include <cstdint>
+
+#include "backend/cuda/device.h"
+#include "backend/ops.h"
+
+namespace nb::cuda {
+
+Status embedding(const EmbeddingParams& p, Context& ctx);
+Status rms_norm(const RmsNormParams& p, Context& ctx);
+Status add_rms_norm(const AddRmsNormParams& p, Context& ctx);
+Status rope(const RopeParams& p, Context& ctx);
+Status swiglu(const SwigluParams& p, Context& ctx);
+Status kv_write(const KvWriteParams& p, Context& ctx);
+Status batch_attention(const BatchAttentionParams& p, Context& ctx);
+Status matmul(const MatmulParams& p, Context& ctx);
+
+// Workspace bytes a decode batch needs when split into `num_splits` key ranges.
+size_t attention_split_workspace_bytes(int64_t num_seqs, int64_t num_heads, int64_t head_dim, int64_t num_splits);
+
+}  // namespace nb::cuda

@@ -1,0 +1,45 @@
+// Matmul through cuBLAS: y[m, n] = x[m, k] . W[n, k]^T with f32 accumulation.
+// Row-major y^T = W . x^T is, in cuBLAS's column-major terms, C(n x m) = op_T(A: k x n) * B(k x m):
+// W's rows (length k, contiguous) are A's columns, x's rows are B's columns, y's rows are C's columns.
+#include <cublas_v2.h>
+
+#include <climits>
+#include <string>
+
+#include "backend/cuda/cuda_check.h"
+#include "backend/cuda/cuda_ops.h"
+
+namespace nb::cuda {
+
+namespace {
+
+Result<cudaDataType_t> blas_type(DType weight, DType act) {
+  if (weight == DType::kF32 && act == DType::kF32) return CUDA_R_32F;
+  if (weight == DType::kF16 && act == DType::kF16) return CUDA_R_16F;
+  if (weight == DType::kBF16 && act == DType::kBF16) return CUDA_R_16BF;
+  return unimplemented("matmul: weights " + std::string(dtype_name(weight)) + " with activations " +
+                       std::string(dtype_name(act)) +
+                       " are not supported on CUDA; use f16 or bf16 weights with activations of the same dtype, or "
+                       "f32 with f32 (quantized weights must be repacked at load)");
+}
+
+}  // namespace
+
+Status matmul(const MatmulParams& p, Context& ctx) {
+  const Tensor& w = p.weight;
+  if (w.ndim() != 2 || w.device() != Device::kCUDA) {
+    return invalid_argument("matmul: the weight must be a 2-D device tensor (Device::kCUDA); got " + w.describe());
+  }
+  NB_ASSIGN_OR_RETURN(const cudaDataType_t type, blas_type(w.dtype(), p.act_dtype));
+  const int64_t n = w.dim(0), k = w.dim(1), m = p.m;
+  if (m <= 0 || n <= 0) return Status::Ok();
+  if (n > INT_MAX || k > INT_MAX || m > INT_MAX) return invalid_argument("matmul: dimensions exceed cuBLAS's int range");
+  const float alpha = 1.f, beta = 0.f;
+  NB_CUDA_RETURN_IF_ERROR(cublasGemmEx(static_cast<cublasHandle_t>(ctx.blas()), CUBLAS_OP_T, CUBLAS_OP_N,
+                                       static_cast<int>(n), static_cast<int>(m), static_cast<int>(k), &alpha, w.data(),
+                                       type, static_cast<int>(k), p.x, type, static_cast<int>(k), &beta, p.y, type,
+                                       static_cast<int>(n), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+  return Status::Ok();
+}
+
+}  // namespace nb::cuda
