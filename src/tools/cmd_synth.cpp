@@ -172,6 +172,7 @@ int run_synth(int argc, char** argv) {
   args.option("--max-shard-bytes", "largest shard in tensor bytes (default 5000000000, as transformers)");
   args.option("-t,--threads", "generator threads (default: all cores)", "0");
   args.flag("--sync", "fsync every file before reporting the time");
+  args.flag("--no-weights", "write config.json and the tokenizer and print the shard plan, but no weights");
   args.flag("--force", "replace model files already in the output directory");
   if (Status s = args.parse(argc, argv); !s.ok()) return fail("synth", s);
   if (args.help_requested()) {
@@ -226,7 +227,21 @@ int run_synth(int argc, char** argv) {
               p.name.c_str(), p.hf_name.c_str(), static_cast<long long>(p.num_layers), synth_dtype_torch_name(dtype),
               static_cast<long long>(*seed), tensors.size(), progress.total / 1e9, shards.size(),
               shards.size() == 1 ? "" : "s", dir.c_str());
+  for (size_t s = 0; s < shards.size(); ++s) {
+    uint64_t bytes = 0;
+    for (size_t i : shards[s]) bytes += sizes[i];
+    std::printf("synth: shard %s: %zu tensors, %llu bytes\n",
+                shards.size() == 1 ? "model.safetensors" : safetensors_shard_name(s, shards.size()).c_str(),
+                shards[s].size(), static_cast<unsigned long long>(bytes));
+  }
   std::fflush(stdout);
+  if (args.has("--no-weights")) {
+    if (Status st = write_text_file(dir / "config.json", synth_config_json(p, dtype, static_cast<uint64_t>(*seed))); !st.ok()) {
+      return fail("synth", st);
+    }
+    std::printf("synth: --no-weights: wrote config.json and the tokenizer only\n");
+    return 0;
+  }
 
   ThreadPool pool(static_cast<int>(*threads));
   progress.start = Clock::now();
