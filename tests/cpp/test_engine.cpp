@@ -146,15 +146,16 @@ TEST(Engine, RejectsRequestsThatCanNeverRun) {
 // 16 requests sharing a 512-token system prompt, arriving together: KV blocks claimed and prefill
 // tokens computed <= 1/8 of the same requests without sharing. The per-step token budget (512)
 // makes the first request's prefix land in the cache before the others are admitted.
-TEST(Engine, SharedSystemPromptIsStoredAndComputedOnce) {
-  auto model = std::move(LlamaModel::create(testing::tiny_weights(), 2, 512).value());
+void check_shared_system_prompt(LlamaModel* model_ptr) {
+  auto& model = model_ptr;
   std::mt19937 rng(3);
   std::vector<int32_t> system(512);
-  for (auto& t : system) t = static_cast<int32_t>(rng() % 512);
+  const auto vocab = static_cast<uint32_t>(model->config().vocab_size);
+  for (auto& t : system) t = static_cast<int32_t>(rng() % vocab);
   std::vector<std::vector<int32_t>> prompts;
   for (int i = 0; i < 16; ++i) {
     prompts.push_back(system);
-    for (int j = 0; j < 16; ++j) prompts.back().push_back(static_cast<int32_t>(rng() % 512));
+    for (int j = 0; j < 16; ++j) prompts.back().push_back(static_cast<int32_t>(rng() % vocab));
   }
   int64_t blocks[2] = {0, 0}, prefill[2] = {0, 0};
   std::vector<int32_t> outputs[2];
@@ -172,7 +173,7 @@ TEST(Engine, SharedSystemPromptIsStoredAndComputedOnce) {
       r.sampling.temperature = 0;
       ids.push_back(engine->submit(r, col.callback()).value());
     }
-    ASSERT_TRUE(col.wait_all(16));
+    ASSERT_TRUE(col.wait_all(16, std::chrono::seconds(300)));
     for (RequestId id : ids) outputs[sharing].insert(outputs[sharing].end(), col.tokens[id].begin(), col.tokens[id].end());
     const EngineStats st = engine->stats();
     blocks[sharing] = st.num_blocks_allocated;
@@ -186,6 +187,19 @@ TEST(Engine, SharedSystemPromptIsStoredAndComputedOnce) {
               "prefill tokens %lld vs %lld\n",
               static_cast<long long>(blocks[1]), static_cast<long long>(blocks[0]),
               static_cast<long long>(prefill[1]), static_cast<long long>(prefill[0]));
+}
+
+TEST(Engine, SharedSystemPromptIsStoredAndComputedOnce) {
+  auto model = std::move(LlamaModel::create(testing::tiny_weights(), 2, 512).value());
+  check_shared_system_prompt(model.get());
+}
+
+// The same on the real SmolLM2-135M-Instruct (the model).
+TEST(Engine, SharedSystemPromptSmolLM2) {
+  auto loaded = load_model(std::string(NIBBLE_SOURCE_DIR) + "/models/SmolLM2-135M-Instruct.Q4_1.gguf");
+  ASSERT_TRUE(loaded.ok()) << loaded.status().to_string() << " (run scripts/setup.sh)";
+  auto model = std::move(LlamaModel::create(std::move(loaded->weights), 2, 512).value());
+  check_shared_system_prompt(model.get());
 }
 
 }  // namespace
