@@ -53,17 +53,19 @@ bool is_model_file(const std::string& n) {
 Status prepare_dir(const fs::path& dir, bool force) {
   std::error_code ec;
   fs::create_directories(dir, ec);
-  if (ec || !fs::is_directory(dir)) return not_found("cannot create directory '" + dir.string() + "': " + ec.message());
+  if (ec || !fs::is_directory(dir, ec)) return not_found("cannot create directory '" + dir.string() + "': " + ec.message());
   std::vector<fs::path> old;
   for (const auto& e : fs::directory_iterator(dir, ec)) {
-    if (e.is_regular_file() && is_model_file(e.path().filename().string())) old.push_back(e.path());
+    if (e.is_regular_file(ec) && is_model_file(e.path().filename().string())) old.push_back(e.path());
   }
   if (old.empty()) return Status::Ok();
   if (!force) {
     return failed_precondition("'" + dir.string() + "' already holds model files (" + old[0].filename().string() +
                                ", ...); pass --force to replace them or choose another -o");
   }
-  for (const fs::path& p : old) fs::remove(p, ec);
+  for (const fs::path& p : old) {
+    if (!fs::remove(p, ec) || ec) return internal_error("cannot remove '" + p.string() + "': " + ec.message());
+  }
   return Status::Ok();
 }
 
@@ -82,7 +84,7 @@ Status copy_tokenizer(const std::string& file, const SynthPreset& p, const fs::p
   std::error_code ec;
   fs::copy_file(file, dir / name, fs::copy_options::overwrite_existing, ec);
   const fs::path config = fs::path(file).parent_path() / "tokenizer_config.json";
-  if (!ec && src.kind == TokenizerSource::Kind::kHfTokenizerJson && fs::is_regular_file(config)) {
+  if (!ec && src.kind == TokenizerSource::Kind::kHfTokenizerJson && fs::is_regular_file(config, ec)) {
     fs::copy_file(config, dir / "tokenizer_config.json", fs::copy_options::overwrite_existing, ec);
   }
   if (ec) return internal_error("copying the tokenizer into '" + dir.string() + "' failed: " + ec.message());
@@ -170,7 +172,7 @@ int run_synth(int argc, char** argv) {
   args.option("--tokenizer", "copy this tokenizer.json or tokenizer.model instead of making a byte-level BPE one");
   args.option("--tokenizer-text", "learn the BPE merges from this text file (default: a built-in text)");
   args.option("--max-shard-bytes", "largest shard in tensor bytes (default 5000000000, as transformers)");
-  args.option("-t,--threads", "generator threads (default: all cores)", "0");
+  args.option("-t,--threads", "generator threads; 0 = all cores", "0");
   args.flag("--sync", "fsync every file before reporting the time");
   args.flag("--no-weights", "write config.json and the tokenizer and print the shard plan, but no weights");
   args.flag("--force", "replace model files already in the output directory");
@@ -253,7 +255,8 @@ int run_synth(int argc, char** argv) {
                                   args.has("--sync"), pool, progress);
     if (!st.ok()) return fail("synth", st);
     for (size_t i : shards[s]) weight_map[tensors[i].name] = name;
-    file_bytes += fs::file_size(dir / name);
+    std::error_code ec;
+    file_bytes += fs::file_size(dir / name, ec);
     progress.tensor_done(0, "-> " + name, true);
   }
   if (shards.size() > 1) {

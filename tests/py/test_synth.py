@@ -175,6 +175,34 @@ def test_bf16_and_f32_values_agree_with_the_reader(nibble_bin, small, tmp_path):
             np.testing.assert_allclose(vals, f16[n], rtol=tol, atol=1e-7, err_msg=n)
 
 
+def mix64(z):
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+def documented_weights(seed, name, n, std):
+    """The generator as synth_model.h documents it, written out in numpy."""
+    gamma = np.uint64(0x9E3779B97F4A7C15)
+    h = 0xCBF29CE484222325
+    for c in name.encode():
+        h = ((h ^ c) * 0x100000001B3) % 2**64
+    with np.errstate(over="ignore"):
+        key = mix64(mix64(np.array([seed], np.uint64) + gamma) ^ np.uint64(h))
+        r = mix64(key + np.arange(1, n + 1, dtype=np.uint64) * gamma)
+    lanes = sum(((r >> np.uint64(s)) & np.uint64(0xFFFF)).astype(np.int64) for s in (0, 16, 32, 48))
+    scale = np.float32(std / np.sqrt((65536.0**2 - 1) / 3))
+    return (lanes - 131070).astype(np.float32) * scale
+
+
+def test_values_follow_the_documented_generator(small):
+    with safe_open(str(small / "model.safetensors"), framework="np") as f:
+        for name in ["model.layers.1.self_attn.k_proj.weight", "model.layers.0.mlp.down_proj.weight"]:
+            a = f.get_tensor(name).reshape(-1)
+            np.testing.assert_array_equal(a, documented_weights(1, name, a.size, SMOL_STD).astype(np.float16),
+                                          err_msg=name)
+
+
 def test_weight_statistics(small):
     with safe_open(str(small / "model.safetensors"), framework="np") as f:
         tensors = {n: f.get_tensor(n).astype(np.float64).reshape(-1) for n in f.keys()}
