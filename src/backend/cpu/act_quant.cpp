@@ -62,11 +62,11 @@ void quantize_act_row(const float* x, const ActQ8Layout& l, int bias, uint8_t* o
       corr[g * 16 + i * 4 + (e & 15) / 4] -= bias * q;
       total += q;
     }
-    const float s4 = d * static_cast<float>(total) * 0.25f;
+    const float s = d * static_cast<float>(total);
     bcorr[b] = -bias * total;
     for (int j = 0; j < 4; ++j) {
       scale[g * 16 + i * 4 + j] = d;
-      sum[g * 16 + i * 4 + j] = s4;
+      sum[g * 16 + i * 4 + j] = s;
     }
   }
 }
@@ -105,8 +105,8 @@ void quantize_act_row(const float* x, const ActQ8Layout& l, int bias, uint8_t* o
       _mm_storeu_si128(reinterpret_cast<__m128i*>(gq + 64 + i * 16), _mm512_cvtsepi32_epi8(q1));
       _mm_storeu_ps(scale + g * 16 + i * 4, _mm_set1_ps(d));
       const int32_t total = _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
-      const float s4 = d * static_cast<float>(total) * 0.25f;
-      _mm_storeu_ps(sum + g * 16 + i * 4, _mm_set1_ps(s4));
+      const float s = d * static_cast<float>(total);
+      _mm_storeu_ps(sum + g * 16 + i * 4, _mm_set1_ps(s));
       bcorr[b] = -bias * total;
     }
     // Per-lane sums of the 8 values each dpbusd lane multiplies: a dot product with all-ones.

@@ -14,7 +14,9 @@
 //                                 unsigned-offset correction for weights stored as q + bias (Q4_0:
 //                                 bias 8, Q8_0: bias 128 after flipping the sign bit), used as the
 //                                 initial accumulator of the integer dot product; exact in int32
-//   sum   [num_groups * 4]  f32   d * sum(q) of each block (Q4_1's min term: m * sum(x))
+//   sum   [num_groups][16]  f32   s = d * (float)sum(q) of block i in lanes 4i..4i+3 (Q4_1's min
+//                                 term m * sum(x); one rounded multiply, see matmul_internal.h)
+//   block_corr [num_groups * 4] i32  -bias * sum(q) of each block (the strip kernel's correction)
 // Value of element e of block b: scale * qs, with qs = round_to_nearest_even(x / d), d = amax / 127.
 #pragma once
 #include <cstddef>
@@ -28,7 +30,7 @@ struct ActQ8Layout {
   int64_t num_groups = 0;
   size_t scale_offset = 0;  // bytes from the row start; qs start at 0
   size_t corr_offset = 0;
-  size_t sum_offset = 0;   // the sum4 section
+  size_t sum_offset = 0;
   size_t block_corr_offset = 0;
   size_t row_bytes = 0;     // a multiple of 64, so every row of a 64-byte aligned buffer is aligned
 };

@@ -1,7 +1,8 @@
 // AVX2 + FMA + F16C matmul kernels for CPUs without AVX-512 (e.g. Zen 3, most client Intel parts).
 // Same algorithms as matmul_quant.cpp / matmul_float.cpp with 8-lane vectors:
 //   quantized weights: vpmaddubsw (unsigned weight bytes x signed activation bytes -> i16 pairs),
-//   vpmaddwd with ones (-> i32 lanes of 4 products), one f32 fma per block with both scales. Q8_0
+//   vpmaddwd with ones (-> i32 lanes of 4 products), then per block (exact in-lane integer sums)
+//   the f32 scale work in the canonical order of matmul_internal.h. Q8_0
 //   weights are signed, so they use llama.cpp's sign trick (|w| x sign(w) a) instead of an offset:
 //   an i16 pair of (w + 128) * a products would overflow.
 //   float weights: widened to f32 in registers, f32 FMA.
@@ -107,13 +108,24 @@ inline __m256i dot_pair(const WeightPair& w, __m256i alo, __m256i ahi) {
   }
 }
 
-// y[t * ldy + r] = W row r . activation row t, for r < R, t < T.
+// Exact in-lane reduction: lane 4h + j of the result = the sum of the 4 int32 lanes of 128-bit
+// lane h (= block h of the pair) of d_j.
+inline __m256i block_sums4(__m256i d0, __m256i d1, __m256i d2, __m256i d3) {
+  const __m256i s01 = _mm256_add_epi32(_mm256_unpacklo_epi64(d0, d1), _mm256_unpackhi_epi64(d0, d1));
+  const __m256i s23 = _mm256_add_epi32(_mm256_unpacklo_epi64(d2, d3), _mm256_unpackhi_epi64(d2, d3));
+  const __m256 a = _mm256_castsi256_ps(s01), b = _mm256_castsi256_ps(s23);
+  return _mm256_add_epi32(_mm256_castps_si256(_mm256_shuffle_ps(a, b, _MM_SHUFFLE(2, 0, 2, 0))),
+                          _mm256_castps_si256(_mm256_shuffle_ps(a, b, _MM_SHUFFLE(3, 1, 3, 1))));
+}
+
+// y[t * ldy + r] = W row r . activation row t, for r < R, t < T. The canonical order of
+// matmul_internal.h: the 4 (row, token) pairs j = r + 2t share one accumulator per block-pair
+// parity, lane 4h + j; acc[0] holds a[0], a[1] (blocks 4g, 4g+1), acc[1] holds a[2], a[3].
 template <DType kT, int R, int T>
 void q_tile(const uint8_t* w0, size_t w_stride, const uint8_t* a0, const ActQ8Layout& l, float* y, int64_t ldy) {
   using F = QFormat<kT>;
-  __m256 acc[R][T];
-  for (int r = 0; r < R; ++r)
-    for (int t = 0; t < T; ++t) acc[r][t] = _mm256_setzero_ps();
+  static_assert(R <= 2 && T <= 2);
+  __m256 acc[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
   const int64_t num_pairs = (l.num_blocks + 1) / 2;
   for (int64_t pi = 0; pi < num_pairs; ++pi) {
     // Pair pi = blocks 2pi, 2pi+1 = half (pi % 2) of group pi / 2.
@@ -121,27 +133,49 @@ void q_tile(const uint8_t* w0, size_t w_stride, const uint8_t* a0, const ActQ8La
     const size_t lane_off = static_cast<size_t>(pi / 2) * 16 + static_cast<size_t>(pi % 2) * 8;
     WeightPair w[R];
     for (int r = 0; r < R; ++r) load_pair<kT>(w0 + static_cast<size_t>(r) * w_stride, 2 * pi, l.num_blocks - 1, w[r]);
+    __m256i dot[4];
+    __m256 ascale[T], asum[T];
     for (int t = 0; t < T; ++t) {
       const uint8_t* a = a0 + static_cast<size_t>(t) * l.row_bytes;
       const __m256i alo = _mm256_load_si256(reinterpret_cast<const __m256i*>(a + qs_off));
       const __m256i ahi = _mm256_load_si256(reinterpret_cast<const __m256i*>(a + qs_off + 64));
-      const __m256 ascale = _mm256_load_ps(reinterpret_cast<const float*>(a + l.scale_offset) + lane_off);
+      ascale[t] = _mm256_load_ps(reinterpret_cast<const float*>(a + l.scale_offset) + lane_off);
+      if constexpr (F::kHasMin) asum[t] = _mm256_load_ps(reinterpret_cast<const float*>(a + l.sum_offset) + lane_off);
       for (int r = 0; r < R; ++r) {
-        __m256i dot = dot_pair<kT>(w[r], alo, ahi);
+        __m256i d = dot_pair<kT>(w[r], alo, ahi);
         if constexpr (F::kHasCorr) {
-          dot = _mm256_add_epi32(dot, _mm256_load_si256(reinterpret_cast<const __m256i*>(
-                                          reinterpret_cast<const int32_t*>(a + l.corr_offset) + lane_off)));
+          d = _mm256_add_epi32(d, _mm256_load_si256(reinterpret_cast<const __m256i*>(
+                                      reinterpret_cast<const int32_t*>(a + l.corr_offset) + lane_off)));
         }
-        acc[r][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_mul_ps(w[r].d, ascale), acc[r][t]);
-        if constexpr (F::kHasMin) {
-          acc[r][t] = _mm256_fmadd_ps(w[r].m, _mm256_load_ps(reinterpret_cast<const float*>(a + l.sum_offset) + lane_off),
-                                      acc[r][t]);
-        }
+        dot[r + 2 * t] = d;
       }
     }
+    // Pairs missing from a smaller tile repeat a present one; their lanes are never stored.
+    if constexpr (R == 1) dot[1] = dot[0];
+    if constexpr (T == 1) dot[2] = dot[0], dot[3] = dot[1];
+    if constexpr (R == 1 && T == 2) dot[3] = dot[2];
+    const __m256 isum = _mm256_cvtepi32_ps(block_sums4(dot[0], dot[1], dot[2], dot[3]));
+    // Lane 4h + j: weight values of row j % 2 (0xAA lanes), activation values of token j / 2 (0xCC).
+    const __m256 wd = R == 2 ? _mm256_blend_ps(w[0].d, w[R - 1].d, 0xAA) : w[0].d;
+    const __m256 as = T == 2 ? _mm256_blend_ps(ascale[0], ascale[T - 1], 0xCC) : ascale[0];
+    __m256& a = acc[pi % 2];
+    // An odd block count pads the last pair with a block that must add nothing: keep its lanes.
+    const bool padded = 2 * pi + 1 >= l.num_blocks;
+    __m256 next = _mm256_fmadd_ps(isum, _mm256_mul_ps(wd, as), a);
+    if constexpr (F::kHasMin) {
+      const __m256 wm = R == 2 ? _mm256_blend_ps(w[0].m, w[R - 1].m, 0xAA) : w[0].m;
+      const __m256 su = T == 2 ? _mm256_blend_ps(asum[0], asum[T - 1], 0xCC) : asum[0];
+      next = _mm256_fmadd_ps(wm, su, next);
+    }
+    a = padded ? _mm256_blend_ps(next, a, 0xF0) : next;
   }
-  for (int r = 0; r < R; ++r)
-    for (int t = 0; t < T; ++t) y[t * ldy + r] = hsum(acc[r][t]);
+  // y = (a[0] + a[2]) + (a[1] + a[3]).
+  const __m256 h = _mm256_add_ps(acc[0], acc[1]);
+  const __m128 v = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+  alignas(16) float out[4];
+  _mm_store_ps(out, v);
+  for (int t = 0; t < T; ++t)
+    for (int r = 0; r < R; ++r) y[t * ldy + r] = out[r + 2 * t];
 }
 
 template <typename Tile>

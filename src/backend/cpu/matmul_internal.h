@@ -27,6 +27,26 @@ AlignedBytes quantize_activations(const MatmulParams& p, const ActQ8Layout& l, i
                                   QuantizeRowFn quantize_row);
 
 // Weights Q8_0 / Q4_0 / Q4_1: activations quantized to 8-bit blocks, integer dot products.
+//
+// Batch invariance. Continuous batching needs y[t, r] to be bit-identical whatever M is, whichever
+// rows share the call, however many threads split it, and whichever kernel runs (tile, strip,
+// AVX2, portable). So every kernel computes each output in this one canonical order (the
+// activation row is quantized per row by act_quant.h, which depends on nothing else):
+//   for each 32-element block b = 0 .. num_blocks-1, in increasing order:
+//     isum  = the exact int32 dot product of the block's weight and activation quants (offsets
+//             applied exactly; any integer summation order gives the same value)
+//     scale = f32(d_w[b]) * d_x[b]                     (one rounded f32 multiply)
+//     a[b % 4] = fma((float)isum, scale, a[b % 4])     (isum is exact in f32: |isum| < 2^21)
+//     Q4_1 only, right after:  a[b % 4] = fma(f32(m_w[b]), s_x[b], a[b % 4])
+//                              with s_x[b] = d_x[b] * (float)sum(q_x[b]) from act_quant.h
+//   y = (a[0] + a[2]) + (a[1] + a[3]),  all four a[] starting at +0.
+// Blocks past num_blocks (the padding of a partial last group) add nothing at all (masked), so
+// even a non-finite weight scale cannot make one kernel differ from another.
+// Why this order: four partial sums by block residue are what the tile kernel's lanes hold after
+// an exact in-lane integer reduction (128-bit lane i = block 4g+i), so its f32 work is one cvt,
+// one multiply and one FMA per group for 4 weight rows; the strip kernel (lanes = weight rows)
+// keeps four accumulators per token instead of one. The final sum adds 256-bit then 128-bit
+// halves, the cheapest horizontal order for the tile kernel.
 void matmul_quantized(const MatmulParams& p, ThreadPool& pool);
 // Weights F32 / F16 / BF16: converted to f32 in registers, f32 FMA.
 void matmul_float(const MatmulParams& p, ThreadPool& pool);

@@ -1,7 +1,8 @@
 // y[m, n] = x[m, :] . W[n, :] for GGUF block weights Q8_0 / Q4_0 / Q4_1, the way llama.cpp does it:
 // x is quantized once per call to 8-bit blocks of 32 (act_quant.h), every 32-element block product
 // is an exact int32 dot product (AVX-512 VNNI vpdpbusd: unsigned weight bytes x signed activation
-// bytes), and one f32 multiply-add per block applies the two block scales.
+// bytes), and one f32 multiply-add per block applies the two block scales, in the canonical
+// (batch-invariant) order of matmul_internal.h that every kernel follows.
 //   Q4_1: w = d q + m, q in 0..15  ->  d da (q . qa) + m (da sum qa)
 //   Q4_0: w = d (q - 8)            ->  d da (q . qa - 8 sum qa)      (the 8 sum qa is `corr`)
 //   Q8_0: w = d q, q signed        ->  d da ((q + 128) . qa - 128 sum qa)   (sign bit flipped)
@@ -9,10 +10,12 @@
 // across threads (contiguous chunks); inside a chunk, tiles of kRows weight rows x kTokens
 // activation rows, so each weight group is unpacked once per tile and each activation group is
 // loaded once per kRows rows; the next tile's weights are prefetched (decode streams from DRAM).
+// A tile's accumulator per activation row has lane 4i + r = partial sum a[i] of weight row r.
 // M >= avx512::kStripMinTokens goes to the strip kernel (matmul_quant_strip.cpp); non-AVX-512
 // builds go to matmul_avx2.cpp or the portable loop below.
 #include <algorithm>
 #include <array>
+#include <cmath>
 #include <cstring>
 #include <memory>
 #include <new>
@@ -34,12 +37,13 @@ int act_bias(DType t) {
   }
 }
 
-// Plain C++ block dot product of weight row w (nb blocks) with quantized activation row a.
+// Plain C++ block dot product of weight row w (nb blocks) with quantized activation row a, in the
+// canonical order of matmul_internal.h (explicit std::fma: the build allows FP contraction).
 float dot_row_portable(DType t, const uint8_t* w, const uint8_t* a, const ActQ8Layout& l) {
   const auto* qs = reinterpret_cast<const int8_t*>(a);
   const auto* scale = reinterpret_cast<const float*>(a + l.scale_offset);
   const auto* sum = reinterpret_cast<const float*>(a + l.sum_offset);
-  float acc = 0.f;
+  float acc[4] = {0.f, 0.f, 0.f, 0.f};
   int q[32];
   for (int64_t b = 0; b < l.num_blocks; ++b) {
     float dw = 0.f, mw = 0.f;
@@ -68,9 +72,11 @@ float dot_row_portable(DType t, const uint8_t* w, const uint8_t* a, const ActQ8L
     const int8_t* gq = qs + g * 128 + i * 16;
     int32_t dot = 0;
     for (int e = 0; e < 16; ++e) dot += q[e] * gq[e] + q[e + 16] * gq[64 + e];
-    acc += dw * scale[g * 16 + i * 4] * static_cast<float>(dot) + mw * (4.f * sum[g * 16 + i * 4]);
+    const float s = dw * scale[g * 16 + i * 4];
+    acc[i] = std::fma(static_cast<float>(dot), s, acc[i]);
+    if (t == DType::kQ4_1) acc[i] = std::fma(mw, sum[g * 16 + i * 4], acc[i]);
   }
-  return acc;
+  return (acc[0] + acc[2]) + (acc[1] + acc[3]);
 }
 
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
@@ -191,7 +197,7 @@ inline uint32_t load_u32(const uint8_t* p) {
 }
 
 // The last, partial group: block by block, never reading past the row. Blocks past `last` re-read
-// block `last`; their activations are zero, so they add d * 0.
+// block `last`; group_product masks their lanes out (the canonical order has no padding blocks).
 template <DType kT>
 inline void load_tail_group(const uint8_t* row, int64_t b0, int64_t last, WeightGroup& w) {
   using F = QFormat<kT>;
@@ -220,25 +226,57 @@ inline void load_tail_group(const uint8_t* row, int64_t b0, int64_t last, Weight
   }
 }
 
-// acc[r][t] += the group's contribution of weight row r and activation row t.
+// Exact in-lane reduction: lane 4i + j of the result = the sum of the 4 int32 lanes of 128-bit
+// lane i (= block i of the group) of d_j. Integer adds, so the order does not matter.
+inline __m512i block_sums4(__m512i d0, __m512i d1, __m512i d2, __m512i d3) {
+  const __m512i s01 = _mm512_add_epi32(_mm512_unpacklo_epi64(d0, d1), _mm512_unpackhi_epi64(d0, d1));
+  const __m512i s23 = _mm512_add_epi32(_mm512_unpacklo_epi64(d2, d3), _mm512_unpackhi_epi64(d2, d3));
+  const __m512 a = _mm512_castsi512_ps(s01), b = _mm512_castsi512_ps(s23);
+  return _mm512_add_epi32(_mm512_castps_si512(_mm512_shuffle_ps(a, b, _MM_SHUFFLE(2, 0, 2, 0))),
+                          _mm512_castps_si512(_mm512_shuffle_ps(a, b, _MM_SHUFFLE(3, 1, 3, 1))));
+}
+
+// Lane 4i + r = lane 4i of v[min(r, R-1)]: per-row block values (replicated over their block's 4
+// lanes) moved into the (block, row) accumulator layout.
+template <int R>
+inline __m512 rows_to_lanes(const __m512 (&v)[R]) {
+  __m512 out = v[0];
+  if constexpr (R > 1) out = _mm512_mask_blend_ps(0x2222, out, v[1]);
+  out = _mm512_mask_blend_ps(0x4444, out, v[R > 2 ? 2 : R - 1]);
+  out = _mm512_mask_blend_ps(0x8888, out, v[R > 3 ? 3 : R - 1]);
+  return out;
+}
+
+// acc[t] lane 4i + r = partial sum a[i] (matmul_internal.h) of weight row r and activation row t;
+// adds group g's blocks whose lanes are in `valid` (all but the padding of a partial last group).
 template <DType kT, int R, int T>
 inline void group_product(const WeightGroup (&w)[R], const uint8_t* a0, int64_t g, const ActQ8Layout& l,
-                          __m512 (&acc)[R][T]) {
+                          __mmask16 valid, __m512 (&acc)[T]) {
   using F = QFormat<kT>;
+  __m512 wd[R], wm[R];
+  for (int r = 0; r < R; ++r) {
+    wd[r] = w[r].d;
+    if constexpr (F::kHasMin) wm[r] = w[r].m;
+  }
+  const __m512 wd_lanes = rows_to_lanes<R>(wd);
+  __m512 wm_lanes = _mm512_setzero_ps();
+  if constexpr (F::kHasMin) wm_lanes = rows_to_lanes<R>(wm);
   for (int t = 0; t < T; ++t) {
     const uint8_t* a = a0 + static_cast<size_t>(t) * l.row_bytes;
     const __m512i alo = _mm512_load_si512(a + g * 128);
     const __m512i ahi = _mm512_load_si512(a + g * 128 + 64);
+    // Activation scale and sum of block i sit in lanes 4i..4i+3 already: the lane layout we need.
     const __m512 ascale = _mm512_load_ps(reinterpret_cast<const float*>(a + l.scale_offset) + g * 16);
     __m512i init = _mm512_setzero_si512();
     if constexpr (F::kHasCorr) init = _mm512_load_si512(a + l.corr_offset + g * 64);
-    for (int r = 0; r < R; ++r) {
-      const __m512i dot = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(init, w[r].lo, alo), w[r].hi, ahi);
-      acc[r][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(w[r].d, ascale), acc[r][t]);
-      if constexpr (F::kHasMin) {
-        acc[r][t] = _mm512_fmadd_ps(w[r].m, _mm512_load_ps(reinterpret_cast<const float*>(a + l.sum_offset) + g * 16),
-                                    acc[r][t]);
-      }
+    __m512i dot[4];
+    for (int r = 0; r < R; ++r) dot[r] = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(init, w[r].lo, alo), w[r].hi, ahi);
+    for (int r = R; r < 4; ++r) dot[r] = dot[R - 1];
+    const __m512 isum = _mm512_cvtepi32_ps(block_sums4(dot[0], dot[1], dot[2], dot[3]));
+    acc[t] = _mm512_mask3_fmadd_ps(isum, _mm512_mul_ps(wd_lanes, ascale), acc[t], valid);
+    if constexpr (F::kHasMin) {
+      const __m512 asum = _mm512_load_ps(reinterpret_cast<const float*>(a + l.sum_offset) + g * 16);
+      acc[t] = _mm512_mask3_fmadd_ps(wm_lanes, asum, acc[t], valid);
     }
   }
 }
@@ -250,24 +288,32 @@ void tile_kernel(const uint8_t* w0, size_t w_stride, const uint8_t* a0, const Ac
   using F = QFormat<kT>;
   static const GroupIndex kIndex = make_group_index<kT>();
   const GroupIndex ix = kIndex;
-  __m512 acc[R][T];
-  for (int r = 0; r < R; ++r)
-    for (int t = 0; t < T; ++t) acc[r][t] = _mm512_setzero_ps();
+  __m512 acc[T];
+  for (int t = 0; t < T; ++t) acc[t] = _mm512_setzero_ps();
   const int64_t full_groups = l.num_blocks / 4;
   for (int64_t g = 0; g < full_groups; ++g) {
     WeightGroup w[R];
     for (int r = 0; r < R; ++r) load_full_group<kT>(w0 + static_cast<size_t>(r) * w_stride + g * 4 * F::kBlockBytes, ix, w[r]);
-    group_product<kT, R, T>(w, a0, g, l, acc);
+    group_product<kT, R, T>(w, a0, g, l, static_cast<__mmask16>(0xffff), acc);
   }
   if (full_groups < l.num_groups) {
     WeightGroup w[R];
     for (int r = 0; r < R; ++r) {
       load_tail_group<kT>(w0 + static_cast<size_t>(r) * w_stride, full_groups * 4, l.num_blocks - 1, w[r]);
     }
-    group_product<kT, R, T>(w, a0, full_groups, l, acc);
+    group_product<kT, R, T>(w, a0, full_groups, l, simd::first_lanes(4 * (l.num_blocks - 4 * full_groups)), acc);
   }
-  for (int r = 0; r < R; ++r)
-    for (int t = 0; t < T; ++t) y[t * ldy + r] = _mm512_reduce_add_ps(acc[r][t]);
+  // y = (a[0] + a[2]) + (a[1] + a[3]): add the 256-bit halves, then the 128-bit halves.
+  for (int t = 0; t < T; ++t) {
+    const __m256 h = _mm256_add_ps(_mm512_castps512_ps256(acc[t]),
+                                   _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(acc[t]), 1)));
+    const __m128 v = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+    if constexpr (R == 4) {
+      _mm_storeu_ps(y + t * ldy, v);
+    } else {
+      _mm_mask_storeu_ps(y + t * ldy, static_cast<__mmask8>((1u << R) - 1u), v);
+    }
+  }
 }
 
 using TileFn = void (*)(const uint8_t*, size_t, const uint8_t*, const ActQ8Layout&, float*, int64_t);

@@ -4,7 +4,8 @@
 // rows by 4 elements, and the per-block scale work (cvt, two multiplies) covers 16 rows x 32
 // elements instead of the 4 x 32 of the tile kernel. The repacked strip (640 bytes per block, stays
 // in L1/L2) is reused by every token of the call, so its cost (a few gathers per block) fades with M.
-// Same arithmetic as matmul_quant.cpp: exact int32 block dots, f32 scale products.
+// Same arithmetic as matmul_quant.cpp: exact int32 block dots, f32 scale products, in the canonical
+// order of matmul_internal.h (lane r = weight row r; four accumulators by block residue).
 #include <algorithm>
 #include <array>
 #include <cstring>
@@ -20,7 +21,7 @@ namespace nb::cpu::avx512 {
 namespace {
 
 constexpr int kStripRows = 16;
-constexpr int kTokens = 8;  // activation rows per pass over the strip (accumulators in registers)
+constexpr int kTokens = 4;  // activation rows per pass: 4 x 4 accumulators (canonical order) stay in registers
 
 template <DType kT>
 struct QFormat;
@@ -44,7 +45,7 @@ struct QFormat<DType::kQ8_0> {
 };
 
 // One block of a 16-row strip. w[s], lane r = elements 4s..4s+3 of row r (unsigned bytes);
-// d = row scales; m = 4 x row mins (Q4_1; the activation side stores sum / 4).
+// d = row scales; m = row mins (Q4_1).
 struct alignas(64) PackedBlock {
   __m512i w[8];
   __m512 d, m;
@@ -89,8 +90,7 @@ void pack_strip(const uint8_t* base, size_t stride, int rows, int64_t num_blocks
     const __m512i head = v[0];
     pb.d = _mm512_maskz_mov_ps(valid, _mm512_cvtph_ps(_mm512_cvtepi32_epi16(head)));
     if constexpr (F::kHasMin) {
-      pb.m = _mm512_mul_ps(_mm512_maskz_mov_ps(valid, _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(head, 16)))),
-                           _mm512_set1_ps(4.f));
+      pb.m = _mm512_maskz_mov_ps(valid, _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(head, 16))));
     }
     if constexpr (F::kNibbles) {
       transpose_16x4(p, F::kQsOffset, v);
@@ -115,34 +115,50 @@ inline int32_t load_i32(const uint8_t* p) {
   return v;
 }
 
+// acc[t] lane r += block b's term of strip row r and activation row t (matmul_internal.h).
+template <DType kT, int T>
+inline void strip_block(const PackedBlock& pb, const uint8_t* a0, const ActQ8Layout& l, int64_t b, __m512 (&acc)[T]) {
+  using F = QFormat<kT>;
+  // Block b is block b % 4 of group b / 4 in the act_quant.h layout.
+  const size_t qoff = static_cast<size_t>(b / 4) * 128 + static_cast<size_t>(b % 4) * 16;
+  const size_t lane = static_cast<size_t>(b / 4) * 16 + static_cast<size_t>(b % 4) * 4;
+  for (int t = 0; t < T; ++t) {
+    const uint8_t* a = a0 + static_cast<size_t>(t) * l.row_bytes;
+    __m512i dot = _mm512_setzero_si512();
+    if constexpr (F::kBias != 0) dot = _mm512_set1_epi32(reinterpret_cast<const int32_t*>(a + l.block_corr_offset)[b]);
+    for (int s = 0; s < 4; ++s) dot = _mm512_dpbusd_epi32(dot, pb.w[s], _mm512_set1_epi32(load_i32(a + qoff + 4 * s)));
+    for (int s = 0; s < 4; ++s) {
+      dot = _mm512_dpbusd_epi32(dot, pb.w[s + 4], _mm512_set1_epi32(load_i32(a + qoff + 64 + 4 * s)));
+    }
+    const float da = reinterpret_cast<const float*>(a + l.scale_offset)[lane];
+    acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(pb.d, _mm512_set1_ps(da)), acc[t]);
+    if constexpr (F::kHasMin) {
+      acc[t] = _mm512_fmadd_ps(pb.m, _mm512_set1_ps(reinterpret_cast<const float*>(a + l.sum_offset)[lane]), acc[t]);
+    }
+  }
+}
+
 // y[t * ldy + r] = strip row r . activation row t for r < 16 (masked to the valid rows), t < T.
+// Four accumulators per token, one per block residue b % 4: the canonical order.
 template <DType kT, int T>
 void strip_kernel(const PackedBlock* pk, const uint8_t* a0, const ActQ8Layout& l, float* y, int64_t ldy,
                   __mmask16 valid) {
-  using F = QFormat<kT>;
-  __m512 acc[T];
-  for (int t = 0; t < T; ++t) acc[t] = _mm512_setzero_ps();
-  for (int64_t b = 0; b < l.num_blocks; ++b) {
-    const PackedBlock& pb = pk[b];
-    // Block b is block b % 4 of group b / 4 in the act_quant.h layout.
-    const size_t qoff = static_cast<size_t>(b / 4) * 128 + static_cast<size_t>(b % 4) * 16;
-    const size_t lane = static_cast<size_t>(b / 4) * 16 + static_cast<size_t>(b % 4) * 4;
-    for (int t = 0; t < T; ++t) {
-      const uint8_t* a = a0 + static_cast<size_t>(t) * l.row_bytes;
-      __m512i dot = _mm512_setzero_si512();
-      if constexpr (F::kBias != 0) dot = _mm512_set1_epi32(reinterpret_cast<const int32_t*>(a + l.block_corr_offset)[b]);
-      for (int s = 0; s < 4; ++s) dot = _mm512_dpbusd_epi32(dot, pb.w[s], _mm512_set1_epi32(load_i32(a + qoff + 4 * s)));
-      for (int s = 0; s < 4; ++s) {
-        dot = _mm512_dpbusd_epi32(dot, pb.w[s + 4], _mm512_set1_epi32(load_i32(a + qoff + 64 + 4 * s)));
-      }
-      const float da = reinterpret_cast<const float*>(a + l.scale_offset)[lane];
-      acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(pb.d, _mm512_set1_ps(da)), acc[t]);
-      if constexpr (F::kHasMin) {
-        acc[t] = _mm512_fmadd_ps(pb.m, _mm512_set1_ps(reinterpret_cast<const float*>(a + l.sum_offset)[lane]), acc[t]);
-      }
-    }
+  __m512 acc0[T], acc1[T], acc2[T], acc3[T];
+  for (int t = 0; t < T; ++t) acc0[t] = acc1[t] = acc2[t] = acc3[t] = _mm512_setzero_ps();
+  int64_t b = 0;
+  for (; b + 4 <= l.num_blocks; b += 4) {
+    strip_block<kT, T>(pk[b], a0, l, b, acc0);
+    strip_block<kT, T>(pk[b + 1], a0, l, b + 1, acc1);
+    strip_block<kT, T>(pk[b + 2], a0, l, b + 2, acc2);
+    strip_block<kT, T>(pk[b + 3], a0, l, b + 3, acc3);
   }
-  for (int t = 0; t < T; ++t) _mm512_mask_storeu_ps(y + t * ldy, valid, acc[t]);
+  if (b < l.num_blocks) strip_block<kT, T>(pk[b], a0, l, b, acc0);
+  if (b + 1 < l.num_blocks) strip_block<kT, T>(pk[b + 1], a0, l, b + 1, acc1);
+  if (b + 2 < l.num_blocks) strip_block<kT, T>(pk[b + 2], a0, l, b + 2, acc2);
+  for (int t = 0; t < T; ++t) {
+    const __m512 v = _mm512_add_ps(_mm512_add_ps(acc0[t], acc2[t]), _mm512_add_ps(acc1[t], acc3[t]));
+    _mm512_mask_storeu_ps(y + t * ldy, valid, v);
+  }
 }
 
 template <DType kT>
