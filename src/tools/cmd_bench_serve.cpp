@@ -167,6 +167,12 @@ int run(int argc, char** argv) {
   config.ignore_eos = !args.has("--no-ignore-eos");
   config.temperature = *temperature;
   config.max_concurrency = *max_conc;
+  if (*max_conc == 0 || *max_conc > kMaxClientThreads) {
+    if (*num_prompts > kMaxClientThreads) {
+      std::fprintf(stderr, "nibble bench serve: note: at most %lld requests are in flight at once (client threads)\n",
+                   static_cast<long long>(kMaxClientThreads));
+    }
+  }
   config.timeout_s = *timeout;
   config.metrics_interval_s = *interval_ms / 1e3;
   config.duration_s = *duration;

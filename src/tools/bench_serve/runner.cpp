@@ -17,7 +17,6 @@ namespace {
 
 using json = nlohmann::json;
 
-constexpr int64_t kMaxClientThreads = 512;
 constexpr size_t kMaxErrorBody = 4096;
 constexpr int kSettleScrapes = 10;  // 50 ms apart
 

@@ -13,6 +13,9 @@
 
 namespace nb::bench_serve {
 
+// Client threads, hence requests in flight, at most.
+inline constexpr int64_t kMaxClientThreads = 512;
+
 struct RequestSpec {
   std::string prompt;
   int64_t prompt_len = -1;  // tokens the prompt was built to have; -1 when unknown
