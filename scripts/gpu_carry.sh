@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Runs HERE (a Debian/Ubuntu machine with apt and network), not on the GPU machine: fills gpu_carry/
+# (git-ignored) with the build dependencies the GPU machine may lack, since it has no network:
+# PCRE2, nlohmann-json and GoogleTest headers/libraries and a pkg-config (pkgconf) binary, taken from
+# this machine's apt repositories with `apt-get download` and unpacked with `dpkg -x` into
+# gpu_carry/root. scripts/gpu.sh points CMake at them. Carry the folder with the device call
+# (carry: ["gpu_carry"]). Result: ~5 MB.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+carry=gpu_carry
+pkgs=(libpcre2-dev libpcre2-8-0 nlohmann-json3-dev libgtest-dev pkgconf-bin libpkgconf3)
+
+rm -rf "$carry"
+mkdir -p "$carry/debs" "$carry/root"
+# apt-get download writes into the current directory; _apt may not be able to write there, which
+# only costs a warning (the download then runs unsandboxed).
+(cd "$carry/debs" && apt-get download -q "${pkgs[@]}" 2>&1 | grep -v '^W: Download is performed unsandboxed' || true)
+for p in "${pkgs[@]}"; do
+  compgen -G "$carry/debs/${p}_*.deb" >/dev/null || { echo "gpu_carry: failed to download $p" >&2; exit 1; }
+done
+{
+  echo "# gpu_carry: made by scripts/gpu_carry.sh on $(date -u +%Y-%m-%dT%H:%MZ) from $(. /etc/os-release && echo "$PRETTY_NAME")"
+  for deb in "$carry"/debs/*.deb; do basename "$deb"; done
+} >"$carry/MANIFEST"
+for deb in "$carry"/debs/*.deb; do dpkg -x "$deb" "$carry/root"; done
+rm -rf "$carry/debs"
+
+multiarch=usr/lib/x86_64-linux-gnu
+# The .pc files say prefix=/usr; make them relative to where they lie (pkgconf expands ${pcfiledir}).
+sed -i 's|^prefix=/usr$|prefix=${pcfiledir}/../../..|' "$carry/root/$multiarch"/pkgconfig/libpcre2-*.pc
+# Only libpcre2-8 (shared) is linked; the static and 16/32-bit variants, docs and man pages are dead weight.
+rm -f "$carry/root/$multiarch"/libpcre2-{16,32,posix}* "$carry/root/$multiarch"/libpcre2-8.a \
+  "$carry/root/$multiarch"/pkgconfig/libpcre2-{16,32,posix}.pc
+rm -rf "$carry/root/usr/share/doc" "$carry/root/usr/share/man" "$carry/root/usr/share/lintian" "$carry/root/usr/bin/pcre2-config"
+# Plain files instead of symlinks (libpcre2-8.so -> .so.0.11.2 ...), in case a transfer drops links.
+# Dangling ones (usr/src/gtest points at the googletest source package) are dropped.
+while IFS= read -r link; do
+  target=$(readlink -f "$link" || true)
+  rm "$link"
+  if [ -n "$target" ] && [ -f "$target" ]; then cp "$target" "$link"; fi
+done < <(find "$carry/root" -type l)
+
+echo "gpu_carry: $(du -sh "$carry" | cut -f1) in $carry/ ($(find "$carry/root" -type f | wc -l) files)"
