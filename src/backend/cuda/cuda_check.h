@@ -14,7 +14,11 @@ Status cuda_status(cudaError_t e, const char* call, const char* file, int line);
 Status cublas_status(cublasStatus_t s, const char* call, const char* file, int line);
 
 inline Status check(cudaError_t e, const char* call, const char* file, int line) {
-  return e == cudaSuccess ? Status::Ok() : cuda_status(e, call, file, line);
+  if (e == cudaSuccess) return Status::Ok();
+  // The error is reported here; consume it so a later cudaGetLastError() does not report it again
+  // against an unrelated call (sticky errors, e.g. a kernel fault, keep failing every call anyway).
+  (void)cudaGetLastError();
+  return cuda_status(e, call, file, line);
 }
 inline Status check(cublasStatus_t s, const char* call, const char* file, int line) {
   return s == CUBLAS_STATUS_SUCCESS ? Status::Ok() : cublas_status(s, call, file, line);
