@@ -112,8 +112,7 @@ int run(int argc, char** argv) {
   args.option("--output-len", "max_tokens of each request", "64");
   args.option("--output-len-range", "max_tokens drawn uniformly from A:B (instead of --output-len)");
   args.option("--request-max-tokens",
-              "send this max_tokens and close each stream at its drawn output length (the server cancels it); "
-              "models requests that stop early, e.g. against a contiguous KV layout that reserves max_tokens");
+              "send this max_tokens; the client closes each stream at its drawn output length");
   args.option("--duration-s", "stop sending new requests after this many seconds; 0 = send all", "0");
   args.option("--shared-prefix-len", "tokens of a common system prefix before every prompt", "0");
   args.option("--seed", "seed for arrivals, lengths and prompts", "0");

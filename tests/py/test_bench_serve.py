@@ -18,7 +18,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from conftest import SMOLLM2
+from conftest import SHARED, SMOLLM2
 from test_tokenizer_smollm2 import gguf_vocab, hf  # noqa: F401  (fixtures: the independent tokenizer)
 
 FIRST_DELAY = 0.08   # fake server: seconds before the first token
@@ -292,6 +292,22 @@ def test_prompts_have_exact_token_lengths_and_a_shared_prefix(nibble_bin, hf, tm
     prefixes = {tuple(v[:40]) for v in ids.values()}
     assert len(prefixes) == 1
     assert len({v[40] for v in ids.values()}) > 1
+
+
+LLAMA2_SPM = SHARED / "llama2-tokenizer.model"
+
+
+@pytest.mark.skipif(not LLAMA2_SPM.exists(), reason="llama2 tokenizer.model missing: run scripts/setup.sh")
+def test_prompts_have_exact_lengths_with_a_sentencepiece_tokenizer(nibble_bin, tmp_path):
+    spm = pytest.importorskip("sentencepiece")
+    sp = spm.SentencePieceProcessor(model_file=str(LLAMA2_SPM))
+    with FakeOpenAI() as fake:
+        r, j = bench(nibble_bin, fake.url, tmp_path, "--tokenizer", LLAMA2_SPM, "--num-prompts", 12,
+                     "--input-len-range", "1:200", "--shared-prefix-len", 17, "--output-len", 1, "--seed", 4)
+    assert r.returncode == 0, r.stdout + r.stderr
+    lengths = {b["prompt"]: len(sp.encode(b["prompt"])) for b in fake.bodies}  # dummy prefix on, no BOS
+    assert sorted(lengths.values()) == sorted(q["prompt_len"] for q in j["requests"])
+    assert all(18 <= n <= 217 for n in lengths.values())
 
 
 def test_same_seed_same_workload(nibble_bin, tmp_path):
