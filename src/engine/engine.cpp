@@ -176,19 +176,18 @@ void Engine::Impl::emit(Sequence* s, std::vector<int32_t> tokens, std::vector<Sa
 }
 
 void Engine::Impl::finish(Sequence* s, FinishReason reason, std::string error) {
-  scheduler.remove(s);  // blocks are free before the callback runs
-  emit(s, {}, {}, reason, error);
   retire(s);
+  emit(s, {}, {}, reason, error);
+  live.erase(s->id);  // destroys s
 }
 
+// Frees the sequence's blocks and updates the stats, so that both are settled before its final
+// output reaches the callback.
 void Engine::Impl::retire(Sequence* s) {
   scheduler.remove(s);
-  {
-    std::lock_guard<std::mutex> lock(mu);
-    ++stats.num_requests_finished;
-    refresh_stats();
-  }
-  live.erase(s->id);  // destroys s
+  std::lock_guard<std::mutex> lock(mu);
+  ++stats.num_requests_finished;
+  refresh_stats();
 }
 
 void Engine::Impl::refresh_stats() {
@@ -295,8 +294,9 @@ void Engine::Impl::step() {
     std::vector<SampleOutput> lps;
     if (seq->request.logprobs) lps.push_back(std::move(lp));
     const bool done = seq->num_generated >= seq->request.max_tokens;
-    emit(seq, {*next}, std::move(lps), done ? FinishReason::kLength : FinishReason::kNone, "");
     if (done) retire(seq);
+    emit(seq, {*next}, std::move(lps), done ? FinishReason::kLength : FinishReason::kNone, "");
+    if (done) live.erase(seq->id);
   }
   std::lock_guard<std::mutex> lock(mu);
   stats.num_steps += 1;
