@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # CPU emulation of the CUDA kernels, for checking kernel LOGIC on a machine without a GPU before
 # spending device time: each kernel in src/backend/cuda/{attention,elementwise}.cu is compiled as
-# host C++ (gen.py rewrites `k<<<grid, block, ...>>>(args)` into emu::launch), a block's threads run
-# as fibers in one OS thread, one random runnable thread at a time up to its next sync point, warps
-# released as soon as their lanes meet (emu.h), so warps drift apart as far as CUDA allows, a barrier that not every live thread
-# reaches aborts, and the real GPU tests (tests/gpu/test_cuda_{attention,elementwise}.cpp) run
-# against it through a host-memory stand-in of the device layer (emu_runtime.cpp).
+# host C++ (gen.py rewrites `k<<<grid, block, ...>>>(args)` into emu::launch). A block's threads run
+# as fibers in one OS thread, one random runnable thread at a time up to its next sync point; a warp
+# is released as soon as its lanes meet, so warps drift apart as far as CUDA allows (a missing
+# __syncthreads shows up as wrong results); a barrier that not every live thread reaches aborts.
+# The real GPU tests (tests/gpu/test_cuda_{attention,elementwise}.cpp) run against it through a
+# host-memory stand-in of the device layer (emu_runtime.cpp).
 # What it cannot catch: anything hardware-specific (f32 rounding of device intrinsics, the memory
-# model beyond barrier placement, occupancy, resource limits, cuBLAS). Slow: ~10 min for all 11 tests on 2 cores (attention decode and prefill ~4-5 min each).
+# model beyond barrier placement, occupancy, resource limits) and cuBLAS (matmul is not emulated).
+# Slow: ~10 min for all 11 tests on 2 cores (attention decode and prefill ~4-5 min each).
 # Not built by CMake (tests/gpu/ globs only its top level). Usage, from the repo root:
 #   tests/gpu/emu/run.sh [gtest filter]        (needs build-*/libnibble_lib.a: NIBBLE_EMU_LIB)
 set -euo pipefail
