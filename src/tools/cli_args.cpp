@@ -1,5 +1,6 @@
 #include "tools/cli_args.h"
 
+#include <cctype>
 #include <cerrno>
 #include <cstdio>
 #include <cstdlib>
@@ -121,6 +122,31 @@ Result<double> CliArgs::get_float(const std::string& name, double min, double ma
     return invalid_argument(buf);
   }
   return x;
+}
+
+Result<int64_t> CliArgs::get_bytes(const std::string& name) const {
+  const std::string text = get(name);
+  size_t pos = 0;
+  double value = 0;
+  try {
+    value = std::stod(text, &pos);
+  } catch (...) {
+    pos = 0;
+  }
+  if (pos == 0 || !(value > 0)) {
+    return invalid_argument(name + " '" + text + "' is not a size; use bytes or e.g. 512MiB, 2GiB");
+  }
+  std::string unit = text.substr(pos);
+  for (char& ch : unit) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+  double scale = 0;
+  if (unit.empty() || unit == "b") scale = 1;
+  if (unit == "k" || unit == "kib" || unit == "kb") scale = 1024.0;
+  if (unit == "m" || unit == "mib" || unit == "mb") scale = 1024.0 * 1024.0;
+  if (unit == "g" || unit == "gib" || unit == "gb") scale = 1024.0 * 1024.0 * 1024.0;
+  if (scale == 0) return invalid_argument(name + ": unknown unit '" + text.substr(pos) + "'; use KiB, MiB or GiB");
+  const double bytes = value * scale;
+  if (bytes > 1e15) return invalid_argument(name + " '" + text + "' is too large");
+  return static_cast<int64_t>(bytes);
 }
 
 int fail(const std::string& command, const Status& status) {

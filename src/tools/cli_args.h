@@ -27,6 +27,8 @@ class CliArgs {
   std::string get(const std::string& name) const;
   Result<int64_t> get_int(const std::string& name, int64_t min, int64_t max) const;
   Result<double> get_float(const std::string& name, double min, double max) const;
+  // A size: "536870912", "512MiB", "512M", "1.5GiB", "2G", "64KiB" -> bytes (> 0).
+  Result<int64_t> get_bytes(const std::string& name) const;
   const std::vector<std::string>& positional() const { return positional_; }
 
  private:

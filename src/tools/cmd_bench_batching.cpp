@@ -106,7 +106,7 @@ int run_bench_batching(int argc, char** argv) {
   args.option("--prompt-len", "prompt tokens per request", "64");
   args.option("--output-len-range", "target output lengths, uniform a:b", "16:512");
   args.option("--max-tokens", "max_tokens of every request", "2048");
-  args.option("--kv-cache-memory", "KV cache bytes (MiB with suffix M)", "512M");
+  args.option("--kv-cache-memory", "KV cache size: bytes or e.g. 512MiB, 2GiB", "512MiB");
   args.option("--request-rate", "Poisson arrivals for the batching comparison, requests/s", "4");
   args.option("--max-batched-tokens", "tokens per engine step", "512");
   args.option("--seed", "workload seed", "1");
@@ -130,10 +130,9 @@ int run_bench_batching(int argc, char** argv) {
                   reinterpret_cast<long long*>(&hi)) != 2 || lo < 1 || hi < lo) {
     return fail("bench batching", invalid_argument("--output-len-range must be a:b with 1 <= a <= b"));
   }
-  std::string mem = args.get("--kv-cache-memory");
-  int64_t kv_bytes = std::atoll(mem.c_str());
-  if (!mem.empty() && (mem.back() == 'M' || mem.back() == 'm')) kv_bytes <<= 20;
-  if (!mem.empty() && (mem.back() == 'G' || mem.back() == 'g')) kv_bytes <<= 30;
+  auto kv_size = args.get_bytes("--kv-cache-memory");
+  if (!kv_size.ok()) return fail("bench batching", kv_size.status());
+  const int64_t kv_bytes = *kv_size;
   const std::string compare = args.get("--compare");
 
   auto loaded = load_model(args.get("-m"));

@@ -19,31 +19,6 @@
 namespace nb::tools {
 namespace {
 
-// "536870912", "512MiB", "512M", "1.5GiB", "2G", "64KiB" -> bytes.
-Result<int64_t> parse_bytes(const std::string& text) {
-  size_t pos = 0;
-  double value = 0;
-  try {
-    value = std::stod(text, &pos);
-  } catch (...) {
-    pos = 0;
-  }
-  if (pos == 0 || !(value > 0)) {
-    return invalid_argument("--kv-cache-memory '" + text + "' is not a size; use bytes or e.g. 512MiB, 2GiB");
-  }
-  std::string unit = text.substr(pos);
-  for (char& c : unit) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-  double scale = 0;
-  if (unit.empty() || unit == "b") scale = 1;
-  if (unit == "k" || unit == "kib" || unit == "kb") scale = 1024.0;
-  if (unit == "m" || unit == "mib" || unit == "mb") scale = 1024.0 * 1024.0;
-  if (unit == "g" || unit == "gib" || unit == "gb") scale = 1024.0 * 1024.0 * 1024.0;
-  if (scale == 0) return invalid_argument("--kv-cache-memory: unknown unit '" + text.substr(pos) + "'; use KiB, MiB or GiB");
-  const double bytes = value * scale;
-  if (bytes > 1e15) return invalid_argument("--kv-cache-memory '" + text + "' is too large");
-  return static_cast<int64_t>(bytes);
-}
-
 std::string default_model_name(const std::string& path) {
   std::filesystem::path p(path);
   while (!p.empty() && p.filename().empty()) p = p.parent_path();  // "dir/" -> "dir"
@@ -75,7 +50,7 @@ int run_serve(int argc, char** argv) {
   auto block = args.get_int("--block-size", 1, 1024);
   auto seqs = args.get_int("--max-num-seqs", 1, 1 << 20);
   auto budget = args.get_int("--max-batched-tokens", 1, 1 << 16);
-  auto kv = parse_bytes(args.get("--kv-cache-memory"));
+  auto kv = args.get_bytes("--kv-cache-memory");
   for (const Status* s : {&port.status(), &block.status(), &seqs.status(), &budget.status(), &kv.status()}) {
     if (!s->ok()) return fail("serve", *s);
   }
