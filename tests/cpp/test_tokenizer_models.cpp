@@ -135,7 +135,9 @@ TEST_F(SmolLm2Tokenizer, EncodesAThousandWikitextLinesFast) {
 #if defined(__SANITIZE_ADDRESS__)
   GTEST_SKIP() << "timing is meaningless under AddressSanitizer";
 #endif
-  EXPECT_LT(seconds, 0.5);
+  // A guard against pathological (e.g. quadratic) encoding, not a benchmark: ~0.1 s on 2 cores when idle,
+  // so 5 s leaves room for a loaded CI machine (a 0.5 s bound failed once there at 0.53 s).
+  EXPECT_LT(seconds, 5.0);
 }
 
 TEST_F(SmolLm2Tokenizer, SameIdsFromSeveralThreads) {
