@@ -360,14 +360,16 @@ TEST(BenchServeRun, ClosedLoopHoldsTheConcurrencyAndScrapesMetrics) {
   for (const RequestResult& q : r.requests) ok += q.success;
   EXPECT_EQ(ok, 9);
   EXPECT_EQ(r.peak_in_flight, 3);
-  // The server saw at most 3 streams at once, plus perhaps a /metrics connection.
-  EXPECT_LE(s.max_concurrent(), 4);
+  // The server saw at most 3 streams at once, plus perhaps a /metrics connection, plus perhaps one
+  // finished stream whose close the server has not yet seen when the client's next request connects
+  // (seen once on a loaded CI machine: 5).
+  EXPECT_LE(s.max_concurrent(), 5);
   EXPECT_GE(s.max_concurrent(), 3);
   EXPECT_GE(r.duration_s, 3 * 0.12);  // three waves of ~120 ms streams
   EXPECT_GT(r.metrics.num_scrapes(), 3);
   const double peak = r.metrics.peak_of("nibble_num_requests_running", "running");
   EXPECT_GE(peak, 1);
-  EXPECT_LE(peak, 3);
+  EXPECT_LE(peak, 4);  // connections the scripted server counts, so the same lingering close as above
   EXPECT_TRUE(r.metrics_after_valid);
 }
 
