@@ -46,6 +46,7 @@ struct GenerationParams {
   std::vector<std::string> stop;
   int n = 1;
   bool stream = false;
+  bool ignore_eos = false;                // extension (as vLLM): end-of-turn tokens do not stop generation
   bool include_usage = false;             // stream_options.include_usage
   bool logprobs = false;                  // completions: logprobs is not null; chat: logprobs == true
   int top_logprobs = 0;                   // completions: the logprobs integer; chat: top_logprobs

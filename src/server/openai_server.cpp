@@ -241,7 +241,7 @@ HandlerResult OpenAiServer::generate(Endpoint endpoint, const HttpRequest& req, 
     g.sampling = p.sampling;
     g.sampling.seed = seed + static_cast<uint64_t>(i);  // distinct choices, reproducible as a whole
     g.max_tokens = max_tokens;
-    g.stop_ids = tok_.eot_ids();
+    if (!p.ignore_eos) g.stop_ids = tok_.eot_ids();
     g.logprobs = p.logprobs;
     auto id = engine_.submit(std::move(g), stream->callback(i));
     if (!id.ok()) {

@@ -296,3 +296,13 @@ def test_many_concurrent_streams_complete_and_free_everything(server):
         if finals[0] == "length":
             assert usage.completion_tokens == 32
     wait_for_idle(server)
+
+
+def test_ignore_eos_runs_to_max_tokens(server):
+    """The vLLM `ignore_eos` extension (nibble bench serve sends it): end-of-turn tokens do not stop."""
+    c = server.client()
+    kw = dict(model=MODEL, messages=[{"role": "user", "content": "Say hi"}], max_tokens=40, temperature=0)
+    plain = c.chat.completions.create(**kw)
+    forced = c.chat.completions.create(extra_body={"ignore_eos": True}, **kw)
+    assert forced.usage.completion_tokens == 40 and forced.choices[0].finish_reason == "length"
+    assert plain.choices[0].finish_reason == "stop" and plain.usage.completion_tokens < 40
