@@ -43,7 +43,7 @@ int run_chat(int argc, char** argv) {
   GenerateOptions opts;
   opts.max_new_tokens = *n_predict;
   opts.stop_ids = cm.tokenizer->eot_ids();
-  std::fprintf(stderr, "nibble chat: type a message and press Enter; /reset starts over, /exit (or Ctrl-D) quits\n");
+  std::fprintf(stderr, "nibble chat: type a message and press Enter; /reset starts over; /exit, /quit or Ctrl-D quits\n");
   std::string line;
   for (;;) {
     std::fputs("> ", stdout);
