@@ -11,21 +11,33 @@
 
 namespace nb {
 
+// f32 K/V memory for all layers: pools of num_blocks blocks of block_size tokens, laid out as KvPools
+// expects. The paged engine holds one shared by all sequences; ContiguousKvCache one of a single block.
+class KvStorage {
+ public:
+  KvStorage(const ModelConfig& config, int64_t num_blocks, int64_t block_size);
+  const KvPools& pools() const { return pools_; }
+  int64_t num_bytes() const { return static_cast<int64_t>(storage_.size() * sizeof(float)); }
+
+ private:
+  std::vector<float> storage_;
+  KvPools pools_;
+};
+
 class ContiguousKvCache {
  public:
   ContiguousKvCache(const ModelConfig& config, int64_t capacity);
 
   int64_t capacity() const { return capacity_; }
-  const KvPools& pools() const { return pools_; }
+  const KvPools& pools() const { return storage_.pools(); }
   // The block table of the one sequence: a single block.
   std::span<const int32_t> block_table() const { return {&kBlockZero, 1}; }
-  int64_t num_bytes() const { return static_cast<int64_t>(storage_.size() * sizeof(float)); }
+  int64_t num_bytes() const { return storage_.num_bytes(); }
 
  private:
   static constexpr int32_t kBlockZero = 0;
   int64_t capacity_;
-  std::vector<float> storage_;
-  KvPools pools_;
+  KvStorage storage_;
 };
 
 }  // namespace nb

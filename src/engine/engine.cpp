@@ -8,6 +8,7 @@
 #include <unordered_map>
 #include <unordered_set>
 
+#include "engine/contiguous_kv.h"
 #include "engine/kv/block_manager.h"
 #include "engine/scheduler.h"
 #include "engine/sequence.h"
@@ -30,8 +31,8 @@ struct Engine::Impl {
   LlamaModel& model;
   EngineConfig config;
   int64_t kv_row = 0;  // floats per token per layer for K (same for V)
-  std::vector<float> kv_storage;
-  KvPools pools;
+  KvStorage kv;
+  const KvPools& pools;  // kv.pools()
   BlockManager blocks;
   Scheduler scheduler;
   std::vector<float> logits;  // [max_num_seqs, vocab]
@@ -51,7 +52,12 @@ struct Engine::Impl {
   std::thread thread;
 
   Impl(LlamaModel& m, const EngineConfig& c, int64_t num_blocks)
-      : model(m), config(c), blocks(num_blocks, c.block_size, c.enable_prefix_cache), scheduler(config, blocks) {}
+      : model(m),
+        config(c),
+        kv(m.config(), num_blocks, c.block_size),
+        pools(kv.pools()),
+        blocks(num_blocks, c.block_size, c.enable_prefix_cache),
+        scheduler(config, blocks) {}
 
   void loop();
   void step();
@@ -78,25 +84,15 @@ Result<std::unique_ptr<Engine>> Engine::create(LlamaModel& model, const EngineCo
   const int64_t kv_row = c.num_kv_heads * c.head_dim;
   const int64_t block_bytes = 2 * c.num_layers * config.block_size * kv_row * static_cast<int64_t>(sizeof(float));
   const int64_t num_blocks = config.kv_cache_bytes / block_bytes;
-  const int64_t blocks_per_seq = (c.max_seq_len + config.block_size - 1) / config.block_size;
   if (num_blocks < 1) {
     return invalid_argument("--kv-cache-memory " + std::to_string(config.kv_cache_bytes) +
                             " bytes holds no KV block (one block is " + std::to_string(block_bytes) +
                             " bytes); raise it");
   }
-  (void)blocks_per_seq;
   std::unique_ptr<Engine> e(new Engine());
   e->impl_ = std::make_unique<Impl>(model, config, num_blocks);
   Impl& im = *e->impl_;
   im.kv_row = kv_row;
-  const auto per_layer = static_cast<size_t>(num_blocks * config.block_size * kv_row);
-  im.kv_storage.resize(per_layer * 2 * static_cast<size_t>(c.num_layers));
-  im.pools.num_blocks = num_blocks;
-  im.pools.block_size = config.block_size;
-  for (int64_t l = 0; l < c.num_layers; ++l) {
-    im.pools.k.push_back(im.kv_storage.data() + static_cast<size_t>(2 * l) * per_layer);
-    im.pools.v.push_back(im.kv_storage.data() + static_cast<size_t>(2 * l + 1) * per_layer);
-  }
   im.logits.resize(static_cast<size_t>(config.max_num_seqs * c.vocab_size));
   im.stats.num_blocks_total = num_blocks;
   im.stats.num_blocks_free = num_blocks;

@@ -100,7 +100,9 @@ TEST_P(EngineGreedy, MatchesOneSequenceAtATime) {
   const EngineStats st = engine->stats();
   EXPECT_EQ(st.num_blocks_used, 0);
   EXPECT_EQ(st.num_running + st.num_waiting, 0);
-  if (std::string(c.name) == "tight") EXPECT_GT(st.num_preemptions, 0) << "the tight case must exercise preemption";
+  if (std::string(c.name) == "tight") {
+    EXPECT_GT(st.num_preemptions, 0) << "the tight case must exercise preemption";
+  }
 }
 
 // One block of the tiny model: 2 layers x 2 (K, V) x 16 tokens x 32 floats x 4 bytes = 8 KiB.
