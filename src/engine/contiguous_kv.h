@@ -3,30 +3,37 @@
 // replaces it for serving; generate/chat/bench on one sequence use this.
 #pragma once
 #include <cstdint>
+#include <memory>
 #include <span>
 #include <vector>
 
+#include "core/status.h"
 #include "model/config.h"
 #include "model/llama.h"
 
 namespace nb {
 
-// f32 K/V memory for all layers: pools of num_blocks blocks of block_size tokens, laid out as KvPools
-// expects. The paged engine holds one shared by all sequences; ContiguousKvCache one of a single block.
+// K/V memory for all layers: pools of num_blocks blocks of block_size tokens, laid out as KvPools
+// expects, allocated by the model (host memory, or device memory when it runs on a GPU). The paged
+// engine holds one shared by all sequences; ContiguousKvCache one of a single block.
 class KvStorage {
  public:
-  KvStorage(const ModelConfig& config, int64_t num_blocks, int64_t block_size);
+  static Result<KvStorage> create(LlamaModel& model, int64_t num_blocks, int64_t block_size);
+  // Bytes one block takes over all layers (K and V).
+  static int64_t block_bytes(const ModelConfig& config, int64_t block_size);
   const KvPools& pools() const { return pools_; }
-  int64_t num_bytes() const { return static_cast<int64_t>(storage_.size() * sizeof(float)); }
+  int64_t num_bytes() const { return num_bytes_; }
 
  private:
-  std::vector<float> storage_;
+  KvStorage() = default;
+  std::shared_ptr<void> storage_;
+  int64_t num_bytes_ = 0;
   KvPools pools_;
 };
 
 class ContiguousKvCache {
  public:
-  ContiguousKvCache(const ModelConfig& config, int64_t capacity);
+  static Result<ContiguousKvCache> create(LlamaModel& model, int64_t capacity);
 
   int64_t capacity() const { return capacity_; }
   const KvPools& pools() const { return storage_.pools(); }
@@ -35,6 +42,7 @@ class ContiguousKvCache {
   int64_t num_bytes() const { return storage_.num_bytes(); }
 
  private:
+  ContiguousKvCache(int64_t capacity, KvStorage storage) : capacity_(capacity), storage_(std::move(storage)) {}
   static constexpr int32_t kBlockZero = 0;
   int64_t capacity_;
   KvStorage storage_;

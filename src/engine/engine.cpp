@@ -51,10 +51,10 @@ struct Engine::Impl {
   uint64_t arrival = 0;
   std::thread thread;
 
-  Impl(LlamaModel& m, const EngineConfig& c, int64_t num_blocks)
+  Impl(LlamaModel& m, const EngineConfig& c, int64_t num_blocks, KvStorage storage)
       : model(m),
         config(c),
-        kv(m.config(), num_blocks, c.block_size),
+        kv(std::move(storage)),
         pools(kv.pools()),
         blocks(num_blocks, c.block_size, c.enable_prefix_cache),
         scheduler(config, blocks) {}
@@ -66,7 +66,7 @@ struct Engine::Impl {
   void refresh_stats();  // under mu
   void emit(Sequence* s, std::vector<int32_t> tokens, std::vector<SampleOutput> lps, FinishReason reason,
             const std::string& error);
-  void copy_block(int32_t src, int32_t dst);
+  Status copy_block(int32_t src, int32_t dst);
 };
 
 Result<std::unique_ptr<Engine>> Engine::create(LlamaModel& model, const EngineConfig& config) {
@@ -82,15 +82,16 @@ Result<std::unique_ptr<Engine>> Engine::create(LlamaModel& model, const EngineCo
                             ") exceeds what the model was created for (" + std::to_string(model.max_batch_tokens()) + ")");
   }
   const int64_t kv_row = c.num_kv_heads * c.head_dim;
-  const int64_t block_bytes = 2 * c.num_layers * config.block_size * kv_row * static_cast<int64_t>(sizeof(float));
+  const int64_t block_bytes = KvStorage::block_bytes(c, config.block_size);
   const int64_t num_blocks = config.kv_cache_bytes / block_bytes;
   if (num_blocks < 1) {
     return invalid_argument("--kv-cache-memory " + std::to_string(config.kv_cache_bytes) +
                             " bytes holds no KV block (one block is " + std::to_string(block_bytes) +
                             " bytes); raise it");
   }
+  NB_ASSIGN_OR_RETURN(KvStorage storage, KvStorage::create(model, num_blocks, config.block_size));
   std::unique_ptr<Engine> e(new Engine());
-  e->impl_ = std::make_unique<Impl>(model, config, num_blocks);
+  e->impl_ = std::make_unique<Impl>(model, config, num_blocks, std::move(storage));
   Impl& im = *e->impl_;
   im.kv_row = kv_row;
   im.logits.resize(static_cast<size_t>(config.max_num_seqs * c.vocab_size));
@@ -197,12 +198,14 @@ void Engine::Impl::refresh_stats() {
   stats.prefix_cache_hits = blocks.prefix_hits();
 }
 
-void Engine::Impl::copy_block(int32_t src, int32_t dst) {
+Status Engine::Impl::copy_block(int32_t src, int32_t dst) {
   const auto n = static_cast<size_t>(config.block_size * kv_row);
+  const auto bytes = static_cast<int64_t>(n * sizeof(float));
   for (size_t l = 0; l < pools.k.size(); ++l) {
-    std::memcpy(pools.k[l] + static_cast<size_t>(dst) * n, pools.k[l] + static_cast<size_t>(src) * n, n * sizeof(float));
-    std::memcpy(pools.v[l] + static_cast<size_t>(dst) * n, pools.v[l] + static_cast<size_t>(src) * n, n * sizeof(float));
+    NB_RETURN_IF_ERROR(model.copy_kv(pools.k[l] + static_cast<size_t>(dst) * n, pools.k[l] + static_cast<size_t>(src) * n, bytes));
+    NB_RETURN_IF_ERROR(model.copy_kv(pools.v[l] + static_cast<size_t>(dst) * n, pools.v[l] + static_cast<size_t>(src) * n, bytes));
   }
+  return Status::Ok();
 }
 
 void Engine::Impl::loop() {
@@ -241,7 +244,10 @@ void Engine::Impl::loop() {
 void Engine::Impl::step() {
   SchedulerOutput sched = scheduler.schedule();
   if (sched.batch.empty()) return;  // waiting for blocks; nothing runnable (cannot persist: see submit)
-  for (const BlockCopy& c : sched.copies) copy_block(c.src, c.dst);
+  Status copied = Status::Ok();
+  for (const BlockCopy& c : sched.copies) {
+    if (copied.ok()) copied = copy_block(c.src, c.dst);
+  }
 
   std::vector<int32_t> tokens;
   tokens.reserve(static_cast<size_t>(sched.num_tokens));
@@ -258,7 +264,7 @@ void Engine::Impl::step() {
       prompt_work += std::min(s.num_tokens, s.seq->num_prompt - s.seq->num_computed);
     }
   }
-  const Status st = model.forward(batch, pools, logits.data());
+  const Status st = copied.ok() ? model.forward(batch, pools, logits.data()) : copied;
   if (!st.ok()) {
     for (const ScheduledSeq& s : sched.batch) finish(s.seq, FinishReason::kError, st.message());
     return;

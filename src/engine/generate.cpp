@@ -23,15 +23,18 @@ const char* stop_reason_name(StopReason r) {
 }
 
 SequenceRunner::SequenceRunner(LlamaModel& model, int64_t capacity)
-    : model_(model), kv_(model.config(), std::min(capacity, model.config().max_seq_len)) {
+    : model_(model),
+      capacity_(std::min(capacity, model.config().max_seq_len)),
+      kv_(ContiguousKvCache::create(model, capacity_)) {
   logits_.resize(static_cast<size_t>(model.config().vocab_size));
 }
 
 Result<std::span<const float>> SequenceRunner::evaluate(std::span<const int32_t> context) {
   if (context.empty()) return invalid_argument("the prompt is empty; give at least one token");
-  if (static_cast<int64_t>(context.size()) > kv_.capacity()) {
+  if (!kv_.ok()) return kv_.status();
+  if (static_cast<int64_t>(context.size()) > capacity_) {
     return out_of_range("the prompt has " + std::to_string(context.size()) + " tokens but the context holds " +
-                        std::to_string(kv_.capacity()) + "; shorten the prompt or raise --ctx-size");
+                        std::to_string(capacity_) + "; shorten the prompt or raise --ctx-size");
   }
   // Reuse the longest cached prefix; always recompute at least the last token to get its logits.
   int64_t common = 0;
@@ -44,8 +47,8 @@ Result<std::span<const float>> SequenceRunner::evaluate(std::span<const int32_t>
   while (num_cached_ < total) {
     const int64_t n = std::min(model_.max_batch_tokens(), total - num_cached_);
     const ForwardBatch b = ForwardBatch::single(
-        context.subspan(static_cast<size_t>(num_cached_), static_cast<size_t>(n)), num_cached_, kv_.block_table());
-    NB_RETURN_IF_ERROR(model_.forward(b, kv_.pools(), logits_.data()));
+        context.subspan(static_cast<size_t>(num_cached_), static_cast<size_t>(n)), num_cached_, kv_->block_table());
+    NB_RETURN_IF_ERROR(model_.forward(b, kv_->pools(), logits_.data()));
     num_cached_ += n;
   }
   return std::span<const float>(logits_);
@@ -78,13 +81,13 @@ Result<GenerateStats> SequenceRunner::generate(std::span<const int32_t> context,
       stats.stop = StopReason::kMaxTokens;
       break;
     }
-    if (static_cast<int64_t>(tokens_.size()) >= kv_.capacity()) {
+    if (static_cast<int64_t>(tokens_.size()) >= capacity_) {
       stats.stop = StopReason::kContextFull;
       break;
     }
     const ForwardBatch b =
-        ForwardBatch::single(std::span<const int32_t>(&tokens_.back(), 1), num_cached_, kv_.block_table());
-    NB_RETURN_IF_ERROR(model_.forward(b, kv_.pools(), logits_.data()));
+        ForwardBatch::single(std::span<const int32_t>(&tokens_.back(), 1), num_cached_, kv_->block_table());
+    NB_RETURN_IF_ERROR(model_.forward(b, kv_->pools(), logits_.data()));
     ++num_cached_;
     logits = logits_;
   }

@@ -45,12 +45,13 @@ class SequenceRunner {
   Result<std::span<const float>> evaluate(std::span<const int32_t> context);
 
   const std::vector<int32_t>& tokens() const { return tokens_; }
-  int64_t capacity() const { return kv_.capacity(); }
+  int64_t capacity() const { return capacity_; }
   void reset() { tokens_.clear(); num_cached_ = 0; }
 
  private:
   LlamaModel& model_;
-  ContiguousKvCache kv_;
+  int64_t capacity_;
+  Result<ContiguousKvCache> kv_;  // an allocation failure is reported by evaluate()
   std::vector<int32_t> tokens_;  // the sequence; the first num_cached_ have K/V in the cache
   int64_t num_cached_ = 0;
   int64_t last_reused_ = 0;  // tokens the last evaluate() found already cached

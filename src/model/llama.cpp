@@ -2,11 +2,18 @@
 
 #include <cmath>
 #include <cstring>
+#include <new>
 #include <string>
 
 #include "backend/cpu/cpu_ops.h"
 
 namespace nb {
+
+namespace {
+struct alignas(64) Line64 {
+  unsigned char bytes[64];
+};
+}  // namespace
 
 Result<std::unique_ptr<LlamaModel>> LlamaModel::create(ModelWeights weights, int num_threads,
                                                      int64_t max_batch_tokens) {
@@ -76,8 +83,27 @@ Status LlamaModel::validate(const ForwardBatch& batch, const KvPools& kv) const 
   return Status::Ok();
 }
 
+Result<std::shared_ptr<void>> LlamaModel::allocate_kv(int64_t nbytes) {
+  if (nbytes < 0) return invalid_argument("negative KV cache size");
+  if (backend_) return backend_->allocate_kv(nbytes);
+  const auto n = static_cast<size_t>((nbytes + 63) / 64);
+  auto* mem = new (std::nothrow) Line64[n]();
+  if (mem == nullptr) {
+    return resource_exhausted("cannot allocate " + std::to_string(nbytes) +
+                              " bytes of KV cache; lower --kv-cache-memory or --ctx-size");
+  }
+  return std::shared_ptr<void>(mem, [](void* p) { delete[] static_cast<Line64*>(p); });
+}
+
+Status LlamaModel::copy_kv(void* dst, const void* src, int64_t nbytes) {
+  if (backend_) return backend_->copy_kv(dst, src, nbytes);
+  std::memcpy(dst, src, static_cast<size_t>(nbytes));
+  return Status::Ok();
+}
+
 Status LlamaModel::forward(const ForwardBatch& batch, const KvPools& kv, float* logits) {
   NB_RETURN_IF_ERROR(validate(batch, kv));
+  if (backend_) return backend_->forward(batch, kv, logits);
   const ModelConfig& c = weights_.config;
   const auto n = static_cast<int64_t>(batch.tokens.size());
   int64_t t = 0;

@@ -10,6 +10,7 @@
 #include "core/status.h"
 #include "backend/ops.h"
 #include "core/thread_pool.h"
+#include "model/forward_backend.h"
 #include "model/weights.h"
 
 namespace nb {
@@ -71,6 +72,13 @@ class LlamaModel {
   // sequence with want_logits, in order, all its tokens' rows (all_logits) or its last token's row.
   Status forward(const ForwardBatch& batch, const KvPools& kv, float* logits);
 
+  // Runs every forward on `backend` (the CUDA one) from now on; the CPU weights stay as loaded.
+  void set_backend(std::unique_ptr<ForwardBackend> backend) { backend_ = std::move(backend); }
+  ForwardBackend* backend() const { return backend_.get(); }
+  // KV memory where forward() reads it: host memory, or the backend's device memory.
+  Result<std::shared_ptr<void>> allocate_kv(int64_t nbytes);
+  Status copy_kv(void* dst, const void* src, int64_t nbytes);
+
  private:
   LlamaModel(ModelWeights weights, int num_threads, int64_t max_batch_tokens);
   void matmul(const MatmulParams& p);
@@ -78,6 +86,7 @@ class LlamaModel {
   Status validate(const ForwardBatch& batch, const KvPools& kv) const;
 
   ModelWeights weights_;
+  std::unique_ptr<ForwardBackend> backend_;
   ThreadPool pool_;
   bool exact_matmul_ = false;
   int64_t max_batch_tokens_;

@@ -64,7 +64,9 @@ int run_bench_decode(int argc, char** argv) {
                                                      ") exceed the model's context (" +
                                                      std::to_string(c.max_seq_len) + "); lower -p or -n"));
   }
-  ContiguousKvCache kv(c, total);
+  auto kv_or = ContiguousKvCache::create(m, total);
+  if (!kv_or.ok()) return fail("bench decode", kv_or.status());
+  ContiguousKvCache& kv = *kv_or;
   std::mt19937 rng(1234);
   std::uniform_int_distribution<int32_t> pick(0, static_cast<int32_t>(c.vocab_size - 1));
   std::vector<int32_t> ids(static_cast<size_t>(total));

@@ -43,7 +43,9 @@ int run_logits(int argc, char** argv) {
   LlamaModel& m = **model;
   m.set_exact_matmul(args.has("--exact"));
   const int64_t vocab = m.config().vocab_size;
-  ContiguousKvCache kv(m.config(), static_cast<int64_t>(ids.size()));
+  auto kv_or = ContiguousKvCache::create(m, static_cast<int64_t>(ids.size()));
+  if (!kv_or.ok()) return fail("logits", kv_or.status());
+  ContiguousKvCache& kv = *kv_or;
   std::vector<float> logits(ids.size() * static_cast<size_t>(vocab));
   for (size_t pos = 0; pos < ids.size(); pos += LlamaModel::kMaxChunkTokens) {
     const size_t n = std::min(ids.size() - pos, static_cast<size_t>(LlamaModel::kMaxChunkTokens));
