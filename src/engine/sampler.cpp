@@ -446,7 +446,7 @@ int32_t Sampler::draw_from_candidates(double total) {
   return cand_.front();
 }
 
-Result<int32_t> Sampler::sample(std::span<const float> logits, TokenHistory history, SampleOutput* out) {
+Result<float> Sampler::prepare(std::span<const float> logits, TokenHistory history) {
   const size_t vocab = logits.size();
   if (vocab == 0) return invalid_argument("sampler got empty logits");
   if (vocab > static_cast<size_t>(std::numeric_limits<int32_t>::max()))
@@ -460,7 +460,41 @@ Result<int32_t> Sampler::sample(std::span<const float> logits, TokenHistory hist
   const float mx = max_of(work_.data(), vocab);
   if (mx == -std::numeric_limits<float>::infinity())
     return invalid_argument("every logit is -inf; nothing can be sampled");
+  return mx;
+}
 
+Status Sampler::distribution(std::span<const float> logits, TokenHistory history, std::span<float> probs) {
+  if (probs.size() != logits.size()) return invalid_argument("distribution: probs and logits differ in size");
+  NB_ASSIGN_OR_RETURN(const float mx, prepare(logits, history));
+  std::fill(probs.begin(), probs.end(), 0.0f);
+  if (params_.temperature == 0.0f) {
+    size_t chosen = 0;
+    while (work_[chosen] != mx) ++chosen;  // the first maximum, as sample() picks
+    probs[chosen] = 1.0f;
+    return Status::Ok();
+  }
+  total_weight_ = exp_pass(mx);
+  const double total = truncate();
+  if (total < 0.0) {  // the whole vocab (min-p alone has zeroed its dropped weights in probs_)
+    double all = 0.0;
+    for (double b : block_sums_) all += b;
+    for (size_t i = 0; i < probs.size(); ++i) probs[i] = static_cast<float>(probs_[i] / all);
+  } else {
+    for (int32_t t : cand_) probs[static_cast<size_t>(t)] = static_cast<float>(probs_[static_cast<size_t>(t)] / total);
+  }
+  return Status::Ok();
+}
+
+Status Sampler::logprobs(std::span<const float> logits, TokenHistory history, int32_t token, SampleOutput* out) {
+  NB_ASSIGN_OR_RETURN(const float mx, prepare(logits, history));
+  if (token < 0 || static_cast<size_t>(token) >= logits.size()) return invalid_argument("logprobs: token outside the vocab");
+  fill_logprobs(token, mx, /*have_probs=*/false, out);
+  return Status::Ok();
+}
+
+Result<int32_t> Sampler::sample(std::span<const float> logits, TokenHistory history, SampleOutput* out) {
+  NB_ASSIGN_OR_RETURN(const float mx, prepare(logits, history));
+  const bool greedy = params_.temperature == 0.0f;
   int32_t chosen = 0;
   bool have_probs = false;
   if (greedy) {

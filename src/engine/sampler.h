@@ -88,12 +88,23 @@ class Sampler {
   // speculative decoding, which needs the same processed distribution).
   Status apply_penalties(std::span<float> logits, TokenHistory history);
 
+  // The distribution sample() draws from, written to `probs` (one entry per vocab id, summing to 1):
+  // penalties, temperature, then top-k/top-p/min-p and renormalisation; greedy (temperature 0) gives
+  // a one-hot at the argmax. Speculative decoding warps the target's and the draft's logits with it.
+  Status distribution(std::span<const float> logits, TokenHistory history, std::span<float> probs);
+  // The logprobs sample() would report had it chosen `token` from these logits.
+  Status logprobs(std::span<const float> logits, TokenHistory history, int32_t token, SampleOutput* out);
+  // A uniform draw in [0, 1) from this sampler's RNG (speculative acceptance tests, residual draws).
+  double uniform() { return next_uniform(); }
+
   const SamplingParams& params() const { return params_; }
 
  private:
   explicit Sampler(const SamplingParams& params) : params_(params), rng_(params.seed) {}
 
   double next_uniform();  // in [0, 1), from 53 raw bits
+  // work_ = logits after penalties and temperature (greedy: penalties only), checked; returns their max.
+  Result<float> prepare(std::span<const float> logits, TokenHistory history);
   // probs_[i] = exp(work_[i] - mx), block_sums_ per kBlock ids; returns the total.
   double exp_pass(float mx);
   // cand_ = a most-likely prefix of the vocab holding >= min_count ids and >= min_mass weight.
