@@ -1,5 +1,6 @@
 #include "model/llama.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <new>
@@ -106,17 +107,14 @@ Status LlamaModel::forward(const ForwardBatch& batch, const KvPools& kv, float* 
   if (backend_) return backend_->forward(batch, kv, logits);
   const ModelConfig& c = weights_.config;
   const auto n = static_cast<int64_t>(batch.tokens.size());
-  int64_t t = 0;
-  for (const SeqForward& sq : batch.seqs) {
-    for (int64_t i = 0; i < sq.num_tokens; ++i) positions_[static_cast<size_t>(t++)] = static_cast<int32_t>(sq.start_pos + i);
-  }
+  build_attention_layout(batch, kv);
 
   cpu::embedding({weights_.tok_embeddings, batch.tokens.data(), x_.data(), n});
-  for (int64_t l = 0; l < c.num_layers; ++l) layer_forward(l, n, batch, kv);
+  for (int64_t l = 0; l < c.num_layers; ++l) layer_forward(l, n, kv);
 
   // Final norm and output head, only for the rows whose logits are wanted.
   int64_t rows = 0;
-  t = 0;
+  int64_t t = 0;
   for (const SeqForward& sq : batch.seqs) {
     if (sq.want_logits) {
       const int64_t first = batch.all_logits ? t : t + sq.num_tokens - 1;
@@ -152,11 +150,41 @@ void LlamaModel::matmul(const MatmulParams& p) {
   cpu::matmul(p, pool_);
 }
 
-void LlamaModel::layer_forward(int64_t l, int64_t n, const ForwardBatch& batch, const KvPools& kv) {
+void LlamaModel::build_attention_layout(const ForwardBatch& batch, const KvPools& kv) {
+  const size_t num_seqs = batch.seqs.size();
+  query_start_.assign(num_seqs + 1, 0);
+  seq_start_pos_.resize(num_seqs);
+  slot_mapping_.resize(batch.tokens.size());
+  block_table_stride_ = 0;
+  max_query_len_ = 0;
+  max_context_len_ = 0;
+  for (const SeqForward& sq : batch.seqs) {
+    const int64_t end = sq.start_pos + sq.num_tokens;
+    block_table_stride_ = std::max(block_table_stride_, (end + kv.block_size - 1) / kv.block_size);
+    max_query_len_ = std::max(max_query_len_, sq.num_tokens);
+    max_context_len_ = std::max(max_context_len_, end);
+  }
+  block_tables_.assign(num_seqs * static_cast<size_t>(block_table_stride_), 0);
+  int64_t t = 0;
+  for (size_t s = 0; s < num_seqs; ++s) {
+    const SeqForward& sq = batch.seqs[s];
+    const int64_t used = (sq.start_pos + sq.num_tokens + kv.block_size - 1) / kv.block_size;
+    std::copy_n(sq.block_table.begin(), used, block_tables_.begin() + static_cast<int64_t>(s) * block_table_stride_);
+    seq_start_pos_[s] = static_cast<int32_t>(sq.start_pos);
+    for (int64_t i = 0; i < sq.num_tokens; ++i, ++t) {
+      const int64_t pos = sq.start_pos + i;
+      positions_[static_cast<size_t>(t)] = static_cast<int32_t>(pos);
+      const int64_t block = sq.block_table[static_cast<size_t>(pos / kv.block_size)];
+      slot_mapping_[static_cast<size_t>(t)] = block * kv.block_size + pos % kv.block_size;
+    }
+    query_start_[s + 1] = static_cast<int32_t>(t);
+  }
+}
+
+void LlamaModel::layer_forward(int64_t l, int64_t n, const KvPools& kv) {
   const ModelConfig& c = weights_.config;
   const LayerWeights& w = weights_.layers[static_cast<size_t>(l)];
   const int64_t dim = c.dim, hd = c.head_dim;
-  const int64_t q_dim = c.num_heads * hd, kv_dim = c.num_kv_heads * hd;
 
   // Attention block.
   cpu::rms_norm({x_.data(), w.attn_norm.ptr<float>(), xb_.data(), n, dim, c.norm_eps});
@@ -165,35 +193,29 @@ void LlamaModel::layer_forward(int64_t l, int64_t n, const ForwardBatch& batch, 
   matmul({w.wv, xb_.data(), v_.data(), n});
   cpu::rope({q_.data(), k_.data(), positions_.data(), inv_freq_.data(), n, c.num_heads, c.num_kv_heads, hd,
              c.rope_style});
-  // Each sequence writes its new K/V into its slots (through its block table), then attends.
+  // The batch's new K/V go into their slots, then one attention call covers every sequence.
   float* k_pool = kv.k[static_cast<size_t>(l)];
   float* v_pool = kv.v[static_cast<size_t>(l)];
-  int64_t t0 = 0;
-  for (const SeqForward& sq : batch.seqs) {
-    for (int64_t i = 0; i < sq.num_tokens; ++i) {
-      const int64_t pos = sq.start_pos + i;
-      const int64_t block = sq.block_table[static_cast<size_t>(pos / kv.block_size)];
-      const int64_t slot = block * kv.block_size + pos % kv.block_size;
-      const int64_t row = t0 + i;
-      std::memcpy(k_pool + slot * kv_dim, k_.data() + row * kv_dim, static_cast<size_t>(kv_dim) * sizeof(float));
-      std::memcpy(v_pool + slot * kv_dim, v_.data() + row * kv_dim, static_cast<size_t>(kv_dim) * sizeof(float));
-    }
-    AttentionParams ap{};
-    ap.q = q_.data() + t0 * q_dim;
-    ap.out = att_.data() + t0 * q_dim;
-    ap.k_cache = k_pool;
-    ap.v_cache = v_pool;
-    ap.block_table = sq.block_table.data();
-    ap.block_size = kv.block_size;
-    ap.num_tokens = sq.num_tokens;
-    ap.start_pos = sq.start_pos;
-    ap.num_heads = c.num_heads;
-    ap.num_kv_heads = c.num_kv_heads;
-    ap.head_dim = hd;
-    ap.scale = 1.0f / std::sqrt(static_cast<float>(hd));
-    cpu::attention(ap, pool_);
-    t0 += sq.num_tokens;
-  }
+  cpu::kv_write({k_.data(), v_.data(), k_pool, v_pool, slot_mapping_.data(), n, c.num_kv_heads, hd});
+  BatchAttentionParams ap{};
+  ap.q = q_.data();
+  ap.out = att_.data();
+  ap.k_cache = k_pool;
+  ap.v_cache = v_pool;
+  ap.block_tables = block_tables_.data();
+  ap.query_start = query_start_.data();
+  ap.start_pos = seq_start_pos_.data();
+  ap.block_table_stride = block_table_stride_;
+  ap.num_seqs = static_cast<int64_t>(seq_start_pos_.size());
+  ap.num_tokens = n;
+  ap.max_query_len = max_query_len_;
+  ap.max_context_len = max_context_len_;
+  ap.block_size = kv.block_size;
+  ap.num_heads = c.num_heads;
+  ap.num_kv_heads = c.num_kv_heads;
+  ap.head_dim = hd;
+  ap.scale = 1.0f / std::sqrt(static_cast<float>(hd));
+  cpu::batch_attention(ap, pool_);
   matmul({w.wo, att_.data(), xb_.data(), n});
   for (int64_t i = 0; i < n * dim; ++i) x_[static_cast<size_t>(i)] += xb_[static_cast<size_t>(i)];
 

@@ -82,7 +82,8 @@ class LlamaModel {
  private:
   LlamaModel(ModelWeights weights, int num_threads, int64_t max_batch_tokens);
   void matmul(const MatmulParams& p);
-  void layer_forward(int64_t layer, int64_t num_tokens, const ForwardBatch& batch, const KvPools& kv);
+  void layer_forward(int64_t layer, int64_t num_tokens, const KvPools& kv);
+  void build_attention_layout(const ForwardBatch& batch, const KvPools& kv);
   Status validate(const ForwardBatch& batch, const KvPools& kv) const;
 
   ModelWeights weights_;
@@ -94,6 +95,10 @@ class LlamaModel {
   // Scratch activations for up to kMaxChunkTokens tokens.
   std::vector<float> x_, xb_, q_, k_, v_, att_, hb_, hb2_;
   std::vector<int32_t> positions_;
+  // The batch's attention layout, built once per forward and used by every layer.
+  std::vector<int32_t> query_start_, seq_start_pos_, block_tables_;
+  std::vector<int64_t> slot_mapping_;
+  int64_t block_table_stride_ = 0, max_query_len_ = 0, max_context_len_ = 0;
   std::vector<float> out_rows_;  // final hidden states of the rows that want logits
 };
 

@@ -4,10 +4,16 @@
 // chunk's keys, their max m and sum l of e^(s - m), and the unnormalised sum of e^(s - m) V.
 // Decode has too few (token, kv head) pairs to keep the threads busy, so long key ranges are split
 // into chunks whose (m, l, o) partials are merged afterwards (the flash-decoding split).
-// Threads take items round-robin: in a causal prefill later tokens see more keys, and contiguous
-// chunks would hand one thread most of the work.
+// A call covers a whole batch of sequences (one parallel region per layer, not one per sequence).
+// Threads take items from a shared counter, longest first: in a causal prefill later tokens see
+// more keys and decode contexts differ per sequence, so a fixed split would leave threads idle.
+// Which thread runs an item does not change its result, and split chunks are merged in a fixed
+// order by whichever thread finishes the group's last chunk.
 #include <algorithm>
+#include <atomic>
 #include <cmath>
+#include <memory>
+#include <numeric>
 #include <vector>
 
 #include "backend/cpu/cpu_ops.h"
@@ -35,11 +41,6 @@ struct KvView {
       j += len;
     }
   }
-};
-
-struct Item {
-  int64_t t, first_head, num_heads_here, jb, je;
-  int64_t partial;  // index of this item's (m, l, o) partial slots, or -1: write the output directly
 };
 
 // s[j] = e^(s[j] - mx); returns the sum.
@@ -185,106 +186,187 @@ int64_t max_heads_per_item(int64_t) { return kMaxGroup; }
 
 // The query heads of one kv head served together, over all of a token's keys (split in chunks).
 struct ItemGroup {
-  int64_t t, first_head, num_heads, first_item, num_chunks;
+  int64_t row;                 // query row in the batch
+  int64_t first_head, num_heads, first_item, num_chunks;
+  const int32_t* block_table;  // the row's sequence's
 };
+
+struct Item {
+  int64_t group;    // index of its ItemGroup
+  int64_t jb, je;   // key range [jb, je)
+  int64_t partial;  // index of this item's (m, l, o) partial slots, or -1: write the output directly
+};
+
+// The work of one call, rebuilt per call into buffers kept by the calling thread (no allocation in
+// the steady state of decode).
+struct Plan {
+  std::vector<ItemGroup> groups;
+  std::vector<Item> items;
+  std::vector<int32_t> order;     // items, most keys first (threads take them in this order)
+  std::vector<float> partials;    // per split item: m[nh], l[nh], o[nh][d]
+  std::unique_ptr<std::atomic<int32_t>[]> remaining;  // per group: split items not yet finished
+  size_t remaining_size = 0;
+};
+
+// Merges a split group's chunks: m = max m_c, l = sum l_c e^(m_c - m), out = sum o_c e^(m_c - m) / l.
+// The order of the sum is fixed (chunk 0, 1, ...), whichever thread runs it.
+void merge_group(const ItemGroup& g, const Plan& plan, int64_t num_heads, int64_t d, float* out_base) {
+  for (int64_t h = 0; h < g.num_heads; ++h) {
+    float mx = -INFINITY;
+    for (int64_t c = 0; c < g.num_chunks; ++c) {
+      mx = std::max(mx, plan.partials[static_cast<size_t>(plan.items[static_cast<size_t>(g.first_item + c)].partial + h)]);
+    }
+    float* out = out_base + (g.row * num_heads + g.first_head + h) * d;
+    std::fill(out, out + d, 0.f);
+    float total = 0.f;
+    for (int64_t c = 0; c < g.num_chunks; ++c) {
+      const float* part = plan.partials.data() + plan.items[static_cast<size_t>(g.first_item + c)].partial;
+      const float w = std::exp(part[h] - mx);
+      total += part[g.num_heads + h] * w;
+      const float* o = part + 2 * g.num_heads + h * d;
+      for (int64_t e = 0; e < d; ++e) out[e] += w * o[e];
+    }
+    const float inv = 1.f / total;
+    for (int64_t e = 0; e < d; ++e) out[e] *= inv;
+  }
+}
+
+// Fills `plan` for the batch. A sequence's items depend only on that sequence (its query count and
+// context) and the thread count, never on the rest of the batch: a row's result is the same alone
+// or batched (batch invariance).
+void build_plan(const BatchAttentionParams& p, int num_threads, int64_t per_item, Plan& plan) {
+  const int64_t group = p.num_heads / p.num_kv_heads;
+  const int64_t subgroups = (group + per_item - 1) / per_item;
+  const int64_t d = p.head_dim;
+  plan.groups.clear();
+  plan.items.clear();
+  int64_t partial_floats = 0;
+  for (int64_t s = 0; s < p.num_seqs; ++s) {
+    const int64_t first = p.query_start[s];
+    const int64_t count = p.query_start[s + 1] - first;
+    if (count <= 0) continue;
+    // Split keys only when the sequence's (token, head group) pairs alone cannot give every thread
+    // ~4 items.
+    const int64_t base_items = count * p.num_kv_heads * subgroups;
+    const int64_t split = base_items >= 4 * num_threads ? 1 : (4 * num_threads + base_items - 1) / base_items;
+    const int32_t* table = p.block_tables + s * p.block_table_stride;
+    for (int64_t t = 0; t < count; ++t) {
+      const int64_t num_keys = p.start_pos[s] + t + 1;
+      const int64_t chunk = std::max(kMinChunkKeys, (num_keys + split - 1) / split);
+      const int64_t num_chunks = (num_keys + chunk - 1) / chunk;
+      for (int64_t g = 0; g < p.num_kv_heads; ++g) {
+        for (int64_t sg = 0; sg < subgroups; ++sg) {
+          const int64_t h0 = g * group + sg * per_item;
+          const int64_t nh = std::min(per_item, group - sg * per_item);
+          const auto gi = static_cast<int64_t>(plan.groups.size());
+          plan.groups.push_back({first + t, h0, nh, static_cast<int64_t>(plan.items.size()), num_chunks, table});
+          for (int64_t c = 0; c < num_chunks; ++c) {
+            int64_t partial = -1;
+            if (num_chunks > 1) {
+              partial = partial_floats;
+              partial_floats += nh * (d + 2);
+            }
+            plan.items.push_back({gi, c * chunk, std::min(num_keys, (c + 1) * chunk), partial});
+          }
+        }
+      }
+    }
+  }
+  if (plan.partials.size() < static_cast<size_t>(partial_floats)) plan.partials.resize(static_cast<size_t>(partial_floats));
+  if (plan.remaining_size < plan.groups.size()) {
+    plan.remaining_size = plan.groups.size() * 2;
+    plan.remaining = std::make_unique<std::atomic<int32_t>[]>(plan.remaining_size);
+  }
+  for (size_t g = 0; g < plan.groups.size(); ++g) {
+    plan.remaining[g].store(static_cast<int32_t>(plan.groups[g].num_chunks), std::memory_order_relaxed);
+  }
+  // Longest items first, so the last ones handed out are short and the threads finish together.
+  plan.order.resize(plan.items.size());
+  std::iota(plan.order.begin(), plan.order.end(), 0);
+  std::stable_sort(plan.order.begin(), plan.order.end(), [&](int32_t a, int32_t b) {
+    const Item& x = plan.items[static_cast<size_t>(a)];
+    const Item& y = plan.items[static_cast<size_t>(b)];
+    return (x.je - x.jb) * plan.groups[static_cast<size_t>(x.group)].num_heads >
+           (y.je - y.jb) * plan.groups[static_cast<size_t>(y.group)].num_heads;
+  });
+}
 
 }  // namespace
 
-void attention(const AttentionParams& p, ThreadPool& pool) {
+void batch_attention(const BatchAttentionParams& p, ThreadPool& pool) {
   const int64_t group = p.num_heads / p.num_kv_heads;
   const int64_t d = p.head_dim;
   const int64_t kv_row = p.num_kv_heads * d;  // floats per cache slot
   const int64_t per_item = std::min(group, max_heads_per_item(d));
-  const int64_t subgroups = (group + per_item - 1) / per_item;
+  thread_local Plan caller_plan;  // the caller's; the workers below see it through `plan`
+  Plan& plan = caller_plan;
+  build_plan(p, pool.num_threads(), per_item, plan);
+  if (plan.items.empty()) return;
 
-  // Split keys only when (token, head group) pairs alone cannot give every thread ~4 items.
-  const int num_threads = pool.num_threads();
-  const int64_t base_items = p.num_tokens * p.num_kv_heads * subgroups;
-  const int64_t split = base_items >= 4 * num_threads ? 1 : (4 * num_threads + base_items - 1) / base_items;
-
-  std::vector<ItemGroup> groups;
-  std::vector<Item> items;
-  int64_t partial_floats = 0;
-  for (int64_t t = 0; t < p.num_tokens; ++t) {
-    const int64_t num_keys = p.start_pos + t + 1;
-    const int64_t chunk = std::max(kMinChunkKeys, (num_keys + split - 1) / split);
-    const int64_t num_chunks = (num_keys + chunk - 1) / chunk;
-    for (int64_t g = 0; g < p.num_kv_heads; ++g) {
-      for (int64_t sg = 0; sg < subgroups; ++sg) {
-        const int64_t h0 = g * group + sg * per_item;
-        const int64_t nh = std::min(per_item, group - sg * per_item);
-        groups.push_back({t, h0, nh, static_cast<int64_t>(items.size()), num_chunks});
-        for (int64_t c = 0; c < num_chunks; ++c) {
-          int64_t partial = -1;
-          if (num_chunks > 1) {
-            partial = partial_floats;
-            partial_floats += nh * (d + 2);
-          }
-          items.push_back({t, h0, nh, c * chunk, std::min(num_keys, (c + 1) * chunk), partial});
-        }
-      }
-    }
-  }
-  // Partial layout per item: m[nh], l[nh], o[nh][d].
-  std::vector<float> partials(static_cast<size_t>(partial_floats));
-
-  const int64_t max_keys = p.start_pos + p.num_tokens;
-  pool.run([&](int tid, int nthreads) {
-    std::vector<float> scores(static_cast<size_t>(per_item * max_keys));
+  std::atomic<size_t> next{0};
+  pool.run([&](int, int) {
+    thread_local std::vector<float> scores;
     float m_local[kMaxGroup], l_local[kMaxGroup];
-    for (size_t i = static_cast<size_t>(tid); i < items.size(); i += static_cast<size_t>(nthreads)) {
-      const Item& it = items[i];
-      const int64_t kv_head = it.first_head / group;
-      const KvView k{p.k_cache, p.block_table, p.block_size, kv_row, kv_head * d};
-      const KvView v{p.v_cache, p.block_table, p.block_size, kv_row, kv_head * d};
-      const float* q = p.q + (it.t * p.num_heads + it.first_head) * d;
+    for (size_t i; (i = next.fetch_add(1, std::memory_order_relaxed)) < plan.order.size();) {
+      const Item& it = plan.items[static_cast<size_t>(plan.order[i])];
+      const ItemGroup& g = plan.groups[static_cast<size_t>(it.group)];
+      if (scores.size() < static_cast<size_t>(per_item * (it.je - it.jb))) {
+        scores.resize(static_cast<size_t>(per_item * p.max_context_len));
+      }
+      const int64_t kv_head = g.first_head / group;
+      const KvView k{p.k_cache, g.block_table, p.block_size, kv_row, kv_head * d};
+      const KvView v{p.v_cache, g.block_table, p.block_size, kv_row, kv_head * d};
+      const float* q = p.q + (g.row * p.num_heads + g.first_head) * d;
       float* m = m_local;
       float* l = l_local;
-      float* o = p.out + (it.t * p.num_heads + it.first_head) * d;
+      float* o = p.out + (g.row * p.num_heads + g.first_head) * d;
       if (it.partial >= 0) {
-        m = partials.data() + it.partial;
-        l = m + it.num_heads_here;
-        o = l + it.num_heads_here;
+        m = plan.partials.data() + it.partial;
+        l = m + g.num_heads;
+        o = l + g.num_heads;
       }
 #if defined(__AVX512F__)
-      if (AttendFn fn = pick_kernel(d, it.num_heads_here)) {
+      if (AttendFn fn = pick_kernel(d, g.num_heads)) {
         fn(q, k, v, it.jb, it.je, p.scale, scores.data(), m, l, o);
       } else
 #endif
       {
-        attend_generic(q, it.num_heads_here, d, k, v, it.jb, it.je, p.scale, scores.data(), m, l, o);
+        attend_generic(q, g.num_heads, d, k, v, it.jb, it.je, p.scale, scores.data(), m, l, o);
       }
       if (it.partial < 0) {
-        for (int64_t h = 0; h < it.num_heads_here; ++h) {
+        for (int64_t h = 0; h < g.num_heads; ++h) {
           const float inv = 1.f / l[h];
           for (int64_t e = 0; e < d; ++e) o[h * d + e] *= inv;
         }
+      } else if (plan.remaining[static_cast<size_t>(it.group)].fetch_sub(1, std::memory_order_acq_rel) == 1) {
+        merge_group(g, plan, p.num_heads, d, p.out);  // the group's last chunk finished here
       }
     }
   });
+}
 
-  // Merge split chunks: m = max m_c, l = sum l_c e^(m_c - m), out = sum o_c e^(m_c - m) / l.
-  for (const ItemGroup& g : groups) {
-    if (g.num_chunks == 1) continue;
-    for (int64_t h = 0; h < g.num_heads; ++h) {
-      float mx = -INFINITY;
-      for (int64_t c = 0; c < g.num_chunks; ++c) {
-        mx = std::max(mx, partials[static_cast<size_t>(items[static_cast<size_t>(g.first_item + c)].partial + h)]);
-      }
-      float* out = p.out + (g.t * p.num_heads + g.first_head + h) * d;
-      std::fill(out, out + d, 0.f);
-      float total = 0.f;
-      for (int64_t c = 0; c < g.num_chunks; ++c) {
-        const float* part = partials.data() + items[static_cast<size_t>(g.first_item + c)].partial;
-        const float w = std::exp(part[h] - mx);
-        total += part[g.num_heads + h] * w;
-        const float* o = part + 2 * g.num_heads + h * d;
-        for (int64_t e = 0; e < d; ++e) out[e] += w * o[e];
-      }
-      const float inv = 1.f / total;
-      for (int64_t e = 0; e < d; ++e) out[e] *= inv;
-    }
-  }
+void attention(const AttentionParams& p, ThreadPool& pool) {
+  const int32_t query_start[2] = {0, static_cast<int32_t>(p.num_tokens)};
+  const int32_t start_pos = static_cast<int32_t>(p.start_pos);
+  BatchAttentionParams b{};
+  b.q = p.q;
+  b.out = p.out;
+  b.k_cache = p.k_cache;
+  b.v_cache = p.v_cache;
+  b.block_tables = p.block_table;
+  b.query_start = query_start;
+  b.start_pos = &start_pos;
+  b.block_table_stride = 0;
+  b.num_seqs = 1;
+  b.num_tokens = p.num_tokens;
+  b.max_query_len = p.num_tokens;
+  b.max_context_len = p.start_pos + p.num_tokens;
+  b.block_size = p.block_size;
+  b.num_heads = p.num_heads;
+  b.num_kv_heads = p.num_kv_heads;
+  b.head_dim = p.head_dim;
+  b.scale = p.scale;
+  batch_attention(b, pool);
 }
 
 }  // namespace nb::cpu

@@ -9,7 +9,8 @@
 //                   Results differ from ref::matmul by the 8-bit activation rounding (|dx| <= amax/254
 //                   per element of each 32-block) plus f32 summation order.
 //   F32/F16/BF16    f32 FMA on weights widened in registers (matmul_float.cpp, matmul_avx2.cpp).
-// attention: f32 paged KV, per (token, kv head, key chunk) items; decode splits long key ranges.
+// attention: f32 paged KV, per (token, kv head, key chunk) items over the whole batch; decode splits
+// long key ranges.
 // All fast ops are deterministic for a given thread count (fixed work split, no atomics in sums).
 #pragma once
 #include "backend/ops.h"
@@ -21,7 +22,10 @@ void matmul(const MatmulParams& p, ThreadPool& pool);
 void rms_norm(const RmsNormParams& p);
 void rope(const RopeParams& p);
 void swiglu(const SwigluParams& p);
-void attention(const AttentionParams& p, ThreadPool& pool);
+void attention(const AttentionParams& p, ThreadPool& pool);  // batch_attention of one sequence
+// The whole batch's attention in one parallel region; a row's result does not depend on the batch.
+void batch_attention(const BatchAttentionParams& p, ThreadPool& pool);
+void kv_write(const KvWriteParams& p);
 void embedding(const EmbeddingParams& p);
 
 namespace ref {
