@@ -9,6 +9,7 @@ const DTypeInfo& dtype_info(DType t) {
   static const DTypeInfo kInfo[] = {
       {"f32", 1, 4},  {"f16", 1, 2},  {"bf16", 1, 2},  {"i8", 1, 1},    {"i32", 1, 4},
       {"i4", 2, 1},   {"q8_0", 32, 34}, {"q4_0", 32, 18}, {"q4_1", 32, 20},
+      {"qgroup", 1, 1},
   };
   return kInfo[static_cast<int>(t)];
 }
@@ -121,6 +122,9 @@ void dequantize_row(DType t, const void* src, float* dst, int64_t n) {
       }
       return;
     }
+    case DType::kQGroup:
+      for (int64_t i = 0; i < n; ++i) dst[i] = std::nanf("");
+      return;
     case DType::kQ4_1: {
       const auto* b = static_cast<const BlockQ4_1*>(src);
       for (int64_t i = 0; i < n / kQK4_1; ++i) {
@@ -204,6 +208,7 @@ void quantize_row(DType t, const float* src, void* dst, int64_t n) {
     case DType::kI8:
     case DType::kI32:
     case DType::kI4:
+    case DType::kQGroup:
       return;  // not a float storage format; quant/ owns these
   }
 }

@@ -19,6 +19,9 @@ enum class DType : uint8_t {
   kQ8_0,  // GGUF block: f16 d; int8 qs[32]               x = d * q
   kQ4_0,  // GGUF block: f16 d; uint8 qs[16]              x = d * (q - 8), q in low nibbles = elems 0..15
   kQ4_1,  // GGUF block: f16 d; f16 m; uint8 qs[16]       x = d * q + m
+  kQGroup,  // group-wise integer codes, one uint8 per element; scales/zeros/g_idx in the tensor's
+            // GroupQuant (core/group_quant.h). dequantize_row cannot decode it alone (writes NaN):
+            // use dequantize_tensor_row.
 };
 
 struct DTypeInfo {

@@ -15,6 +15,8 @@
 
 namespace nb {
 
+struct GroupQuant;  // core/group_quant.h
+
 enum class Device : uint8_t { kCPU, kCUDA };
 
 class Tensor {
@@ -53,6 +55,10 @@ class Tensor {
     return reinterpret_cast<T*>(static_cast<uint8_t*>(data_) + static_cast<size_t>(r) * row_nbytes());
   }
   const std::shared_ptr<void>& owner() const { return owner_; }
+  // Scales / zeros / g_idx of a kQGroup weight (core/group_quant.h); null for every other dtype.
+  // Views made with Tensor::view do not carry it: slicing a kQGroup tensor is not supported.
+  const GroupQuant* group_quant() const { return group_quant_.get(); }
+  void set_group_quant(std::shared_ptr<const GroupQuant> q) { group_quant_ = std::move(q); }
 
   // "[576, 49152] q4_1"
   std::string describe() const;
@@ -60,6 +66,7 @@ class Tensor {
  private:
   void* data_ = nullptr;
   std::shared_ptr<void> owner_;
+  std::shared_ptr<const GroupQuant> group_quant_;
   std::array<int64_t, kMaxDims> shape_{};
   int ndim_ = 0;
   DType dtype_ = DType::kF32;

@@ -132,6 +132,10 @@ Status LlamaModel::forward(const ForwardBatch& batch, const KvPools& kv, float* 
 }
 
 void LlamaModel::matmul(const MatmulParams& p) {
+  if (exact_matmul_ && p.weight.dtype() == DType::kQGroup) {
+    cpu::ref::matmul(p);  // a kQGroup tensor cannot be sliced by rows (its GroupQuant covers all rows)
+    return;
+  }
   if (exact_matmul_) {
     // The reference is single-threaded; split the output rows across the pool.
     pool_.parallel_for(p.weight.dim(0), [&](int64_t b, int64_t e) {

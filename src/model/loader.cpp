@@ -5,6 +5,7 @@
 #include <cstring>
 #include <fstream>
 
+#include "core/group_quant.h"
 #include "model/loader_internal.h"
 
 namespace nb {
@@ -31,7 +32,7 @@ std::string shape_string(const int64_t* shape, size_t n) {
 bool is_weight_dtype(DType t) {
   switch (t) {
     case DType::kF32: case DType::kF16: case DType::kBF16: case DType::kQ8_0: case DType::kQ4_0:
-    case DType::kQ4_1:
+    case DType::kQ4_1: case DType::kQGroup:
       return true;
     default:
       return false;
@@ -57,7 +58,7 @@ Status check_tensor(const std::string& name, const Tensor& t, std::initializer_l
 
 Tensor to_f32(const Tensor& t) {
   Tensor out = Tensor::empty(t.shape().data(), t.ndim(), DType::kF32);
-  for (int64_t r = 0; r < t.rows(); ++r) dequantize_row(t.dtype(), t.row(r), out.row<float>(r), t.cols());
+  for (int64_t r = 0; r < t.rows(); ++r) dequantize_tensor_row(t, r, out.row<float>(r));
   return out;
 }
 

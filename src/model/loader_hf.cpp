@@ -208,11 +208,22 @@ Result<LoadedModel> load_hf_model_impl(const std::string& dir) {
     }
     shards.push_back(std::move(st));
   }
-  auto get = [&](const std::string& name) -> Result<Tensor> {
+  TensorGetter get = [&](const std::string& name) -> Result<Tensor> {
     auto it = where.find(name);
     if (it == where.end()) return not_found("tensor '" + name + "' is missing from the checkpoint in '" + dir + "'");
     return it->second.first->tensor(*it->second.second);
   };
+  // Pre-quantized checkpoints: config.json's quantization_config, or AutoGPTQ's quantize_config.json.
+  std::string quant_config;
+  if (auto it = cj.find("quantization_config"); it != cj.end() && it->is_object()) {
+    quant_config = it->dump();
+  } else if (is_file(dir + "/quantize_config.json")) {
+    NB_ASSIGN_OR_RETURN(Json qj, read_json(dir + "/quantize_config.json"));
+    quant_config = qj.dump();
+  }
+  if (!quant_config.empty()) {
+    NB_ASSIGN_OR_RETURN(get, quantized_tensor_getter(quant_config, get, "'" + config_path + "'"));
+  }
   NB_ASSIGN_OR_RETURN(ModelWeights weights, assemble_weights(config, kHfNames, get, /*allow_tied=*/false));
 
   LoadedModel m;

@@ -36,6 +36,11 @@ Tensor to_f32(const Tensor& t);
 // Error unless `t` has exactly `expected` (outermost-first) and a dtype a matmul/embedding can read.
 Status check_tensor(const std::string& name, const Tensor& t, std::initializer_list<int64_t> expected);
 
+// Wraps an HF checkpoint's getter so that "<module>.weight" of a quantized linear module is unpacked
+// from the layout `quant_config_json` (config.json's quantization_config) names: GPTQ, AutoAWQ GEMM
+// or compressed-tensors int-quantized (loader_hf_quant.cpp).
+Result<TensorGetter> quantized_tensor_getter(const std::string& quant_config_json, TensorGetter raw, const std::string& where);
+
 Result<LoadedModel> load_gguf_model(const std::string& path);
 Result<LoadedModel> load_llama2c_model(const std::string& path);
 Result<LoadedModel> load_hf_model(const std::string& dir);

@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "core/group_quant.h"
 #include "core/status.h"
 #include "model/weights.h"
 
@@ -44,5 +45,27 @@ struct QuantizedModel {
   std::string method;     // "rtn", "gptq", "awq", "smoothquant"
   bool act_int8 = false;  // W8A8: activations quantized per token to int8 at run time
 };
+
+// ---- helpers (src/quant/qlinear.cpp) ----
+
+// Checks sizes, code range, zero range, finite scales, g_idx range and that group_size divides
+// in_features (when there is no g_idx); `what` names the layer in the message.
+Status validate(const QuantizedLinear& l, const std::string& what = "quantized linear");
+// The f32 weight [out_features, in_features] the codes stand for (the formula above).
+std::vector<float> dequantize(const QuantizedLinear& l);
+// The run-time kQGroup tensor (codes copied; act_int8 = W8A8 execution).
+Result<Tensor> to_tensor(const QuantizedLinear& l, bool act_int8, const std::string& what = "quantized linear");
+// Back from a kQGroup tensor (error for any other dtype).
+Result<QuantizedLinear> from_tensor(const Tensor& t, const std::string& what = "weight");
+
+// The tensor of `kind` in a layer's weights (wq, wk, ... w_down).
+Tensor& linear_of(LayerWeights& w, LinearKind kind);
+const Tensor& linear_of(const LayerWeights& w, LinearKind kind);
+// The HF module name of `kind` ("self_attn.q_proj", ..., "mlp.down_proj").
+const char* hf_linear_name(LinearKind kind);
+
+// ModelWeights whose seven linears per layer are the kQGroup tensors of qm (everything else shared
+// with qm.weights): what LlamaModel runs.
+Result<ModelWeights> runtime_weights(const QuantizedModel& qm);
 
 }  // namespace nb::quant

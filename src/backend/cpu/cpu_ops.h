@@ -30,6 +30,8 @@ void embedding(const EmbeddingParams& p);
 
 namespace ref {
 void matmul(const MatmulParams& p);
+// kQGroup weights (ref::matmul calls it): dequantized rows, double sums; W8A8 in plain integer loops.
+void matmul_group(const MatmulParams& p);
 void rms_norm(const RmsNormParams& p);
 void rope(const RopeParams& p);
 void swiglu(const SwigluParams& p);

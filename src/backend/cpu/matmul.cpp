@@ -15,6 +15,8 @@ void matmul(const MatmulParams& p, ThreadPool& pool) {
     case DType::kF16:
     case DType::kBF16:
       return matmul_float(p, pool);
+    case DType::kQGroup:
+      return matmul_group(p, pool);
     default:
       // Integer storage types are not matmul weights in any supported checkpoint; the portable
       // path still gives the right answer through dequantize_row.

@@ -103,6 +103,27 @@ void matmul_avx512(const MatmulParams& p, ThreadPool& pool) {
 
 }  // namespace
 
+void matmul_f32_rows(const float* w, int64_t rows, int64_t k, const float* x, int64_t m, float* y, int64_t ldy) {
+#if defined(NB_HAVE_AVX512_FLOAT_MATMUL)
+  static constexpr auto kTable = tile_table<LoadF32>(std::make_integer_sequence<int, kRows>{});
+  for (int64_t t = 0; t < m; t += kTokens) {
+    const int toks = static_cast<int>(std::min<int64_t>(kTokens, m - t));
+    for (int64_t r = 0; r < rows; r += kRows) {
+      const int nr = static_cast<int>(std::min<int64_t>(kRows, rows - r));
+      kTable[static_cast<size_t>(nr - 1)][static_cast<size_t>(toks - 1)](w + r * k, k, x + t * k, y + t * ldy + r, ldy);
+    }
+  }
+#else
+  for (int64_t t = 0; t < m; ++t) {
+    for (int64_t r = 0; r < rows; ++r) {
+      float acc = 0.f;
+      for (int64_t i = 0; i < k; ++i) acc += w[r * k + i] * x[t * k + i];
+      y[t * ldy + r] = acc;
+    }
+  }
+#endif
+}
+
 namespace portable {
 void matmul_float(const MatmulParams& p, ThreadPool& pool) {
   const int64_t n = p.weight.dim(0), k = p.weight.dim(1);

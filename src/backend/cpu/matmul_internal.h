@@ -51,7 +51,19 @@ void matmul_quantized(const MatmulParams& p, ThreadPool& pool);
 // Weights F32 / F16 / BF16: converted to f32 in registers, f32 FMA.
 void matmul_float(const MatmulParams& p, ThreadPool& pool);
 
+// Weights kQGroup (core/group_quant.h): W4A16-style rows dequantized to f32 tiles then f32 FMA, or
+// with act_int8 (W8A8) per-token int8 activations and exact int32 group dots (matmul_group.cpp).
+void matmul_group(const MatmulParams& p, ThreadPool& pool);
+// Single-threaded f32 product of `rows` contiguous f32 weight rows [rows, k]:
+// y[t * ldy + r] = w[r, :] . x[t, :] for t < m. Each output's summation order depends only on k.
+void matmul_f32_rows(const float* w, int64_t rows, int64_t k, const float* x, int64_t m, float* y, int64_t ldy);
+
+// W8A8 activation quantization of one row: returns d = absmax / 127 and writes
+// xq[j] = clamp(nearbyint(x[j] * (1 / d)), -127, 127) (all zero when the row is zero).
+float quantize_act_int8_row(const float* x, int64_t k, int8_t* xq);
+
 namespace portable {
+void matmul_group(const MatmulParams& p, ThreadPool& pool);
 void matmul_quantized(const MatmulParams& p, ThreadPool& pool);
 void matmul_float(const MatmulParams& p, ThreadPool& pool);
 }  // namespace portable

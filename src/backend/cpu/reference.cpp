@@ -9,6 +9,7 @@
 namespace nb::cpu::ref {
 
 void matmul(const MatmulParams& p) {
+  if (p.weight.dtype() == DType::kQGroup) return matmul_group(p);
   const int64_t n = p.weight.dim(0), k = p.weight.dim(1);
   std::vector<float> w(static_cast<size_t>(k));
   for (int64_t r = 0; r < n; ++r) {
