@@ -12,6 +12,8 @@
 #include "engine/kv/block_manager.h"
 #include "engine/scheduler.h"
 #include "engine/sequence.h"
+#include "engine/spec/drafter.h"
+#include "engine/spec/verify.h"
 #include "model/llama.h"
 
 namespace nb {
@@ -35,7 +37,8 @@ struct Engine::Impl {
   const KvPools& pools;  // kv.pools()
   BlockManager blocks;
   Scheduler scheduler;
-  std::vector<float> logits;  // [max_num_seqs, vocab]
+  std::vector<float> logits;  // [rows, vocab]: one row per sampling sequence, 1 + drafts when verifying
+  std::vector<float> target_probs;  // [1 + drafts, vocab] warped target distributions (verification)
 
   // Shared with other threads, under mu.
   mutable std::mutex mu;
@@ -61,6 +64,12 @@ struct Engine::Impl {
 
   void loop();
   void step();
+  void propose_drafts();
+  // The step's new tokens for s from its logits rows: one sampled token, or (with drafts) the
+  // verified drafts and the target's correction/bonus token, with rejected K/V rolled back.
+  Status next_tokens(Sequence* s, const float* rows, std::vector<int32_t>* out, std::vector<SampleOutput>* lps);
+  // Appends tokens to s up to a stop token or max_tokens, emits them; returns how many were kept.
+  int64_t accept(Sequence* s, const std::vector<int32_t>& tokens, std::vector<SampleOutput> lps);
   void finish(Sequence* s, FinishReason reason, std::string error = "");
   void retire(Sequence* s);
   void refresh_stats();  // under mu
@@ -169,6 +178,9 @@ void Engine::Impl::emit(Sequence* s, std::vector<int32_t> tokens, std::vector<Sa
   out.num_prompt_tokens = s->num_prompt;
   out.num_cached_prompt_tokens = s->num_cached_prompt;
   out.num_generated = s->num_generated;
+  out.num_draft_tokens = s->num_draft_tokens;
+  out.num_accepted_tokens = s->num_accepted_tokens;
+  out.num_spec_steps = s->num_spec_steps;
   if (s->callback) s->callback(out);
 }
 
@@ -182,6 +194,7 @@ void Engine::Impl::finish(Sequence* s, FinishReason reason, std::string error) {
 // output reaches the callback.
 void Engine::Impl::retire(Sequence* s) {
   scheduler.remove(s);
+  if (config.drafter) config.drafter->release(s->id);
   std::lock_guard<std::mutex> lock(mu);
   ++stats.num_requests_finished;
   refresh_stats();
@@ -241,7 +254,105 @@ void Engine::Impl::loop() {
   for (Sequence* s : rest) finish(s, FinishReason::kCancelled);
 }
 
+void Engine::Impl::propose_drafts() {
+  if (!config.drafter || scheduler.num_running() > config.speculative_max_running) return;
+  const int64_t max_len = model.config().max_seq_len;
+  std::vector<std::pair<Sequence*, std::string>> failed;
+  for (Sequence* s : scheduler.running()) {
+    if (!s->request.speculative || s->num_draft > 0 || s->num_pending() != 1) continue;
+    // Drafts past max_tokens or the context could never be emitted.
+    const int64_t k = std::min({config.num_speculative_tokens, s->request.max_tokens - s->num_generated - 1,
+                                max_len - static_cast<int64_t>(s->tokens.size())});
+    if (k <= 0) continue;
+    Result<spec::Draft> d = config.drafter->propose(
+        {s->id, s->tokens, static_cast<size_t>(s->num_prompt), k, &s->request.sampling});
+    if (!d.ok()) {
+      failed.emplace_back(s, "drafting failed: " + d.status().message());
+      continue;
+    }
+    s->tokens.insert(s->tokens.end(), d->tokens.begin(), d->tokens.end());
+    s->num_draft = static_cast<int64_t>(d->tokens.size());
+    s->draft_q = std::move(d->q);
+  }
+  for (auto& [s, msg] : failed) finish(s, FinishReason::kError, msg);
+}
+
+Status Engine::Impl::next_tokens(Sequence* s, const float* rows, std::vector<int32_t>* out,
+                                 std::vector<SampleOutput>* lps) {
+  const int64_t vocab = model.config().vocab_size;
+  const auto v = static_cast<size_t>(vocab);
+  const int64_t k = s->num_draft;
+  const size_t num_real = s->tokens.size() - static_cast<size_t>(k);
+  const auto np = static_cast<size_t>(s->num_prompt);
+  // Row i scores the position after real tokens + drafts [0, i): its history is that prefix.
+  auto history = [&](int64_t i) { return TokenHistory{std::span<const int32_t>(s->tokens).first(num_real + static_cast<size_t>(i)), np}; };
+  auto row = [&](int64_t i) { return std::span<const float>(rows + i * vocab, v); };
+  if (k == 0) {
+    SampleOutput lp;
+    NB_ASSIGN_OR_RETURN(const int32_t next, s->sampler.sample(row(0), history(0), s->request.logprobs ? &lp : nullptr));
+    out->push_back(next);
+    if (s->request.logprobs) lps->push_back(std::move(lp));
+    return Status::Ok();
+  }
+  target_probs.resize(static_cast<size_t>(k + 1) * v);
+  for (int64_t i = 0; i <= k; ++i) {
+    NB_RETURN_IF_ERROR(s->sampler.distribution(row(i), history(i), std::span<float>(target_probs).subspan(static_cast<size_t>(i) * v, v)));
+  }
+  const std::vector<int32_t> draft(s->tokens.begin() + static_cast<std::ptrdiff_t>(num_real), s->tokens.end());
+  NB_ASSIGN_OR_RETURN(spec::Verification ver, spec::verify_draft(draft, s->draft_q, target_probs, vocab,
+                                                                 [s] { return s->sampler.uniform(); }));
+  if (s->request.logprobs) {
+    for (size_t j = 0; j < ver.tokens.size(); ++j) {
+      SampleOutput lp;
+      NB_RETURN_IF_ERROR(s->sampler.logprobs(row(static_cast<int64_t>(j)), history(static_cast<int64_t>(j)), ver.tokens[j], &lp));
+      lps->push_back(std::move(lp));
+    }
+  }
+  // The forward computed K/V for every draft; those after the first rejected one are dropped.
+  const int64_t rejected = k - ver.num_accepted;
+  s->drop_draft();
+  NB_RETURN_IF_ERROR(blocks.rollback(s->id, rejected));
+  s->num_computed -= rejected;
+  s->num_draft_tokens += k;
+  s->num_accepted_tokens += ver.num_accepted;
+  ++s->num_spec_steps;
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    stats.num_spec_steps += 1;
+    stats.num_draft_tokens += k;
+    stats.num_accepted_tokens += ver.num_accepted;
+  }
+  *out = std::move(ver.tokens);
+  return Status::Ok();
+}
+
+int64_t Engine::Impl::accept(Sequence* s, const std::vector<int32_t>& tokens, std::vector<SampleOutput> lps) {
+  FinishReason reason = FinishReason::kNone;
+  size_t kept = 0;
+  const auto& stops = s->request.stop_ids;
+  for (int32_t t : tokens) {
+    if (std::find(stops.begin(), stops.end(), t) != stops.end()) {
+      reason = FinishReason::kStop;  // the stop id itself is not emitted
+      break;
+    }
+    s->tokens.push_back(t);
+    ++s->num_generated;
+    ++kept;
+    if (s->num_generated >= s->request.max_tokens) {
+      reason = FinishReason::kLength;
+      break;
+    }
+  }
+  std::vector<int32_t> emitted(tokens.begin(), tokens.begin() + static_cast<std::ptrdiff_t>(kept));
+  if (lps.size() > kept) lps.resize(kept);
+  if (reason != FinishReason::kNone) retire(s);
+  emit(s, std::move(emitted), std::move(lps), reason, "");
+  if (reason != FinishReason::kNone) live.erase(s->id);  // destroys s
+  return static_cast<int64_t>(kept);
+}
+
 void Engine::Impl::step() {
+  propose_drafts();
   SchedulerOutput sched = scheduler.schedule();
   if (sched.batch.empty()) return;  // waiting for blocks; nothing runnable (cannot persist: see submit)
   Status copied = Status::Ok();
@@ -252,17 +363,37 @@ void Engine::Impl::step() {
   std::vector<int32_t> tokens;
   tokens.reserve(static_cast<size_t>(sched.num_tokens));
   ForwardBatch batch;
+  int64_t num_rows = 0;
   for (const ScheduledSeq& s : sched.batch) {
     const auto* first = s.seq->tokens.data() + s.seq->num_computed;
     tokens.insert(tokens.end(), first, first + s.num_tokens);
-    batch.seqs.push_back({s.num_tokens, s.seq->num_computed, blocks.block_table(s.seq->id), s.samples});
+    batch.seqs.push_back({s.num_tokens, s.seq->num_computed, blocks.block_table(s.seq->id), s.samples,
+                          /*all_logits=*/s.seq->num_draft > 0});
+    if (s.samples) num_rows += 1 + s.seq->num_draft;
   }
+  const int64_t vocab = model.config().vocab_size;
+  if (logits.size() < static_cast<size_t>(num_rows * vocab)) logits.resize(static_cast<size_t>(num_rows * vocab));
   batch.tokens = tokens;
   int64_t prompt_work = 0;
   for (const ScheduledSeq& s : sched.batch) {
     if (s.seq->num_computed < s.seq->num_prompt) {
       prompt_work += std::min(s.num_tokens, s.seq->num_prompt - s.seq->num_computed);
     }
+  }
+  // Plain greedy everywhere (no penalties, logprobs or drafts): the model hands back the argmax ids,
+  // so a GPU copies 4 bytes a sequence instead of its logits.
+  bool all_greedy = num_rows > 0;
+  for (const ScheduledSeq& s : sched.batch) {
+    if (!s.samples) continue;
+    const GenerationRequest& r = s.seq->request;
+    all_greedy = all_greedy && s.seq->num_draft == 0 && !r.logprobs && r.sampling.temperature == 0.0f &&
+                 r.sampling.repetition_penalty == 1.0f && r.sampling.presence_penalty == 0.0f &&
+                 r.sampling.frequency_penalty == 0.0f;
+  }
+  std::vector<int32_t> greedy;
+  if (all_greedy) {
+    greedy.resize(static_cast<size_t>(num_rows));
+    batch.greedy_tokens = greedy.data();
   }
   const Status st = copied.ok() ? model.forward(batch, pools, logits.data()) : copied;
   if (!st.ok()) {
@@ -271,34 +402,22 @@ void Engine::Impl::step() {
   }
   scheduler.on_step_done(sched);
 
-  const int64_t vocab = model.config().vocab_size;
   int64_t row = 0, generated = 0;
   for (const ScheduledSeq& s : sched.batch) {
     if (!s.samples) continue;
     Sequence* seq = s.seq;
-    std::span<const float> lg(logits.data() + row * vocab, static_cast<size_t>(vocab));
-    ++row;
-    SampleOutput lp;
-    Result<int32_t> next = seq->sampler.sample(
-        lg, TokenHistory{seq->tokens, static_cast<size_t>(seq->num_prompt)}, seq->request.logprobs ? &lp : nullptr);
-    if (!next.ok()) {
-      finish(seq, FinishReason::kError, next.status().message());
-      continue;
-    }
-    const auto& stops = seq->request.stop_ids;
-    if (std::find(stops.begin(), stops.end(), *next) != stops.end()) {
-      finish(seq, FinishReason::kStop);
-      continue;
-    }
-    seq->tokens.push_back(*next);
-    ++seq->num_generated;
-    ++generated;
+    const float* rows = logits.data() + row * vocab;
+    const int64_t first_row = row;
+    row += 1 + seq->num_draft;
+    std::vector<int32_t> next;
     std::vector<SampleOutput> lps;
-    if (seq->request.logprobs) lps.push_back(std::move(lp));
-    const bool done = seq->num_generated >= seq->request.max_tokens;
-    if (done) retire(seq);
-    emit(seq, {*next}, std::move(lps), done ? FinishReason::kLength : FinishReason::kNone, "");
-    if (done) live.erase(seq->id);
+    if (all_greedy) {
+      next.push_back(greedy[static_cast<size_t>(first_row)]);
+    } else if (Status st = next_tokens(seq, rows, &next, &lps); !st.ok()) {
+      finish(seq, FinishReason::kError, st.message());
+      continue;
+    }
+    generated += accept(seq, next, std::move(lps));
   }
   std::lock_guard<std::mutex> lock(mu);
   stats.num_steps += 1;

@@ -15,6 +15,9 @@
 namespace nb {
 
 class LlamaModel;
+namespace spec {
+class Drafter;
+}
 
 using RequestId = uint64_t;
 
@@ -27,6 +30,7 @@ struct GenerationRequest {
   int64_t max_tokens = 16;         // new tokens at most
   std::vector<int32_t> stop_ids;   // sampling one of these finishes with kStop (the id is not emitted)
   bool logprobs = false;           // report each token's logprob (+ sampling.top_logprobs alternatives)
+  bool speculative = true;         // use the engine's drafter (when it has one) for this request
 };
 
 // One step's output for a request: the tokens generated in that step (usually one; several with
@@ -41,6 +45,8 @@ struct RequestOutput {
   int64_t num_prompt_tokens = 0;
   int64_t num_cached_prompt_tokens = 0;  // prompt tokens served from the prefix cache
   int64_t num_generated = 0;             // so far
+  // Speculative decoding, so far: drafts verified, drafts accepted, verification steps.
+  int64_t num_draft_tokens = 0, num_accepted_tokens = 0, num_spec_steps = 0;
 };
 
 using OutputCallback = std::function<void(const RequestOutput&)>;
@@ -56,6 +62,11 @@ struct EngineConfig {
   bool enable_prefix_cache = true;
   BatchingPolicy batching = BatchingPolicy::kContinuous;
   KvLayout kv_layout = KvLayout::kPaged;  // kContiguous: each request reserves its max length up front
+  // Speculative decoding (engine/spec/): each step, running decodes of requests with
+  // `speculative` get up to num_speculative_tokens drafts, verified in the same forward.
+  std::shared_ptr<spec::Drafter> drafter;  // null: off
+  int64_t num_speculative_tokens = 4;      // K
+  int64_t speculative_max_running = 4;     // off while more sequences run (it costs throughput there)
 };
 
 struct EngineStats {
@@ -68,6 +79,8 @@ struct EngineStats {
   int64_t num_prompt_tokens_computed = 0;   // prefill work actually done (excludes cache hits)
   int64_t num_generated_tokens = 0;
   int64_t num_requests_finished = 0;
+  int64_t num_spec_steps = 0;               // verification steps (a sequence's step with drafts)
+  int64_t num_draft_tokens = 0, num_accepted_tokens = 0;
 };
 
 class Engine {

@@ -28,6 +28,7 @@ void Scheduler::preempt(Sequence* seq, SchedulerOutput& out) {
   }
   running_.erase(std::remove(running_.begin(), running_.end(), seq), running_.end());
   blocks_.free(seq->id);
+  seq->drop_draft();
   seq->num_computed = 0;
   seq->state = Sequence::State::kWaiting;
   waiting_.push_front(seq);
@@ -68,10 +69,12 @@ SchedulerOutput Scheduler::schedule() {
   const bool static_admission = static_batching && running_.empty();
   auto budget = [&] { return config_.max_batched_tokens - out.num_tokens; };
 
-  // 1. Decodes first (one pending token each), oldest first; make room by preempting the newest.
+  // 1. Decodes first (one pending token each, plus its draft tokens when speculating), oldest
+  // first; make room by preempting the newest. Drafts that do not fit the budget are dropped.
   for (size_t i = 0; i < running_.size() && budget() > 0; ++i) {
     Sequence* s = running_[i];
-    if (s->num_pending() != 1) continue;
+    if (s->num_pending() - s->num_draft != 1) continue;
+    if (s->num_pending() > budget()) s->drop_draft();
     const int64_t need = static_cast<int64_t>(s->tokens.size()) - blocks_.num_tokens(s->id);
     bool self_preempted = false;
     while (need > 0 && !blocks_.can_append(s->id, need)) {
@@ -91,13 +94,13 @@ SchedulerOutput Scheduler::schedule() {
       num_blocks_allocated_ += static_cast<int64_t>(blocks_.block_table(s->id).size()) - before +
                                static_cast<int64_t>(copies->size());
     }
-    out.batch.push_back({s, 1, true});
-    out.num_tokens += 1;
+    out.batch.push_back({s, s->num_pending(), true});
+    out.num_tokens += s->num_pending();
   }
   // 2. Running prefills: their next chunk (their blocks were allocated at admission).
   for (Sequence* s : running_) {
     if (budget() <= 0) break;
-    if (s->num_pending() <= 1) continue;
+    if (!s->is_prefilling()) continue;
     const int64_t n = std::min(s->num_pending(), budget());
     out.batch.push_back({s, n, n == s->num_pending()});
     out.num_tokens += n;

@@ -46,6 +46,7 @@ class Scheduler {
   // KV blocks newly claimed for sequences (not served from the prefix cache), since creation.
   int64_t num_blocks_allocated() const { return num_blocks_allocated_; }
   bool has_work() const { return !waiting_.empty() || !running_.empty(); }
+  const std::vector<Sequence*>& running() const { return running_; }
 
  private:
   void preempt(Sequence* seq, SchedulerOutput& out);

@@ -23,6 +23,13 @@ struct Sequence {
   int64_t num_cached_prompt = 0; // prompt tokens the prefix cache served at first admission
   bool admitted_once = false;
   State state = State::kWaiting;
+  // Speculative decoding: the last num_draft entries of `tokens` are draft tokens (not yet
+  // verified) with their draft distributions [num_draft, vocab] (empty: one-hot proposals).
+  int64_t num_draft = 0;
+  std::vector<float> draft_q;
+  int64_t num_draft_tokens = 0;     // drafts proposed so far (verified, accepted or not)
+  int64_t num_accepted_tokens = 0;  // of those, accepted
+  int64_t num_spec_steps = 0;       // verification steps
 
   Sequence(RequestId rid, uint64_t order, GenerationRequest req, OutputCallback cb, Sampler s)
       : id(rid), arrival(order), request(std::move(req)), callback(std::move(cb)), sampler(std::move(s)) {
@@ -32,7 +39,13 @@ struct Sequence {
   // Tokens still to run through the model before the next sample (the whole prompt at first, one
   // token while decoding, everything after a preemption).
   int64_t num_pending() const { return static_cast<int64_t>(tokens.size()) - num_computed; }
-  bool is_prefilling() const { return num_pending() > 1; }
+  bool is_prefilling() const { return num_pending() - num_draft > 1; }
+  // Removes unverified draft tokens (before a preemption, or when the step has no room for them).
+  void drop_draft() {
+    tokens.resize(tokens.size() - static_cast<size_t>(num_draft));
+    num_draft = 0;
+    draft_q.clear();
+  }
 };
 
 }  // namespace nb

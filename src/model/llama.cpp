@@ -117,7 +117,7 @@ Status LlamaModel::forward(const ForwardBatch& batch, const KvPools& kv, float* 
   int64_t t = 0;
   for (const SeqForward& sq : batch.seqs) {
     if (sq.want_logits) {
-      const int64_t first = batch.all_logits ? t : t + sq.num_tokens - 1;
+      const int64_t first = (batch.all_logits || sq.all_logits) ? t : t + sq.num_tokens - 1;
       const int64_t count = t + sq.num_tokens - first;
       std::memcpy(out_rows_.data() + rows * c.dim, x_.data() + first * c.dim,
                   static_cast<size_t>(count * c.dim) * sizeof(float));

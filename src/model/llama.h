@@ -32,6 +32,10 @@ struct SeqForward {
   int64_t start_pos = 0;
   std::span<const int32_t> block_table;  // must cover positions [0, start_pos + num_tokens)
   bool want_logits = true;               // produce logits for this sequence
+  // With want_logits: logits for EVERY one of its new tokens, in order, not only the last one
+  // (speculative verification scores the last accepted token and k drafts in one forward).
+  // ForwardBatch::all_logits turns this on for every sequence. Backends must honour both.
+  bool all_logits = false;
 };
 
 // A step over one or more sequences (continuous batching): all their new tokens go through every
