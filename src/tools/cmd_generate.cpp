@@ -6,11 +6,48 @@
 #include "tools/chat_format.h"
 #include "tools/cli_model.h"
 #include "tools/commands.h"
+#include "tools/cli_spec.h"
 
 namespace nb::tools {
 namespace {
 
 int run_generate(int argc, char** argv) {
+// --speculative: the one request runs through the engine, which drafts and verifies.
+int generate_speculative(const CliArgs& args, CliModel& cm, const std::vector<int32_t>& prompt,
+                         const SamplingParams& sampling, const GenerateOptions& opts, IncrementalDetokenizer& detok) {
+  auto spec = load_speculative(args, *cm.model);
+  if (!spec.ok()) return fail("generate", spec.status());
+  EngineConfig cfg;
+  cfg.max_batched_tokens = cm.model->max_batch_tokens();
+  spec->apply(cfg);
+  GenerationRequest req;
+  req.prompt = prompt;
+  req.sampling = sampling;
+  req.max_tokens = opts.max_new_tokens;
+  req.stop_ids = opts.stop_ids;
+  auto run = generate_with_engine(*cm.model, cfg, std::move(req), [&](int32_t id) {
+    const std::string piece = detok.push(id);
+    std::fwrite(piece.data(), 1, piece.size(), stdout);
+    std::fflush(stdout);
+  });
+  const std::string rest = detok.flush();
+  std::fwrite(rest.data(), 1, rest.size(), stdout);
+  std::fputc('\n', stdout);
+  if (!run.ok()) return fail("generate", run.status());
+  if (!args.has("--quiet")) {
+    const auto n = static_cast<double>(run->tokens.size());
+    std::fprintf(stderr,
+                 "\n[prompt %zu tokens, %.2f s | generated %zu tokens, %.1f tokens/s | %s: %lld of %lld drafts accepted, "
+                 "%.2f tokens per target step | stop: %s]\n",
+                 prompt.size(), run->prefill_seconds, run->tokens.size(),
+                 (n - 1) / std::max(1e-9, run->decode_seconds), args.get("--speculative").c_str(),
+                 static_cast<long long>(run->num_accepted_tokens), static_cast<long long>(run->num_draft_tokens),
+                 (n - 1) / std::max<double>(1, static_cast<double>(run->num_decode_steps)),
+                 finish_reason_name(run->finish_reason));
+  }
+  return 0;
+}
+
   CliArgs args("generate", "-m MODEL -p PROMPT [-n N] [--temp T] [--top-p P] [--seed S] [--chat]");
   add_model_options(args);
   args.option("-p,--prompt", "the prompt");
@@ -23,6 +60,7 @@ int run_generate(int argc, char** argv) {
   args.flag("--quiet", "no timing summary on stderr");
   add_sampling_options(args);
   if (Status s = args.parse(argc, argv); !s.ok()) return fail("generate", s);
+  add_speculative_options(args);
   if (args.help_requested()) { std::fputs(args.usage().c_str(), stdout); return 0; }
   if (!args.has("-p")) return fail("generate", invalid_argument("-p PROMPT is required; see 'nibble generate --help'"));
   auto n_predict = args.get_int("-n", 0, 1 << 24);
@@ -78,6 +116,7 @@ int run_generate(int argc, char** argv) {
     const std::string piece = detok.push(id);
     std::fwrite(piece.data(), 1, piece.size(), stdout);
     std::fflush(stdout);
+  if (args.has("--speculative")) return generate_speculative(args, cm, prompt, *sampling, opts, detok);
     return true;
   });
   const std::string rest = detok.flush();

@@ -1,0 +1,150 @@
+#include "quant/awq.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+#include "backend/cpu/cpu_ops.h"
+
+namespace nb::quant {
+
+namespace {
+
+// sum over rows of d_r . (d_r G) for d [rows, n], G [n, n] symmetric (one threaded f32 matmul).
+std::vector<double> row_quadratic_forms(const std::vector<float>& d, int64_t rows, int64_t n, const float* g,
+                                        ThreadPool& pool) {
+  std::vector<float> dg(static_cast<size_t>(rows * n));
+  const Tensor gt = Tensor::view(const_cast<float*>(g), {n, n}, DType::kF32);
+  cpu::matmul({gt, d.data(), dg.data(), rows}, pool);
+  std::vector<double> out(static_cast<size_t>(rows), 0.0);
+  for (int64_t r = 0; r < rows; ++r) {
+    double s = 0.0;
+    for (int64_t j = 0; j < n; ++j) s += static_cast<double>(d[static_cast<size_t>(r * n + j)]) * dg[static_cast<size_t>(r * n + j)];
+    out[static_cast<size_t>(r)] = s;
+  }
+  return out;
+}
+
+}  // namespace
+
+void scale_input_channels(std::vector<float>& w, int64_t out, int64_t in, const std::vector<float>& s) {
+  for (int64_t o = 0; o < out; ++o) {
+    for (int64_t j = 0; j < in; ++j) w[static_cast<size_t>(o * in + j)] *= s[static_cast<size_t>(j)];
+  }
+}
+
+void divide_output_channels(std::vector<float>& w, int64_t out, int64_t in, const std::vector<float>& s) {
+  for (int64_t o = 0; o < out; ++o) {
+    for (int64_t j = 0; j < in; ++j) w[static_cast<size_t>(o * in + j)] /= s[static_cast<size_t>(o)];
+  }
+}
+
+void scale_gram(std::vector<float>& gram, int64_t in, const std::vector<float>& s) {
+  for (int64_t i = 0; i < in; ++i) {
+    for (int64_t j = 0; j < in; ++j) gram[static_cast<size_t>(i * in + j)] /= s[static_cast<size_t>(i)] * s[static_cast<size_t>(j)];
+  }
+}
+
+double awq_output_error(const std::vector<float>& w, int64_t out, int64_t in, const std::vector<float>& s_full,
+                        const std::vector<float>& gram, const QuantSpec& spec, ThreadPool& pool) {
+  std::vector<float> wq = w;
+  if (!s_full.empty()) scale_input_channels(wq, out, in, s_full);
+  fake_quantize_rows(wq.data(), out, in, spec);
+  std::vector<float> d(w.size());
+  for (int64_t o = 0; o < out; ++o) {
+    for (int64_t j = 0; j < in; ++j) {
+      const auto k = static_cast<size_t>(o * in + j);
+      d[k] = w[k] - (s_full.empty() ? wq[k] : wq[k] / s_full[static_cast<size_t>(j)]);
+    }
+  }
+  double e = 0.0;
+  for (double v : row_quadratic_forms(d, out, in, gram.data(), pool)) e += v;
+  return e;
+}
+
+AwqScaleResult awq_search_scales(const AwqScaleProblem& p, const QuantSpec& spec, const AwqOptions& options,
+                                 ThreadPool& pool) {
+  const auto num_scales = p.x_mean.size();
+  AwqScaleResult best;
+  best.error = std::numeric_limits<double>::infinity();
+  std::vector<float> s(num_scales), s_full(static_cast<size_t>(p.in));
+  for (int i = 0; i <= options.num_grid; ++i) {
+    const double alpha = static_cast<double>(i) / options.num_grid;
+    float lo = std::numeric_limits<float>::infinity(), hi = 0.f;
+    for (size_t c = 0; c < num_scales; ++c) {
+      s[c] = std::max(static_cast<float>(std::pow(static_cast<double>(p.x_mean[c]), alpha)), 1e-4f);
+      lo = std::min(lo, s[c]);
+      hi = std::max(hi, s[c]);
+    }
+    const float norm = std::sqrt(lo * hi);  // AutoAWQ's normalisation: geometric middle at 1
+    for (float& v : s) v /= norm;
+    for (int64_t j = 0; j < p.in; ++j) {
+      s_full[static_cast<size_t>(j)] = s[p.channel_map.empty() ? static_cast<size_t>(j) : static_cast<size_t>(p.channel_map[static_cast<size_t>(j)])];
+    }
+    double err = 0.0;
+    for (size_t k = 0; k < p.weights.size(); ++k) {
+      err += awq_output_error(*p.weights[k], p.out_features[k], p.in, s_full, *p.gram, spec, pool);
+    }
+    if (i == 0) best.rtn_error = err;
+    if (err < best.error) {
+      best.error = err;
+      best.alpha = alpha;
+      best.scales = s;
+    }
+  }
+  return best;
+}
+
+double awq_search_clip(std::vector<float>& w, int64_t out, int64_t in, const std::vector<float>& gram,
+                       const QuantSpec& spec, const AwqOptions& options, ThreadPool& pool) {
+  const int64_t gs = spec.group_size < 0 ? in : spec.group_size;
+  const int64_t ng = in / gs;
+  const int max_code = spec.max_code();
+  const int num_ratios = static_cast<int>(options.max_shrink * options.clip_grid);
+  std::vector<float> best_clip(static_cast<size_t>(out * ng), 0.f);
+  std::vector<double> best_err(static_cast<size_t>(out * ng), std::numeric_limits<double>::infinity());
+  std::vector<float> d(static_cast<size_t>(out * gs)), g_block(static_cast<size_t>(gs * gs)), wc(static_cast<size_t>(gs));
+  for (int64_t g = 0; g < ng; ++g) {
+    for (int64_t a = 0; a < gs; ++a) {
+      for (int64_t b = 0; b < gs; ++b) {
+        g_block[static_cast<size_t>(a * gs + b)] = gram[static_cast<size_t>((g * gs + a) * in + g * gs + b)];
+      }
+    }
+    for (int r = 0; r <= num_ratios; ++r) {
+      const float ratio = 1.f - static_cast<float>(r) / static_cast<float>(options.clip_grid);
+      std::vector<float> clip(static_cast<size_t>(out));
+      for (int64_t o = 0; o < out; ++o) {
+        const float* row = w.data() + o * in + g * gs;
+        float amax = 0.f;
+        for (int64_t j = 0; j < gs; ++j) amax = std::max(amax, std::fabs(row[j]));
+        const float c = amax * ratio;
+        clip[static_cast<size_t>(o)] = c;
+        for (int64_t j = 0; j < gs; ++j) wc[static_cast<size_t>(j)] = std::clamp(row[j], -c, c);
+        const GroupRange range = group_range(wc.data(), gs, 1, spec);
+        for (int64_t j = 0; j < gs; ++j) {
+          d[static_cast<size_t>(o * gs + j)] = row[j] - dequantize_code(quantize_code(wc[static_cast<size_t>(j)], range, max_code), range);
+        }
+      }
+      const std::vector<double> err = row_quadratic_forms(d, out, gs, g_block.data(), pool);
+      for (int64_t o = 0; o < out; ++o) {
+        const auto k = static_cast<size_t>(o * ng + g);
+        if (err[static_cast<size_t>(o)] < best_err[k]) {
+          best_err[k] = err[static_cast<size_t>(o)];
+          best_clip[k] = clip[static_cast<size_t>(o)];
+        }
+      }
+    }
+  }
+  double total = 0.0;
+  for (int64_t o = 0; o < out; ++o) {
+    for (int64_t g = 0; g < ng; ++g) {
+      const float c = best_clip[static_cast<size_t>(o * ng + g)];
+      float* row = w.data() + o * in + g * gs;
+      for (int64_t j = 0; j < gs; ++j) row[j] = std::clamp(row[j], -c, c);
+      total += best_err[static_cast<size_t>(o * ng + g)];
+    }
+  }
+  return total;
+}
+
+}  // namespace nb::quant

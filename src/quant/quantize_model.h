@@ -1,0 +1,66 @@
+// The layer-by-layer quantization pipeline behind `nibble quantize`: embeds the calibration samples,
+// then for each decoder layer runs it in f32 over every sample collecting its linears' input
+// statistics, quantizes the layer with the chosen method, and recomputes the layer's outputs with
+// the QUANTIZED weights so that layer i + 1 is calibrated on what the quantized model will feed it
+// (as GPTQ and AWQ do). RTN needs no calibration and skips it.
+#pragma once
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "core/status.h"
+#include "model/weights.h"
+#include "quant/awq.h"
+#include "quant/gptq.h"
+#include "quant/qlinear.h"
+#include "quant/rtn.h"
+#include "tokenizer/tokenizer.h"
+
+namespace nb::quant {
+
+enum class QuantMethod { kRtn, kSmoothQuant, kAwq, kGptq };
+Result<QuantMethod> parse_quant_method(const std::string& name);
+const char* quant_method_name(QuantMethod m);
+
+struct QuantizeOptions {
+  QuantMethod method = QuantMethod::kRtn;
+  QuantSpec spec;                 // smoothquant forces 8 bits, symmetric, per channel
+  bool act_int8 = false;          // rtn: W8A8 without smoothing ("naive W8A8"); smoothquant: always
+  double alpha = 0.5;             // smoothquant migration strength
+  bool act_order = false;         // gptq
+  std::string calib_path;
+  int64_t calib_samples = 64;
+  int64_t calib_seqlen = 512;
+  int num_threads = 2;
+};
+
+// Per-layer facts for the report (--report FILE).
+struct ChannelMax {
+  int64_t channel = 0;
+  float before = 0.f;  // max |x| of the input channel
+  float after = 0.f;   // max |x / s| after smoothing
+};
+struct LayerReport {
+  int64_t layer = 0;
+  // smoothquant: the input's top channels by max |x| before smoothing, for the attention and FFN
+  // norms' outputs; and the max over channels / median over channels of max |x|, before and after.
+  std::vector<ChannelMax> attn_top, ffn_top;
+  float attn_ratio_before = 0.f, attn_ratio_after = 0.f, ffn_ratio_before = 0.f, ffn_ratio_after = 0.f;
+  // awq: the chosen exponent and error / RTN error per scaling group (qkv, v->o, gate/up, up->down).
+  std::vector<double> awq_alpha, awq_gain;
+  // Output error ||X W^T - X Q^T||^2 summed over the layer's linears, relative to ||X W^T||^2
+  // (gptq only).
+  double relative_error = 0.0;
+};
+
+// (layer index done, total layers)
+using QuantizeProgress = std::function<void(int64_t done, int64_t total)>;
+
+// Quantizes `weights` (consumed; linear weights of any dtype nibble loads). The returned model
+// keeps the embeddings, final norm and head; its layer norms carry folded scales (SmoothQuant, AWQ);
+// its LayerWeights linear tensors are left empty (the quantized linears are in layers).
+Result<QuantizedModel> quantize_model(ModelWeights weights, const Tokenizer& tokenizer, const QuantizeOptions& options,
+                                      const QuantizeProgress& progress, std::vector<LayerReport>* report);
+
+}  // namespace nb::quant

@@ -1,0 +1,396 @@
+// Quantization algorithms (src/quant/): RTN, GPTQ, AWQ search, SmoothQuant scales, against
+// independent references and mathematical properties.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <random>
+#include <vector>
+
+#include "core/thread_pool.h"
+#include "quant/awq.h"
+#include "quant/gptq.h"
+#include "quant/rtn.h"
+#include "quant/smoothquant.h"
+
+namespace nb::quant {
+namespace {
+
+std::vector<float> randn(size_t n, std::mt19937& rng, float sd = 1.f) {
+  std::normal_distribution<float> nd(0.f, sd);
+  std::vector<float> v(n);
+  for (float& x : v) x = nd(rng);
+  return v;
+}
+
+// Correlated activations X [tokens, in]: x = z A with a random mixing matrix, plus a few outlier
+// channels of large magnitude (as LLM activations have).
+std::vector<float> correlated_inputs(int64_t tokens, int64_t in, std::mt19937& rng) {
+  const std::vector<float> z = randn(static_cast<size_t>(tokens * in), rng);
+  const std::vector<float> a = randn(static_cast<size_t>(in * in), rng, 1.f / std::sqrt(static_cast<float>(in)));
+  std::vector<float> x(static_cast<size_t>(tokens * in), 0.f);
+  for (int64_t t = 0; t < tokens; ++t) {
+    for (int64_t k = 0; k < in; ++k) {
+      const float zk = z[static_cast<size_t>(t * in + k)];
+      for (int64_t j = 0; j < in; ++j) x[static_cast<size_t>(t * in + j)] += zk * a[static_cast<size_t>(k * in + j)];
+    }
+    for (int64_t j = 0; j < in; j += 17) x[static_cast<size_t>(t * in + j)] *= 8.f;
+  }
+  return x;
+}
+
+std::vector<double> gram_of(const std::vector<float>& x, int64_t tokens, int64_t in) {
+  std::vector<double> g(static_cast<size_t>(in * in), 0.0);
+  for (int64_t t = 0; t < tokens; ++t) {
+    const float* r = x.data() + t * in;
+    for (int64_t i = 0; i < in; ++i) {
+      for (int64_t j = 0; j < in; ++j) g[static_cast<size_t>(i * in + j)] += static_cast<double>(r[i]) * r[j];
+    }
+  }
+  return g;
+}
+
+// sum_t ||x_t (W - W')^T||^2 computed directly on the tokens.
+double output_error(const std::vector<float>& x, int64_t tokens, const std::vector<float>& w,
+                    const std::vector<float>& wq, int64_t out, int64_t in) {
+  double e = 0.0;
+  for (int64_t t = 0; t < tokens; ++t) {
+    for (int64_t o = 0; o < out; ++o) {
+      double y = 0.0;
+      for (int64_t j = 0; j < in; ++j) {
+        y += static_cast<double>(x[static_cast<size_t>(t * in + j)]) *
+             (w[static_cast<size_t>(o * in + j)] - wq[static_cast<size_t>(o * in + j)]);
+      }
+      e += y * y;
+    }
+  }
+  return e;
+}
+
+std::vector<float> dequant(const QuantizedLinear& q) {
+  std::vector<float> w(static_cast<size_t>(q.out_features * q.in_features));
+  dequantize_linear(q, w.data());
+  return w;
+}
+
+// ---- RTN ----
+
+// Independent RTN per the min-max definition, in double (scale not fp16-rounded: compared with a
+// tolerance of the fp16 rounding of the scale).
+TEST(QuantRtn, MatchesMinMaxDefinitionAndErrorBound) {
+  std::mt19937 rng(3);
+  const int64_t out = 16, in = 128;
+  const std::vector<float> w = randn(static_cast<size_t>(out * in), rng, 0.05f);
+  for (int bits : {3, 4, 8}) {
+    for (int64_t gs : {int64_t{32}, int64_t{64}, int64_t{-1}}) {
+      for (bool sym : {false, true}) {
+        const QuantSpec spec{bits, gs, sym};
+        auto q = rtn_quantize(w.data(), out, in, spec, "w");
+        ASSERT_TRUE(q.ok()) << q.status().message();
+        const std::vector<float> d = dequant(*q);
+        const int64_t g = gs < 0 ? in : gs;
+        for (int64_t o = 0; o < out; ++o) {
+          for (int64_t g0 = 0; g0 < in; g0 += g) {
+            double lo = 0, hi = 0;
+            for (int64_t j = g0; j < g0 + g; ++j) {
+              lo = std::min(lo, static_cast<double>(w[static_cast<size_t>(o * in + j)]));
+              hi = std::max(hi, static_cast<double>(w[static_cast<size_t>(o * in + j)]));
+            }
+            const double scale = sym ? std::max(-lo, hi) / ((1 << (bits - 1)) - 1) : (hi - lo) / ((1 << bits) - 1);
+            EXPECT_NEAR(q->scales[static_cast<size_t>(o * q->num_groups() + g0 / g)], scale, scale * 1e-3);
+            for (int64_t j = g0; j < g0 + g; ++j) {
+              const auto k = static_cast<size_t>(o * in + j);
+              // Every weight lies inside the grid, so the error is at most half a step (plus the
+              // zero point's rounding for asymmetric grids: one more half step at the edges).
+              EXPECT_LE(std::fabs(d[k] - w[k]), scale * (sym ? 0.5005 : 1.0005)) << bits << " " << gs << " " << sym;
+            }
+          }
+        }
+        if (sym) {  // the largest |w| of row 0's first group is on the grid (up to the fp16 scale)
+          const int64_t g = gs < 0 ? in : gs;
+          const auto it = std::max_element(w.begin(), w.begin() + g, [](float a, float b) { return std::fabs(a) < std::fabs(b); });
+          const auto k = static_cast<size_t>(it - w.begin());
+          EXPECT_NEAR(d[k], w[k], std::fabs(w[k]) * 2e-3);
+        }
+      }
+    }
+  }
+}
+
+TEST(QuantRtn, RejectsBadGroupSizeAndNonFinite) {
+  std::vector<float> w(4 * 96, 0.1f);
+  auto r = rtn_quantize(w.data(), 4, 96, QuantSpec{4, 64, false}, "layer 3 q_proj");
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.status().message().find("does not divide"), std::string::npos);
+  EXPECT_NE(r.status().message().find("layer 3 q_proj"), std::string::npos);
+  w[200] = std::nanf("");
+  r = rtn_quantize(w.data(), 4, 96, QuantSpec{4, 32, false}, "layer 3 q_proj");
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.status().message().find("non-finite"), std::string::npos);
+  EXPECT_FALSE(rtn_quantize(w.data(), 4, 96, QuantSpec{9, 32, false}, "x").ok());
+}
+
+// ---- GPTQ ----
+
+TEST(QuantGptq, InverseUpperCholesky) {
+  std::mt19937 rng(5);
+  const int64_t n = 40, t = 200;
+  const std::vector<float> x = correlated_inputs(t, n, rng);
+  std::vector<double> h = gram_of(x, t, n);
+  ThreadPool pool(2);
+  auto u = inverse_upper_cholesky(h, n, pool);
+  ASSERT_TRUE(u.ok());
+  // H (U^T U) = I, and U is upper triangular.
+  for (int64_t i = 0; i < n; ++i) {
+    for (int64_t j = 0; j < i; ++j) EXPECT_EQ((*u)[static_cast<size_t>(i * n + j)], 0.0);
+  }
+  for (int64_t i = 0; i < n; ++i) {
+    for (int64_t j = 0; j < n; ++j) {
+      double s = 0.0;
+      for (int64_t k = 0; k < n; ++k) {
+        double hinv_kj = 0.0;
+        for (int64_t m = 0; m < n; ++m) hinv_kj += (*u)[static_cast<size_t>(m * n + k)] * (*u)[static_cast<size_t>(m * n + j)];
+        s += h[static_cast<size_t>(i * n + k)] * hinv_kj;
+      }
+      EXPECT_NEAR(s, i == j ? 1.0 : 0.0, 1e-8);
+    }
+  }
+  std::vector<double> not_pd(4, 0.0);
+  not_pd[0] = 1.0;
+  not_pd[3] = -1.0;
+  EXPECT_FALSE(inverse_upper_cholesky(not_pd, 2, pool).ok());
+}
+
+// The paper's GPTQ in its original (OBS) form, written independently of the implementation: after
+// quantizing column i (in order), W[:, j>i] -= err_i * Hinv[i, j] / Hinv[i, i], then column i is
+// eliminated from Hinv (Hinv -= Hinv[:, i] Hinv[i, :] / Hinv[i, i]). Groups are chosen from the
+// updated weights when the sweep reaches their first column. Unblocked, double precision.
+std::vector<float> reference_gptq(std::vector<double> w, int64_t out, int64_t in, std::vector<double> h,
+                                  const QuantSpec& spec) {
+  double mean = 0.0;
+  for (int64_t i = 0; i < in; ++i) mean += h[static_cast<size_t>(i * in + i)];
+  for (int64_t i = 0; i < in; ++i) h[static_cast<size_t>(i * in + i)] += 0.01 * mean / static_cast<double>(in);
+  // Hinv by Gauss-Jordan.
+  std::vector<double> a = h, inv(static_cast<size_t>(in * in), 0.0);
+  for (int64_t i = 0; i < in; ++i) inv[static_cast<size_t>(i * in + i)] = 1.0;
+  for (int64_t c = 0; c < in; ++c) {
+    const double p = a[static_cast<size_t>(c * in + c)];
+    for (int64_t j = 0; j < in; ++j) {
+      a[static_cast<size_t>(c * in + j)] /= p;
+      inv[static_cast<size_t>(c * in + j)] /= p;
+    }
+    for (int64_t r = 0; r < in; ++r) {
+      if (r == c) continue;
+      const double f = a[static_cast<size_t>(r * in + c)];
+      for (int64_t j = 0; j < in; ++j) {
+        a[static_cast<size_t>(r * in + j)] -= f * a[static_cast<size_t>(c * in + j)];
+        inv[static_cast<size_t>(r * in + j)] -= f * inv[static_cast<size_t>(c * in + j)];
+      }
+    }
+  }
+  const int64_t gs = spec.group_size < 0 ? in : spec.group_size;
+  std::vector<float> result(static_cast<size_t>(out * in));
+  std::vector<GroupRange> range(static_cast<size_t>(out));
+  for (int64_t i = 0; i < in; ++i) {
+    const double d = inv[static_cast<size_t>(i * in + i)];
+    for (int64_t o = 0; o < out; ++o) {
+      double* row = w.data() + o * in;
+      if (i % gs == 0) {
+        std::vector<float> grp(row + i, row + i + gs);
+        range[static_cast<size_t>(o)] = group_range(grp.data(), gs, 1, spec);
+      }
+      const GroupRange r = range[static_cast<size_t>(o)];
+      const float qv = dequantize_code(quantize_code(static_cast<float>(row[i]), r, spec.max_code()), r);
+      result[static_cast<size_t>(o * in + i)] = qv;
+      const double err = (row[i] - qv) / d;
+      for (int64_t j = i + 1; j < in; ++j) row[j] -= err * inv[static_cast<size_t>(i * in + j)];
+    }
+    std::vector<double> ci(static_cast<size_t>(in));
+    for (int64_t r = 0; r < in; ++r) ci[static_cast<size_t>(r)] = inv[static_cast<size_t>(r * in + i)];
+    for (int64_t r = 0; r < in; ++r) {
+      for (int64_t j = 0; j < in; ++j) inv[static_cast<size_t>(r * in + j)] -= ci[static_cast<size_t>(r)] * ci[static_cast<size_t>(j)] / d;
+    }
+  }
+  return result;
+}
+
+TEST(QuantGptq, MatchesUnblockedObsReference) {
+  std::mt19937 rng(7);
+  const int64_t out = 12, in = 96, tokens = 400;
+  const std::vector<float> x = correlated_inputs(tokens, in, rng);
+  const std::vector<double> h = gram_of(x, tokens, in);
+  const std::vector<float> w = randn(static_cast<size_t>(out * in), rng, 0.05f);
+  ThreadPool pool(2);
+  for (const QuantSpec spec : {QuantSpec{4, 32, false}, QuantSpec{3, -1, false}, QuantSpec{4, 32, true}}) {
+    GptqOptions opt;
+    opt.block_size = 40;  // blocks that do not align with the groups
+    auto q = gptq_quantize(w.data(), out, in, h, spec, opt, pool, "w");
+    ASSERT_TRUE(q.ok()) << q.status().message();
+    const std::vector<float> got = dequant(*q);
+    const std::vector<float> ref = reference_gptq(std::vector<double>(w.begin(), w.end()), out, in, h, spec);
+    // Float vs double arithmetic may flip a rounding tie now and then; the outputs must agree on
+    // almost every weight and give the same layer error.
+    int64_t mismatched = 0;
+    for (size_t k = 0; k < got.size(); ++k) mismatched += std::fabs(got[k] - ref[k]) > 1e-6f * (1.f + std::fabs(ref[k]));
+    EXPECT_LE(mismatched, static_cast<int64_t>(got.size()) / 100) << spec.bits << " " << spec.group_size;
+    const double e_got = output_error(x, tokens, w, got, out, in);
+    const double e_ref = output_error(x, tokens, w, ref, out, in);
+    EXPECT_NEAR(e_got, e_ref, 0.02 * e_ref);
+  }
+}
+
+TEST(QuantGptq, BeatsRtnOnCorrelatedInputsAndEqualsItForDiagonalHessian) {
+  std::mt19937 rng(11);
+  const int64_t out = 32, in = 128, tokens = 600;
+  const std::vector<float> x = correlated_inputs(tokens, in, rng);
+  const std::vector<float> w = randn(static_cast<size_t>(out * in), rng, 0.05f);
+  ThreadPool pool(2);
+  for (const QuantSpec spec : {QuantSpec{4, 64, false}, QuantSpec{3, 64, false}, QuantSpec{4, -1, true}}) {
+    for (bool act_order : {false, true}) {
+      GptqOptions opt;
+      opt.act_order = act_order;
+      auto g = gptq_quantize(w.data(), out, in, gram_of(x, tokens, in), spec, opt, pool, "w");
+      auto r = rtn_quantize(w.data(), out, in, spec, "w");
+      ASSERT_TRUE(g.ok() && r.ok());
+      EXPECT_EQ(g->g_idx.size(), act_order ? static_cast<size_t>(in) : 0u);
+      const double eg = output_error(x, tokens, w, dequant(*g), out, in);
+      const double er = output_error(x, tokens, w, dequant(*r), out, in);
+      EXPECT_LT(eg, 0.8 * er) << spec.bits << " act_order " << act_order;
+    }
+  }
+  // With a diagonal Hessian no error is propagated: GPTQ is RTN (same codes).
+  std::vector<double> diag(static_cast<size_t>(in * in), 0.0);
+  for (int64_t i = 0; i < in; ++i) diag[static_cast<size_t>(i * in + i)] = 1.0 + i % 5;
+  const QuantSpec spec{4, 32, false};
+  auto g = gptq_quantize(w.data(), out, in, diag, spec, GptqOptions{}, pool, "w");
+  auto r = rtn_quantize(w.data(), out, in, spec, "w");
+  ASSERT_TRUE(g.ok() && r.ok());
+  EXPECT_EQ(g->q, r->q);
+  EXPECT_EQ(g->scales, r->scales);
+}
+
+TEST(QuantGptq, DeadChannelsAndActOrderGroups) {
+  std::mt19937 rng(13);
+  const int64_t out = 8, in = 64, tokens = 300;
+  std::vector<float> x = correlated_inputs(tokens, in, rng);
+  for (int64_t t = 0; t < tokens; ++t) x[static_cast<size_t>(t * in + 5)] = 0.f;  // channel 5 never fires
+  const std::vector<float> w = randn(static_cast<size_t>(out * in), rng, 0.05f);
+  ThreadPool pool(2);
+  GptqOptions opt;
+  opt.act_order = true;
+  auto g = gptq_quantize(w.data(), out, in, gram_of(x, tokens, in), QuantSpec{4, 16, false}, opt, pool, "w");
+  ASSERT_TRUE(g.ok()) << g.status().message();
+  const std::vector<float> d = dequant(*g);
+  for (int64_t o = 0; o < out; ++o) EXPECT_NEAR(d[static_cast<size_t>(o * in + 5)], 0.f, 1e-6f);  // zeroed
+  // Each group holds group_size channels.
+  std::vector<int> count(4, 0);
+  for (int32_t gi : g->g_idx) ++count[static_cast<size_t>(gi)];
+  for (int c : count) EXPECT_EQ(c, 16);
+}
+
+// ---- AWQ ----
+
+TEST(QuantAwq, GramErrorMatchesTokenErrorAndSearchNeverWorseThanRtn) {
+  std::mt19937 rng(17);
+  const int64_t out = 24, in = 64, tokens = 500;
+  const std::vector<float> x = correlated_inputs(tokens, in, rng);
+  const std::vector<double> gd = gram_of(x, tokens, in);
+  const std::vector<float> gram(gd.begin(), gd.end());
+  const std::vector<float> w = randn(static_cast<size_t>(out * in), rng, 0.05f);
+  ThreadPool pool(2);
+  const QuantSpec spec{3, 32, false};
+  // The Gram-matrix error equals the error measured on the tokens.
+  std::vector<float> wq = w;
+  fake_quantize_rows(wq.data(), out, in, spec);
+  const double direct = output_error(x, tokens, w, wq, out, in);
+  EXPECT_NEAR(awq_output_error(w, out, in, {}, gram, spec, pool), direct, 1e-3 * direct);
+
+  AwqScaleProblem p;
+  p.weights = {&w};
+  p.out_features = {out};
+  p.in = in;
+  p.gram = &gram;
+  p.x_mean.assign(static_cast<size_t>(in), 0.f);
+  for (int64_t t = 0; t < tokens; ++t) {
+    for (int64_t j = 0; j < in; ++j) p.x_mean[static_cast<size_t>(j)] += std::fabs(x[static_cast<size_t>(t * in + j)]) / tokens;
+  }
+  const AwqScaleResult r = awq_search_scales(p, spec, AwqOptions{}, pool);
+  EXPECT_LE(r.error, r.rtn_error);
+  EXPECT_NEAR(r.rtn_error, direct, 1e-3 * direct);  // a = 0 is plain RTN
+  EXPECT_GT(r.alpha, 0.0);                          // outlier channels: scaling helps here
+  // The reported error is that of the returned scales, checked on the tokens: x/s . Q(W s).
+  std::vector<float> ws = w;
+  scale_input_channels(ws, out, in, r.scales);
+  fake_quantize_rows(ws.data(), out, in, spec);
+  std::vector<float> back(ws.size());
+  for (int64_t o = 0; o < out; ++o) {
+    for (int64_t j = 0; j < in; ++j) back[static_cast<size_t>(o * in + j)] = ws[static_cast<size_t>(o * in + j)] / r.scales[static_cast<size_t>(j)];
+  }
+  EXPECT_NEAR(output_error(x, tokens, w, back, out, in), r.error, 1e-3 * r.error);
+
+  // Clipping never increases the error of RTN on the (unscaled) weights.
+  std::vector<float> wc = w;
+  const double clipped = awq_search_clip(wc, out, in, gram, spec, AwqOptions{}, pool);
+  std::vector<float> wcq = wc;
+  fake_quantize_rows(wcq.data(), out, in, spec);
+  const double e_clip = output_error(x, tokens, w, wcq, out, in);
+  EXPECT_LE(e_clip, direct * 1.0001);
+  // The per-group errors the search optimises ignore cross-group terms; the total is close to it.
+  EXPECT_GT(clipped, 0.0);
+}
+
+// ---- SmoothQuant ----
+
+TEST(QuantSmoothQuant, ProductUnchangedAndActivationMaxFlattened) {
+  std::mt19937 rng(19);
+  const int64_t in = 64, tokens = 200, out1 = 32, out2 = 48;
+  std::vector<float> x = randn(static_cast<size_t>(tokens * in), rng);
+  for (int64_t t = 0; t < tokens; ++t) {
+    x[static_cast<size_t>(t * in + 3)] *= 60.f;  // outlier channels
+    x[static_cast<size_t>(t * in + 40)] *= 25.f;
+  }
+  const std::vector<float> w1 = randn(static_cast<size_t>(out1 * in), rng, 0.05f);
+  const std::vector<float> w2 = randn(static_cast<size_t>(out2 * in), rng, 0.05f);
+  std::vector<float> amax(static_cast<size_t>(in), 0.f);
+  for (int64_t t = 0; t < tokens; ++t) {
+    for (int64_t j = 0; j < in; ++j) amax[static_cast<size_t>(j)] = std::max(amax[static_cast<size_t>(j)], std::fabs(x[static_cast<size_t>(t * in + j)]));
+  }
+  for (double alpha : {0.5, 0.8}) {
+    const std::vector<float> s = smoothquant_scales(amax, {&w1, &w2}, {out1, out2}, in, alpha);
+    // s_j = max|X_j|^a / max|W_j|^(1-a), W_j over both linears.
+    for (int64_t j = 0; j < in; ++j) {
+      float wm = 0.f;
+      for (int64_t o = 0; o < out1; ++o) wm = std::max(wm, std::fabs(w1[static_cast<size_t>(o * in + j)]));
+      for (int64_t o = 0; o < out2; ++o) wm = std::max(wm, std::fabs(w2[static_cast<size_t>(o * in + j)]));
+      EXPECT_NEAR(s[static_cast<size_t>(j)], std::pow(amax[static_cast<size_t>(j)], alpha) / std::pow(wm, 1 - alpha),
+                  1e-4 * s[static_cast<size_t>(j)]);
+    }
+    // (X / s)(W s)^T = X W^T.
+    std::vector<float> ws = w1;
+    scale_input_channels(ws, out1, in, s);
+    for (int64_t t = 0; t < tokens; t += 7) {
+      for (int64_t o = 0; o < out1; ++o) {
+        double y = 0.0, ys = 0.0;
+        for (int64_t j = 0; j < in; ++j) {
+          const auto k = static_cast<size_t>(o * in + j);
+          const float xv = x[static_cast<size_t>(t * in + j)];
+          y += static_cast<double>(xv) * w1[k];
+          ys += static_cast<double>(xv / s[static_cast<size_t>(j)]) * ws[k];
+        }
+        EXPECT_NEAR(ys, y, 1e-4 * (1.0 + std::fabs(y)));
+      }
+    }
+    // Channel maxima of X / s are flatter: max/median shrinks.
+    std::vector<float> after(static_cast<size_t>(in));
+    for (int64_t j = 0; j < in; ++j) after[static_cast<size_t>(j)] = amax[static_cast<size_t>(j)] / s[static_cast<size_t>(j)];
+    auto ratio = [](std::vector<float> v) {
+      const float mx = *std::max_element(v.begin(), v.end());
+      std::nth_element(v.begin(), v.begin() + static_cast<std::ptrdiff_t>(v.size() / 2), v.end());
+      return mx / v[v.size() / 2];
+    };
+    EXPECT_LT(ratio(after), ratio(amax) / 3.f) << alpha;
+  }
+}
+
+}  // namespace
+}  // namespace nb::quant
