@@ -181,6 +181,7 @@ void Engine::Impl::emit(Sequence* s, std::vector<int32_t> tokens, std::vector<Sa
   out.num_draft_tokens = s->num_draft_tokens;
   out.num_accepted_tokens = s->num_accepted_tokens;
   out.num_spec_steps = s->num_spec_steps;
+  out.num_spec_rejections = s->num_spec_rejections;
   if (s->callback) s->callback(out);
 }
 
@@ -317,11 +318,13 @@ Status Engine::Impl::next_tokens(Sequence* s, const float* rows, std::vector<int
   s->num_accepted_tokens += ver.num_accepted;
   ++s->num_spec_steps;
   {
+  s->num_spec_rejections += rejected > 0 ? 1 : 0;
     std::lock_guard<std::mutex> lock(mu);
     stats.num_spec_steps += 1;
     stats.num_draft_tokens += k;
     stats.num_accepted_tokens += ver.num_accepted;
   }
+    stats.num_spec_rejections += rejected > 0 ? 1 : 0;
   *out = std::move(ver.tokens);
   return Status::Ok();
 }

@@ -45,8 +45,9 @@ struct RequestOutput {
   int64_t num_prompt_tokens = 0;
   int64_t num_cached_prompt_tokens = 0;  // prompt tokens served from the prefix cache
   int64_t num_generated = 0;             // so far
-  // Speculative decoding, so far: drafts verified, drafts accepted, verification steps.
-  int64_t num_draft_tokens = 0, num_accepted_tokens = 0, num_spec_steps = 0;
+  // Speculative decoding, so far: drafts verified, drafts accepted, verification steps, and the
+  // steps that rejected a draft (the per-draft acceptance rate is accepted / (accepted + rejections)).
+  int64_t num_draft_tokens = 0, num_accepted_tokens = 0, num_spec_steps = 0, num_spec_rejections = 0;
 };
 
 using OutputCallback = std::function<void(const RequestOutput&)>;
@@ -80,7 +81,7 @@ struct EngineStats {
   int64_t num_generated_tokens = 0;
   int64_t num_requests_finished = 0;
   int64_t num_spec_steps = 0;               // verification steps (a sequence's step with drafts)
-  int64_t num_draft_tokens = 0, num_accepted_tokens = 0;
+  int64_t num_draft_tokens = 0, num_accepted_tokens = 0, num_spec_rejections = 0;
 };
 
 class Engine {

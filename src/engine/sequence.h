@@ -30,6 +30,7 @@ struct Sequence {
   int64_t num_draft_tokens = 0;     // drafts proposed so far (verified, accepted or not)
   int64_t num_accepted_tokens = 0;  // of those, accepted
   int64_t num_spec_steps = 0;       // verification steps
+  int64_t num_spec_rejections = 0;  // of those, steps that rejected a draft
 
   Sequence(RequestId rid, uint64_t order, GenerationRequest req, OutputCallback cb, Sampler s)
       : id(rid), arrival(order), request(std::move(req)), callback(std::move(cb)), sampler(std::move(s)) {
