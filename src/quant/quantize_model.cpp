@@ -212,7 +212,7 @@ double relative_layer_error(const DenseLayer& d, const std::array<QuantizedLinea
 
 }  // namespace
 
-Result<QuantizedModel> quantize_model(ModelWeights weights, const Tokenizer& tokenizer, const QuantizeOptions& options,
+Result<QuantizedModel> quantize_model(ModelWeights weights, const Tokenizer* tokenizer, const QuantizeOptions& options,
                                       const QuantizeProgress& progress, std::vector<LayerReport>* report) {
   const ModelConfig c = weights.config;
   NB_RETURN_IF_ERROR(c.validate());
@@ -235,7 +235,8 @@ Result<QuantizedModel> quantize_model(ModelWeights weights, const Tokenizer& tok
   // Hidden states of every calibration sample: [samples][seq_len, dim].
   std::vector<std::vector<float>> hidden;
   if (calibrate) {
-    NB_ASSIGN_OR_RETURN(auto samples, make_calibration_samples(tokenizer, opt.calib_path, opt.calib_samples, opt.calib_seqlen));
+    if (tokenizer == nullptr) return invalid_argument("calibration needs the model's tokenizer");
+    NB_ASSIGN_OR_RETURN(auto samples, make_calibration_samples(*tokenizer, opt.calib_path, opt.calib_samples, opt.calib_seqlen));
     for (const auto& ids : samples) {
       for (int32_t id : ids) {
         if (id < 0 || id >= c.vocab_size) return invalid_argument("calibration token id outside the model's vocabulary; wrong tokenizer?");

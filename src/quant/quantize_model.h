@@ -57,10 +57,10 @@ struct LayerReport {
 // (layer index done, total layers)
 using QuantizeProgress = std::function<void(int64_t done, int64_t total)>;
 
-// Quantizes `weights` (consumed; linear weights of any dtype nibble loads). The returned model
+// Quantizes `weights` (consumed; `tokenizer` may be null for RTN, which needs no calibration; linear weights of any dtype nibble loads). The returned model
 // keeps the embeddings, final norm and head; its layer norms carry folded scales (SmoothQuant, AWQ);
 // its LayerWeights linear tensors are left empty (the quantized linears are in layers).
-Result<QuantizedModel> quantize_model(ModelWeights weights, const Tokenizer& tokenizer, const QuantizeOptions& options,
+Result<QuantizedModel> quantize_model(ModelWeights weights, const Tokenizer* tokenizer, const QuantizeOptions& options,
                                       const QuantizeProgress& progress, std::vector<LayerReport>* report);
 
 }  // namespace nb::quant

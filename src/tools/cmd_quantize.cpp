@@ -1,0 +1,139 @@
+// nibble quantize: post-training quantization of a model's linear layers (RTN, SmoothQuant W8A8,
+// AWQ, GPTQ; src/quant/quantize_model.h), written as an HF directory other tools read (GPTQ,
+// AutoAWQ GEMM or compressed-tensors; quant/checkpoint_writer.h). Progress (layer i/N, elapsed,
+// ETA) goes to stderr; --report FILE writes per-layer facts (SmoothQuant's activation outliers
+// before/after smoothing, AWQ's chosen exponents, GPTQ's layer errors) as JSON.
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "model/weights.h"
+#include "quant/checkpoint_writer.h"
+#include "quant/quantize_model.h"
+#include "tokenizer/tokenizer.h"
+#include "tools/cli_args.h"
+#include "tools/commands.h"
+
+namespace nb::tools {
+namespace {
+
+constexpr const char* kDefaultCalib = "../shared/data/text/wikitext-2-raw.valid.txt";
+
+nlohmann::json report_json(const std::vector<quant::LayerReport>& report) {
+  nlohmann::json layers = nlohmann::json::array();
+  auto tops = [](const std::vector<quant::ChannelMax>& v) {
+    nlohmann::json a = nlohmann::json::array();
+    for (const auto& c : v) a.push_back({{"channel", c.channel}, {"absmax_before", c.before}, {"absmax_after", c.after}});
+    return a;
+  };
+  for (const auto& r : report) {
+    nlohmann::json j = {{"layer", r.layer}};
+    if (!r.attn_top.empty()) {
+      j["attn_in_top"] = tops(r.attn_top);
+      j["ffn_in_top"] = tops(r.ffn_top);
+      j["attn_in_max_over_median"] = {r.attn_ratio_before, r.attn_ratio_after};
+      j["ffn_in_max_over_median"] = {r.ffn_ratio_before, r.ffn_ratio_after};
+    }
+    if (!r.awq_alpha.empty()) {
+      j["awq_alpha"] = r.awq_alpha;            // qkv, v->o, gate/up, up->down
+      j["awq_error_over_rtn"] = r.awq_gain;
+    }
+    if (r.relative_error > 0) j["relative_output_error"] = r.relative_error;
+    layers.push_back(std::move(j));
+  }
+  return layers;
+}
+
+Status run(const CliArgs& args) {
+  quant::QuantizeOptions o;
+  NB_ASSIGN_OR_RETURN(o.method, quant::parse_quant_method(args.get("--method")));
+  NB_ASSIGN_OR_RETURN(const int64_t bits, args.get_int("--wbits", 2, 8));
+  NB_ASSIGN_OR_RETURN(o.spec.group_size, args.get_int("--group-size", -1, 1 << 20));
+  o.spec.bits = static_cast<int>(bits);
+  o.spec.symmetric = args.has("--sym");
+  o.act_int8 = args.has("--act-int8");
+  NB_ASSIGN_OR_RETURN(o.alpha, args.get_float("--alpha", 0.0, 1.0));
+  o.act_order = args.has("--act-order");
+  o.calib_path = args.has("--calib") ? args.get("--calib") : std::string(kDefaultCalib);
+  NB_ASSIGN_OR_RETURN(o.calib_samples, args.get_int("--calib-samples", 1, 1 << 20));
+  NB_ASSIGN_OR_RETURN(o.calib_seqlen, args.get_int("--calib-seqlen", 8, 1 << 20));
+  NB_ASSIGN_OR_RETURN(const int64_t threads, args.get_int("-t", 1, 1024));
+  o.num_threads = static_cast<int>(threads);
+  if (o.act_int8 && o.method != quant::QuantMethod::kRtn && o.method != quant::QuantMethod::kSmoothQuant) {
+    return invalid_argument("--act-int8 (naive W8A8) goes with --method rtn; smoothquant is always W8A8");
+  }
+  if (o.act_order && o.method != quant::QuantMethod::kGptq) return invalid_argument("--act-order is a GPTQ option");
+
+  NB_ASSIGN_OR_RETURN(LoadedModel loaded, load_model(args.get("-m")));
+  if (loaded.tokenizer.kind == TokenizerSource::Kind::kNone && o.method != quant::QuantMethod::kRtn) {
+    return not_found("no tokenizer found beside '" + args.get("-m") + "'; calibration needs one");
+  }
+  std::unique_ptr<Tokenizer> tokenizer;
+  if (loaded.tokenizer.kind != TokenizerSource::Kind::kNone) {
+    NB_ASSIGN_OR_RETURN(tokenizer, load_tokenizer(loaded.tokenizer));
+  }
+  // quantize_model consumes the weights; the writer needs the rest of `loaded` (tokenizer, template).
+  ModelWeights weights = loaded.weights;
+  const auto start = std::chrono::steady_clock::now();
+  auto progress = [&](int64_t done, int64_t total) {
+    const double e = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    const double eta = e / static_cast<double>(done) * static_cast<double>(total - done);
+    const int width = 30;
+    const auto filled = static_cast<int>(width * done / total);
+    std::fprintf(stderr, "\r[%.*s%*s] layer %lld/%lld  elapsed %.0fs  ETA %.0fs   ", filled,
+                 "##############################", width - filled, "", static_cast<long long>(done),
+                 static_cast<long long>(total), e, eta);
+    std::fflush(stderr);
+  };
+  std::vector<quant::LayerReport> report;
+  NB_ASSIGN_OR_RETURN(quant::QuantizedModel qm,
+                      quant::quantize_model(std::move(weights), tokenizer.get(), o, progress,
+                                            &report));
+  std::fputc('\n', stderr);
+  NB_RETURN_IF_ERROR(quant::save_quantized_model(qm, loaded, args.get("-o")));
+  if (args.has("--report")) {
+    std::ofstream f(args.get("--report"));
+    f << report_json(report).dump(1) << "\n";
+    if (!f) return failed_precondition("cannot write the report '" + args.get("--report") + "'");
+  }
+  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  std::fprintf(stderr, "wrote %s (%s, %d-bit, group %lld%s) in %.1fs\n", args.get("-o").c_str(), qm.method.c_str(),
+               o.method == quant::QuantMethod::kSmoothQuant ? 8 : o.spec.bits,
+               static_cast<long long>(o.method == quant::QuantMethod::kSmoothQuant ? -1 : o.spec.group_size),
+               qm.act_int8 ? ", W8A8" : "", secs);
+  return Status::Ok();
+}
+
+int run_quantize(int argc, char** argv) {
+  CliArgs args("quantize", "-m IN -o OUT --method rtn|smoothquant|awq|gptq [options]");
+  args.option("-m,--model", "input model: .gguf, llama2.c .bin or HF directory (weights are dequantized to f32 first)");
+  args.option("-o,--output", "output directory (HF safetensors + config + tokenizer)");
+  args.option("--method", "rtn | smoothquant | awq | gptq", "rtn");
+  args.option("--wbits", "weight bits (3, 4 or 8; smoothquant: always 8)", "4");
+  args.option("--group-size", "input channels per scale group (32, 64, 128) or -1 for per output channel", "128");
+  args.flag("--sym", "symmetric grid (zero point 2^(bits-1)); default asymmetric min-max");
+  args.flag("--act-int8", "rtn only: W8A8 with dynamic per-token INT8 activations (naive W8A8; needs --wbits 8 --sym --group-size -1)");
+  args.option("--alpha", "SmoothQuant migration strength", "0.5");
+  args.flag("--act-order", "GPTQ: quantize columns by decreasing Hessian diagonal (writes g_idx)");
+  args.option("--calib", std::string("calibration text file (default ") + kDefaultCalib + ")");
+  args.option("--calib-samples", "calibration windows", "64");
+  args.option("--calib-seqlen", "tokens per calibration window", "512");
+  args.option("--report", "write per-layer facts (outliers, AWQ exponents, GPTQ errors) as JSON to FILE");
+  args.option("-t,--threads", "worker threads", "2");
+  if (Status s = args.parse(argc, argv); !s.ok()) return fail("quantize", s);
+  if (args.help_requested()) {
+    std::fputs(args.usage().c_str(), stdout);
+    return 0;
+  }
+  if (!args.has("-m") || !args.has("-o")) {
+    return fail("quantize", invalid_argument("-m and -o are required; see 'nibble quantize --help'"));
+  }
+  if (Status s = run(args); !s.ok()) return fail("quantize", s);
+  return 0;
+}
+
+}  // namespace
+NB_REGISTER_COMMAND("quantize", run_quantize,
+                    "-m IN -o OUT --method rtn|smoothquant|awq|gptq --wbits N --group-size G: post-training quantization");
+}  // namespace nb::tools
