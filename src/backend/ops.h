@@ -8,6 +8,7 @@
 #include <cstdint>
 
 #include "core/status.h"
+#include "backend/kv_format.h"
 #include "core/tensor.h"
 #include "model/config.h"
 
@@ -85,6 +86,10 @@ struct KvWriteParams {
   int64_t num_kv_heads;
   int64_t head_dim;
   DType act_dtype = DType::kF32;  // of k, v and both caches
+  // CPU only: other than f32, the caches are pools in that format (backend/kv_format.h; k_cache and
+  // v_cache point to a pool's first byte), quantized on write, with cache_block_size tokens a block.
+  KvCacheDType cache_dtype = KvCacheDType::kF32;
+  int64_t cache_block_size = 0;  // needed unless cache_dtype is f32
 };
 
 // Causal attention of one sequence's new tokens over its cached K/V, read through a block table.
@@ -103,6 +108,9 @@ struct AttentionParams {
   int64_t num_kv_heads;
   int64_t head_dim;
   float scale;                 // usually 1 / sqrt(head_dim)
+  // Other than f32 the caches are pools in that format (backend/kv_format.h; the pointers are the
+  // pools' first bytes), dequantized inside attention (CPU only).
+  KvCacheDType cache_dtype = KvCacheDType::kF32;
 };
 
 // Attention for a batch of sequences at once (the GPU path: one launch for the whole batch).
@@ -130,6 +138,7 @@ struct BatchAttentionParams {
   int64_t head_dim;
   float scale;                  // usually 1 / sqrt(head_dim)
   DType act_dtype = DType::kF32;  // of q, out, k_cache and v_cache
+  KvCacheDType cache_dtype = KvCacheDType::kF32;  // as AttentionParams::cache_dtype (CPU only)
 };
 
 // out[t, :] = dequantized row ids[t] of the embedding table.

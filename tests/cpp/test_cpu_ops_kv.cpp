@@ -1,6 +1,8 @@
 // The batched CPU attention (cpu::batch_attention: the whole batch in one parallel region) against
-// cpu::ref::batch_attention on random batches, and its batch invariance: a sequence's rows are
-// bit-identical whether it is attended alone or inside any batch.
+// cpu::ref::batch_attention on random batches, in every KV cache format, and its batch invariance: a
+// sequence's rows are bit-identical whether it is attended alone or inside any batch. The KV cache
+// formats (backend/kv_format.h): the reference quantizer against the format's definition and error
+// bounds, the fast writer and dequantizer against the reference, and the capacity of each format.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -11,6 +13,8 @@
 #include <vector>
 
 #include "backend/cpu/cpu_ops.h"
+#include "backend/cpu/kv_quant.h"
+#include "core/dtype.h"
 #include "test_cpu_ops_util.h"
 
 namespace nb {
@@ -24,13 +28,42 @@ struct PagedBatch {
   std::vector<int64_t> tokens, start;
   std::vector<int32_t> query_start, start_pos, tables;
   std::vector<float> q, k, v;  // k, v: [pool_blocks, bs, kv_heads, hd]
+  // The same K/V in a cache format other than f32 (quantize()); spare blocks hold 0x7E bytes, whose
+  // f16 scales (and f16 values) are NaN, so reading them poisons the output as the NaN floats do.
+  KvCacheDType dtype = KvCacheDType::kF32;
+  std::vector<uint8_t> kq, vq;
+
+  void quantize(KvCacheDType t) {
+    dtype = t;
+    const KvBlockFormat f{t, bs, kv_heads, hd};
+    const int64_t pool_blocks = static_cast<int64_t>(k.size()) / (bs * kv_heads * hd);
+    kq.assign(static_cast<size_t>(pool_blocks * f.block_bytes()), 0x7E);
+    vq = kq;
+    std::vector<int64_t> slots;
+    for (size_t s = 0; s < tokens.size(); ++s)
+      for (int64_t pos = 0; pos < start[s] + tokens[s]; ++pos)
+        slots.push_back(tables[s * static_cast<size_t>(stride) + static_cast<size_t>(pos / bs)] * bs + pos % bs);
+    // Gather the rows in slot order and write them through the reference writer.
+    const int64_t row = kv_heads * hd;
+    std::vector<float> kr, vr;
+    for (int64_t sl : slots) {
+      kr.insert(kr.end(), k.begin() + sl * row, k.begin() + (sl + 1) * row);
+      vr.insert(vr.end(), v.begin() + sl * row, v.begin() + (sl + 1) * row);
+    }
+    KvWriteParams w{kr.data(), vr.data(), reinterpret_cast<float*>(kq.data()), reinterpret_cast<float*>(vq.data()),
+                    slots.data(), static_cast<int64_t>(slots.size()), kv_heads, hd};
+    w.cache_dtype = t;
+    w.cache_block_size = bs;
+    cpu::ref::kv_write(w);
+  }
 
   BatchAttentionParams params(float* out) const {
     BatchAttentionParams p{};
     p.q = q.data();
     p.out = out;
-    p.k_cache = k.data();
-    p.v_cache = v.data();
+    p.k_cache = dtype == KvCacheDType::kF32 ? k.data() : reinterpret_cast<const float*>(kq.data());
+    p.v_cache = dtype == KvCacheDType::kF32 ? v.data() : reinterpret_cast<const float*>(vq.data());
+    p.cache_dtype = dtype;
     p.block_tables = tables.data();
     p.query_start = query_start.data();
     p.start_pos = start_pos.data();
@@ -109,52 +142,220 @@ const BatchCase kCases[] = {
 
 // Fast vs reference, 1..3 threads. Tolerance as in the single-sequence attention test: f32 rounding
 // of dots, the 2-ulp exp and the chunk merge stay far below 2e-5 on these N(0,1)-valued outputs.
+// The same for every cache format: both read the same dequantized values (the fast path through its
+// tile), so the tolerance is unchanged.
+const KvCacheDType kAllKv[] = {KvCacheDType::kF32, KvCacheDType::kF16, KvCacheDType::kInt8, KvCacheDType::kInt4};
+
 TEST(CpuKv, BatchAttentionMatchesReference) {
   uint32_t seed = 100;
   for (int threads : {1, 2, 3}) {
     ThreadPool pool(threads);
     for (const BatchCase& c : kCases) {
-      const PagedBatch b = make_batch(c.heads, c.kv_heads, c.hd, c.bs, c.tokens, c.start, seed++);
-      std::vector<float> want(b.q.size(), NAN), got(b.q.size(), NAN);
-      cpu::ref::batch_attention(b.params(want.data()));
-      cpu::batch_attention(b.params(got.data()), pool);
-      for (size_t i = 0; i < want.size(); ++i) {
-        ASSERT_TRUE(std::isfinite(want[i]));
-        ASSERT_NEAR(got[i], want[i], 2e-5) << "threads=" << threads << " hd=" << c.hd << " i=" << i;
+      PagedBatch b = make_batch(c.heads, c.kv_heads, c.hd, c.bs, c.tokens, c.start, seed++);
+      for (KvCacheDType t : kAllKv) {
+        if (threads == 3 && t != KvCacheDType::kF32) continue;
+        b.quantize(t);
+        std::vector<float> want(b.q.size(), NAN), got(b.q.size(), NAN);
+        cpu::ref::batch_attention(b.params(want.data()));
+        cpu::batch_attention(b.params(got.data()), pool);
+        for (size_t i = 0; i < want.size(); ++i) {
+          ASSERT_TRUE(std::isfinite(want[i]));
+          ASSERT_NEAR(got[i], want[i], 2e-5)
+              << kv_cache_dtype_name(t) << " threads=" << threads << " hd=" << c.hd << " i=" << i;
+        }
       }
     }
   }
 }
 
 // Continuous batching relies on this: a sequence's output rows are the same bits alone (the
-// single-sequence op) as inside a batch of other sequences.
+// single-sequence op) as inside a batch of other sequences, in any cache format.
 TEST(CpuKv, BatchAttentionRowsAreIndependentOfTheBatch) {
   ThreadPool pool(2);
   uint32_t seed = 200;
   for (const BatchCase& c : kCases) {
-    const PagedBatch b = make_batch(c.heads, c.kv_heads, c.hd, c.bs, c.tokens, c.start, seed++);
-    std::vector<float> batched(b.q.size(), NAN);
-    cpu::batch_attention(b.params(batched.data()), pool);
-    const int64_t row = c.heads * c.hd;
-    for (size_t s = 0; s < c.tokens.size(); ++s) {
-      if (c.tokens[s] == 0) continue;
-      std::vector<float> alone(static_cast<size_t>(c.tokens[s] * row), NAN);
-      AttentionParams a{};
-      a.q = b.q.data() + b.query_start[s] * row;
-      a.out = alone.data();
-      a.k_cache = b.k.data();
-      a.v_cache = b.v.data();
-      a.block_table = b.tables.data() + s * static_cast<size_t>(b.stride);
-      a.block_size = c.bs;
-      a.num_tokens = c.tokens[s];
-      a.start_pos = c.start[s];
-      a.num_heads = c.heads;
-      a.num_kv_heads = c.kv_heads;
-      a.head_dim = c.hd;
-      a.scale = 1.f / std::sqrt(static_cast<float>(c.hd));
-      cpu::attention(a, pool);
-      ASSERT_EQ(0, std::memcmp(alone.data(), batched.data() + b.query_start[s] * row, alone.size() * sizeof(float)))
-          << "sequence " << s;
+    PagedBatch b = make_batch(c.heads, c.kv_heads, c.hd, c.bs, c.tokens, c.start, seed++);
+    for (KvCacheDType t : {KvCacheDType::kF32, KvCacheDType::kInt4}) {
+      b.quantize(t);
+      std::vector<float> batched(b.q.size(), NAN);
+      const BatchAttentionParams bp = b.params(batched.data());
+      cpu::batch_attention(bp, pool);
+      const int64_t row = c.heads * c.hd;
+      for (size_t s = 0; s < c.tokens.size(); ++s) {
+        if (c.tokens[s] == 0) continue;
+        std::vector<float> alone(static_cast<size_t>(c.tokens[s] * row), NAN);
+        AttentionParams a{};
+        a.q = b.q.data() + b.query_start[s] * row;
+        a.out = alone.data();
+        a.k_cache = bp.k_cache;
+        a.v_cache = bp.v_cache;
+        a.cache_dtype = t;
+        a.block_table = b.tables.data() + s * static_cast<size_t>(b.stride);
+        a.block_size = c.bs;
+        a.num_tokens = c.tokens[s];
+        a.start_pos = c.start[s];
+        a.num_heads = c.heads;
+        a.num_kv_heads = c.kv_heads;
+        a.head_dim = c.hd;
+        a.scale = 1.f / std::sqrt(static_cast<float>(c.hd));
+        cpu::attention(a, pool);
+        ASSERT_EQ(0, std::memcmp(alone.data(), batched.data() + b.query_start[s] * row, alone.size() * sizeof(float)))
+            << kv_cache_dtype_name(t) << " sequence " << s;
+      }
+    }
+  }
+}
+
+// Head vectors that exercise the quantizers: N(0, sigma) over several decades, one large outlier,
+// all equal, all zero, all negative, subnormal-scale.
+std::vector<std::vector<float>> probe_vectors(int64_t d, uint32_t seed) {
+  std::vector<std::vector<float>> out;
+  for (float sigma : {1e-3f, 0.1f, 1.f, 30.f}) out.push_back(test::random_normal(static_cast<size_t>(d), seed++, sigma));
+  auto outlier = test::random_normal(static_cast<size_t>(d), seed++);
+  outlier[static_cast<size_t>(d / 3)] = 200.f;
+  out.push_back(outlier);
+  out.push_back(std::vector<float>(static_cast<size_t>(d), 0.75f));
+  out.push_back(std::vector<float>(static_cast<size_t>(d), 0.f));
+  auto neg = test::random_normal(static_cast<size_t>(d), seed++);
+  for (float& x : neg) x = -std::fabs(x) - 2.f;
+  out.push_back(neg);
+  out.push_back(test::random_normal(static_cast<size_t>(d), seed++, 1e-9f));
+  return out;
+}
+
+float f16_at(const std::vector<uint8_t>& pool, int64_t off) {
+  uint16_t h;
+  std::memcpy(&h, pool.data() + off, 2);
+  return fp16_to_fp32(h);
+}
+
+// The reference quantizer against the definitions in kv_format.h, computed here: the stored scale
+// (and zero) are the f16 roundings of absmax / 127 (min; (max - zero) / 15), the codes are the
+// nearest grid points (so the round-trip error is at most half a step, plus the clamp at the edges
+// of the f16-rounded grid), and the bytes sit where the layout says.
+TEST(CpuKv, ReferenceQuantizerFollowsTheFormat) {
+  const int64_t d = 64, bs = 4, heads = 3, slot = 6, h = 2;  // block 1, offset 2
+  for (KvCacheDType t : kAllKv) {
+    const KvBlockFormat f{t, bs, heads, d};
+    for (const auto& x : probe_vectors(d, 7)) {
+      std::vector<uint8_t> pool(static_cast<size_t>(3 * f.block_bytes()), 0xA5);
+      cpu::ref::kv_quantize_head(f, pool.data(), slot, h, x.data());
+      std::vector<float> y(static_cast<size_t>(d));
+      cpu::ref::kv_dequantize_head(f, pool.data(), slot, h, y.data());
+      // Nothing outside this head's values, scale and zero changed.
+      std::vector<bool> mine(pool.size(), false);
+      for (int64_t b = 0; b < f.head_bytes(); ++b) mine[static_cast<size_t>(f.block_bytes() + ((2 * heads + h) * f.head_bytes()) + b)] = true;
+      const int64_t meta = f.block_bytes() + f.values_bytes() + (2 * heads + h) * 2;
+      if (f.has_scale()) mine[static_cast<size_t>(meta)] = mine[static_cast<size_t>(meta + 1)] = true;
+      if (f.has_zero()) {
+        mine[static_cast<size_t>(meta + 2 * bs * heads)] = mine[static_cast<size_t>(meta + 2 * bs * heads + 1)] = true;
+      }
+      for (size_t i = 0; i < pool.size(); ++i) {
+        if (!mine[i]) ASSERT_EQ(pool[i], 0xA5) << kv_cache_dtype_name(t) << " byte " << i;
+      }
+      double amax = 0, lo = x[0], hi = x[0];
+      for (float v : x) {
+        amax = std::max(amax, std::fabs(static_cast<double>(v)));
+        lo = std::min(lo, static_cast<double>(v));
+        hi = std::max(hi, static_cast<double>(v));
+      }
+      for (int64_t i = 0; i < d; ++i) {
+        const double xi = x[static_cast<size_t>(i)], yi = y[static_cast<size_t>(i)];
+        switch (t) {
+          case KvCacheDType::kF32: ASSERT_EQ(yi, xi); break;
+          case KvCacheDType::kF16: ASSERT_EQ(yi, fp16_to_fp32(fp32_to_fp16(x[static_cast<size_t>(i)]))); break;
+          case KvCacheDType::kInt8: {
+            const double s = f16_at(pool, meta);
+            ASSERT_EQ(s, fp16_to_fp32(fp32_to_fp16(static_cast<float>(amax) / 127.f)));
+            const double q = yi / (s > 0 ? s : 1);
+            ASSERT_EQ(q, std::round(q));  // a grid point
+            ASSERT_LE(std::fabs(q), 127);
+            // Half a step, or (only at +-absmax, when the f16 scale rounded down) the clamp's overshoot.
+            ASSERT_LE(std::fabs(yi - xi), 0.5 * s + std::max(0.0, amax - 127 * s) + 1e-12) << "i=" << i;
+            break;
+          }
+          case KvCacheDType::kInt4: {
+            const double s = f16_at(pool, meta), z = f16_at(pool, meta + 2 * bs * heads);
+            ASSERT_EQ(z, fp16_to_fp32(fp32_to_fp16(static_cast<float>(lo))));
+            ASSERT_EQ(s, fp16_to_fp32(fp32_to_fp16(static_cast<float>((hi - z) / 15))));
+            const double q = s > 0 ? (yi - z) / s : 0;
+            ASSERT_NEAR(q, std::round(q), 1e-3);
+            ASSERT_GE(std::round(q), 0);
+            ASSERT_LE(std::round(q), 15);
+            // Half a step, plus the grid's edges: zero rounded above the min, 15 s rounded below the max.
+            const double slack = std::max(0.0, z - lo) + std::max(0.0, hi - (z + 15 * s));
+            ASSERT_LE(std::fabs(yi - xi), 0.5 * s + slack + 1e-6 * s + 1e-12) << "i=" << i;
+            break;
+          }
+        }
+      }
+    }
+  }
+}
+
+// Int4 packing: element 2i in the low nibble of byte i, 2i + 1 in the high nibble (values chosen
+// to land exactly on the grid 0, 1, ..., 15 with zero 0 and scale 1).
+TEST(CpuKv, Int4PacksLowNibbleFirst) {
+  const int64_t d = 32;
+  const KvBlockFormat f{KvCacheDType::kInt4, 1, 1, d};
+  std::vector<float> x(static_cast<size_t>(d));
+  for (int64_t i = 0; i < d; ++i) x[static_cast<size_t>(i)] = static_cast<float>((i * 7) % 16);
+  x[1] = 0.f;
+  x[2] = 15.f;  // min 0, max 15: scale exactly 1
+  std::vector<uint8_t> want(static_cast<size_t>(f.block_bytes())), got(want.size());
+  cpu::ref::kv_quantize_head(f, want.data(), 0, 0, x.data());
+  for (int64_t i = 0; i < d / 2; ++i) {
+    const int lo = static_cast<int>(x[static_cast<size_t>(2 * i)]), hi = static_cast<int>(x[static_cast<size_t>(2 * i + 1)]);
+    ASSERT_EQ(want[static_cast<size_t>(i)], lo | hi << 4) << "byte " << i;
+  }
+  KvWriteParams w{x.data(), x.data(), reinterpret_cast<float*>(got.data()), reinterpret_cast<float*>(got.data()),
+                  nullptr, 1, 1, d};
+  const int64_t slot0 = 0;
+  w.slot_mapping = &slot0;
+  w.cache_dtype = KvCacheDType::kInt4;
+  w.cache_block_size = 1;
+  cpu::kv_write(w);
+  ASSERT_EQ(want, got);
+}
+
+// The fast writer produces the reference's bytes (values, scales, zeros; untouched slots stay as
+// they were), and the fast row dequantizer the reference's floats, for head sizes on and off the
+// SIMD path.
+TEST(CpuKv, FastWriteAndDequantizeMatchReference) {
+  uint32_t seed = 300;
+  for (KvCacheDType t : kAllKv) {
+    for (int64_t hd : {64, 128, 16, 20}) {
+      const int64_t heads = 3, bs = 8, blocks = 5, tokens = 13, row = heads * hd;
+      const KvBlockFormat f{t, bs, heads, hd};
+      std::vector<float> k = test::random_normal(static_cast<size_t>(tokens * row), seed++, 3.f);
+      std::vector<float> v = test::random_normal(static_cast<size_t>(tokens * row), seed++, 0.2f);
+      k[5] = 80.f;  // an outlier
+      std::vector<int64_t> slots(static_cast<size_t>(tokens));
+      std::vector<int64_t> perm(static_cast<size_t>(bs * blocks));
+      std::iota(perm.begin(), perm.end(), 0);
+      std::shuffle(perm.begin(), perm.end(), std::mt19937(seed++));
+      for (int64_t i = 0; i < tokens; ++i) slots[static_cast<size_t>(i)] = i % 4 == 3 ? -1 : perm[static_cast<size_t>(i)];
+      const size_t nbytes = static_cast<size_t>(blocks * (t == KvCacheDType::kF32 ? bs * row * 4 : f.block_bytes()));
+      std::vector<uint8_t> kr(nbytes, 0x3C), vr(nbytes, 0x3C), kf(nbytes, 0x3C), vf(nbytes, 0x3C);
+      KvWriteParams w{k.data(), v.data(), reinterpret_cast<float*>(kr.data()), reinterpret_cast<float*>(vr.data()),
+                      slots.data(), tokens, heads, hd};
+      w.cache_dtype = t;
+      w.cache_block_size = bs;
+      cpu::ref::kv_write(w);
+      w.k_cache = reinterpret_cast<float*>(kf.data());
+      w.v_cache = reinterpret_cast<float*>(vf.data());
+      cpu::kv_write(w);
+      ASSERT_EQ(kr, kf) << kv_cache_dtype_name(t) << " hd=" << hd;
+      ASSERT_EQ(vr, vf) << kv_cache_dtype_name(t) << " hd=" << hd;
+      // Dequantize every block's rows of every head both ways.
+      std::vector<float> want(static_cast<size_t>(bs * hd)), got(want.size());
+      for (int64_t b = 0; b < blocks; ++b)
+        for (int64_t h = 0; h < heads; ++h) {
+          for (int64_t r = 0; r < bs; ++r) cpu::ref::kv_dequantize_head(f, kr.data(), b * bs + r, h, want.data() + r * hd);
+          cpu::kv_dequantize_rows(f, kr.data(), b * bs, h, bs, got.data());
+          ASSERT_EQ(0, std::memcmp(want.data(), got.data(), want.size() * sizeof(float)))
+              << kv_cache_dtype_name(t) << " hd=" << hd << " block " << b << " head " << h;
+        }
     }
   }
 }

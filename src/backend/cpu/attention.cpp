@@ -1,4 +1,5 @@
-// Causal GQA attention over a paged f32 KV cache (block table).
+// Causal GQA attention over a paged KV cache (block table); f32 rows are read in place, f16/int8/int4
+// rows (backend/kv_format.h) dequantized a block run at a time into a small per-thread f32 tile.
 // Work item = (token, kv head, key chunk): the item serves every query head of the kv head's group,
 // so each K and V row is loaded once per group, not once per head. Within an item: scores for the
 // chunk's keys, their max m and sum l of e^(s - m), and the unnormalised sum of e^(s - m) V.
@@ -17,6 +18,7 @@
 #include <vector>
 
 #include "backend/cpu/cpu_ops.h"
+#include "backend/cpu/kv_quant.h"
 #include "backend/cpu/simd.h"
 
 namespace nb::cpu {
@@ -26,18 +28,34 @@ namespace {
 constexpr int kMaxGroup = 4;           // query heads per item (larger GQA groups are split)
 constexpr int64_t kMinChunkKeys = 128;  // below this a split costs more than it balances
 
+constexpr int64_t kTileKeys = 64;       // keys dequantized at a time from a quantized cache
+
+// One kv head's K (or V) rows of a sequence, read through its block table. f32 rows are read in
+// place; the other formats are dequantized, at most kTileKeys rows at a time, into `tile`
+// (kTileKeys * head_dim floats, the calling thread's).
 struct KvView {
-  const float* cache;
+  const uint8_t* pool;  // the layer's K or V pool, first byte
   const int32_t* block_table;
-  int64_t block_size, kv_row, kv_off;
-  // Calls fn(first key, number of keys, pointer to the first key's row) for each run of keys in
-  // [jb, je) that is contiguous in memory (one block's slots).
+  KvBlockFormat format;
+  int64_t kv_head;
+  float* tile;
+  // Calls fn(first key, number of keys, pointer to the first key's row, floats between rows) for
+  // each run of keys in [jb, je) within one block.
   template <typename Fn>
   void for_each_run(int64_t jb, int64_t je, Fn fn) const {
+    const int64_t bs = format.block_size;
+    const bool f32 = format.dtype == KvCacheDType::kF32;
     for (int64_t j = jb; j < je;) {
-      const int64_t off = j % block_size;
-      const int64_t len = std::min(block_size - off, je - j);
-      fn(j, len, cache + (block_table[j / block_size] * block_size + off) * kv_row + kv_off);
+      const int64_t off = j % bs;
+      const int64_t len = std::min({bs - off, je - j, f32 ? je - j : kTileKeys});
+      const int64_t slot = block_table[j / bs] * bs + off;
+      if (f32) {
+        fn(j, len, reinterpret_cast<const float*>(pool + format.value_offset(slot, kv_head)),
+           format.num_kv_heads * format.head_dim);
+      } else {
+        kv_dequantize_rows(format, pool, slot, kv_head, len, tile);
+        fn(j, len, static_cast<const float*>(tile), format.head_dim);
+      }
       j += len;
     }
   }
@@ -73,10 +91,10 @@ void attend_generic(const float* q, int64_t num_heads, int64_t d, const KvView& 
   for (int64_t h = 0; h < num_heads; ++h) {
     const float* qh = q + h * d;
     float* sh = scores + h * n;
-    k.for_each_run(jb, je, [&](int64_t j0, int64_t len, const float* rows) {
+    k.for_each_run(jb, je, [&](int64_t j0, int64_t len, const float* rows, int64_t stride) {
       for (int64_t j = 0; j < len; ++j) {
         float s = 0.f;
-        for (int64_t i = 0; i < d; ++i) s += qh[i] * rows[j * k.kv_row + i];
+        for (int64_t i = 0; i < d; ++i) s += qh[i] * rows[j * stride + i];
         sh[j0 - jb + j] = s * scale;
       }
     });
@@ -84,10 +102,10 @@ void attend_generic(const float* q, int64_t num_heads, int64_t d, const KvView& 
     l[h] = exp_shift_sum(sh, n, m[h]);
     float* oh = o + h * d;
     std::fill(oh, oh + d, 0.f);
-    v.for_each_run(jb, je, [&](int64_t j0, int64_t len, const float* rows) {
+    v.for_each_run(jb, je, [&](int64_t j0, int64_t len, const float* rows, int64_t stride) {
       for (int64_t j = 0; j < len; ++j) {
         const float p = sh[j0 - jb + j];
-        for (int64_t i = 0; i < d; ++i) oh[i] += p * rows[j * v.kv_row + i];
+        for (int64_t i = 0; i < d; ++i) oh[i] += p * rows[j * stride + i];
       }
     });
   }
@@ -113,7 +131,7 @@ void attend_avx512(const float* q, const KvView& k, const KvView& v, int64_t jb,
   const int64_t n = je - jb;
   float qs[kHeads * d];  // q * scale, so scores need no extra multiply
   for (int i = 0; i < kHeads * d; i += 16) _mm512_storeu_ps(qs + i, _mm512_mul_ps(_mm512_loadu_ps(q + i), _mm512_set1_ps(scale)));
-  k.for_each_run(jb, je, [&](int64_t j0, int64_t len, const float* rows) {
+  k.for_each_run(jb, je, [&](int64_t j0, int64_t len, const float* rows, int64_t stride) {
     float* s0 = scores + (j0 - jb);
     int64_t j = 0;
     for (; j + 4 <= len; j += 4) {
@@ -122,7 +140,7 @@ void attend_avx512(const float* q, const KvView& k, const KvView& v, int64_t jb,
         for (int u = 0; u < 4; ++u) acc[h][u] = _mm512_setzero_ps();
       for (int c = 0; c < kChunks; ++c) {
         for (int u = 0; u < 4; ++u) {
-          const __m512 kv = _mm512_loadu_ps(rows + (j + u) * k.kv_row + 16 * c);
+          const __m512 kv = _mm512_loadu_ps(rows + (j + u) * stride + 16 * c);
           for (int h = 0; h < kHeads; ++h) acc[h][u] = _mm512_fmadd_ps(kv, _mm512_loadu_ps(qs + h * d + 16 * c), acc[h][u]);
         }
       }
@@ -132,7 +150,7 @@ void attend_avx512(const float* q, const KvView& k, const KvView& v, int64_t jb,
       __m512 acc[kHeads];
       for (int h = 0; h < kHeads; ++h) acc[h] = _mm512_setzero_ps();
       for (int c = 0; c < kChunks; ++c) {
-        const __m512 kv = _mm512_loadu_ps(rows + j * k.kv_row + 16 * c);
+        const __m512 kv = _mm512_loadu_ps(rows + j * stride + 16 * c);
         for (int h = 0; h < kHeads; ++h) acc[h] = _mm512_fmadd_ps(kv, _mm512_loadu_ps(qs + h * d + 16 * c), acc[h]);
       }
       for (int h = 0; h < kHeads; ++h) s0[h * n + j] = _mm512_reduce_add_ps(acc[h]);
@@ -145,13 +163,13 @@ void attend_avx512(const float* q, const KvView& k, const KvView& v, int64_t jb,
   __m512 acc[kHeads][kChunks];
   for (int h = 0; h < kHeads; ++h)
     for (int c = 0; c < kChunks; ++c) acc[h][c] = _mm512_setzero_ps();
-  v.for_each_run(jb, je, [&](int64_t j0, int64_t len, const float* rows) {
+  v.for_each_run(jb, je, [&](int64_t j0, int64_t len, const float* rows, int64_t stride) {
     const float* s0 = scores + (j0 - jb);
     for (int64_t j = 0; j < len; ++j) {
       __m512 p[kHeads];
       for (int h = 0; h < kHeads; ++h) p[h] = _mm512_set1_ps(s0[h * n + j]);
       for (int c = 0; c < kChunks; ++c) {
-        const __m512 vv = _mm512_loadu_ps(rows + j * v.kv_row + 16 * c);
+        const __m512 vv = _mm512_loadu_ps(rows + j * stride + 16 * c);
         for (int h = 0; h < kHeads; ++h) acc[h][c] = _mm512_fmadd_ps(p[h], vv, acc[h][c]);
       }
     }
@@ -296,7 +314,7 @@ void build_plan(const BatchAttentionParams& p, int num_threads, int64_t per_item
 void batch_attention(const BatchAttentionParams& p, ThreadPool& pool) {
   const int64_t group = p.num_heads / p.num_kv_heads;
   const int64_t d = p.head_dim;
-  const int64_t kv_row = p.num_kv_heads * d;  // floats per cache slot
+  const KvBlockFormat format{p.cache_dtype, p.block_size, p.num_kv_heads, d};
   const int64_t per_item = std::min(group, max_heads_per_item(d));
   thread_local Plan caller_plan;  // the caller's; the workers below see it through `plan`
   Plan& plan = caller_plan;
@@ -305,7 +323,11 @@ void batch_attention(const BatchAttentionParams& p, ThreadPool& pool) {
 
   std::atomic<size_t> next{0};
   pool.run([&](int, int) {
-    thread_local std::vector<float> scores;
+    thread_local std::vector<float> scores, k_tile, v_tile;
+    if (p.cache_dtype != KvCacheDType::kF32 && k_tile.size() < static_cast<size_t>(kTileKeys * d)) {
+      k_tile.resize(static_cast<size_t>(kTileKeys * d));
+      v_tile.resize(static_cast<size_t>(kTileKeys * d));
+    }
     float m_local[kMaxGroup], l_local[kMaxGroup];
     for (size_t i; (i = next.fetch_add(1, std::memory_order_relaxed)) < plan.order.size();) {
       const Item& it = plan.items[static_cast<size_t>(plan.order[i])];
@@ -314,8 +336,8 @@ void batch_attention(const BatchAttentionParams& p, ThreadPool& pool) {
         scores.resize(static_cast<size_t>(per_item * p.max_context_len));
       }
       const int64_t kv_head = g.first_head / group;
-      const KvView k{p.k_cache, g.block_table, p.block_size, kv_row, kv_head * d};
-      const KvView v{p.v_cache, g.block_table, p.block_size, kv_row, kv_head * d};
+      const KvView k{reinterpret_cast<const uint8_t*>(p.k_cache), g.block_table, format, kv_head, k_tile.data()};
+      const KvView v{reinterpret_cast<const uint8_t*>(p.v_cache), g.block_table, format, kv_head, v_tile.data()};
       const float* q = p.q + (g.row * p.num_heads + g.first_head) * d;
       float* m = m_local;
       float* l = l_local;
@@ -366,6 +388,7 @@ void attention(const AttentionParams& p, ThreadPool& pool) {
   b.num_kv_heads = p.num_kv_heads;
   b.head_dim = p.head_dim;
   b.scale = p.scale;
+  b.cache_dtype = p.cache_dtype;
   batch_attention(b, pool);
 }
 

@@ -41,6 +41,10 @@ void embedding(const EmbeddingParams& p);
 void add_rms_norm(const AddRmsNormParams& p);
 void kv_write(const KvWriteParams& p);
 void batch_attention(const BatchAttentionParams& p);  // host pointers; attention() per sequence
+// One (token, KV head) vector of head_dim values into / out of slot `slot` of a KV pool in format f
+// (backend/kv_format.h), scale and zero included (reference_kv.cpp).
+void kv_quantize_head(const KvBlockFormat& f, uint8_t* pool, int64_t slot, int64_t h, const float* x);
+void kv_dequantize_head(const KvBlockFormat& f, const uint8_t* pool, int64_t slot, int64_t h, float* out);
 }  // namespace ref
 
 }  // namespace nb::cpu

@@ -82,9 +82,24 @@ void attention(const AttentionParams& p) {
         const int64_t block = p.block_table[pos / p.block_size];
         return ((block * p.block_size + pos % p.block_size) * p.num_kv_heads + kvh) * d;
       };
+      // Quantized caches: key j's K and V rows of this kv head, dequantized (kv_dequantize_head).
+      std::vector<float> kq, vq;
+      if (p.cache_dtype != KvCacheDType::kF32) {
+        const KvBlockFormat f{p.cache_dtype, p.block_size, p.num_kv_heads, d};
+        kq.resize(static_cast<size_t>(num_keys * d));
+        vq.resize(static_cast<size_t>(num_keys * d));
+        for (int64_t j = 0; j < num_keys; ++j) {
+          const int64_t sl = p.block_table[j / p.block_size] * p.block_size + j % p.block_size;
+          kv_dequantize_head(f, reinterpret_cast<const uint8_t*>(p.k_cache), sl, kvh, kq.data() + j * d);
+          kv_dequantize_head(f, reinterpret_cast<const uint8_t*>(p.v_cache), sl, kvh, vq.data() + j * d);
+        }
+      }
+      const bool quantized = !kq.empty();
+      auto key = [&](int64_t j) { return quantized ? kq.data() + j * d : p.k_cache + slot(j); };
+      auto value = [&](int64_t j, int64_t i) { return quantized ? vq[static_cast<size_t>(j * d + i)] : p.v_cache[slot(j) + i]; };
       double mx = -INFINITY;
       for (int64_t j = 0; j < num_keys; ++j) {
-        const float* kr = p.k_cache + slot(j);
+        const float* kr = key(j);
         double s = 0.0;
         for (int64_t i = 0; i < d; ++i) s += static_cast<double>(q[i]) * kr[i];
         scores[static_cast<size_t>(j)] = s * p.scale;
@@ -98,7 +113,7 @@ void attention(const AttentionParams& p) {
       float* out = p.out + (t * p.num_heads + h) * d;
       for (int64_t i = 0; i < d; ++i) {
         double acc = 0.0;
-        for (int64_t j = 0; j < num_keys; ++j) acc += scores[static_cast<size_t>(j)] * p.v_cache[slot(j) + i];
+        for (int64_t j = 0; j < num_keys; ++j) acc += scores[static_cast<size_t>(j)] * value(j, i);
         out[i] = static_cast<float>(acc / total);
       }
     }

@@ -1,5 +1,5 @@
 // References for the ops the batched GPU path adds: the fused residual add + RMSNorm, the KV write
-// through a slot mapping, and multi-sequence attention. Each is defined by the plain references
+// through a slot mapping (quantizing into the KV cache formats), and multi-sequence attention. Each is defined by the plain references
 // (rms_norm, attention), so a GPU kernel tested against these is tested against the same ground truth.
 #include <cstring>
 #include <vector>
@@ -15,6 +15,19 @@ void add_rms_norm(const AddRmsNormParams& p) {
 }
 
 void kv_write(const KvWriteParams& p) {
+  if (p.cache_dtype != KvCacheDType::kF32) {
+    const KvBlockFormat f{p.cache_dtype, p.cache_block_size, p.num_kv_heads, p.head_dim};
+    for (int64_t t = 0; t < p.num_tokens; ++t) {
+      const int64_t slot = p.slot_mapping[t];
+      if (slot < 0) continue;  // padding row
+      for (int64_t h = 0; h < p.num_kv_heads; ++h) {
+        const int64_t at = (t * p.num_kv_heads + h) * p.head_dim;
+        kv_quantize_head(f, reinterpret_cast<uint8_t*>(p.k_cache), slot, h, p.k + at);
+        kv_quantize_head(f, reinterpret_cast<uint8_t*>(p.v_cache), slot, h, p.v + at);
+      }
+    }
+    return;
+  }
   const int64_t row = p.num_kv_heads * p.head_dim;
   const size_t row_bytes = static_cast<size_t>(row) * sizeof(float);
   for (int64_t t = 0; t < p.num_tokens; ++t) {
@@ -44,6 +57,7 @@ void batch_attention(const BatchAttentionParams& p) {
     a.num_kv_heads = p.num_kv_heads;
     a.head_dim = p.head_dim;
     a.scale = p.scale;
+    a.cache_dtype = p.cache_dtype;
     attention(a);
   }
 }

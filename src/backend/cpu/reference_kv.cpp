@@ -1,0 +1,96 @@
+// Reference KV cache formats (backend/kv_format.h): quantize one (token, KV head) vector on write
+// and dequantize it on read, written straight from the format's definition. The fast paths
+// (kv_write.cpp) produce the same bytes and the same dequantized floats.
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "backend/cpu/cpu_ops.h"
+#include "core/dtype.h"
+
+namespace nb::cpu::ref {
+
+namespace {
+constexpr float kF16Max = 65504.f;
+
+void put_f16(uint8_t* dst, float v) {
+  const uint16_t h = fp32_to_fp16(v);
+  std::memcpy(dst, &h, 2);
+}
+float get_f16(const uint8_t* src) {
+  uint16_t h;
+  std::memcpy(&h, src, 2);
+  return fp16_to_fp32(h);
+}
+}  // namespace
+
+void kv_quantize_head(const KvBlockFormat& f, uint8_t* pool, int64_t slot, int64_t h, const float* x) {
+  const int64_t d = f.head_dim;
+  uint8_t* q = pool + f.value_offset(slot, h);
+  switch (f.dtype) {
+    case KvCacheDType::kF32:
+      std::memcpy(q, x, static_cast<size_t>(d) * sizeof(float));
+      return;
+    case KvCacheDType::kF16:
+      for (int64_t i = 0; i < d; ++i) put_f16(q + 2 * i, x[i]);
+      return;
+    case KvCacheDType::kInt8: {
+      // Symmetric: scale = absmax / 127 (as stored, f16), q = round(x / scale).
+      float amax = 0.f;
+      for (int64_t i = 0; i < d; ++i) amax = std::max(amax, std::fabs(x[i]));
+      put_f16(pool + f.scale_offset(slot, h), std::min(amax / 127.f, kF16Max));
+      const float s = get_f16(pool + f.scale_offset(slot, h));
+      for (int64_t i = 0; i < d; ++i) {
+        const float r = s > 0.f ? std::clamp(std::nearbyint(x[i] / s), -127.f, 127.f) : 0.f;
+        q[i] = static_cast<uint8_t>(static_cast<int8_t>(r));
+      }
+      return;
+    }
+    case KvCacheDType::kInt4: {
+      // Asymmetric: zero = min (as stored, f16), scale = (max - zero) / 15, q = round((x - zero) / scale).
+      float lo = x[0], hi = x[0];
+      for (int64_t i = 1; i < d; ++i) {
+        lo = std::min(lo, x[i]);
+        hi = std::max(hi, x[i]);
+      }
+      lo = std::clamp(lo, -kF16Max, kF16Max);
+      hi = std::clamp(hi, -kF16Max, kF16Max);
+      put_f16(pool + f.zero_offset(slot, h), lo);
+      const float z = get_f16(pool + f.zero_offset(slot, h));
+      put_f16(pool + f.scale_offset(slot, h), std::clamp((hi - z) / 15.f, 0.f, kF16Max));
+      const float s = get_f16(pool + f.scale_offset(slot, h));
+      std::memset(q, 0, static_cast<size_t>(d / 2));
+      for (int64_t i = 0; i < d; ++i) {
+        const float r = s > 0.f ? std::clamp(std::nearbyint((x[i] - z) / s), 0.f, 15.f) : 0.f;
+        q[i / 2] = static_cast<uint8_t>(q[i / 2] | static_cast<int>(r) << (4 * (i % 2)));
+      }
+      return;
+    }
+  }
+}
+
+void kv_dequantize_head(const KvBlockFormat& f, const uint8_t* pool, int64_t slot, int64_t h, float* out) {
+  const int64_t d = f.head_dim;
+  const uint8_t* q = pool + f.value_offset(slot, h);
+  switch (f.dtype) {
+    case KvCacheDType::kF32:
+      std::memcpy(out, q, static_cast<size_t>(d) * sizeof(float));
+      return;
+    case KvCacheDType::kF16:
+      for (int64_t i = 0; i < d; ++i) out[i] = get_f16(q + 2 * i);
+      return;
+    case KvCacheDType::kInt8: {
+      const double s = get_f16(pool + f.scale_offset(slot, h));
+      for (int64_t i = 0; i < d; ++i) out[i] = static_cast<float>(static_cast<int8_t>(q[i]) * s);
+      return;
+    }
+    case KvCacheDType::kInt4: {
+      const double s = get_f16(pool + f.scale_offset(slot, h));
+      const double z = get_f16(pool + f.zero_offset(slot, h));
+      for (int64_t i = 0; i < d; ++i) out[i] = static_cast<float>(((q[i / 2] >> (4 * (i % 2))) & 15) * s + z);
+      return;
+    }
+  }
+}
+
+}  // namespace nb::cpu::ref

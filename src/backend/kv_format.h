@@ -1,0 +1,79 @@
+// Element formats of the KV cache (--kv-cache-dtype) and the byte layout of one cache block.
+// Per token and KV head, head_dim values are stored as:
+//   f32   4 bytes each (the CPU default; the only format the CUDA backend reads)
+//   f16   2 bytes each (IEEE half, round-to-nearest-even)
+//   int8  1 byte each, symmetric: x = q * scale, scale = absmax / 127, q in [-127, 127]
+//   int4  half a byte each (element 2i in the low nibble of byte i, 2i + 1 in the high nibble),
+//         asymmetric: x = q * scale + zero, zero = min, scale = (max - min) / 15, q in [0, 15]
+// with scale and zero as f16 per (token, KV head). A block of one layer's K (or V) pool holds its
+// values first, [block_size, num_kv_heads, head_dim], then the scales [block_size, num_kv_heads],
+// then the zeros [block_size, num_kv_heads], so a block is self-contained: copying its bytes copies
+// its scales too, and block b starts at b * block_bytes() from the pool's start.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+#include "core/status.h"
+
+namespace nb {
+
+enum class KvCacheDType : uint8_t { kF32, kF16, kInt8, kInt4 };
+
+inline const char* kv_cache_dtype_name(KvCacheDType t) {
+  switch (t) {
+    case KvCacheDType::kF32: return "f32";
+    case KvCacheDType::kF16: return "f16";
+    case KvCacheDType::kInt8: return "int8";
+    case KvCacheDType::kInt4: return "int4";
+  }
+  return "?";
+}
+
+inline Result<KvCacheDType> parse_kv_cache_dtype(std::string_view s) {
+  if (s == "f32" || s == "fp32") return KvCacheDType::kF32;
+  if (s == "f16" || s == "fp16") return KvCacheDType::kF16;
+  if (s == "int8" || s == "i8") return KvCacheDType::kInt8;
+  if (s == "int4" || s == "i4") return KvCacheDType::kInt4;
+  return invalid_argument("unknown KV cache dtype '" + std::string(s) + "'; use f32, f16, int8 or int4");
+}
+
+struct KvBlockFormat {
+  KvCacheDType dtype = KvCacheDType::kF32;
+  int64_t block_size = 0;
+  int64_t num_kv_heads = 0;
+  int64_t head_dim = 0;
+
+  bool has_scale() const { return dtype == KvCacheDType::kInt8 || dtype == KvCacheDType::kInt4; }
+  bool has_zero() const { return dtype == KvCacheDType::kInt4; }
+  // Bytes of one (token, KV head) vector of values.
+  int64_t head_bytes() const {
+    switch (dtype) {
+      case KvCacheDType::kF32: return 4 * head_dim;
+      case KvCacheDType::kF16: return 2 * head_dim;
+      case KvCacheDType::kInt8: return head_dim;
+      case KvCacheDType::kInt4: return head_dim / 2;
+    }
+    return 0;
+  }
+  int64_t heads_per_block() const { return block_size * num_kv_heads; }
+  int64_t values_bytes() const { return heads_per_block() * head_bytes(); }
+  int64_t scales_offset() const { return values_bytes(); }
+  int64_t zeros_offset() const { return values_bytes() + (has_scale() ? 2 * heads_per_block() : 0); }
+  int64_t block_bytes() const { return zeros_offset() + (has_zero() ? 2 * heads_per_block() : 0); }
+  // Bytes per token and KV head, metadata included (what --kv-cache-memory is divided by).
+  int64_t bytes_per_token_head() const { return head_bytes() + (has_scale() ? 2 : 0) + (has_zero() ? 2 : 0); }
+
+  // Byte offsets, from the pool's start, of slot `slot` (= block * block_size + offset) and KV head h.
+  int64_t value_offset(int64_t slot, int64_t h) const {
+    return (slot / block_size) * block_bytes() + ((slot % block_size) * num_kv_heads + h) * head_bytes();
+  }
+  int64_t scale_offset(int64_t slot, int64_t h) const {
+    return (slot / block_size) * block_bytes() + scales_offset() + ((slot % block_size) * num_kv_heads + h) * 2;
+  }
+  int64_t zero_offset(int64_t slot, int64_t h) const {
+    return (slot / block_size) * block_bytes() + zeros_offset() + ((slot % block_size) * num_kv_heads + h) * 2;
+  }
+};
+
+}  // namespace nb
