@@ -108,6 +108,22 @@ std::string ServerMetrics::render(const EngineStats& st) const {
   scalar(&out, "nibble_prefix_cache_hit_rate", "Prefix-cache hits / queries, in tokens, since start.", "gauge", rate);
   scalar(&out, "nibble_preemptions_total", "Sequences preempted (KV freed, recomputed later).", "counter",
          static_cast<double>(st.num_preemptions));
+  // Speculative decoding: per-draft acceptance rate accepted / (accepted + rejecting steps) (the
+  // alpha of Leviathan et al.), and tokens per verification step (accepted drafts + 1, on average).
+  scalar(&out, "nibble_spec_draft_tokens_total", "Draft tokens verified (speculative decoding).", "counter",
+         static_cast<double>(st.num_draft_tokens));
+  scalar(&out, "nibble_spec_accepted_tokens_total", "Draft tokens accepted by the target.", "counter",
+         static_cast<double>(st.num_accepted_tokens));
+  scalar(&out, "nibble_spec_verification_steps_total", "Sequence steps that verified drafts.", "counter",
+         static_cast<double>(st.num_spec_steps));
+  const double trials = static_cast<double>(st.num_accepted_tokens + st.num_spec_rejections);
+  scalar(&out, "nibble_spec_acceptance_rate",
+         "Per-draft acceptance rate since start: accepted / (accepted + verification steps that rejected one).",
+         "gauge", trials > 0 ? static_cast<double>(st.num_accepted_tokens) / trials : 0.0);
+  scalar(&out, "nibble_spec_mean_accepted_length",
+         "Mean tokens emitted per verification step since start (accepted drafts + the target's token).", "gauge",
+         st.num_spec_steps > 0 ? 1.0 + static_cast<double>(st.num_accepted_tokens) / static_cast<double>(st.num_spec_steps)
+                               : 0.0);
   scalar(&out, "nibble_num_requests_waiting", "Sequences queued in the engine.", "gauge", static_cast<double>(st.num_waiting));
   scalar(&out, "nibble_num_requests_running", "Sequences being generated.", "gauge", static_cast<double>(st.num_running));
   return out;

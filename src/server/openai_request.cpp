@@ -282,6 +282,7 @@ std::optional<ApiError> parse_generation_params(std::string_view body, Endpoint 
 
   if (auto e = get_bool(root, "stream", &out->stream)) return e;
   if (auto e = get_bool(root, "ignore_eos", &out->ignore_eos)) return e;  // vLLM extension
+  if (auto e = get_bool(root, "speculative", &out->speculative)) return e;  // nibble extension
   if (const json* so = field(root, "stream_options"); so != nullptr) {
     if (!so->is_object()) return wrong_type("stream_options", "an object", *so);
     if (!out->stream) return bad("stream_options", "'stream_options' is only allowed when 'stream' is true");

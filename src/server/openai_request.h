@@ -47,6 +47,7 @@ struct GenerationParams {
   int n = 1;
   bool stream = false;
   bool ignore_eos = false;                // extension (as vLLM): end-of-turn tokens do not stop generation
+  bool speculative = true;                // extension (nibble): false turns speculative decoding off for it
   bool include_usage = false;             // stream_options.include_usage
   bool logprobs = false;                  // completions: logprobs is not null; chat: logprobs == true
   int top_logprobs = 0;                   // completions: the logprobs integer; chat: top_logprobs

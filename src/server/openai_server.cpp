@@ -243,6 +243,7 @@ HandlerResult OpenAiServer::generate(Endpoint endpoint, const HttpRequest& req, 
     g.max_tokens = max_tokens;
     if (!p.ignore_eos) g.stop_ids = tok_.eot_ids();
     g.logprobs = p.logprobs;
+    g.speculative = p.speculative;
     auto id = engine_.submit(std::move(g), stream->callback(i));
     if (!id.ok()) {
       stream->abandon();

@@ -55,6 +55,7 @@ struct GenerationStream::Inbox {
     double first_token_s = -1, last_token_s = -1;
     int64_t num_tokens = 0;  // all tokens received so far (for TPOT)
     int64_t num_cached_prompt = 0;
+    int64_t num_draft_tokens = 0, num_accepted_tokens = 0;  // speculative decoding, so far
   };
   std::mutex mu;
   std::vector<Pending> choices;
@@ -77,6 +78,7 @@ struct GenerationStream::Choice {
   double first_token_s = -1, last_token_s = -1;
   int64_t num_received = 0;
   int64_t num_cached_prompt = 0;
+  int64_t num_draft_tokens = 0, num_accepted_tokens = 0;
   bool sent_role = false;
   // Non-streamed logprobs, accumulated.
   ojson chat_lp = ojson::array();
@@ -120,6 +122,8 @@ OutputCallback GenerationStream::callback(int index) const {
         p.logprobs.insert(p.logprobs.end(), o.logprobs.begin(), o.logprobs.end());
       }
       p.num_cached_prompt = o.num_cached_prompt_tokens;
+      p.num_draft_tokens = o.num_draft_tokens;
+      p.num_accepted_tokens = o.num_accepted_tokens;
       if (o.finished) {
         p.finished = true;
         p.reason = o.finish_reason;
@@ -191,6 +195,8 @@ bool GenerationStream::poll(std::string* out) {
       got[i].last_token_s = p.last_token_s;
       got[i].num_tokens = p.num_tokens;
       got[i].num_cached_prompt = p.num_cached_prompt;
+      got[i].num_draft_tokens = p.num_draft_tokens;
+      got[i].num_accepted_tokens = p.num_accepted_tokens;
     }
   }
   const bool chat = setup_.endpoint == Endpoint::kChat;
@@ -205,6 +211,8 @@ bool GenerationStream::poll(std::string* out) {
     c.last_token_s = p.last_token_s;
     c.num_received = p.num_tokens;
     c.num_cached_prompt = p.num_cached_prompt;
+    c.num_draft_tokens = p.num_draft_tokens;
+    c.num_accepted_tokens = p.num_accepted_tokens;
     for (size_t k = 0; k < p.tokens.size() && !c.done; ++k) {
       const int32_t id = p.tokens[k];
       const std::string piece = c.detok.push(id);
@@ -355,6 +363,20 @@ void GenerationStream::write_chunk(const Choice& c, const Delta& d, bool role_ch
   write_event(dump(chunk), out);
 }
 
+namespace {
+// Extension (nibble): usage.speculative = {draft_tokens, accepted_tokens} over all choices, present
+// when drafts were verified for this request.
+template <class Choices>
+void add_speculative_usage(const Choices& choices, ojson* usage) {
+  int64_t drafted = 0, accepted = 0;
+  for (const auto& c : choices) {
+    drafted += c->num_draft_tokens;
+    accepted += c->num_accepted_tokens;
+  }
+  if (drafted > 0) (*usage)["speculative"] = ojson{{"draft_tokens", drafted}, {"accepted_tokens", accepted}};
+}
+}  // namespace
+
 void GenerationStream::finish_stream(std::string* out) {
   if (setup_.include_usage) {
     int64_t completion = 0;
@@ -368,6 +390,7 @@ void GenerationStream::finish_stream(std::string* out) {
     chunk["usage"] = ojson{{"prompt_tokens", setup_.num_prompt_tokens},
                            {"completion_tokens", completion},
                            {"total_tokens", setup_.num_prompt_tokens + completion}};
+    add_speculative_usage(choices_, &chunk["usage"]);
     write_event(dump(chunk), out);
   }
   write_event("[DONE]", out);
@@ -407,6 +430,7 @@ void GenerationStream::finish_json(std::string* out) {
                         {"completion_tokens", completion},
                         {"total_tokens", setup_.num_prompt_tokens + completion},
                         {"prompt_tokens_details", {{"cached_tokens", choices_.front()->num_cached_prompt}}}};
+  add_speculative_usage(choices_, &root["usage"]);
   *out += http_response(200, "application/json", dump(root), setup_.keep_alive);
 }
 

@@ -3,7 +3,10 @@
 // measured within one command) and it prints, medians over --runs:
 //   p        per-draft acceptance rate: accepted / (accepted + rejections) (Leviathan's alpha)
 //   acc/drf  accepted / drafted
-//   tok/step tokens per target step after the first token; predicted (1 - p^(K+1)) / (1 - p)
+//   tok/step tokens per target step after the first token (steps without drafts included)
+//   tok/vstep tokens per verification step, 1 + accepted / steps; predicted (1 - p^(K+1)) / (1 - p)
+//            (the formula assumes K drafts every step: compare it for model drafters; the n-gram
+//            drafter proposes fewer when the match runs out, see mean k)
 //   tok/s    decode tokens/s with and without speculation, and their ratio
 #include <algorithm>
 #include <cmath>
@@ -115,13 +118,13 @@ int run_bench_spec(int argc, char** argv) {
   std::printf("bench spec: %s, prompt %zu tokens, %lld new tokens, temp %g, %lld runs per K (medians)\n",
               args.get("--speculative").c_str(), prompt.size(), static_cast<long long>(*n_predict),
               static_cast<double>(sampling->temperature), static_cast<long long>(*runs));
-  std::printf("%3s %7s %8s %9s %9s %7s %10s %10s %8s\n", "K", "p", "acc/drf", "tok/step", "predicted", "ratio",
-              "base tok/s", "spec tok/s", "speedup");
+  std::printf("%3s %6s %7s %8s %9s %9s %9s %7s %10s %10s %8s\n", "K", "mean k", "p", "acc/drf", "tok/step",
+              "tok/vstep", "predicted", "ratio", "base tok/s", "spec tok/s", "speedup");
   for (int64_t k : *ks) {
     EngineConfig cfg = base;
     spec->apply(cfg);
     cfg.num_speculative_tokens = k;
-    std::vector<double> p, acc, tps, pred, base_tps, spec_tps, speedup;
+    std::vector<double> p, acc, tps, vtps, mean_k, pred, base_tps, spec_tps, speedup;
     for (int64_t r = 0; r < *runs; ++r) {
       auto b = generate_with_engine(*cm.model, base, req);
       auto s = generate_with_engine(*cm.model, cfg, req);
@@ -134,6 +137,9 @@ int run_bench_spec(int argc, char** argv) {
       p.push_back(alpha);
       acc.push_back(s->num_draft_tokens > 0 ? a / static_cast<double>(s->num_draft_tokens) : 0.0);
       tps.push_back(n_after_first / std::max<double>(1.0, static_cast<double>(s->num_decode_steps)));
+      const double steps = std::max<double>(1.0, static_cast<double>(s->num_spec_steps));
+      vtps.push_back(1.0 + a / steps);
+      mean_k.push_back(static_cast<double>(s->num_draft_tokens) / steps);
       pred.push_back(alpha < 1.0 ? (1.0 - std::pow(alpha, static_cast<double>(k + 1))) / (1.0 - alpha)
                                  : static_cast<double>(k + 1));
       const double bt = (static_cast<double>(b->tokens.size()) - 1.0) / std::max(1e-9, b->decode_seconds);
@@ -142,9 +148,9 @@ int run_bench_spec(int argc, char** argv) {
       spec_tps.push_back(st);
       speedup.push_back(st / bt);
     }
-    std::printf("%3lld %7.3f %8.3f %9.3f %9.3f %7.3f %10.1f %10.1f %7.2fx\n", static_cast<long long>(k), median(p),
-                median(acc), median(tps), median(pred), median(tps) / median(pred), median(base_tps), median(spec_tps),
-                median(speedup));
+    std::printf("%3lld %6.2f %7.3f %8.3f %9.3f %9.3f %9.3f %7.3f %10.1f %10.1f %7.2fx\n", static_cast<long long>(k),
+                median(mean_k), median(p), median(acc), median(tps), median(vtps), median(pred),
+                median(vtps) / median(pred), median(base_tps), median(spec_tps), median(speedup));
     std::fflush(stdout);
   }
   return 0;

@@ -14,6 +14,7 @@
 #include "server/http_server.h"
 #include "server/openai_server.h"
 #include "tools/cli_model.h"
+#include "tools/cli_spec.h"
 #include "tools/commands.h"
 
 namespace nb::tools {
@@ -40,6 +41,7 @@ int run_serve(int argc, char** argv) {
   args.flag("--no-prefix-cache", "do not share KV blocks of common prompt prefixes");
   args.option("--batching", "continuous or static", "continuous");
   args.option("--kv-layout", "paged or contiguous (each request reserves its max length)", "paged");
+  add_speculative_options(args);
   if (Status s = args.parse(argc, argv); !s.ok()) return fail("serve", s);
   if (args.help_requested()) {
     std::fputs(args.usage().c_str(), stdout);
@@ -81,6 +83,9 @@ int run_serve(int argc, char** argv) {
   auto loaded = load_cli_model(args, cfg.max_batched_tokens);
   if (!loaded.ok()) return fail("serve", loaded.status());
   CliModel& cm = *loaded;
+  auto spec = load_speculative(args, *cm.model);  // outlives the engine (declared first)
+  if (!spec.ok()) return fail("serve", spec.status());
+  spec->apply(cfg);
   auto engine = Engine::create(*cm.model, cfg);
   if (!engine.ok()) return fail("serve", engine.status());
 
