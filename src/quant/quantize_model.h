@@ -30,7 +30,7 @@ struct QuantizeOptions {
   double alpha = 0.5;             // smoothquant migration strength
   bool act_order = false;         // gptq
   std::string calib_path;
-  int64_t calib_samples = 64;
+  int64_t calib_samples = 32;
   int64_t calib_seqlen = 512;
   int num_threads = 2;
 };

@@ -117,7 +117,7 @@ int run_quantize(int argc, char** argv) {
   args.option("--alpha", "SmoothQuant migration strength", "0.5");
   args.flag("--act-order", "GPTQ: quantize columns by decreasing Hessian diagonal (writes g_idx)");
   args.option("--calib", std::string("calibration text file (default ") + kDefaultCalib + ")");
-  args.option("--calib-samples", "calibration windows", "64");
+  args.option("--calib-samples", "calibration windows", "32");
   args.option("--calib-seqlen", "tokens per calibration window", "512");
   args.option("--report", "write per-layer facts (outliers, AWQ exponents, GPTQ errors) as JSON to FILE");
   args.option("-t,--threads", "worker threads", "2");
