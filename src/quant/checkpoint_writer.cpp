@@ -136,7 +136,7 @@ Status write_checkpoint(const ModelWeights& w, const LoadedModel& source, const 
       const std::string module = p + hf_linear_name(kind);
       const std::vector<int64_t>* order = !permute ? nullptr : kind == LinearKind::kQ ? &q_order : kind == LinearKind::kK ? &k_order : nullptr;
       Tensor t = linear_of(lw, kind);
-      if (t.dtype() != DType::kQGroup) {
+      if (t.dtype() != DType::kQGroup || quant_config == nullptr) {  // no quant_config: write everything dequantized
         entries.push_back(f16_entry(module + ".weight", t, order, f32));
         continue;
       }
