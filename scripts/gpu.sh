@@ -14,6 +14,15 @@
 #   NIBBLE_GPU_JOBS        build jobs (default: nproc)
 #   NIBBLE_GPU_SANITIZE    memcheck|racecheck|synccheck|initcheck: also run the tests (same filter)
 #                          under compute-sanitizer --tool <it>, log in sanitizer.log (slow: filter them)
+#   NIBBLE_GPU_BENCH       benchmarks to run after the tests, comma-separated, or none (default:
+#                          7b,hf,load,serve): 7b = `nibble bench gpu` on a synthesized Llama-2-7B (f16;
+#                          decode vs roofline, prefill GEMM rate, batch sweep); hf = logits vs HF
+#                          transformers on that model; load = disk to first token (page cache warm);
+#                          serve = `nibble serve --device cuda` SmolLM2 + `nibble bench serve`
+#   NIBBLE_SYNTH_DIR       where the 7B model is generated (default /tmp/nibble-synth)
+# Models: gpu_carry/models holds stories260K and the first part of the SmolLM2 GGUF; the rest comes in
+# gpu_carry_b/ (a second call, carry ["gpu_carry_b"], while the machine is warm: the carry limit is
+# 64 MiB a call). The parts are joined and checked against gpu_carry/models/smollm2.sha256.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -80,6 +89,16 @@ if [ "${result[configure]}" = ok ]; then
 fi
 build_s=$(( $(date +%s) - t0 ))
 
+# ---- models ----
+models=gpu_carry/models
+smol=$models/SmolLM2-135M-Instruct.Q4_1.gguf
+if [ ! -f "$smol" ] && [ -f "$models/smollm2.part_a" ] && [ -f gpu_carry_b/smollm2.part_b ]; then
+  cat "$models/smollm2.part_a" gpu_carry_b/smollm2.part_b >"$smol.tmp"
+  if [ "$(sha256sum "$smol.tmp" | cut -d' ' -f1)" = "$(cat "$models/smollm2.sha256")" ]; then mv "$smol.tmp" "$smol"
+  else echo "SmolLM2 parts do not match smollm2.sha256" >>"$out/env.txt"; rm -f "$smol.tmp"; fi
+fi
+echo "models: $(ls "$models" 2>/dev/null | tr '\n' ' ')" >>"$out/env.txt"
+
 # ---- device info + GPU tests ----
 tests_line="not run"
 if [ "${result[build]:-}" = ok ]; then
@@ -113,6 +132,45 @@ EOF
   fi
 fi
 
+# ---- benchmarks ----
+bench=${NIBBLE_GPU_BENCH:-7b,hf,load,serve}
+synth=${NIBBLE_SYNTH_DIR:-/tmp/nibble-synth}
+has() { [[ ",$bench," == *",$1,"* ]]; }
+nib=$build/nibble
+if [ "${result[build]:-}" = ok ] && [ "$bench" != none ]; then
+  m7=$synth/llama-2-7b
+  if { has 7b || has hf || has load; } && [ ! -f "$m7/config.json.done" ]; then
+    "$nib" synth --config llama-2-7b -o "$m7" --force >"$out/synth.log" 2>&1 && touch "$m7/config.json.done"
+    record synth_7b $?
+  fi
+  if has 7b; then
+    "$nib" bench gpu -m "$m7" --device cuda --dtype f16 -p 512 -n 64 -r 5 >"$out/bench_7b.txt" 2>&1
+    record bench_7b $?
+  fi
+  if has hf; then
+    python3 scripts/gpu_hf_compare.py "$nib" "$m7" f16 64 >"$out/hf_compare.txt" 2>&1
+    record hf_compare $?
+  fi
+  if has load; then
+    for i in 1 2 3; do
+      "$nib" generate -m "$m7" --device cuda --dtype f16 -p "Hello" -n 4 --temp 0 >/dev/null 2>>"$out/load.txt"
+    done
+    record load $?
+  fi
+  if has serve && [ -f "$smol" ]; then
+    "$nib" serve -m "$smol" --device cuda --dtype f16 --port 8199 --kv-cache-memory 8GiB --max-num-seqs 256 \
+      --max-batched-tokens 2048 >"$out/serve_server.log" 2>&1 &
+    spid=$!
+    for i in $(seq 120); do curl -sf http://127.0.0.1:8199/health >/dev/null 2>&1 && break; sleep 1; done
+    for rate in ${NIBBLE_SERVE_RATES:-500 600 800}; do
+      "$nib" bench serve --url http://127.0.0.1:8199 -m "$smol" --num-prompts $((rate * 20)) --request-rate "$rate" \
+        --input-len 128 --output-len 64 --seed 1 >>"$out/serve.txt" 2>&1
+      record "serve_$rate" $?
+    done
+    kill $spid 2>/dev/null; wait $spid 2>/dev/null
+  fi
+fi
+
 # ---- report: failures first (the device reply keeps the end of the output), table last ----
 if [ "${result[configure]}" != ok ] || [ "${result[build]:-ok}" != ok ]; then
   echo "== last lines of $out/build.log"
@@ -134,6 +192,9 @@ fi
   printf '%-12s %s\n' "build time" "${build_s}s (arch $arch, $jobs jobs)"
   printf '%-12s %s\n' "gpu tests" "$(head -1 <<<"$tests_line")${tests_s:+ in ${tests_s}s}"
   tail -n +2 <<<"$tests_line"
+  for f in bench_7b.txt hf_compare.txt; do [ -f "$out/$f" ] && grep -E 'copy bandwidth|dense GEMM|prefill|decode batch 1|hf-compare' "$out/$f"; done
+  [ -f "$out/load.txt" ] && grep -E 'first token' "$out/load.txt" | tail -2
+  [ -f "$out/serve.txt" ] && grep -E 'Request rate|Failed requests|Request throughput|P99 TTFT' "$out/serve.txt"
   printf '%-12s %s\n' "logs" "$out"
 } | tee "$out/summary.txt"
 for s in "${order[@]}"; do [ "${result[$s]}" = ok ] || exit 1; done

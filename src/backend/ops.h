@@ -141,6 +141,15 @@ struct BatchAttentionParams {
   KvCacheDType cache_dtype = KvCacheDType::kF32;  // as AttentionParams::cache_dtype (CPU only)
 };
 
+// out[r] = the index of row r's largest value, ties to the lowest index (the sampler's greedy rule);
+// NaN never wins. Used for greedy decoding without copying logits back from a device.
+struct ArgmaxParams {
+  const float* x;  // [rows, cols] f32
+  int32_t* out;    // [rows]
+  int64_t rows;
+  int64_t cols;
+};
+
 // out[t, :] = dequantized row ids[t] of the embedding table.
 struct EmbeddingParams {
   Tensor table;        // [vocab, dim] any dtype

@@ -19,15 +19,22 @@ namespace nb {
 class KvStorage {
  public:
   static Result<KvStorage> create(LlamaModel& model, int64_t num_blocks, int64_t block_size);
-  // Bytes one block takes over all layers (K and V).
-  static int64_t block_bytes(const ModelConfig& config, int64_t block_size);
+  // Bytes one block takes over all layers (K and V) in the model's KV format (kv_block_format: the
+  // --kv-cache-dtype on the CPU, scales included; the device dtype on a GPU).
+  static int64_t block_bytes(const LlamaModel& model, int64_t block_size);
   const KvPools& pools() const { return pools_; }
   int64_t num_bytes() const { return num_bytes_; }
+  // Bytes of one block of one layer's K (or V) pool, its scales included: what copying a block
+  // (prefix-cache copy-on-write) copies per pool.
+  int64_t pool_block_bytes() const { return pool_block_bytes_; }
+  // Copies block src to block dst in every layer's K and V pool: whole blocks, scales included.
+  Status copy_block(LlamaModel& model, int32_t src, int32_t dst) const;
 
  private:
   KvStorage() = default;
   std::shared_ptr<void> storage_;
   int64_t num_bytes_ = 0;
+  int64_t pool_block_bytes_ = 0;
   KvPools pools_;
 };
 

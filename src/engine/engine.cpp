@@ -91,7 +91,7 @@ Result<std::unique_ptr<Engine>> Engine::create(LlamaModel& model, const EngineCo
                             ") exceeds what the model was created for (" + std::to_string(model.max_batch_tokens()) + ")");
   }
   const int64_t kv_row = c.num_kv_heads * c.head_dim;
-  const int64_t block_bytes = KvStorage::block_bytes(c, config.block_size);
+  const int64_t block_bytes = KvStorage::block_bytes(model, config.block_size);
   const int64_t num_blocks = config.kv_cache_bytes / block_bytes;
   if (num_blocks < 1) {
     return invalid_argument("--kv-cache-memory " + std::to_string(config.kv_cache_bytes) +
@@ -212,15 +212,7 @@ void Engine::Impl::refresh_stats() {
   stats.prefix_cache_hits = blocks.prefix_hits();
 }
 
-Status Engine::Impl::copy_block(int32_t src, int32_t dst) {
-  const auto n = static_cast<size_t>(config.block_size * kv_row);
-  const auto bytes = static_cast<int64_t>(n * sizeof(float));
-  for (size_t l = 0; l < pools.k.size(); ++l) {
-    NB_RETURN_IF_ERROR(model.copy_kv(pools.k[l] + static_cast<size_t>(dst) * n, pools.k[l] + static_cast<size_t>(src) * n, bytes));
-    NB_RETURN_IF_ERROR(model.copy_kv(pools.v[l] + static_cast<size_t>(dst) * n, pools.v[l] + static_cast<size_t>(src) * n, bytes));
-  }
-  return Status::Ok();
-}
+Status Engine::Impl::copy_block(int32_t src, int32_t dst) { return kv.copy_block(model, src, dst); }
 
 void Engine::Impl::loop() {
   for (;;) {
@@ -317,14 +309,14 @@ Status Engine::Impl::next_tokens(Sequence* s, const float* rows, std::vector<int
   s->num_draft_tokens += k;
   s->num_accepted_tokens += ver.num_accepted;
   ++s->num_spec_steps;
-  {
   s->num_spec_rejections += rejected > 0 ? 1 : 0;
+  {
     std::lock_guard<std::mutex> lock(mu);
     stats.num_spec_steps += 1;
     stats.num_draft_tokens += k;
     stats.num_accepted_tokens += ver.num_accepted;
-  }
     stats.num_spec_rejections += rejected > 0 ? 1 : 0;
+  }
   *out = std::move(ver.tokens);
   return Status::Ok();
 }

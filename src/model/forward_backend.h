@@ -24,6 +24,8 @@ class ForwardBackend {
   virtual Status copy_kv(void* dst, const void* src, int64_t nbytes) = 0;
   // Same contract as LlamaModel::forward; `logits` is host memory.
   virtual Status forward(const ForwardBatch& batch, const KvPools& kv, float* logits) = 0;
+  // Bytes of one K or V element in the KV pools (the device dtype: 2 for f16/bf16, 4 for f32).
+  virtual int64_t kv_element_bytes() const = 0;
   // Device memory still free after the weights and scratch (sizes the KV pool); 0 if unknown.
   virtual int64_t free_memory_bytes() const = 0;
   virtual std::string describe() const = 0;  // "cuda:0 NVIDIA H100 80GB HBM3, f16"

@@ -56,6 +56,10 @@ Status LlamaModel::validate(const ForwardBatch& batch, const KvPools& kv) const 
     return invalid_argument("forward takes 1.." + std::to_string(max_batch_tokens_) + " tokens, got " +
                             std::to_string(n));
   }
+  if (backend_ && kv.dtype != KvCacheDType::kF32) {
+    return failed_precondition(std::string("a ") + kv_cache_dtype_name(kv.dtype) +
+                               " KV cache runs on the CPU only; use --kv-cache-dtype f32 with a GPU device");
+  }
   int64_t covered = 0;
   for (const SeqForward& sq : batch.seqs) {
     if (sq.num_tokens <= 0) return internal_error("a sequence in the batch has no tokens");
@@ -82,6 +86,22 @@ Status LlamaModel::validate(const ForwardBatch& batch, const KvPools& kv) const 
     }
   }
   return Status::Ok();
+}
+
+Status LlamaModel::set_kv_cache_dtype(KvCacheDType t) {
+  if (t != KvCacheDType::kF32 && backend_) {
+    return invalid_argument(std::string("--kv-cache-dtype ") + kv_cache_dtype_name(t) +
+                            " runs on the CPU only; leave it at f32 with a GPU device");
+  }
+  kv_dtype_ = t;
+  return Status::Ok();
+}
+
+KvBlockFormat LlamaModel::kv_block_format(int64_t block_size) const {
+  const ModelConfig& c = weights_.config;
+  // A device pool holds elements of the device dtype in the f32 layout: f16 (or bf16, same size).
+  const KvCacheDType t = backend_ ? (backend_->kv_element_bytes() == 2 ? KvCacheDType::kF16 : KvCacheDType::kF32) : kv_dtype_;
+  return {t, block_size, c.num_kv_heads, c.head_dim};
 }
 
 Result<std::shared_ptr<void>> LlamaModel::allocate_kv(int64_t nbytes) {
@@ -128,6 +148,7 @@ Status LlamaModel::forward(const ForwardBatch& batch, const KvPools& kv, float* 
   if (rows == 0) return Status::Ok();
   cpu::rms_norm({out_rows_.data(), weights_.final_norm.ptr<float>(), out_rows_.data(), rows, c.dim, c.norm_eps});
   matmul({weights_.output, out_rows_.data(), logits, rows});
+  if (batch.greedy_tokens != nullptr) cpu::ref::argmax({logits, batch.greedy_tokens, rows, c.vocab_size});
   return Status::Ok();
 }
 
@@ -200,7 +221,10 @@ void LlamaModel::layer_forward(int64_t l, int64_t n, const KvPools& kv) {
   // The batch's new K/V go into their slots, then one attention call covers every sequence.
   float* k_pool = kv.k[static_cast<size_t>(l)];
   float* v_pool = kv.v[static_cast<size_t>(l)];
-  cpu::kv_write({k_.data(), v_.data(), k_pool, v_pool, slot_mapping_.data(), n, c.num_kv_heads, hd});
+  KvWriteParams wp{k_.data(), v_.data(), k_pool, v_pool, slot_mapping_.data(), n, c.num_kv_heads, hd};
+  wp.cache_dtype = kv.dtype;
+  wp.cache_block_size = kv.block_size;
+  cpu::kv_write(wp);
   BatchAttentionParams ap{};
   ap.q = q_.data();
   ap.out = att_.data();
@@ -219,6 +243,7 @@ void LlamaModel::layer_forward(int64_t l, int64_t n, const KvPools& kv) {
   ap.num_kv_heads = c.num_kv_heads;
   ap.head_dim = hd;
   ap.scale = 1.0f / std::sqrt(static_cast<float>(hd));
+  ap.cache_dtype = kv.dtype;
   cpu::batch_attention(ap, pool_);
   matmul({w.wo, att_.data(), xb_.data(), n});
   for (int64_t i = 0; i < n * dim; ++i) x_[static_cast<size_t>(i)] += xb_[static_cast<size_t>(i)];

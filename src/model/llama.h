@@ -18,11 +18,14 @@ namespace nb {
 // Where the forward writes and reads K/V: per layer, a pool of blocks
 // [num_blocks, block_size, num_kv_heads, head_dim] f32. The engine owns the memory (a contiguous cache
 // is one block per sequence; the paged cache shares the pools between sequences).
+// With another dtype (CPU only) each pool holds num_blocks blocks in that format
+// (backend/kv_format.h: values, then scales and zeros, per block) and k/v point to their first byte.
 struct KvPools {
   std::vector<float*> k;  // [num_layers]
   std::vector<float*> v;  // [num_layers]
   int64_t num_blocks = 0;
   int64_t block_size = 0;
+  KvCacheDType dtype = KvCacheDType::kF32;
 };
 
 // One sequence's part of a step: its num_tokens new tokens sit at positions start_pos.. and are
@@ -45,6 +48,10 @@ struct ForwardBatch {
   std::vector<SeqForward> seqs;
   // Logits for every token of the sequences that want them (perplexity), or only their last token.
   bool all_logits = false;
+  // When set: forward also writes each logits row's argmax here (ties to the lowest id, as the
+  // sampler's greedy rule), and a device backend may then skip copying the logits to the host
+  // (their contents are unspecified). Greedy decoding without penalties or logprobs uses it.
+  int32_t* greedy_tokens = nullptr;
 
   static ForwardBatch single(std::span<const int32_t> tokens, int64_t start_pos, std::span<const int32_t> block_table,
                              bool all_logits = false) {
@@ -68,6 +75,12 @@ class LlamaModel {
   const ModelConfig& config() const { return weights_.config; }
   const ModelWeights& weights() const { return weights_; }
   ThreadPool& pool() { return pool_; }
+  // The format of the KV caches made for this model (--kv-cache-dtype; f32 by default). Other
+  // formats are CPU only: an error once a device backend is set.
+  Status set_kv_cache_dtype(KvCacheDType t);
+  KvCacheDType kv_cache_dtype() const { return kv_dtype_; }
+  // The layout of one block of one layer's K (or V) pool in the KV caches made for this model.
+  KvBlockFormat kv_block_format(int64_t block_size) const;
   // Exact mode multiplies quantized weights with f32 activations (the reference kernels) instead of
   // quantizing activations to 8 bits first; slower, used to compare logits with other implementations.
   void set_exact_matmul(bool exact) { exact_matmul_ = exact; }
@@ -82,6 +95,8 @@ class LlamaModel {
   // KV memory where forward() reads it: host memory, or the backend's device memory.
   Result<std::shared_ptr<void>> allocate_kv(int64_t nbytes);
   Status copy_kv(void* dst, const void* src, int64_t nbytes);
+  // Bytes of one K/V element in the pools forward() uses: 4 (f32) on the CPU, the device dtype's on a GPU.
+  int64_t kv_element_bytes() const { return backend_ ? backend_->kv_element_bytes() : 4; }
 
  private:
   LlamaModel(ModelWeights weights, int num_threads, int64_t max_batch_tokens);
@@ -94,6 +109,7 @@ class LlamaModel {
   std::unique_ptr<ForwardBackend> backend_;
   ThreadPool pool_;
   bool exact_matmul_ = false;
+  KvCacheDType kv_dtype_ = KvCacheDType::kF32;
   int64_t max_batch_tokens_;
   std::vector<float> inv_freq_;  // [head_dim / 2]
   // Scratch activations for up to kMaxChunkTokens tokens.

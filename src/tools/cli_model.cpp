@@ -2,6 +2,8 @@
 
 #include <chrono>
 
+#include "tools/cli_device.h"
+
 namespace nb::tools {
 
 void add_model_options(CliArgs& args) {
@@ -9,6 +11,19 @@ void add_model_options(CliArgs& args) {
   args.option("-t,--threads", "CPU threads", "2");
   args.option("--tokenizer", "tokenizer file to use instead of the one found with the model");
   args.flag("--exact", "f32 activations in every matmul (slower reference path; default quantizes them to 8 bits)");
+  add_device_options(args);
+  add_kv_cache_options(args);
+}
+
+void add_kv_cache_options(CliArgs& args) {
+  args.option("--kv-cache-dtype",
+              "KV cache element format: f32, f16, int8 (per token-head scale) or int4 (scale + zero); CPU only",
+              "f32");
+}
+
+Status apply_kv_cache_options(const CliArgs& args, LlamaModel& model) {
+  NB_ASSIGN_OR_RETURN(KvCacheDType t, parse_kv_cache_dtype(args.get("--kv-cache-dtype")));
+  return model.set_kv_cache_dtype(t);
 }
 
 Result<CliModel> load_cli_model(const CliArgs& args, int64_t max_batch_tokens) {
@@ -32,6 +47,8 @@ Result<CliModel> load_cli_model(const CliArgs& args, int64_t max_batch_tokens) {
   out.chat_template = std::move(loaded.chat_template);
   NB_ASSIGN_OR_RETURN(out.model, LlamaModel::create(std::move(loaded.weights), static_cast<int>(threads), max_batch_tokens));
   out.model->set_exact_matmul(args.has("--exact"));
+  NB_RETURN_IF_ERROR(attach_device(args, *out.model, max_batch_tokens));
+  NB_RETURN_IF_ERROR(apply_kv_cache_options(args, *out.model));
   return out;
 }
 

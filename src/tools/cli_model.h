@@ -17,8 +17,12 @@ struct CliModel {
   std::string chat_template;  // Jinja source shipped with the model; empty if none
 };
 
-// Declares -m, -t, --tokenizer.
+// Declares -m, -t, --tokenizer, the device options and --kv-cache-dtype.
 void add_model_options(CliArgs& args);
+// --kv-cache-dtype alone, for commands that load the model themselves (the benches); apply after
+// the device is attached.
+void add_kv_cache_options(CliArgs& args);
+Status apply_kv_cache_options(const CliArgs& args, LlamaModel& model);
 // Loads what add_model_options describes. --tokenizer overrides the tokenizer found beside the model.
 // max_batch_tokens: the most tokens one forward() takes (serve's engine batches up to its budget).
 Result<CliModel> load_cli_model(const CliArgs& args, int64_t max_batch_tokens = LlamaModel::kMaxChunkTokens);

@@ -110,7 +110,6 @@ int run_bench(int argc, char** argv) {
   if (argc >= 2 && std::string(argv[1]) == "serve") return run_bench_serve(argc - 1, argv + 1);
   if (argc >= 2 && std::string(argv[1]) == "batching") return run_bench_batching(argc - 1, argv + 1);
   if (argc >= 2 && std::string(argv[1]) == "spec") return run_bench_spec(argc - 1, argv + 1);
-  if (argc >= 2 && std::string(argv[1]) == "spec") return run_bench_spec(argc - 1, argv + 1);
   if (argc >= 2 && std::string(argv[1]) == "gpu") return bench_gpu_main(argc - 1, argv + 1);
   std::fprintf(stderr,
                "usage: nibble bench decode -m MODEL [options]     prompt-processing and decode speed\n"

@@ -1,17 +1,17 @@
 // nibble generate: one prompt in, text out, streamed as it is generated.
+#include <chrono>
 #include <cstdio>
 #include <string>
 
 #include "engine/generate.h"
 #include "tools/chat_format.h"
 #include "tools/cli_model.h"
-#include "tools/commands.h"
 #include "tools/cli_spec.h"
+#include "tools/commands.h"
 
 namespace nb::tools {
 namespace {
 
-int run_generate(int argc, char** argv) {
 // --speculative: the one request runs through the engine, which drafts and verifies.
 int generate_speculative(const CliArgs& args, CliModel& cm, const std::vector<int32_t>& prompt,
                          const SamplingParams& sampling, const GenerateOptions& opts, IncrementalDetokenizer& detok) {
@@ -48,6 +48,7 @@ int generate_speculative(const CliArgs& args, CliModel& cm, const std::vector<in
   return 0;
 }
 
+int run_generate(int argc, char** argv) {
   CliArgs args("generate", "-m MODEL -p PROMPT [-n N] [--temp T] [--top-p P] [--seed S] [--chat]");
   add_model_options(args);
   args.option("-p,--prompt", "the prompt");
@@ -59,17 +60,20 @@ int generate_speculative(const CliArgs& args, CliModel& cm, const std::vector<in
   args.flag("--no-special", "treat special-token text in the prompt as plain text");
   args.flag("--quiet", "no timing summary on stderr");
   add_sampling_options(args);
-  if (Status s = args.parse(argc, argv); !s.ok()) return fail("generate", s);
   add_speculative_options(args);
+  if (Status s = args.parse(argc, argv); !s.ok()) return fail("generate", s);
   if (args.help_requested()) { std::fputs(args.usage().c_str(), stdout); return 0; }
   if (!args.has("-p")) return fail("generate", invalid_argument("-p PROMPT is required; see 'nibble generate --help'"));
   auto n_predict = args.get_int("-n", 0, 1 << 24);
   if (!n_predict.ok()) return fail("generate", n_predict.status());
   auto sampling = sampling_params_from(args);
   if (!sampling.ok()) return fail("generate", sampling.status());
+  const auto t_start = std::chrono::steady_clock::now();
   auto loaded = load_cli_model(args);
   if (!loaded.ok()) return fail("generate", loaded.status());
   CliModel& cm = *loaded;
+  const double load_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
+  double first_token_s = 0;
   int64_t ctx = cm.model->config().max_seq_len;
   if (args.has("-c")) {
     auto c = args.get_int("-c", 1, ctx);
@@ -112,11 +116,14 @@ int generate_speculative(const CliArgs& args, CliModel& cm, const std::vector<in
     std::fputc('\n', stdout);
     return 0;
   }
+  if (args.has("--speculative")) return generate_speculative(args, cm, prompt, *sampling, opts, detok);
   auto stats = runner.generate(prompt, *sampler, opts, [&](int32_t id) {
+    if (first_token_s == 0) {
+      first_token_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
+    }
     const std::string piece = detok.push(id);
     std::fwrite(piece.data(), 1, piece.size(), stdout);
     std::fflush(stdout);
-  if (args.has("--speculative")) return generate_speculative(args, cm, prompt, *sampling, opts, detok);
     return true;
   });
   const std::string rest = detok.flush();
@@ -129,6 +136,7 @@ int generate_speculative(const CliArgs& args, CliModel& cm, const std::vector<in
                  stats->num_prompt_tokens / std::max(1e-9, stats->prefill_seconds),
                  static_cast<long long>(stats->num_generated),
                  stats->num_generated / std::max(1e-9, stats->decode_seconds), stop_reason_name(stats->stop));
+    std::fprintf(stderr, "[model loaded in %.2f s; first token %.2f s after start]\n", load_s, first_token_s);
   }
   return 0;
 }

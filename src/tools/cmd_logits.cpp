@@ -7,6 +7,7 @@
 #include "engine/contiguous_kv.h"
 #include "model/llama.h"
 #include "tools/cli_args.h"
+#include "tools/cli_device.h"
 #include "tools/commands.h"
 
 namespace nb::tools {
@@ -19,6 +20,7 @@ int run_logits(int argc, char** argv) {
   args.option("-o,--output", "output file (raw f32, [num_tokens, vocab])");
   args.option("-t,--threads", "threads", "2");
   args.flag("--exact", "f32 activations in every matmul (no 8-bit activation quantization)");
+  add_device_options(args);
   if (Status s = args.parse(argc, argv); !s.ok()) return fail("logits", s);
   if (args.help_requested()) { std::fputs(args.usage().c_str(), stdout); return 0; }
   if (!args.has("-m") || !args.has("--ids") || !args.has("-o")) {
@@ -42,6 +44,7 @@ int run_logits(int argc, char** argv) {
   if (!model.ok()) return fail("logits", model.status());
   LlamaModel& m = **model;
   m.set_exact_matmul(args.has("--exact"));
+  if (Status s = attach_device(args, m, LlamaModel::kMaxChunkTokens); !s.ok()) return fail("logits", s);
   const int64_t vocab = m.config().vocab_size;
   auto kv_or = ContiguousKvCache::create(m, static_cast<int64_t>(ids.size()));
   if (!kv_or.ok()) return fail("logits", kv_or.status());

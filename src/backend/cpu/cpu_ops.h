@@ -45,6 +45,7 @@ void batch_attention(const BatchAttentionParams& p);  // host pointers; attentio
 // (backend/kv_format.h), scale and zero included (reference_kv.cpp).
 void kv_quantize_head(const KvBlockFormat& f, uint8_t* pool, int64_t slot, int64_t h, const float* x);
 void kv_dequantize_head(const KvBlockFormat& f, const uint8_t* pool, int64_t slot, int64_t h, float* out);
+void argmax(const ArgmaxParams& p);  // reference_sampling.cpp
 }  // namespace ref
 
 }  // namespace nb::cpu

@@ -12,7 +12,7 @@
 // registers. Shapes are compile-time per DMAX (head_dim rounded up to 64/128/256; padding is zero).
 //
 // Split-K (decode only, max_query_len == 1): with few (sequence, kv head) blocks, each sequence's keys
-// are cut into ranges of split_keys; every range writes its normalized partial output and (m, l) to
+// are cut into ranges of split_keys (128 unless the Context forces another size); every range writes its normalized partial output and (m, l) to
 // the workspace and attention_merge_kernel combines them. Shared memory stays under the 48 KB static
 // limit for every DMAX (no opt-in attribute needed).
 #include <cuda_runtime.h>
@@ -34,6 +34,7 @@ using detail::to_f32;
 namespace {
 
 constexpr int kThreads = 128;
+constexpr int64_t kDecodeSplitKeys = 128;
 constexpr int kWarps = kThreads / 32;
 
 template <int DMAX>
@@ -295,15 +296,17 @@ Status batch_attention(const BatchAttentionParams& p, Context& ctx) {
   const int dmax = p.head_dim <= 64 ? 64 : p.head_dim <= 128 ? 128 : 256;
   const int rows_per_block = 2048 / dmax;
 
-  // Decode split: enough blocks to cover the SMs about twice, splits of at least 256 keys.
+  // Decode split (flash-decoding) when the batch alone does not fill the GPU.
   int num_splits = 1;
   if (p.max_query_len == 1) {
     int64_t split_keys = ctx.decode_split_keys();
     if (split_keys <= 0) {
+      // Too few (sequence, kv head) blocks to fill the GPU twice: cut the keys into ranges of 128.
+      // The range size does not depend on max_context_len, so a plan made for the longest context
+      // (a captured CUDA graph) costs a short sequence only its empty splits, which exit at once.
       const int64_t blocks = p.num_seqs * p.num_kv_heads * ceil_div(a.group, rows_per_block);
       const int64_t target = 2 * int64_t{ctx.info().num_sms};
-      const int64_t splits = std::min(ceil_div(target, blocks), ceil_div(p.max_context_len, 256));
-      split_keys = splits > 1 ? ceil_div(ceil_div(p.max_context_len, splits), 32) * 32 : p.max_context_len;
+      split_keys = blocks < target && p.max_context_len > kDecodeSplitKeys ? kDecodeSplitKeys : p.max_context_len;
     }
     int64_t splits = ceil_div(p.max_context_len, split_keys);
     const size_t need = attention_split_workspace_bytes(p.num_seqs, p.num_heads, p.head_dim, splits);

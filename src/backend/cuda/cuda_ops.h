@@ -28,6 +28,10 @@ Status swiglu(const SwigluParams& p, Context& ctx);
 Status kv_write(const KvWriteParams& p, Context& ctx);
 Status batch_attention(const BatchAttentionParams& p, Context& ctx);
 Status matmul(const MatmulParams& p, Context& ctx);
+// The same product with y in f32 whatever act_dtype is (logits from f16/bf16 activations).
+Status matmul_to_f32(const MatmulParams& p, Context& ctx);
+
+Status argmax(const ArgmaxParams& p, Context& ctx);
 
 // Workspace bytes a decode batch needs when split into `num_splits` key ranges.
 size_t attention_split_workspace_bytes(int64_t num_seqs, int64_t num_heads, int64_t head_dim, int64_t num_splits);

@@ -142,6 +142,8 @@ Result<std::unique_ptr<Context>> Context::create(int ordinal, size_t workspace_b
   // Plain f32 GEMMs stay full f32 (no TF32), so the f32 path matches the CPU to ~1e-6.
   NB_CUDA_RETURN_IF_ERROR(cublasSetMathMode(handle, CUBLAS_DEFAULT_MATH));
   NB_ASSIGN_OR_RETURN(ctx->workspace_, DeviceBuffer::allocate(workspace_bytes));
+  NB_ASSIGN_OR_RETURN(ctx->blas_workspace_, DeviceBuffer::allocate(32u << 20));
+  NB_CUDA_RETURN_IF_ERROR(cublasSetWorkspace(handle, ctx->blas_workspace_.data(), ctx->blas_workspace_.size()));
   return ctx;
 }
 

@@ -50,6 +50,32 @@ class DeviceBuffer {
   size_t size_ = 0;
 };
 
+// Page-locked host memory (cudaHostAlloc): staging for asynchronous copies. Move-only.
+class PinnedBuffer {
+ public:
+  PinnedBuffer() = default;
+  static Result<PinnedBuffer> allocate(size_t nbytes);
+  ~PinnedBuffer();
+  PinnedBuffer(PinnedBuffer&& o) noexcept;
+  PinnedBuffer& operator=(PinnedBuffer&& o) noexcept;
+  PinnedBuffer(const PinnedBuffer&) = delete;
+  PinnedBuffer& operator=(const PinnedBuffer&) = delete;
+
+  void* data() const { return ptr_; }
+  template <typename T>
+  T* as() const { return static_cast<T*>(ptr_); }
+  size_t size() const { return size_; }
+
+ private:
+  void* ptr_ = nullptr;
+  size_t size_ = 0;
+};
+
+// Makes `ordinal` the calling thread's current device (each host thread has its own).
+Status set_device(int ordinal);
+// Free and total bytes of the current device.
+Status memory_info(size_t* free_bytes, size_t* total_bytes);
+
 Status copy_to_device(void* dst, const void* src, size_t nbytes, void* stream);
 Status copy_to_host(void* dst, const void* src, size_t nbytes, void* stream);
 Status copy_on_device(void* dst, const void* src, size_t nbytes, void* stream);
@@ -86,7 +112,31 @@ class Context {
   void* stream_ = nullptr;
   void* blas_ = nullptr;
   DeviceBuffer workspace_;
+  DeviceBuffer blas_workspace_;  // given to cuBLAS so it never allocates (required under graph capture)
   int64_t decode_split_keys_ = 0;
+};
+
+// A CUDA graph captured from the work enqueued on a stream between begin_capture and end_capture
+// (kernels, cuBLAS calls, device copies — no allocation and no host synchronization inside), then
+// replayed with one launch. Pointers and launch shapes are frozen at capture. Move-only.
+class Graph {
+ public:
+  Graph() = default;
+  static Status begin_capture(void* stream);
+  // Ends the capture started on `stream` and instantiates it; on a capture error the stream is
+  // left out of capture mode and the error returned.
+  static Result<Graph> end_capture(void* stream);
+  Status launch(void* stream) const;
+  ~Graph();
+  Graph(Graph&& o) noexcept;
+  Graph& operator=(Graph&& o) noexcept;
+  Graph(const Graph&) = delete;
+  Graph& operator=(const Graph&) = delete;
+
+ private:
+  void reset();
+  void* graph_ = nullptr;  // cudaGraph_t
+  void* exec_ = nullptr;   // cudaGraphExec_t
 };
 
 }  // namespace nb::cuda

@@ -11,6 +11,10 @@
 
 namespace nb::cuda {
 
+// gemv.cu: M <= 2 rows with f16/bf16 weights and 16-byte aligned rows.
+bool gemv_applies(const MatmulParams& p);
+Status gemv(const MatmulParams& p, Context& ctx, bool f32_out);
+
 namespace {
 
 Result<cudaDataType_t> blas_type(DType weight, DType act) {
@@ -23,23 +27,28 @@ Result<cudaDataType_t> blas_type(DType weight, DType act) {
                        "f32 with f32 (quantized weights must be repacked at load)");
 }
 
-}  // namespace
-
-Status matmul(const MatmulParams& p, Context& ctx) {
+Status gemm(const MatmulParams& p, Context& ctx, bool f32_out) {
   const Tensor& w = p.weight;
   if (w.ndim() != 2 || w.device() != Device::kCUDA) {
     return invalid_argument("matmul: the weight must be a 2-D device tensor (Device::kCUDA); got " + w.describe());
   }
   NB_ASSIGN_OR_RETURN(const cudaDataType_t type, blas_type(w.dtype(), p.act_dtype));
+  const cudaDataType_t out_type = f32_out ? CUDA_R_32F : type;
   const int64_t n = w.dim(0), k = w.dim(1), m = p.m;
   if (m <= 0 || n <= 0) return Status::Ok();
+  if (gemv_applies(p)) return gemv(p, ctx, f32_out);  // 1-2 rows: the bandwidth-bound kernel (gemv.cu)
   if (n > INT_MAX || k > INT_MAX || m > INT_MAX) return invalid_argument("matmul: dimensions exceed cuBLAS's int range");
   const float alpha = 1.f, beta = 0.f;
   NB_CUDA_RETURN_IF_ERROR(cublasGemmEx(static_cast<cublasHandle_t>(ctx.blas()), CUBLAS_OP_T, CUBLAS_OP_N,
                                        static_cast<int>(n), static_cast<int>(m), static_cast<int>(k), &alpha, w.data(),
-                                       type, static_cast<int>(k), p.x, type, static_cast<int>(k), &beta, p.y, type,
+                                       type, static_cast<int>(k), p.x, type, static_cast<int>(k), &beta, p.y, out_type,
                                        static_cast<int>(n), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
   return Status::Ok();
 }
+
+}  // namespace
+
+Status matmul(const MatmulParams& p, Context& ctx) { return gemm(p, ctx, false); }
+Status matmul_to_f32(const MatmulParams& p, Context& ctx) { return gemm(p, ctx, true); }
 
 }  // namespace nb::cuda

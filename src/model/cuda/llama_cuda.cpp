@@ -1,0 +1,463 @@
+// The Llama forward on one NVIDIA GPU (ForwardBackend): the same computation as LlamaModel's CPU
+// forward, op for op, through the CUDA ops (backend/cuda/cuda_ops.h) that share the CPU ops' Params.
+//
+// Weights are uploaded once in the device dtype (f16, bf16 or f32; block-quantized GGUF tensors are
+// dequantized on the host first; the embedding table stays in its stored dtype, the embedding kernel
+// reads every GGUF block type). Norm weights and RoPE frequencies stay f32. Activations and the KV
+// cache are in the device dtype; logits come back as f32.
+//
+// A step: the host writes the batch description (tokens, positions, slots, sequence starts, block
+// tables, logit rows) into pinned staging and copies it to device buffers at fixed addresses; the
+// layers run; the rows that want logits are gathered, normed and projected; the logits are copied
+// back. Decode-only steps (one token per sequence) are replayed from CUDA graphs captured once per
+// bucketed batch size: the batch is padded to the bucket with rows that write no KV (slot -1) and
+// whose outputs are dropped, and attention is planned for the longest possible context (its kernel
+// bounds every sequence by its own length read from device memory).
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <map>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "backend/cuda/cuda_ops.h"
+#include "backend/cuda/device.h"
+#include "model/forward_backend.h"
+#include "model/llama.h"
+
+namespace nb {
+namespace {
+
+using cuda::Context;
+using cuda::DeviceBuffer;
+using cuda::PinnedBuffer;
+
+Result<DType> parse_dtype(const std::string& s) {
+  if (s == "f16" || s == "float16") return DType::kF16;
+  if (s == "bf16" || s == "bfloat16") return DType::kBF16;
+  if (s == "f32" || s == "float32") return DType::kF32;
+  return invalid_argument("--dtype must be f16, bf16 or f32 on CUDA; got '" + s + "'");
+}
+
+size_t act_bytes(DType t) { return t == DType::kF32 ? 4 : 2; }
+
+struct DeviceLayer {
+  Tensor wq, wk, wv, wo, w_gate, w_up, w_down;
+  const float* attn_norm = nullptr;
+  const float* ffn_norm = nullptr;
+};
+
+// Batch description as the kernels read it; the device copy lives at fixed addresses.
+struct StepLayout {
+  int64_t tokens = 0, seqs = 0, rows = 0, stride = 0;
+};
+
+class CudaLlama final : public ForwardBackend {
+ public:
+  static Result<std::unique_ptr<CudaLlama>> create(const ModelWeights& w, const CudaForwardOptions& o);
+
+  Result<std::shared_ptr<void>> allocate_kv(int64_t nbytes) override {
+    NB_RETURN_IF_ERROR(cuda::set_device(options_.ordinal));
+    NB_ASSIGN_OR_RETURN(DeviceBuffer buf, DeviceBuffer::allocate(static_cast<size_t>(std::max<int64_t>(nbytes, 1))));
+    NB_RETURN_IF_ERROR(cuda::fill_bytes(buf.data(), 0, buf.size(), ctx_->stream()));
+    NB_RETURN_IF_ERROR(ctx_->synchronize());
+    auto holder = std::make_shared<DeviceBuffer>(std::move(buf));
+    return std::shared_ptr<void>(holder, holder->data());
+  }
+
+  Status copy_kv(void* dst, const void* src, int64_t nbytes) override {
+    return cuda::copy_on_device(dst, src, static_cast<size_t>(nbytes), ctx_->stream());
+  }
+
+  Status forward(const ForwardBatch& batch, const KvPools& kv, float* logits) override;
+
+  int64_t kv_element_bytes() const override { return static_cast<int64_t>(act_bytes(dtype_)); }
+
+  int64_t free_memory_bytes() const override {
+    size_t free_b = 0, total_b = 0;
+    if (!cuda::memory_info(&free_b, &total_b).ok()) return 0;
+    return static_cast<int64_t>(free_b);
+  }
+
+  std::string describe() const override {
+    return "cuda:" + std::to_string(options_.ordinal) + " " + ctx_->info().name + ", " +
+           std::string(dtype_name(dtype_));
+  }
+
+ private:
+  CudaLlama(const ModelConfig& c, const CudaForwardOptions& o) : config_(c), options_(o) {}
+  Status upload_weights(const ModelWeights& w);
+  Result<Tensor> upload(const Tensor& t, DType target);
+  Result<const float*> upload_f32(const Tensor& t);
+  Status allocate_scratch();
+  // Enqueues the forward for the staged batch (no host synchronization; capturable).
+  Status enqueue(const StepLayout& s, int64_t max_query_len, int64_t max_context_len, const KvPools& kv);
+  Status stage(const StepLayout& s);
+  void* act(const DeviceBuffer& b) const { return b.data(); }
+
+  ModelConfig config_;
+  CudaForwardOptions options_;
+  DType dtype_ = DType::kF16;
+  std::unique_ptr<Context> ctx_;
+  std::vector<DeviceBuffer> owned_;  // weights
+  Tensor embed_, output_;
+  const float* final_norm_ = nullptr;
+  std::vector<DeviceLayer> layers_;
+  DeviceBuffer inv_freq_;
+  // Activations for up to max_batch_tokens rows.
+  DeviceBuffer x_, xb_, q_, k_, v_, att_, ob_, hb_, hb2_, xg_, logits_d_;
+  // Staging: int32 [tokens | positions | query_start | start_pos | rows | block tables], int64 slots.
+  int64_t max_tokens_ = 0, max_seqs_ = 0, max_rows_ = 0, max_table_ = 0;
+  DeviceBuffer idx_d_, slots_d_, greedy_d_;
+  PinnedBuffer idx_h_, slots_h_, logits_h_, greedy_h_;
+  int32_t* h_tokens_ = nullptr;
+  int32_t* h_positions_ = nullptr;
+  int32_t* h_qstart_ = nullptr;
+  int32_t* h_startpos_ = nullptr;
+  int32_t* h_rows_ = nullptr;
+  int32_t* h_tables_ = nullptr;
+  // Decode graphs by (bucket, K pool of layer 0, block size, table stride).
+  std::map<std::tuple<int64_t, const void*, int64_t, int64_t>, cuda::Graph> graphs_;
+};
+
+// Offsets (in int32 elements) of the staging regions.
+struct IdxOffsets {
+  int64_t tokens, positions, qstart, startpos, rows, tables, total;
+};
+IdxOffsets idx_offsets(int64_t max_tokens, int64_t max_seqs, int64_t max_rows, int64_t max_table) {
+  IdxOffsets o{};
+  o.tokens = 0;
+  o.positions = o.tokens + max_tokens;
+  o.qstart = o.positions + max_tokens;
+  o.startpos = o.qstart + max_seqs + 1;
+  o.rows = o.startpos + max_seqs;
+  o.tables = o.rows + max_rows;
+  o.total = o.tables + max_table;
+  return o;
+}
+
+Result<std::unique_ptr<CudaLlama>> CudaLlama::create(const ModelWeights& w, const CudaForwardOptions& o) {
+  NB_RETURN_IF_ERROR(w.config.validate());
+  if (o.max_batch_tokens < 1 || o.max_seqs < 1) return invalid_argument("CUDA forward: batch limits must be positive");
+  std::unique_ptr<CudaLlama> m(new CudaLlama(w.config, o));
+  NB_ASSIGN_OR_RETURN(m->dtype_, parse_dtype(o.dtype));
+  NB_ASSIGN_OR_RETURN(m->ctx_, Context::create(o.ordinal));
+  if (w.config.head_dim > 256) return unimplemented("CUDA attention supports head_dim <= 256");
+  NB_RETURN_IF_ERROR(m->upload_weights(w));
+  NB_RETURN_IF_ERROR(m->allocate_scratch());
+  return m;
+}
+
+Result<Tensor> CudaLlama::upload(const Tensor& t, DType target) {
+  const int64_t rows = t.rows(), cols = t.cols();
+  const size_t out_row = static_cast<size_t>(cols) * act_bytes(target);
+  NB_ASSIGN_OR_RETURN(DeviceBuffer buf, DeviceBuffer::allocate(static_cast<size_t>(rows) * out_row));
+  if (t.dtype() == target) {
+    NB_RETURN_IF_ERROR(cuda::copy_to_device(buf.data(), t.data(), t.nbytes(), ctx_->stream()));
+  } else {
+    // Convert on the host through a pinned chunk (a few MiB at a time).
+    const int64_t chunk_rows = std::max<int64_t>(1, (8 << 20) / static_cast<int64_t>(out_row));
+    NB_ASSIGN_OR_RETURN(PinnedBuffer pin, PinnedBuffer::allocate(static_cast<size_t>(chunk_rows) * out_row));
+    std::vector<float> row(static_cast<size_t>(cols));
+    for (int64_t r0 = 0; r0 < rows; r0 += chunk_rows) {
+      const int64_t n = std::min(chunk_rows, rows - r0);
+      NB_RETURN_IF_ERROR(ctx_->synchronize());  // the previous chunk's copy is done with `pin`
+      for (int64_t r = 0; r < n; ++r) {
+        dequantize_row(t.dtype(), t.row(r0 + r), row.data(), cols);
+        auto* dst = static_cast<uint8_t*>(pin.data()) + static_cast<size_t>(r) * out_row;
+        for (int64_t c = 0; c < cols; ++c) {
+          const float v = row[static_cast<size_t>(c)];
+          if (target == DType::kF32) {
+            std::memcpy(dst + c * 4, &v, 4);
+          } else {
+            const uint16_t h = target == DType::kF16 ? fp32_to_fp16(v) : fp32_to_bf16(v);
+            std::memcpy(dst + c * 2, &h, 2);
+          }
+        }
+      }
+      NB_RETURN_IF_ERROR(cuda::copy_to_device(static_cast<uint8_t*>(buf.data()) + static_cast<size_t>(r0) * out_row,
+                                              pin.data(), static_cast<size_t>(n) * out_row, ctx_->stream()));
+    }
+    NB_RETURN_IF_ERROR(ctx_->synchronize());
+  }
+  const int64_t shape[2] = {rows, cols};
+  Tensor out = Tensor::view(buf.data(), shape, 2, target, nullptr, Device::kCUDA);
+  owned_.push_back(std::move(buf));
+  return out;
+}
+
+Result<const float*> CudaLlama::upload_f32(const Tensor& t) {
+  NB_ASSIGN_OR_RETURN(Tensor d, upload(t, DType::kF32));
+  return d.ptr<const float>();
+}
+
+Status CudaLlama::upload_weights(const ModelWeights& w) {
+  // The embedding kernel reads every stored dtype; keep the table as stored (smaller for GGUF).
+  const DType et = w.tok_embeddings.dtype();
+  const bool embed_as_is = et == DType::kF32 || et == DType::kF16 || et == DType::kBF16 || et == DType::kQ8_0 ||
+                           et == DType::kQ4_0 || et == DType::kQ4_1;
+  if (embed_as_is) {
+    NB_ASSIGN_OR_RETURN(DeviceBuffer buf, DeviceBuffer::allocate(w.tok_embeddings.nbytes()));
+    NB_RETURN_IF_ERROR(cuda::copy_to_device(buf.data(), w.tok_embeddings.data(), w.tok_embeddings.nbytes(),
+                                            ctx_->stream()));
+    const int64_t shape[2] = {w.tok_embeddings.dim(0), w.tok_embeddings.dim(1)};
+    embed_ = Tensor::view(buf.data(), shape, 2, et, nullptr, Device::kCUDA);
+    owned_.push_back(std::move(buf));
+  } else {
+    NB_ASSIGN_OR_RETURN(embed_, upload(w.tok_embeddings, dtype_));
+  }
+  NB_ASSIGN_OR_RETURN(output_, upload(w.output, dtype_));
+  NB_ASSIGN_OR_RETURN(final_norm_, upload_f32(w.final_norm));
+  for (const LayerWeights& l : w.layers) {
+    DeviceLayer d;
+    NB_ASSIGN_OR_RETURN(d.attn_norm, upload_f32(l.attn_norm));
+    NB_ASSIGN_OR_RETURN(d.ffn_norm, upload_f32(l.ffn_norm));
+    NB_ASSIGN_OR_RETURN(d.wq, upload(l.wq, dtype_));
+    NB_ASSIGN_OR_RETURN(d.wk, upload(l.wk, dtype_));
+    NB_ASSIGN_OR_RETURN(d.wv, upload(l.wv, dtype_));
+    NB_ASSIGN_OR_RETURN(d.wo, upload(l.wo, dtype_));
+    NB_ASSIGN_OR_RETURN(d.w_gate, upload(l.w_gate, dtype_));
+    NB_ASSIGN_OR_RETURN(d.w_up, upload(l.w_up, dtype_));
+    NB_ASSIGN_OR_RETURN(d.w_down, upload(l.w_down, dtype_));
+    layers_.push_back(d);
+  }
+  std::vector<float> inv(static_cast<size_t>(config_.head_dim / 2));
+  rope_inv_freq(config_, inv.data());
+  NB_ASSIGN_OR_RETURN(inv_freq_, DeviceBuffer::allocate(inv.size() * 4));
+  NB_RETURN_IF_ERROR(cuda::copy_to_device(inv_freq_.data(), inv.data(), inv.size() * 4, ctx_->stream()));
+  return ctx_->synchronize();
+}
+
+Status CudaLlama::allocate_scratch() {
+  const ModelConfig& c = config_;
+  max_tokens_ = options_.max_batch_tokens;
+  max_seqs_ = std::max(options_.max_seqs, int64_t{1});
+  max_rows_ = std::max(max_tokens_, max_seqs_);
+  // A block table row can need one entry per position (block size 1) at most.
+  max_table_ = max_seqs_ * c.max_seq_len;
+  const size_t ab = act_bytes(dtype_);
+  const auto t = static_cast<size_t>(std::max(max_tokens_, max_seqs_));
+  const auto q_dim = static_cast<size_t>(c.num_heads * c.head_dim);
+  const auto kv_dim = static_cast<size_t>(c.num_kv_heads * c.head_dim);
+  const auto dim = static_cast<size_t>(c.dim), hidden = static_cast<size_t>(c.hidden_dim);
+  NB_ASSIGN_OR_RETURN(x_, DeviceBuffer::allocate(t * dim * ab));
+  NB_ASSIGN_OR_RETURN(xb_, DeviceBuffer::allocate(t * std::max(dim, q_dim) * ab));
+  NB_ASSIGN_OR_RETURN(q_, DeviceBuffer::allocate(t * q_dim * ab));
+  NB_ASSIGN_OR_RETURN(k_, DeviceBuffer::allocate(t * kv_dim * ab));
+  NB_ASSIGN_OR_RETURN(v_, DeviceBuffer::allocate(t * kv_dim * ab));
+  NB_ASSIGN_OR_RETURN(att_, DeviceBuffer::allocate(t * q_dim * ab));
+  NB_ASSIGN_OR_RETURN(ob_, DeviceBuffer::allocate(t * dim * ab));
+  NB_ASSIGN_OR_RETURN(hb_, DeviceBuffer::allocate(t * hidden * ab));
+  NB_ASSIGN_OR_RETURN(hb2_, DeviceBuffer::allocate(t * hidden * ab));
+  NB_ASSIGN_OR_RETURN(xg_, DeviceBuffer::allocate(static_cast<size_t>(max_rows_) * dim * ab));
+  const size_t logits_bytes = static_cast<size_t>(max_rows_ * c.vocab_size) * 4;
+  NB_ASSIGN_OR_RETURN(logits_d_, DeviceBuffer::allocate(logits_bytes));
+  NB_ASSIGN_OR_RETURN(logits_h_, PinnedBuffer::allocate(logits_bytes));
+  NB_ASSIGN_OR_RETURN(greedy_d_, DeviceBuffer::allocate(static_cast<size_t>(max_rows_) * 4));
+  NB_ASSIGN_OR_RETURN(greedy_h_, PinnedBuffer::allocate(static_cast<size_t>(max_rows_) * 4));
+  const IdxOffsets o = idx_offsets(max_tokens_, max_seqs_, max_rows_, max_table_);
+  NB_ASSIGN_OR_RETURN(idx_d_, DeviceBuffer::allocate(static_cast<size_t>(o.total) * 4));
+  NB_ASSIGN_OR_RETURN(idx_h_, PinnedBuffer::allocate(static_cast<size_t>(o.total) * 4));
+  NB_ASSIGN_OR_RETURN(slots_d_, DeviceBuffer::allocate(static_cast<size_t>(max_tokens_) * 8));
+  NB_ASSIGN_OR_RETURN(slots_h_, PinnedBuffer::allocate(static_cast<size_t>(max_tokens_) * 8));
+  auto* base = idx_h_.as<int32_t>();
+  h_tokens_ = base + o.tokens;
+  h_positions_ = base + o.positions;
+  h_qstart_ = base + o.qstart;
+  h_startpos_ = base + o.startpos;
+  h_rows_ = base + o.rows;
+  h_tables_ = base + o.tables;
+  return Status::Ok();
+}
+
+Status CudaLlama::stage(const StepLayout& s) {
+  const IdxOffsets o = idx_offsets(max_tokens_, max_seqs_, max_rows_, max_table_);
+  auto* d = idx_d_.as<int32_t>();
+  void* st = ctx_->stream();
+  auto put = [&](int64_t off, int64_t n) {
+    return cuda::copy_to_device(d + off, idx_h_.as<int32_t>() + off, static_cast<size_t>(n) * 4, st);
+  };
+  NB_RETURN_IF_ERROR(put(o.tokens, s.tokens));
+  NB_RETURN_IF_ERROR(put(o.positions, s.tokens));
+  NB_RETURN_IF_ERROR(put(o.qstart, s.seqs + 1));
+  NB_RETURN_IF_ERROR(put(o.startpos, s.seqs));
+  NB_RETURN_IF_ERROR(put(o.rows, s.rows));
+  NB_RETURN_IF_ERROR(put(o.tables, s.seqs * s.stride));
+  return cuda::copy_to_device(slots_d_.data(), slots_h_.data(), static_cast<size_t>(s.tokens) * 8, st);
+}
+
+Status CudaLlama::enqueue(const StepLayout& s, int64_t max_query_len, int64_t max_context_len, const KvPools& kv) {
+  const ModelConfig& c = config_;
+  Context& ctx = *ctx_;
+  const IdxOffsets o = idx_offsets(max_tokens_, max_seqs_, max_rows_, max_table_);
+  const auto* di = idx_d_.as<int32_t>();
+  const int64_t n = s.tokens, dim = c.dim;
+  auto* x = static_cast<float*>(act(x_));
+  auto* xb = static_cast<float*>(act(xb_));
+  auto* q = static_cast<float*>(act(q_));
+  auto* k = static_cast<float*>(act(k_));
+  auto* v = static_cast<float*>(act(v_));
+  auto* att = static_cast<float*>(act(att_));
+  auto* ob = static_cast<float*>(act(ob_));
+  auto* hb = static_cast<float*>(act(hb_));
+  auto* hb2 = static_cast<float*>(act(hb2_));
+  const DType a = dtype_;
+
+  NB_RETURN_IF_ERROR(cuda::embedding({embed_, di + o.tokens, x, n, a}, ctx));
+  NB_RETURN_IF_ERROR(cuda::rms_norm({x, layers_[0].attn_norm, xb, n, dim, c.norm_eps, a}, ctx));
+  for (size_t l = 0; l < layers_.size(); ++l) {
+    const DeviceLayer& w = layers_[l];
+    NB_RETURN_IF_ERROR(cuda::matmul({w.wq, xb, q, n, a}, ctx));
+    NB_RETURN_IF_ERROR(cuda::matmul({w.wk, xb, k, n, a}, ctx));
+    NB_RETURN_IF_ERROR(cuda::matmul({w.wv, xb, v, n, a}, ctx));
+    NB_RETURN_IF_ERROR(cuda::rope({q, k, di + o.positions, inv_freq_.as<float>(), n, c.num_heads, c.num_kv_heads,
+                                   c.head_dim, c.rope_style, a},
+                                  ctx));
+    NB_RETURN_IF_ERROR(cuda::kv_write(
+        {k, v, kv.k[l], kv.v[l], slots_d_.as<int64_t>(), n, c.num_kv_heads, c.head_dim, a}, ctx));
+    BatchAttentionParams ap{};
+    ap.q = q;
+    ap.out = att;
+    ap.k_cache = kv.k[l];
+    ap.v_cache = kv.v[l];
+    ap.block_tables = di + o.tables;
+    ap.query_start = di + o.qstart;
+    ap.start_pos = di + o.startpos;
+    ap.block_table_stride = s.stride;
+    ap.num_seqs = s.seqs;
+    ap.num_tokens = n;
+    ap.max_query_len = max_query_len;
+    ap.max_context_len = max_context_len;
+    ap.block_size = kv.block_size;
+    ap.num_heads = c.num_heads;
+    ap.num_kv_heads = c.num_kv_heads;
+    ap.head_dim = c.head_dim;
+    ap.scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
+    ap.act_dtype = a;
+    NB_RETURN_IF_ERROR(cuda::batch_attention(ap, ctx));
+    NB_RETURN_IF_ERROR(cuda::matmul({w.wo, att, ob, n, a}, ctx));
+    NB_RETURN_IF_ERROR(cuda::add_rms_norm({x, ob, w.ffn_norm, xb, n, dim, c.norm_eps, a}, ctx));
+    NB_RETURN_IF_ERROR(cuda::matmul({w.w_gate, xb, hb, n, a}, ctx));
+    NB_RETURN_IF_ERROR(cuda::matmul({w.w_up, xb, hb2, n, a}, ctx));
+    NB_RETURN_IF_ERROR(cuda::swiglu({hb, hb2, hb, n * c.hidden_dim, a}, ctx));
+    NB_RETURN_IF_ERROR(cuda::matmul({w.w_down, hb, ob, n, a}, ctx));
+    const float* next_norm = l + 1 < layers_.size() ? layers_[l + 1].attn_norm : final_norm_;
+    NB_RETURN_IF_ERROR(cuda::add_rms_norm({x, ob, next_norm, xb, n, dim, c.norm_eps, a}, ctx));
+  }
+  if (s.rows == 0) return Status::Ok();
+  // xb holds every row's final-normed hidden state; gather the rows that want logits.
+  const int64_t shape[2] = {n, dim};
+  const Tensor normed = Tensor::view(xb, shape, 2, a, nullptr, Device::kCUDA);
+  auto* xg = static_cast<float*>(act(xg_));
+  NB_RETURN_IF_ERROR(cuda::embedding({normed, di + o.rows, xg, s.rows, a}, ctx));
+  return cuda::matmul_to_f32({output_, xg, logits_d_.as<float>(), s.rows, a}, ctx);
+}
+
+Status CudaLlama::forward(const ForwardBatch& batch, const KvPools& kv, float* logits) {
+  const ModelConfig& c = config_;
+  NB_RETURN_IF_ERROR(cuda::set_device(options_.ordinal));
+  StepLayout s;
+  s.tokens = static_cast<int64_t>(batch.tokens.size());
+  s.seqs = static_cast<int64_t>(batch.seqs.size());
+  if (s.tokens > max_tokens_ || s.seqs > max_seqs_) {
+    return invalid_argument("CUDA forward: batch of " + std::to_string(s.tokens) + " tokens / " +
+                            std::to_string(s.seqs) + " sequences exceeds the limits it was created with (" +
+                            std::to_string(max_tokens_) + " / " + std::to_string(max_seqs_) + ")");
+  }
+  bool decode_only = true;
+  int64_t max_q = 0, max_ctx = 0, max_blocks = 1;
+  for (const SeqForward& sq : batch.seqs) {
+    decode_only = decode_only && sq.num_tokens == 1 && sq.want_logits && !sq.all_logits;
+    max_q = std::max(max_q, sq.num_tokens);
+    max_ctx = std::max(max_ctx, sq.start_pos + sq.num_tokens);
+    max_blocks = std::max(max_blocks, (sq.start_pos + sq.num_tokens + kv.block_size - 1) / kv.block_size);
+  }
+  // Graph buckets: 1, 2, 4, 8, then multiples of 8 up to max_seqs.
+  int64_t bucket = s.seqs;
+  if (bucket > 8) bucket = (bucket + 7) / 8 * 8;
+  else if (bucket > 4) bucket = 8;
+  else if (bucket > 2) bucket = 4;
+  const bool use_graph = options_.cuda_graphs && decode_only && bucket <= max_seqs_ && bucket <= max_tokens_;
+  const int64_t full_stride = (c.max_seq_len + kv.block_size - 1) / kv.block_size;
+  s.stride = use_graph ? std::min(full_stride, max_table_ / max_seqs_) : max_blocks;
+  if (s.seqs * s.stride > max_table_) return internal_error("CUDA forward: block tables exceed the staging buffer");
+
+  // Host staging.
+  int64_t t = 0, rows = 0;
+  auto* slots = slots_h_.as<int64_t>();
+  for (int64_t i = 0; i < s.seqs; ++i) {
+    const SeqForward& sq = batch.seqs[static_cast<size_t>(i)];
+    h_qstart_[i] = static_cast<int32_t>(t);
+    h_startpos_[i] = static_cast<int32_t>(sq.start_pos);
+    const int64_t nb = (sq.start_pos + sq.num_tokens + kv.block_size - 1) / kv.block_size;
+    int32_t* row = h_tables_ + i * s.stride;
+    std::copy_n(sq.block_table.data(), nb, row);
+    std::fill(row + nb, row + s.stride, 0);
+    for (int64_t j = 0; j < sq.num_tokens; ++j, ++t) {
+      const int64_t pos = sq.start_pos + j;
+      h_tokens_[t] = batch.tokens[static_cast<size_t>(t)];
+      h_positions_[t] = static_cast<int32_t>(pos);
+      slots[t] = static_cast<int64_t>(sq.block_table[static_cast<size_t>(pos / kv.block_size)]) * kv.block_size +
+                 pos % kv.block_size;
+      if (sq.want_logits && (batch.all_logits || sq.all_logits || j == sq.num_tokens - 1)) h_rows_[rows++] = static_cast<int32_t>(t);
+    }
+  }
+  h_qstart_[s.seqs] = static_cast<int32_t>(t);
+  s.rows = rows;
+  const int64_t real_rows = rows;
+
+  if (use_graph) {
+    // Pad to the bucket with rows that write nothing and read block 0.
+    for (int64_t i = s.seqs; i < bucket; ++i) {
+      h_tokens_[i] = 0;
+      h_positions_[i] = 0;
+      slots[i] = -1;
+      h_qstart_[i + 1] = static_cast<int32_t>(i + 1);
+      h_startpos_[i] = 0;
+      std::fill(h_tables_ + i * s.stride, h_tables_ + (i + 1) * s.stride, 0);
+      h_rows_[i] = static_cast<int32_t>(i);
+    }
+    s.tokens = s.seqs = s.rows = bucket;
+    NB_RETURN_IF_ERROR(stage(s));
+    const auto key = std::make_tuple(bucket, static_cast<const void*>(kv.k[0]), kv.block_size, s.stride);
+    auto it = graphs_.find(key);
+    if (it == graphs_.end()) {
+      NB_RETURN_IF_ERROR(ctx_->synchronize());
+      NB_RETURN_IF_ERROR(cuda::Graph::begin_capture(ctx_->stream()));
+      const Status enq = enqueue(s, 1, c.max_seq_len, kv);
+      Result<cuda::Graph> g = cuda::Graph::end_capture(ctx_->stream());
+      NB_RETURN_IF_ERROR(enq);
+      if (!g.ok()) return g.status();
+      it = graphs_.emplace(key, std::move(*g)).first;
+    }
+    NB_RETURN_IF_ERROR(it->second.launch(ctx_->stream()));
+  } else {
+    NB_RETURN_IF_ERROR(stage(s));
+    NB_RETURN_IF_ERROR(enqueue(s, max_q, max_ctx, kv));
+  }
+  if (batch.greedy_tokens != nullptr) {
+    // Greedy: only the argmax ids come back (4 bytes a row instead of 4 x vocab).
+    NB_RETURN_IF_ERROR(cuda::argmax({logits_d_.as<float>(), greedy_d_.as<int32_t>(), real_rows, c.vocab_size}, *ctx_));
+    NB_RETURN_IF_ERROR(cuda::copy_to_host(greedy_h_.data(), greedy_d_.data(), static_cast<size_t>(real_rows) * 4,
+                                          ctx_->stream()));
+    NB_RETURN_IF_ERROR(ctx_->synchronize());
+    std::memcpy(batch.greedy_tokens, greedy_h_.data(), static_cast<size_t>(real_rows) * 4);
+    return Status::Ok();
+  }
+  const size_t bytes = static_cast<size_t>(real_rows * c.vocab_size) * 4;
+  NB_RETURN_IF_ERROR(cuda::copy_to_host(logits_h_.data(), logits_d_.data(), bytes, ctx_->stream()));
+  NB_RETURN_IF_ERROR(ctx_->synchronize());
+  if (bytes > 0) std::memcpy(logits, logits_h_.data(), bytes);
+  return Status::Ok();
+}
+
+}  // namespace
+
+Result<std::unique_ptr<ForwardBackend>> create_cuda_forward(const ModelWeights& weights,
+                                                            const CudaForwardOptions& options) {
+  NB_ASSIGN_OR_RETURN(std::unique_ptr<CudaLlama> m, CudaLlama::create(weights, options));
+  return std::unique_ptr<ForwardBackend>(std::move(m));
+}
+
+}  // namespace nb

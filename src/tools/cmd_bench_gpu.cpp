@@ -1,0 +1,229 @@
+// nibble bench gpu: the model on one GPU against the card's own limits, measured in the same run.
+//   copy bandwidth   device-to-device cudaMemcpy of 1 GiB: (read + write bytes) / time
+//   dense GEMM rate  cuBLAS 8192^3 in the model's dtype (f16/bf16 tensor cores)
+//   prefill          one forward of P tokens; its GEMMs (every linear at M = P) timed alone and their
+//                    FLOP rate compared with the dense rate
+//   decode (batch 1) ms/token after a P-token prompt; roofline = bytes read per token / copy
+//                    bandwidth, bytes = every linear weight + the output head + one embedding row
+//                    + the K/V read by attention at that position
+//   batch sweep      decode steps of B sequences at context C (KV contents do not matter for time)
+// Medians of -r runs; CUDA graphs as the engine uses them.
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "engine/contiguous_kv.h"
+#include "model/forward_backend.h"
+#include "model/llama.h"
+#include "tools/bench_commands.h"
+#include "tools/cli_args.h"
+#include "tools/cli_device.h"
+#include "tools/commands.h"
+#ifdef NIBBLE_HAVE_CUDA
+#include "backend/cuda/cuda_ops.h"
+#include "backend/cuda/device.h"
+#endif
+
+namespace nb::tools {
+namespace {
+
+#ifdef NIBBLE_HAVE_CUDA
+double median_of(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v.empty() ? 0 : v[v.size() / 2];
+}
+
+// Median seconds of one call of fn (synchronized), over `runs` timings of `reps` calls each.
+Result<double> time_it(cuda::Context& ctx, int runs, int reps, const std::function<Status()>& fn) {
+  NB_RETURN_IF_ERROR(fn());
+  NB_RETURN_IF_ERROR(ctx.synchronize());
+  std::vector<double> t;
+  for (int r = 0; r < runs; ++r) {
+    const auto t0 = std::chrono::steady_clock::now();
+    for (int i = 0; i < reps; ++i) NB_RETURN_IF_ERROR(fn());
+    NB_RETURN_IF_ERROR(ctx.synchronize());
+    t.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / reps);
+  }
+  return median_of(t);
+}
+
+struct Shape {
+  int64_t n, k;
+};
+
+Result<double> gemm_seconds(cuda::Context& ctx, DType dt, int64_t m, const std::vector<Shape>& shapes, int runs) {
+  int64_t max_w = 0, max_x = 0, max_y = 0;
+  for (const Shape& s : shapes) {
+    max_w = std::max(max_w, s.n * s.k);
+    max_x = std::max(max_x, m * s.k);
+    max_y = std::max(max_y, m * s.n);
+  }
+  NB_ASSIGN_OR_RETURN(cuda::DeviceBuffer w, cuda::DeviceBuffer::allocate(static_cast<size_t>(max_w) * 2));
+  NB_ASSIGN_OR_RETURN(cuda::DeviceBuffer x, cuda::DeviceBuffer::allocate(static_cast<size_t>(max_x) * 2));
+  NB_ASSIGN_OR_RETURN(cuda::DeviceBuffer y, cuda::DeviceBuffer::allocate(static_cast<size_t>(max_y) * 2));
+  // 0x3C3C is 1.06 in f16 and 0.0115 in bf16: finite values, no denormals.
+  NB_RETURN_IF_ERROR(cuda::fill_bytes(w.data(), 0x3C, w.size(), ctx.stream()));
+  NB_RETURN_IF_ERROR(cuda::fill_bytes(x.data(), 0x3C, x.size(), ctx.stream()));
+  double total = 0;
+  for (const Shape& s : shapes) {
+    const int64_t shape[2] = {s.n, s.k};
+    const Tensor wt = Tensor::view(w.data(), shape, 2, dt, nullptr, Device::kCUDA);
+    NB_ASSIGN_OR_RETURN(double t, time_it(ctx, runs, 10, [&] {
+      return cuda::matmul({wt, x.as<float>(), y.as<float>(), m, dt}, ctx);
+    }));
+    total += t;
+  }
+  return total;
+}
+
+int run_bench_gpu(int argc, char** argv) {
+  CliArgs args("bench gpu", "-m MODEL --device cuda [--dtype f16] [-p 512] [-n 64] [-r 5]");
+  args.option("-m,--model", "model file or directory (e.g. from nibble synth)");
+  args.option("-p,--prompt-tokens", "prompt / prefill length", "512");
+  args.option("-n,--gen-tokens", "decode steps timed per run", "64");
+  args.option("-r,--runs", "repetitions (medians reported)", "5");
+  args.option("--batches", "batch sizes of the decode sweep", "1,2,4,8,16,32,64,128,256");
+  args.option("--sweep-context", "context of every sequence in the batch sweep", "128");
+  add_device_options(args);
+  if (Status s = args.parse(argc, argv); !s.ok()) return fail("bench gpu", s);
+  if (args.help_requested()) { std::fputs(args.usage().c_str(), stdout); return 0; }
+  auto run = [&]() -> Status {
+    if (!args.has("-m")) return invalid_argument("-m MODEL is required");
+    NB_ASSIGN_OR_RETURN(int64_t p, args.get_int("-p", 1, 1 << 16));
+    NB_ASSIGN_OR_RETURN(int64_t n, args.get_int("-n", 1, 1 << 16));
+    NB_ASSIGN_OR_RETURN(int64_t runs64, args.get_int("-r", 1, 100));
+    NB_ASSIGN_OR_RETURN(int64_t sweep_ctx, args.get_int("--sweep-context", 1, 1 << 16));
+    const int runs = static_cast<int>(runs64);
+    std::vector<int64_t> batches;
+    const std::string list = args.get("--batches");
+    for (size_t i = 0; i < list.size();) {
+      const size_t j = std::min(list.find(',', i), list.size());
+      const std::string item = list.substr(i, j - i);
+      if (item.empty() || item.find_first_not_of("0123456789") != std::string::npos || item.size() > 6) {
+        return invalid_argument("--batches takes comma-separated sizes like 1,2,4; got '" + list + "'");
+      }
+      batches.push_back(std::stoll(item));
+      if (batches.back() < 1) return invalid_argument("--batches: sizes must be >= 1");
+      i = j + 1;
+    }
+    if (batches.empty()) return invalid_argument("--batches is empty");
+    const int64_t max_b = *std::max_element(batches.begin(), batches.end());
+
+    const auto t_load = std::chrono::steady_clock::now();
+    NB_ASSIGN_OR_RETURN(LoadedModel loaded, load_model(args.get("-m")));
+    const ModelConfig c = loaded.weights.config;
+    NB_ASSIGN_OR_RETURN(std::unique_ptr<LlamaModel> model,
+                        LlamaModel::create(std::move(loaded.weights), 1, std::max<int64_t>(p, max_b)));
+    NB_RETURN_IF_ERROR(attach_device(args, *model, std::max<int64_t>(p, max_b), std::max<int64_t>(max_b, 1)));
+    if (model->backend() == nullptr) return invalid_argument("bench gpu needs --device cuda");
+    const double load_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_load).count();
+    const std::string dts = args.get("--dtype");
+    const DType dt = dts == "bf16" ? DType::kBF16 : dts == "f32" ? DType::kF32 : DType::kF16;
+    const double ab = dt == DType::kF32 ? 4 : 2;
+
+    NB_ASSIGN_OR_RETURN(std::unique_ptr<cuda::Context> ctx, cuda::Context::create(0));
+    // Copy bandwidth.
+    const size_t copy_bytes = size_t{1} << 30;
+    NB_ASSIGN_OR_RETURN(cuda::DeviceBuffer a, cuda::DeviceBuffer::allocate(copy_bytes));
+    NB_ASSIGN_OR_RETURN(cuda::DeviceBuffer b, cuda::DeviceBuffer::allocate(copy_bytes));
+    NB_ASSIGN_OR_RETURN(double t_copy, time_it(*ctx, runs, 10, [&] {
+      return cuda::copy_on_device(b.data(), a.data(), copy_bytes, ctx->stream());
+    }));
+    const double bw = 2.0 * static_cast<double>(copy_bytes) / t_copy;
+    a = cuda::DeviceBuffer();
+    b = cuda::DeviceBuffer();
+    // Dense GEMM rate.
+    const int64_t g = 8192;
+    NB_ASSIGN_OR_RETURN(double t_peak, gemm_seconds(*ctx, dt, g, {{g, g}}, runs));
+    const double peak = 2.0 * g * g * g / t_peak;
+    // The prefill's GEMMs alone.
+    const int64_t qd = c.num_heads * c.head_dim, kvd = c.num_kv_heads * c.head_dim;
+    const std::vector<Shape> layer = {{qd, c.dim}, {kvd, c.dim}, {kvd, c.dim}, {c.dim, qd},
+                                      {c.hidden_dim, c.dim}, {c.hidden_dim, c.dim}, {c.dim, c.hidden_dim}};
+    NB_ASSIGN_OR_RETURN(double t_layer, gemm_seconds(*ctx, dt, p, layer, runs));
+    double layer_flops = 0, layer_params = 0;
+    for (const Shape& s : layer) layer_params += static_cast<double>(s.n * s.k);
+    layer_flops = 2.0 * static_cast<double>(p) * layer_params;
+    const double prefill_gemm_rate = layer_flops / t_layer;
+    ctx.reset();
+
+    // Model prefill and batch-1 decode on a paged pool.
+    const int64_t bs = 16, seq_blocks = (std::max(p + n, sweep_ctx + n) + bs - 1) / bs;
+    NB_ASSIGN_OR_RETURN(KvStorage kv, KvStorage::create(*model, seq_blocks * std::max<int64_t>(max_b, 1), bs));
+    std::vector<int32_t> table(static_cast<size_t>(seq_blocks * std::max<int64_t>(max_b, 1)));
+    for (size_t i = 0; i < table.size(); ++i) table[i] = static_cast<int32_t>(i);
+    std::vector<int32_t> ids(static_cast<size_t>(p + n));
+    for (size_t i = 0; i < ids.size(); ++i) ids[i] = static_cast<int32_t>((i * 7919 + 1) % static_cast<size_t>(c.vocab_size));
+    std::vector<float> logits(static_cast<size_t>(std::max<int64_t>(max_b, 1) * c.vocab_size));
+    const std::span<const int32_t> t0(table.data(), static_cast<size_t>(seq_blocks));
+    std::vector<double> pre, dec;
+    for (int r = 0; r <= runs; ++r) {
+      const auto s0 = std::chrono::steady_clock::now();
+      NB_RETURN_IF_ERROR(model->forward(ForwardBatch::single(std::span<const int32_t>(ids.data(), static_cast<size_t>(p)), 0, t0),
+                                        kv.pools(), logits.data()));
+      const auto s1 = std::chrono::steady_clock::now();
+      for (int64_t i = 0; i < n; ++i) {
+        NB_RETURN_IF_ERROR(model->forward(ForwardBatch::single(std::span<const int32_t>(&ids[static_cast<size_t>(p + i)], 1), p + i, t0),
+                                          kv.pools(), logits.data()));
+      }
+      const auto s2 = std::chrono::steady_clock::now();
+      if (r == 0) continue;  // warm-up: graph capture, cuBLAS heuristics
+      pre.push_back(std::chrono::duration<double>(s1 - s0).count());
+      dec.push_back(std::chrono::duration<double>(s2 - s1).count() / static_cast<double>(n));
+    }
+    const double t_pre = median_of(pre), t_tok = median_of(dec);
+    double weight_bytes = (layer_params * static_cast<double>(c.num_layers) + static_cast<double>(c.vocab_size * c.dim)) * ab;
+    weight_bytes += static_cast<double>(c.dim) * ab;  // one embedding row
+    const double kv_bytes = 2.0 * static_cast<double>(c.num_layers * kvd) * ab * (static_cast<double>(p) + n / 2.0);
+    const double roof = (weight_bytes + kv_bytes) / bw;
+
+    std::printf("model                %s  (%s, %s)\n", args.get("-m").c_str(), model->backend()->describe().c_str(),
+                dts.c_str());
+    std::printf("load to device       %.2f s\n", load_s);
+    std::printf("copy bandwidth       %.0f GB/s (device-to-device, read+write)\n", bw / 1e9);
+    std::printf("dense GEMM rate      %.0f TFLOP/s (%s, 8192^3)\n", peak / 1e12, dts.c_str());
+    std::printf("prefill GEMMs        %.0f TFLOP/s at M=%lld = %.1f%% of the dense rate\n", prefill_gemm_rate / 1e12,
+                static_cast<long long>(p), 100.0 * prefill_gemm_rate / peak);
+    std::printf("prefill              %lld tokens in %.2f ms = %.0f tokens/s (whole forward)\n", static_cast<long long>(p),
+                t_pre * 1e3, static_cast<double>(p) / t_pre);
+    std::printf("decode batch 1       %.3f ms/token = %.1f tokens/s; roofline %.3f ms (%.2f GB/token) -> %.1f%% of roofline\n",
+                t_tok * 1e3, 1.0 / t_tok, roof * 1e3, (weight_bytes + kv_bytes) / 1e9, 100.0 * roof / t_tok);
+
+    // Batch sweep.
+    std::printf("batch sweep (context %lld): batch  ms/step  tokens/s\n", static_cast<long long>(sweep_ctx));
+    for (int64_t bsz : batches) {
+      std::vector<int32_t> toks(static_cast<size_t>(bsz), 1);
+      std::vector<double> steps;
+      for (int64_t i = 0; i < n + 2; ++i) {
+        ForwardBatch fb;
+        fb.tokens = toks;
+        for (int64_t s = 0; s < bsz; ++s) {
+          fb.seqs.push_back({1, sweep_ctx + i, std::span<const int32_t>(table.data() + s * seq_blocks, static_cast<size_t>(seq_blocks)), true});
+        }
+        const auto s0 = std::chrono::steady_clock::now();
+        NB_RETURN_IF_ERROR(model->forward(fb, kv.pools(), logits.data()));
+        if (i >= 2) steps.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - s0).count());
+      }
+      const double t = median_of(steps);
+      std::printf("                     %5lld  %7.3f  %9.0f\n", static_cast<long long>(bsz), t * 1e3,
+                  static_cast<double>(bsz) / t);
+    }
+    return Status::Ok();
+  };
+  if (Status s = run(); !s.ok()) return fail("bench gpu", s);
+  return 0;
+}
+#else
+int run_bench_gpu(int, char**) {
+  return fail("bench gpu", failed_precondition("this nibble was built without CUDA; rebuild with -DNIBBLE_CUDA=ON"));
+}
+#endif
+
+}  // namespace
+
+int bench_gpu_main(int argc, char** argv) { return run_bench_gpu(argc, argv); }
+
+}  // namespace nb::tools
