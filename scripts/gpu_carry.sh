@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 carry=gpu_carry
 pkgs=(libpcre2-dev libpcre2-8-0 nlohmann-json3-dev libgtest-dev pkgconf-bin libpkgconf3)
 
-rm -rf "$carry"
+rm -rf "$carry" gpu_carry_b
 mkdir -p "$carry/debs" "$carry/root"
 # apt-get download writes into the current directory; _apt may not be able to write there, which
 # only costs a warning (the download then runs unsandboxed).
@@ -40,4 +40,18 @@ while IFS= read -r link; do
   if [ -n "$target" ] && [ -f "$target" ]; then cp "$target" "$link"; fi
 done < <(find "$carry/root" -type l)
 
-echo "gpu_carry: $(du -sh "$carry" | cut -f1) in $carry/ ($(find "$carry/root" -type f | wc -l) files)"
+# Models for the GPU tests: stories260K whole; the SmolLM2 GGUF (98 MB) split in two, since one device
+# call carries at most 64 MiB: the first 50 MiB here, the rest in gpu_carry_b/ (carried by a second call
+# while the machine is warm; scripts/gpu.sh joins and checks them).
+mkdir -p "$carry/models" gpu_carry_b
+shared=${NIBBLE_SHARED_DATA:-../shared/data}
+cp "$shared"/stories260K/stories260K.bin "$shared"/stories260K/tok512.* "$carry/models/"
+smol=models/SmolLM2-135M-Instruct.Q4_1.gguf
+if [ -f "$smol" ]; then
+  head -c 52428800 "$smol" >"$carry/models/smollm2.part_a"
+  tail -c +52428801 "$smol" >gpu_carry_b/smollm2.part_b
+  sha256sum "$smol" | cut -d' ' -f1 >"$carry/models/smollm2.sha256"
+else
+  echo "gpu_carry: $smol not found (run scripts/setup.sh); the SmolLM2 GPU tests will skip" >&2
+fi
+echo "gpu_carry: $(du -sh "$carry" | cut -f1) in $carry/ ($(find "$carry/root" -type f | wc -l) files), gpu_carry_b: $(du -sh gpu_carry_b | cut -f1)"
