@@ -12,6 +12,7 @@
 #include "tools/bench_commands.h"
 #include "tools/bench_serve/bench_serve.h"
 #include "tools/cli_args.h"
+#include "tools/cli_model.h"
 #include "tools/commands.h"
 
 namespace nb::tools {
@@ -40,6 +41,7 @@ int run_bench_decode(int argc, char** argv) {
   args.option("-p,--prompt-tokens", "prompt length for prompt processing", "128");
   args.option("-n,--gen-tokens", "tokens decoded per run", "64");
   args.option("-r,--runs", "repetitions (the median is reported)", "5");
+  add_kv_cache_options(args);
   if (Status s = args.parse(argc, argv); !s.ok()) return fail("bench decode", s);
   if (args.help_requested()) { std::fputs(args.usage().c_str(), stdout); return 0; }
   if (!args.has("-m")) return fail("bench decode", invalid_argument("-m MODEL is required"));
@@ -57,6 +59,7 @@ int run_bench_decode(int argc, char** argv) {
   auto model = LlamaModel::create(std::move(loaded->weights), static_cast<int>(*threads));
   if (!model.ok()) return fail("bench decode", model.status());
   LlamaModel& m = **model;
+  if (Status s = apply_kv_cache_options(args, m); !s.ok()) return fail("bench decode", s);
   const ModelConfig& c = m.config();
   const int64_t total = *num_prompt + *num_gen;
   if (total > c.max_seq_len) {
@@ -95,8 +98,8 @@ int run_bench_decode(int argc, char** argv) {
   }
   const double pp_med = median(pp), tg_med = median(tg);
   std::printf("model              %s\n", args.get("-m").c_str());
-  std::printf("weights            %.1f M params, %.1f MiB, threads %lld\n", params / 1e6, bytes / 1048576.0,
-              static_cast<long long>(*threads));
+  std::printf("weights            %.1f M params, %.1f MiB, threads %lld, KV cache %s\n", params / 1e6,
+              bytes / 1048576.0, static_cast<long long>(*threads), kv_cache_dtype_name(m.kv_cache_dtype()));
   std::printf("prompt processing  %lld tokens: median %.1f tokens/s  (runs: %s)\n",
               static_cast<long long>(*num_prompt), pp_med, join(pp).c_str());
   std::printf("decode             %lld tokens after the prompt: median %.1f tokens/s, %.2f ms/token  (runs: %s)\n",

@@ -15,10 +15,12 @@
 #include <thread>
 #include <vector>
 
+#include "engine/contiguous_kv.h"
 #include "engine/engine.h"
 #include "model/llama.h"
 #include "tools/bench_commands.h"
 #include "tools/cli_args.h"
+#include "tools/cli_model.h"
 
 namespace nb::tools {
 namespace {
@@ -111,6 +113,7 @@ int run_bench_batching(int argc, char** argv) {
   args.option("--max-batched-tokens", "tokens per engine step", "512");
   args.option("--seed", "workload seed", "1");
   args.option("--compare", "layout, batching or all", "all");
+  add_kv_cache_options(args);
   if (Status s = args.parse(argc, argv); !s.ok()) return fail("bench batching", s);
   if (args.help_requested()) { std::fputs(args.usage().c_str(), stdout); return 0; }
   if (!args.has("-m")) return fail("bench batching", invalid_argument("-m MODEL is required"));
@@ -140,6 +143,7 @@ int run_bench_batching(int argc, char** argv) {
   auto model = LlamaModel::create(std::move(loaded->weights), static_cast<int>(*threads), *budget);
   if (!model.ok()) return fail("bench batching", model.status());
   LlamaModel& m = **model;
+  if (Status s = apply_kv_cache_options(args, m); !s.ok()) return fail("bench batching", s);
 
   // The workload: fixed by the seed; uniform draws from raw generator bits.
   std::mt19937_64 rng(static_cast<uint64_t>(*seed));
@@ -160,6 +164,11 @@ int run_bench_batching(int argc, char** argv) {
   EngineConfig base;
   base.kv_cache_bytes = kv_bytes;
   base.max_batched_tokens = *budget;
+  const int64_t block_bytes = KvStorage::block_bytes(m, base.block_size);
+  std::printf("KV cache: %s, %lld bytes a block of %lld tokens -> %lld blocks, %lld tokens\n",
+              kv_cache_dtype_name(m.kv_cache_dtype()), static_cast<long long>(block_bytes),
+              static_cast<long long>(base.block_size), static_cast<long long>(kv_bytes / block_bytes),
+              static_cast<long long>(kv_bytes / block_bytes * base.block_size));
   if (compare == "layout" || compare == "all") {
     Workload burst = w;
     std::fill(burst.arrival_s.begin(), burst.arrival_s.end(), 0.0);  // all queued at once
