@@ -86,6 +86,12 @@ TEST_P(GroupMatmul, FastPortableReferenceAndDequantized) {
     cpu::matmul({*t, x.data(), fast.data(), m}, pool);
     cpu::portable::matmul_group({*t, x.data(), port.data(), m}, pool);
     cpu::ref::matmul({*t, x.data(), ref.data(), m});
+    // Batch invariance: each token's row is bit-identical to running that token alone.
+    for (int64_t tok = 0; tok < m; tok += 2) {
+      std::vector<float> one(static_cast<size_t>(c.n));
+      cpu::matmul({*t, x.data() + tok * c.k, one.data(), 1}, pool);
+      for (int64_t r = 0; r < c.n; ++r) ASSERT_EQ(one[static_cast<size_t>(r)], fast[static_cast<size_t>(tok * c.n + r)]) << "m=" << m;
+    }
     for (int64_t tok = 0; tok < m; ++tok) {
       float amax = 0.f;
       for (int64_t j = 0; j < c.k; ++j) amax = std::max(amax, std::fabs(x[static_cast<size_t>(tok * c.k + j)]));

@@ -1,8 +1,8 @@
 // kQGroup weights (core/group_quant.h): group-wise integer codes, one byte per element.
 //
-// Weight-only (W4A16, any bits / group size / g_idx): each thread dequantizes a tile of kTileRows
-// weight rows to f32 with exactly dequantize_tensor_row's formula, (float(q) - zero) * scale, then
-// runs the f32 FMA tile kernel (matmul_f32_rows) over all tokens. The weights are therefore the
+// Weight-only (W4A16, any bits / group size / g_idx): each thread dequantizes a tile of weight rows
+// to f32 with exactly dequantize_tensor_row's formula, (float(q) - zero) * scale, then multiplies
+// all tokens with f32 FMA (AVX-512: transposed tile, outer products; else matmul_f32_rows). The weights are therefore the
 // bit-exact dequantized values and results differ from "dequantize, then f32 matmul" only by f32
 // summation order; the tile dequantization is amortized over the M tokens of a prefill.
 //
@@ -14,6 +14,7 @@
 // agree bit for bit; the int32 dot is exact for K * 255 * 127 < 2^31 (K < 66 000).
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <vector>
 
 #include "backend/cpu/cpu_ops.h"
@@ -47,7 +48,61 @@ void dequantize_rows(const Tensor& t, int64_t r0, int64_t rows, float* w) {
   }
 }
 
+#if defined(__AVX512F__)
+#define NB_HAVE_W4A16_OUTER 1
+// AVX-512 (any M, so that a row's result never depends on the batch): a tile of kOuterRows weight rows is dequantized TRANSPOSED,
+// wt[i * kOuterRows + r], and the product is a sum of outer products over i: per step, two 16-lane
+// weight vectors times T broadcast activations into 2T accumulators (no horizontal reductions).
+// Each output is one FMA chain over i = 0 .. k-1 in order, whatever M, T or the tile position.
+constexpr int64_t kOuterRows = 32;
+constexpr int kOuterTokens = 6;
+
+template <int T>
+void outer_tile(const float* wt, int64_t k, const float* x, float* y, int64_t ldy, __mmask16 m0, __mmask16 m1) {
+  __m512 a0[T], a1[T];
+  for (int t = 0; t < T; ++t) a0[t] = a1[t] = _mm512_setzero_ps();
+  for (int64_t i = 0; i < k; ++i) {
+    const __m512 w0 = _mm512_load_ps(wt + i * kOuterRows), w1 = _mm512_load_ps(wt + i * kOuterRows + 16);
+    for (int t = 0; t < T; ++t) {
+      const __m512 xb = _mm512_set1_ps(x[t * k + i]);
+      a0[t] = _mm512_fmadd_ps(w0, xb, a0[t]);
+      a1[t] = _mm512_fmadd_ps(w1, xb, a1[t]);
+    }
+  }
+  for (int t = 0; t < T; ++t) {
+    _mm512_mask_storeu_ps(y + t * ldy, m0, a0[t]);
+    _mm512_mask_storeu_ps(y + t * ldy + 16, m1, a1[t]);
+  }
+}
+
+void matmul_weight_only_outer(const MatmulParams& p, ThreadPool& pool) {
+  static constexpr void (*kTiles[kOuterTokens])(const float*, int64_t, const float*, float*, int64_t, __mmask16, __mmask16) = {
+      &outer_tile<1>, &outer_tile<2>, &outer_tile<3>, &outer_tile<4>, &outer_tile<5>, &outer_tile<6>};
+  const int64_t n = p.weight.dim(0), k = p.weight.dim(1);
+  pool.parallel_for(n, [&](int64_t n0, int64_t n1) {
+    AlignedBytes wt_bytes = alloc_aligned(static_cast<size_t>(kOuterRows * k) * sizeof(float));
+    std::vector<float> row(static_cast<size_t>(k));
+    auto* wt = reinterpret_cast<float*>(wt_bytes.get());
+    for (int64_t r0 = n0; r0 < n1; r0 += kOuterRows) {
+      const int64_t rows = std::min(kOuterRows, n1 - r0);
+      for (int64_t r = 0; r < kOuterRows; ++r) {
+        if (r < rows) dequantize_rows(p.weight, r0 + r, 1, row.data());
+        for (int64_t i = 0; i < k; ++i) wt[i * kOuterRows + r] = r < rows ? row[static_cast<size_t>(i)] : 0.f;
+      }
+      const __mmask16 m0 = simd::first_lanes(rows), m1 = simd::first_lanes(rows - 16);
+      for (int64_t t = 0; t < p.m; t += kOuterTokens) {
+        const int toks = static_cast<int>(std::min<int64_t>(kOuterTokens, p.m - t));
+        kTiles[toks - 1](wt, k, p.x + t * k, p.y + t * n + r0, n, m0, m1);
+      }
+    }
+  }, kOuterRows);
+}
+#endif
+
 void matmul_weight_only(const MatmulParams& p, ThreadPool& pool) {
+#if defined(NB_HAVE_W4A16_OUTER)
+  return matmul_weight_only_outer(p, pool);
+#endif
   const int64_t n = p.weight.dim(0), k = p.weight.dim(1);
   pool.parallel_for(n, [&](int64_t n0, int64_t n1) {
     std::vector<float> w(static_cast<size_t>(kTileRows * k));
@@ -66,18 +121,26 @@ struct ActInt8 {
   std::vector<int32_t> gsum;
 };
 
-ActInt8 quantize_acts(const MatmulParams& p, const GroupQuant& q) {
+ActInt8 quantize_acts(const MatmulParams& p, const GroupQuant& q, ThreadPool& pool) {
   const int64_t k = p.weight.dim(1);
   ActInt8 a;
   a.xq.resize(static_cast<size_t>(p.m * k));
   a.d.resize(static_cast<size_t>(p.m));
   a.gsum.assign(static_cast<size_t>(p.m * q.num_groups), 0);
-  for (int64_t t = 0; t < p.m; ++t) {
-    int8_t* xq = a.xq.data() + t * k;
-    a.d[static_cast<size_t>(t)] = quantize_act_int8_row(p.x + t * k, k, xq);
-    int32_t* gs = a.gsum.data() + t * q.num_groups;
-    for (int64_t j = 0; j < k; ++j) gs[q.group_of(j)] += xq[j];
-  }
+  pool.parallel_for(p.m, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      int8_t* xq = a.xq.data() + t * k;
+      a.d[static_cast<size_t>(t)] = quantize_act_int8_row(p.x + t * k, k, xq);
+      int32_t* gs = a.gsum.data() + t * q.num_groups;
+      if (q.num_groups == 1) {
+        int32_t sum = 0;
+        for (int64_t j = 0; j < k; ++j) sum += xq[j];
+        gs[0] = sum;
+      } else {
+        for (int64_t j = 0; j < k; ++j) gs[q.group_of(j)] += xq[j];
+      }
+    }
+  });
   return a;
 }
 
@@ -94,51 +157,75 @@ inline float w8a8_output(const GroupQuant& q, int64_t r, const int32_t* idot, co
 
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
 #define NB_HAVE_W8A8_VNNI 1
-// Per-channel weights, k a multiple of 64: R weight rows x T tokens of exact int32 dots.
-template <int R, int T>
-void w8a8_tile(const uint8_t* w, int64_t k, const int8_t* xq, int32_t* dots /* [R][T] */) {
-  __m512i acc[R][T];
-  for (int r = 0; r < R; ++r)
-    for (int t = 0; t < T; ++t) acc[r][t] = _mm512_setzero_si512();
-  for (int64_t i = 0; i < k; i += 64) {
-    __m512i wv[R];
-    for (int r = 0; r < R; ++r) wv[r] = _mm512_loadu_si512(w + r * k + i);
+// Per-channel weights, k a multiple of 4. A tile of 32 weight rows is interleaved as
+// wt[k/4][32 rows][4 codes]; one vpdpbusd then multiplies 16 rows' 4 codes (unsigned) by the same 4
+// activation bytes of one token (broadcast, signed) into 16 int32 row sums: outer products again,
+// exact integer sums, no horizontal reductions. The epilogue is w8a8_output's arithmetic, vectorized
+// over rows (cvt, one multiply by the row scale, one by d_t), so it is bit-identical to it.
+constexpr int64_t kW8Rows = 32;
+constexpr int kW8Tokens = 6;
+
+template <int T>
+void w8a8_outer_tile(const uint8_t* wt, int64_t k4, const int8_t* xq, int64_t k, int32_t* acc_out /* [T][32] */) {
+  __m512i a0[T], a1[T];
+  for (int t = 0; t < T; ++t) a0[t] = a1[t] = _mm512_setzero_si512();
+  for (int64_t i = 0; i < k4; ++i) {
+    const __m512i w0 = _mm512_load_si512(wt + i * kW8Rows * 4), w1 = _mm512_load_si512(wt + i * kW8Rows * 4 + 64);
     for (int t = 0; t < T; ++t) {
-      const __m512i xv = _mm512_loadu_si512(xq + t * k + i);
-      for (int r = 0; r < R; ++r) acc[r][t] = _mm512_dpbusd_epi32(acc[r][t], wv[r], xv);
+      int32_t x4;
+      std::memcpy(&x4, xq + t * k + 4 * i, 4);
+      const __m512i xb = _mm512_set1_epi32(x4);
+      a0[t] = _mm512_dpbusd_epi32(a0[t], w0, xb);
+      a1[t] = _mm512_dpbusd_epi32(a1[t], w1, xb);
     }
   }
-  for (int r = 0; r < R; ++r)
-    for (int t = 0; t < T; ++t) dots[r * T + t] = _mm512_reduce_add_epi32(acc[r][t]);
+  for (int t = 0; t < T; ++t) {
+    _mm512_storeu_si512(acc_out + t * kW8Rows, a0[t]);
+    _mm512_storeu_si512(acc_out + t * kW8Rows + 16, a1[t]);
+  }
 }
 
 void matmul_w8a8_vnni(const MatmulParams& p, const GroupQuant& q, ThreadPool& pool) {
-  const int64_t n = p.weight.dim(0), k = p.weight.dim(1);
-  const ActInt8 a = quantize_acts(p, q);
-  const auto* w = p.weight.ptr<const uint8_t>();
+  static constexpr void (*kTiles[kW8Tokens])(const uint8_t*, int64_t, const int8_t*, int64_t, int32_t*) = {
+      &w8a8_outer_tile<1>, &w8a8_outer_tile<2>, &w8a8_outer_tile<3>, &w8a8_outer_tile<4>, &w8a8_outer_tile<5>,
+      &w8a8_outer_tile<6>};
+  const int64_t n = p.weight.dim(0), k = p.weight.dim(1), k4 = k / 4;
+  const ActInt8 a = quantize_acts(p, q, pool);
   pool.parallel_for(n, [&](int64_t n0, int64_t n1) {
-    int32_t dots[16];
-    for (int64_t r = n0; r < n1; r += 4) {
-      const int rows = static_cast<int>(std::min<int64_t>(4, n1 - r));
-      for (int64_t t = 0; t < p.m; t += 4) {
-        const int toks = static_cast<int>(std::min<int64_t>(4, p.m - t));
-        const uint8_t* wr = w + r * k;
-        const int8_t* xt = a.xq.data() + t * k;
-        if (rows == 4 && toks == 4) {
-          w8a8_tile<4, 4>(wr, k, xt, dots);
-        } else {
-          for (int rr = 0; rr < rows; ++rr)
-            for (int tt = 0; tt < toks; ++tt) w8a8_tile<1, 1>(wr + rr * k, k, xt + tt * k, dots + rr * toks + tt);
+    AlignedBytes wt = alloc_aligned(static_cast<size_t>(kW8Rows * k));
+    alignas(64) int32_t acc[kW8Tokens * kW8Rows];
+    alignas(64) float scale[kW8Rows];
+    alignas(64) int32_t zero[kW8Rows];
+    for (int64_t r0 = n0; r0 < n1; r0 += kW8Rows) {
+      const int64_t rows = std::min(kW8Rows, n1 - r0);
+      for (int64_t r = 0; r < kW8Rows; ++r) {
+        const uint8_t* src = r < rows ? p.weight.row<const uint8_t>(r0 + r) : nullptr;
+        for (int64_t i = 0; i < k4; ++i) {
+          uint8_t* dst = wt.get() + (i * kW8Rows + r) * 4;
+          if (src != nullptr) std::memcpy(dst, src + 4 * i, 4); else std::memset(dst, 0, 4);
         }
-        for (int rr = 0; rr < rows; ++rr) {
-          for (int tt = 0; tt < toks; ++tt) {
-            const int64_t tok = t + tt;
-            p.y[tok * n + r + rr] = w8a8_output(q, r + rr, dots + rr * toks + tt, a.gsum.data() + tok * q.num_groups, a.d[static_cast<size_t>(tok)]);
-          }
+        scale[r] = r < rows ? q.scale(r0 + r, 0) : 0.f;
+        zero[r] = r < rows ? static_cast<int32_t>(q.zero(r0 + r, 0)) : 0;
+      }
+      const __m512 s0 = _mm512_load_ps(scale), s1 = _mm512_load_ps(scale + 16);
+      const __m512i z0 = _mm512_load_si512(zero), z1 = _mm512_load_si512(zero + 16);
+      const __mmask16 m0 = simd::first_lanes(rows), m1 = simd::first_lanes(rows - 16);
+      for (int64_t t = 0; t < p.m; t += kW8Tokens) {
+        const int toks = static_cast<int>(std::min<int64_t>(kW8Tokens, p.m - t));
+        kTiles[toks - 1](wt.get(), k4, a.xq.data() + t * k, k, acc);
+        for (int tt = 0; tt < toks; ++tt) {
+          const size_t tok = static_cast<size_t>(t + tt);
+          const __m512i gs = _mm512_set1_epi32(a.gsum[tok]);
+          const __m512 d = _mm512_set1_ps(a.d[tok]);
+          const __m512i iv0 = _mm512_sub_epi32(_mm512_load_si512(acc + tt * kW8Rows), _mm512_mullo_epi32(z0, gs));
+          const __m512i iv1 = _mm512_sub_epi32(_mm512_load_si512(acc + tt * kW8Rows + 16), _mm512_mullo_epi32(z1, gs));
+          float* y = p.y + static_cast<int64_t>(tok) * n + r0;
+          _mm512_mask_storeu_ps(y, m0, _mm512_mul_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(iv0), s0), d));
+          _mm512_mask_storeu_ps(y + 16, m1, _mm512_mul_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(iv1), s1), d));
         }
       }
     }
-  }, 4);
+  }, kW8Rows);
 }
 #endif
 
@@ -174,7 +261,7 @@ void matmul_group(const MatmulParams& p, ThreadPool& pool) {
     });
     return;
   }
-  const ActInt8 a = quantize_acts(p, q);
+  const ActInt8 a = quantize_acts(p, q, pool);
   pool.parallel_for(n, [&](int64_t n0, int64_t n1) {
     std::vector<int32_t> idot(static_cast<size_t>(q.num_groups));
     for (int64_t r = n0; r < n1; ++r) {
@@ -194,7 +281,7 @@ void matmul_group(const MatmulParams& p, ThreadPool& pool) {
   const GroupQuant& q = *p.weight.group_quant();
   if (!q.act_int8) return matmul_weight_only(p, pool);
 #if defined(NB_HAVE_W8A8_VNNI)
-  if (q.num_groups == 1 && p.weight.dim(1) % 64 == 0) return matmul_w8a8_vnni(p, q, pool);
+  if (q.num_groups == 1 && p.weight.dim(1) % 4 == 0) return matmul_w8a8_vnni(p, q, pool);
 #endif
   portable::matmul_group(p, pool);
 }
