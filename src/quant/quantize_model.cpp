@@ -194,8 +194,7 @@ double relative_layer_error(const DenseLayer& d, const std::array<QuantizedLinea
   for (int k = 0; k < kNumLinearKinds; ++k) {
     const QuantizedLinear& ql = q[static_cast<size_t>(k)];
     const auto& w = d.w[static_cast<size_t>(k)];
-    std::vector<float> dq(w.size());
-    dequantize_linear(ql, dq.data());
+    const std::vector<float> dq = dequantize(ql);
     const std::vector<float> g = stats[static_cast<size_t>(input_site(static_cast<LinearKind>(k)))].gram_f32();
     std::vector<float> diff(w.size());
     for (size_t i = 0; i < w.size(); ++i) diff[i] = w[i] - dq[i];
@@ -276,7 +275,7 @@ Result<QuantizedModel> quantize_model(ModelWeights weights, const Tokenizer* tok
     if (opt.method == QuantMethod::kGptq) rep.relative_error = relative_layer_error(d, ql, stats, pool);
     if (calibrate) {
       // The next layer sees what the quantized layer computes (norms with folded scales included).
-      for (int k = 0; k < kNumLinearKinds; ++k) dequantize_linear(ql[static_cast<size_t>(k)], d.w[static_cast<size_t>(k)].data());
+      for (int k = 0; k < kNumLinearKinds; ++k) d.w[static_cast<size_t>(k)] = dequantize(ql[static_cast<size_t>(k)]);
       for (auto& h : hidden) runner.forward(d, h.data(), {});
     }
     LayerWeights& lw = weights.layers[static_cast<size_t>(l)];

@@ -109,17 +109,4 @@ void fake_quantize_rows(float* w, int64_t out, int64_t in, const QuantSpec& spec
   }
 }
 
-void dequantize_linear(const QuantizedLinear& q, float* w) {
-  const int64_t ng = q.num_groups();
-  const float sym_zero = static_cast<float>(1 << (q.bits - 1));
-  for (int64_t o = 0; o < q.out_features; ++o) {
-    for (int64_t j = 0; j < q.in_features; ++j) {
-      const int64_t g = !q.g_idx.empty() ? q.g_idx[static_cast<size_t>(j)] : q.group_size < 0 ? 0 : j / q.group_size;
-      const auto k = static_cast<size_t>(o * ng + g);
-      const float zero = q.symmetric ? sym_zero : q.zeros[k];
-      w[o * q.in_features + j] = (static_cast<float>(q.q[static_cast<size_t>(o * q.in_features + j)]) - zero) * q.scales[k];
-    }
-  }
-}
-
 }  // namespace nb::quant

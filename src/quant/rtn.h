@@ -53,9 +53,6 @@ Result<QuantizedLinear> rtn_quantize(const float* w, int64_t out, int64_t in, co
 // Quantize-then-dequantize in place (the weight the quantized layer computes with).
 void fake_quantize_rows(float* w, int64_t out, int64_t in, const QuantSpec& spec);
 
-// The f32 weight [out, in] a QuantizedLinear stands for.
-void dequantize_linear(const QuantizedLinear& q, float* w);
-
 // Returns an error naming `what` and the first bad element if w has a NaN or Inf.
 Status check_finite(const float* w, int64_t n, const std::string& what);
 

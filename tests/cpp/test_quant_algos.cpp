@@ -67,11 +67,7 @@ double output_error(const std::vector<float>& x, int64_t tokens, const std::vect
   return e;
 }
 
-std::vector<float> dequant(const QuantizedLinear& q) {
-  std::vector<float> w(static_cast<size_t>(q.out_features * q.in_features));
-  dequantize_linear(q, w.data());
-  return w;
-}
+std::vector<float> dequant(const QuantizedLinear& q) { return dequantize(q); }
 
 // ---- RTN ----
 
