@@ -64,6 +64,10 @@ Result<EngineRun> generate_with_engine(LlamaModel& model, const EngineConfig& co
       if (on_token) on_token(t);
     }
     std::lock_guard<std::mutex> lock(mu);
+    // Outputs carry running totals: a step's draft count is the increase.
+    if (o.num_spec_steps > run.num_spec_steps) run.step_drafts.push_back(o.num_draft_tokens - run.num_draft_tokens);
+    run.num_spec_steps = o.num_spec_steps;
+    run.num_draft_tokens = o.num_draft_tokens;
     if (!o.tokens.empty()) {
       if (run.tokens.empty()) {
         first = now;

@@ -42,6 +42,7 @@ struct EngineRun {
   std::string error;
   int64_t num_decode_steps = 0;  // target steps after the one that produced the first token
   int64_t num_draft_tokens = 0, num_accepted_tokens = 0, num_spec_steps = 0, num_spec_rejections = 0;
+  std::vector<int64_t> step_drafts;  // drafts verified in each verification step, in order
   double prefill_seconds = 0;    // submit to the first token
   double decode_seconds = 0;     // first token to the last
 };

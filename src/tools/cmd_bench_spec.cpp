@@ -4,9 +4,10 @@
 //   p        per-draft acceptance rate: accepted / (accepted + rejections) (Leviathan's alpha)
 //   acc/drf  accepted / drafted
 //   tok/step tokens per target step after the first token (steps without drafts included)
-//   tok/vstep tokens per verification step, 1 + accepted / steps; predicted (1 - p^(K+1)) / (1 - p)
-//            (the formula assumes K drafts every step: compare it for model drafters; the n-gram
-//            drafter proposes fewer when the match runs out, see mean k)
+//   tok/vstep tokens per verification step, 1 + accepted / steps; predicted: the mean over those
+//            steps of (1 - p^(k+1)) / (1 - p) with each step's draft count k — that is
+//            (1 - p^(K+1)) / (1 - p) when every step has K drafts (model drafters); the n-gram
+//            drafter proposes fewer when its match runs out (mean k)
 //   tok/s    decode tokens/s with and without speculation, and their ratio
 #include <algorithm>
 #include <cmath>
@@ -140,8 +141,12 @@ int run_bench_spec(int argc, char** argv) {
       const double steps = std::max<double>(1.0, static_cast<double>(s->num_spec_steps));
       vtps.push_back(1.0 + a / steps);
       mean_k.push_back(static_cast<double>(s->num_draft_tokens) / steps);
-      pred.push_back(alpha < 1.0 ? (1.0 - std::pow(alpha, static_cast<double>(k + 1))) / (1.0 - alpha)
-                                 : static_cast<double>(k + 1));
+      double expected = 0.0;
+      for (int64_t kd : s->step_drafts) {
+        expected += alpha < 1.0 ? (1.0 - std::pow(alpha, static_cast<double>(kd + 1))) / (1.0 - alpha)
+                                : static_cast<double>(kd + 1);
+      }
+      pred.push_back(expected / std::max<double>(1.0, static_cast<double>(s->step_drafts.size())));
       const double bt = (static_cast<double>(b->tokens.size()) - 1.0) / std::max(1e-9, b->decode_seconds);
       const double st = n_after_first / std::max(1e-9, s->decode_seconds);
       base_tps.push_back(bt);

@@ -13,49 +13,14 @@
 #include "engine/engine.h"
 #include "engine/generate.h"
 #include "engine/spec/drafter.h"
+#include "engine_test_util.h"
 #include "tiny_model.h"
 
 namespace nb {
 namespace {
 
-struct Outputs {
-  std::mutex mu;
-  std::condition_variable cv;
-  std::map<RequestId, std::vector<int32_t>> tokens;
-  std::map<RequestId, FinishReason> finished;
-  std::map<RequestId, RequestOutput> last;
-
-  OutputCallback callback() {
-    return [this](const RequestOutput& o) {
-      std::lock_guard<std::mutex> lock(mu);
-      auto& t = tokens[o.id];
-      t.insert(t.end(), o.tokens.begin(), o.tokens.end());
-      last[o.id] = o;
-      if (o.finished) {
-        finished[o.id] = o.finish_reason;
-        cv.notify_all();
-      }
-    };
-  }
-  bool wait_all(size_t n) {
-    std::unique_lock<std::mutex> lock(mu);
-    return cv.wait_for(lock, std::chrono::seconds(300), [&] { return finished.size() >= n; });
-  }
-};
-
-std::vector<int32_t> greedy_alone(LlamaModel& m, const std::vector<int32_t>& prompt, int64_t max_tokens,
-                                  const std::vector<int32_t>& stop_ids = {}) {
-  SequenceRunner runner(m, m.config().max_seq_len);
-  SamplingParams sp;
-  sp.temperature = 0;
-  Sampler sampler = std::move(Sampler::create(sp).value());
-  std::vector<int32_t> out;
-  GenerateOptions opts;
-  opts.max_new_tokens = max_tokens;
-  opts.stop_ids = stop_ids;
-  EXPECT_TRUE(runner.generate(prompt, sampler, opts, [&](int32_t id) { out.push_back(id); return true; }).ok());
-  return out;
-}
+using Outputs = testing::Collector;
+using testing::greedy_alone;
 
 // Prompts that make copying worthwhile: a random stretch repeated, plus a random tail.
 std::vector<std::vector<int32_t>> make_prompts(int n, int32_t vocab, uint32_t seed) {
