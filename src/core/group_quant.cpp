@@ -75,6 +75,15 @@ Result<Tensor> make_group_quant_tensor(std::vector<uint8_t> codes, int64_t n, in
                             std::to_string(k) + "] weight");
   }
   NB_RETURN_IF_ERROR(validate_group_quant(q, n, k, codes.data(), what));
+  const int64_t tr = GroupQuant::kTileRows, tiles = (n + tr - 1) / tr;
+  q.tiled.assign(static_cast<size_t>(tiles * k * tr), 0);
+  const bool quads = q.act_int8 && k % 4 == 0;
+  for (int64_t r = 0; r < n; ++r) {
+    for (int64_t i = 0; i < k; ++i) {
+      const int64_t at = quads ? (((r / tr) * (k / 4) + i / 4) * tr + r % tr) * 4 + i % 4 : ((r / tr) * k + i) * tr + r % tr;
+      q.tiled[static_cast<size_t>(at)] = codes[static_cast<size_t>(r * k + i)];
+    }
+  }
   auto owner = std::make_shared<std::vector<uint8_t>>(std::move(codes));
   Tensor t = Tensor::view(owner->data(), {n, k}, DType::kQGroup, owner);
   t.set_group_quant(std::make_shared<const GroupQuant>(std::move(q)));

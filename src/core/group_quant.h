@@ -30,6 +30,13 @@ struct GroupQuant {
   std::vector<float> scales;   // [N, num_groups]
   std::vector<float> zeros;    // [N, num_groups]; empty when symmetric
   std::vector<int32_t> g_idx;  // [K] or empty
+  // The kernels' layout, made once by make_group_quant_tensor, tiles of 32 rows (rows past N are 0):
+  //   weight-only: [ceil(N / 32)][K][32]: code (32t + r, i) at (t * K + i) * 32 + r, so one step over
+  //                i reads the 32 rows' codes of column i as one 32-byte vector;
+  //   act_int8 with K % 4 == 0: [ceil(N / 32)][K / 4][32][4]: code (32t + r, 4c + j) at
+  //                ((t * K / 4 + c) * 32 + r) * 4 + j, the operand order of a VNNI dot of 4 bytes.
+  static constexpr int64_t kTileRows = 32;
+  std::vector<uint8_t> tiled;
 
   float zero(int64_t n, int64_t g) const {
     return symmetric ? static_cast<float>(1 << (bits - 1)) : zeros[static_cast<size_t>(n * num_groups + g)];

@@ -50,13 +50,49 @@ void dequantize_rows(const Tensor& t, int64_t r0, int64_t rows, float* w) {
 
 #if defined(__AVX512F__)
 #define NB_HAVE_W4A16_OUTER 1
-// AVX-512 (any M, so that a row's result never depends on the batch): a tile of kOuterRows weight rows is dequantized TRANSPOSED,
-// wt[i * kOuterRows + r], and the product is a sum of outer products over i: per step, two 16-lane
-// weight vectors times T broadcast activations into 2T accumulators (no horizontal reductions).
-// Each output is one FMA chain over i = 0 .. k-1 in order, whatever M, T or the tile position.
-constexpr int64_t kOuterRows = 32;
+// AVX-512 (every M): the product is a sum of outer products over the input index i: per step, the
+// 32 rows' weights of column i (two 16-lane vectors, dequantized from GroupQuant::tiled with the
+// formula above) times T broadcast activations into 2T accumulators. Each output is one FMA chain
+// over i = 0 .. k-1 in order, whatever M, T or the path, so results are batch-invariant:
+//   M <  kTileMinTokens: weights dequantized on the fly inside the chain (decode);
+//   M >= kTileMinTokens: the 32-row tile is first dequantized into a buffer wt[i][32] once per call
+//                        and reused by every token group (prefill); the same values either way.
+constexpr int64_t kOuterRows = GroupQuant::kTileRows;
 constexpr int kOuterTokens = 6;
+constexpr int64_t kTileMinTokens = 8;
 
+// Per-call group parameters of one 32-row tile, transposed: s[g][32], z[g][32].
+struct TileParams {
+  std::vector<float> s, z;
+  void load(const GroupQuant& q, int64_t r0, int64_t rows) {
+    s.assign(static_cast<size_t>(q.num_groups * kOuterRows), 0.f);
+    z.assign(s.size(), 0.f);
+    for (int64_t g = 0; g < q.num_groups; ++g)
+      for (int64_t r = 0; r < rows; ++r) {
+        s[static_cast<size_t>(g * kOuterRows + r)] = q.scale(r0 + r, g);
+        z[static_cast<size_t>(g * kOuterRows + r)] = q.zero(r0 + r, g);
+      }
+  }
+};
+
+// The 32 dequantized weights of column i: (float(q) - z) * s, lanes = rows.
+inline void dequant_column(const uint8_t* codes, const float* s, const float* z, __m512* w0, __m512* w1) {
+  const __m256i c = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes));
+  const __m512 q0 = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm256_castsi256_si128(c)));
+  const __m512 q1 = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm256_extracti128_si256(c, 1)));
+  *w0 = _mm512_mul_ps(_mm512_sub_ps(q0, _mm512_loadu_ps(z)), _mm512_loadu_ps(s));
+  *w1 = _mm512_mul_ps(_mm512_sub_ps(q1, _mm512_loadu_ps(z + 16)), _mm512_loadu_ps(s + 16));
+}
+
+template <int T>
+inline void store_tile(const __m512* a0, const __m512* a1, float* y, int64_t ldy, __mmask16 m0, __mmask16 m1) {
+  for (int t = 0; t < T; ++t) {
+    _mm512_mask_storeu_ps(y + t * ldy, m0, a0[t]);
+    _mm512_mask_storeu_ps(y + t * ldy + 16, m1, a1[t]);
+  }
+}
+
+// Prefill: weights from the dequantized buffer wt[i][32].
 template <int T>
 void outer_tile(const float* wt, int64_t k, const float* x, float* y, int64_t ldy, __mmask16 m0, __mmask16 m1) {
   __m512 a0[T], a1[T];
@@ -69,33 +105,68 @@ void outer_tile(const float* wt, int64_t k, const float* x, float* y, int64_t ld
       a1[t] = _mm512_fmadd_ps(w1, xb, a1[t]);
     }
   }
-  for (int t = 0; t < T; ++t) {
-    _mm512_mask_storeu_ps(y + t * ldy, m0, a0[t]);
-    _mm512_mask_storeu_ps(y + t * ldy + 16, m1, a1[t]);
+  store_tile<T>(a0, a1, y, ldy, m0, m1);
+}
+
+// Decode: weights dequantized inside the chain.
+template <int T>
+void outer_tile_fly(const GroupQuant& q, const uint8_t* codes, const TileParams& tp, int64_t k, const float* x, float* y,
+                    int64_t ldy, __mmask16 m0, __mmask16 m1) {
+  __m512 a0[T], a1[T];
+  for (int t = 0; t < T; ++t) a0[t] = a1[t] = _mm512_setzero_ps();
+  for (int64_t i = 0; i < k; ++i) {
+    const int64_t g = q.group_of(i);
+    __m512 w0, w1;
+    dequant_column(codes + i * kOuterRows, tp.s.data() + g * kOuterRows, tp.z.data() + g * kOuterRows, &w0, &w1);
+    for (int t = 0; t < T; ++t) {
+      const __m512 xb = _mm512_set1_ps(x[t * k + i]);
+      a0[t] = _mm512_fmadd_ps(w0, xb, a0[t]);
+      a1[t] = _mm512_fmadd_ps(w1, xb, a1[t]);
+    }
   }
+  store_tile<T>(a0, a1, y, ldy, m0, m1);
 }
 
 void matmul_weight_only_outer(const MatmulParams& p, ThreadPool& pool) {
-  static constexpr void (*kTiles[kOuterTokens])(const float*, int64_t, const float*, float*, int64_t, __mmask16, __mmask16) = {
-      &outer_tile<1>, &outer_tile<2>, &outer_tile<3>, &outer_tile<4>, &outer_tile<5>, &outer_tile<6>};
+  using TileFn = void (*)(const float*, int64_t, const float*, float*, int64_t, __mmask16, __mmask16);
+  using FlyFn = void (*)(const GroupQuant&, const uint8_t*, const TileParams&, int64_t, const float*, float*, int64_t,
+                         __mmask16, __mmask16);
+  static constexpr TileFn kTiles[kOuterTokens] = {&outer_tile<1>, &outer_tile<2>, &outer_tile<3>,
+                                                  &outer_tile<4>, &outer_tile<5>, &outer_tile<6>};
+  static constexpr FlyFn kFly[kOuterTokens] = {&outer_tile_fly<1>, &outer_tile_fly<2>, &outer_tile_fly<3>,
+                                               &outer_tile_fly<4>, &outer_tile_fly<5>, &outer_tile_fly<6>};
+  const GroupQuant& q = *p.weight.group_quant();
   const int64_t n = p.weight.dim(0), k = p.weight.dim(1);
-  pool.parallel_for(n, [&](int64_t n0, int64_t n1) {
-    AlignedBytes wt_bytes = alloc_aligned(static_cast<size_t>(kOuterRows * k) * sizeof(float));
-    std::vector<float> row(static_cast<size_t>(k));
+  const bool buffered = p.m >= kTileMinTokens;
+  const int64_t tiles = (n + kOuterRows - 1) / kOuterRows;
+  pool.parallel_for(tiles, [&](int64_t b0, int64_t b1) {
+    AlignedBytes wt_bytes = alloc_aligned(buffered ? static_cast<size_t>(kOuterRows * k) * sizeof(float) : 64);
     auto* wt = reinterpret_cast<float*>(wt_bytes.get());
-    for (int64_t r0 = n0; r0 < n1; r0 += kOuterRows) {
-      const int64_t rows = std::min(kOuterRows, n1 - r0);
-      for (int64_t r = 0; r < kOuterRows; ++r) {
-        if (r < rows) dequantize_rows(p.weight, r0 + r, 1, row.data());
-        for (int64_t i = 0; i < k; ++i) wt[i * kOuterRows + r] = r < rows ? row[static_cast<size_t>(i)] : 0.f;
-      }
+    TileParams tp;
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t r0 = b * kOuterRows, rows = std::min(kOuterRows, n - r0);
+      const uint8_t* codes = q.tiled.data() + b * k * kOuterRows;
+      tp.load(q, r0, rows);
       const __mmask16 m0 = simd::first_lanes(rows), m1 = simd::first_lanes(rows - 16);
+      if (buffered) {
+        for (int64_t i = 0; i < k; ++i) {
+          const int64_t g = q.group_of(i);
+          __m512 w0, w1;
+          dequant_column(codes + i * kOuterRows, tp.s.data() + g * kOuterRows, tp.z.data() + g * kOuterRows, &w0, &w1);
+          _mm512_store_ps(wt + i * kOuterRows, w0);
+          _mm512_store_ps(wt + i * kOuterRows + 16, w1);
+        }
+      }
       for (int64_t t = 0; t < p.m; t += kOuterTokens) {
         const int toks = static_cast<int>(std::min<int64_t>(kOuterTokens, p.m - t));
-        kTiles[toks - 1](wt, k, p.x + t * k, p.y + t * n + r0, n, m0, m1);
+        if (buffered) {
+          kTiles[toks - 1](wt, k, p.x + t * k, p.y + t * n + r0, n, m0, m1);
+        } else {
+          kFly[toks - 1](q, codes, tp, k, p.x + t * k, p.y + t * n + r0, n, m0, m1);
+        }
       }
     }
-  }, kOuterRows);
+  });
 }
 #endif
 
@@ -157,8 +228,8 @@ inline float w8a8_output(const GroupQuant& q, int64_t r, const int32_t* idot, co
 
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
 #define NB_HAVE_W8A8_VNNI 1
-// Per-channel weights, k a multiple of 4. A tile of 32 weight rows is interleaved as
-// wt[k/4][32 rows][4 codes]; one vpdpbusd then multiplies 16 rows' 4 codes (unsigned) by the same 4
+// Per-channel weights, k a multiple of 4. A tile of 32 weight rows is interleaved (once, at load:
+// GroupQuant::tiled) as wt[k/4][32 rows][4 codes]; one vpdpbusd then multiplies 16 rows' 4 codes (unsigned) by the same 4
 // activation bytes of one token (broadcast, signed) into 16 int32 row sums: outer products again,
 // exact integer sums, no horizontal reductions. The epilogue is w8a8_output's arithmetic, vectorized
 // over rows (cvt, one multiply by the row scale, one by d_t), so it is bit-identical to it.
@@ -170,7 +241,7 @@ void w8a8_outer_tile(const uint8_t* wt, int64_t k4, const int8_t* xq, int64_t k,
   __m512i a0[T], a1[T];
   for (int t = 0; t < T; ++t) a0[t] = a1[t] = _mm512_setzero_si512();
   for (int64_t i = 0; i < k4; ++i) {
-    const __m512i w0 = _mm512_load_si512(wt + i * kW8Rows * 4), w1 = _mm512_load_si512(wt + i * kW8Rows * 4 + 64);
+    const __m512i w0 = _mm512_loadu_si512(wt + i * kW8Rows * 4), w1 = _mm512_loadu_si512(wt + i * kW8Rows * 4 + 64);
     for (int t = 0; t < T; ++t) {
       int32_t x4;
       std::memcpy(&x4, xq + t * k + 4 * i, 4);
@@ -191,19 +262,15 @@ void matmul_w8a8_vnni(const MatmulParams& p, const GroupQuant& q, ThreadPool& po
       &w8a8_outer_tile<6>};
   const int64_t n = p.weight.dim(0), k = p.weight.dim(1), k4 = k / 4;
   const ActInt8 a = quantize_acts(p, q, pool);
-  pool.parallel_for(n, [&](int64_t n0, int64_t n1) {
-    AlignedBytes wt = alloc_aligned(static_cast<size_t>(kW8Rows * k));
+  const int64_t tiles = (n + kW8Rows - 1) / kW8Rows;
+  pool.parallel_for(tiles, [&](int64_t b0, int64_t b1) {
     alignas(64) int32_t acc[kW8Tokens * kW8Rows];
     alignas(64) float scale[kW8Rows];
     alignas(64) int32_t zero[kW8Rows];
-    for (int64_t r0 = n0; r0 < n1; r0 += kW8Rows) {
-      const int64_t rows = std::min(kW8Rows, n1 - r0);
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t r0 = b * kW8Rows, rows = std::min(kW8Rows, n - r0);
+      const uint8_t* wt = q.tiled.data() + b * k * kW8Rows;  // [k/4][32][4], made at load
       for (int64_t r = 0; r < kW8Rows; ++r) {
-        const uint8_t* src = r < rows ? p.weight.row<const uint8_t>(r0 + r) : nullptr;
-        for (int64_t i = 0; i < k4; ++i) {
-          uint8_t* dst = wt.get() + (i * kW8Rows + r) * 4;
-          if (src != nullptr) std::memcpy(dst, src + 4 * i, 4); else std::memset(dst, 0, 4);
-        }
         scale[r] = r < rows ? q.scale(r0 + r, 0) : 0.f;
         zero[r] = r < rows ? static_cast<int32_t>(q.zero(r0 + r, 0)) : 0;
       }
@@ -212,7 +279,7 @@ void matmul_w8a8_vnni(const MatmulParams& p, const GroupQuant& q, ThreadPool& po
       const __mmask16 m0 = simd::first_lanes(rows), m1 = simd::first_lanes(rows - 16);
       for (int64_t t = 0; t < p.m; t += kW8Tokens) {
         const int toks = static_cast<int>(std::min<int64_t>(kW8Tokens, p.m - t));
-        kTiles[toks - 1](wt.get(), k4, a.xq.data() + t * k, k, acc);
+        kTiles[toks - 1](wt, k4, a.xq.data() + t * k, k, acc);
         for (int tt = 0; tt < toks; ++tt) {
           const size_t tok = static_cast<size_t>(t + tt);
           const __m512i gs = _mm512_set1_epi32(a.gsum[tok]);
@@ -225,7 +292,7 @@ void matmul_w8a8_vnni(const MatmulParams& p, const GroupQuant& q, ThreadPool& po
         }
       }
     }
-  }, kW8Rows);
+  });
 }
 #endif
 
