@@ -19,7 +19,7 @@ using detail::to_f32;
 
 namespace {
 
-constexpr int kRowThreads = 256;
+constexpr int kRowThreads = 1024;  // one block per row: a decode row of 4096 is 4 elements a thread
 
 __device__ __forceinline__ float half_bits_to_f32(const uint8_t* p) {
   // GGUF blocks are 2-byte aligned (34/18/20-byte blocks), so a 16-bit load is aligned.
@@ -232,7 +232,7 @@ Status rope(const RopeParams& p, Context& ctx) {
   cudaStream_t stream = detail::as_stream(ctx.stream());
   return detail::dispatch_act(p.act_dtype, "rope", [&](auto tag) -> Status {
     using T = decltype(tag);
-    rope_kernel<T><<<static_cast<unsigned>(p.num_tokens), 128, 0, stream>>>(
+    rope_kernel<T><<<static_cast<unsigned>(p.num_tokens), 1024, 0, stream>>>(
         reinterpret_cast<T*>(p.q), reinterpret_cast<T*>(p.k), p.positions, p.inv_freq, static_cast<int>(p.num_heads),
         static_cast<int>(p.num_kv_heads), static_cast<int>(p.head_dim), p.style == RopeStyle::kInterleaved);
     NB_CUDA_RETURN_IF_ERROR(cudaGetLastError());
@@ -261,7 +261,7 @@ Status kv_write(const KvWriteParams& p, Context& ctx) {
   cudaStream_t stream = detail::as_stream(ctx.stream());
   return detail::dispatch_act(p.act_dtype, "kv_write", [&](auto tag) -> Status {
     using T = decltype(tag);
-    kv_write_kernel<T><<<static_cast<unsigned>(p.num_tokens), 128, 0, stream>>>(
+    kv_write_kernel<T><<<static_cast<unsigned>(p.num_tokens), 1024, 0, stream>>>(
         reinterpret_cast<const T*>(p.k), reinterpret_cast<const T*>(p.v), reinterpret_cast<T*>(p.k_cache),
         reinterpret_cast<T*>(p.v_cache), p.slot_mapping, row);
     NB_CUDA_RETURN_IF_ERROR(cudaGetLastError());

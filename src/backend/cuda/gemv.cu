@@ -17,58 +17,71 @@ using detail::to_f32;
 
 namespace {
 
-constexpr int kWarps = 8;  // rows per block
+constexpr int kWarps = 8;        // warps per block
+constexpr int kRowsPerWarp = 2;
 
 template <typename T, typename OutT, int MAXM>
 __global__ void __launch_bounds__(kWarps * 32) gemv_kernel(const T* __restrict__ w, const T* __restrict__ x,
                                                            OutT* __restrict__ y, int n, int k, int m) {
+  // Each warp owns kRowsPerWarp consecutive weight rows and keeps kRowsPerWarp * U 16-byte loads per
+  // lane in flight before using any of them (bandwidth needs many bytes in flight per SM).
+  constexpr int R = kRowsPerWarp;
+  constexpr int U = MAXM <= 1 ? 4 : 2;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int row = blockIdx.x * kWarps + warp;
-  if (row >= n) return;
-  const uint4* wr = reinterpret_cast<const uint4*>(w + static_cast<size_t>(row) * k);
+  const int row0 = (blockIdx.x * kWarps + warp) * R;
+  if (row0 >= n) return;
   const int k8 = k / 8;
-  float acc[MAXM];
+  const uint4* wr[R];
 #pragma unroll
-  for (int i = 0; i < MAXM; ++i) acc[i] = 0.f;
-  // U weight vectors per lane are loaded before any is used, so U loads per lane are in flight.
-  constexpr int U = MAXM <= 2 ? 4 : 2;
+  for (int r = 0; r < R; ++r) wr[r] = reinterpret_cast<const uint4*>(w + static_cast<size_t>(min(row0 + r, n - 1)) * k);
+  float acc[R][MAXM];
+#pragma unroll
+  for (int r = 0; r < R; ++r)
+#pragma unroll
+    for (int i = 0; i < MAXM; ++i) acc[r][i] = 0.f;
   for (int i0 = lane; i0 < k8; i0 += 32 * U) {
-    uint4 wv[U];
+    uint4 wv[R][U];
 #pragma unroll
     for (int u = 0; u < U; ++u) {
       const int i = i0 + u * 32;
-      wv[u] = i < k8 ? __ldcs(wr + i) : make_uint4(0, 0, 0, 0);  // streamed once: evict first
+#pragma unroll
+      for (int r = 0; r < R; ++r) wv[r][u] = i < k8 ? __ldcs(wr[r] + i) : make_uint4(0, 0, 0, 0);  // read once
     }
 #pragma unroll
     for (int u = 0; u < U; ++u) {
       const int i = i0 + u * 32;
       if (i >= k8) break;
-      const T* wh = reinterpret_cast<const T*>(&wv[u]);
-      float wf[8];
 #pragma unroll
-      for (int j = 0; j < 8; ++j) wf[j] = to_f32(wh[j]);
-#pragma unroll
-      for (int r = 0; r < MAXM; ++r) {
-        if (r < m) {
-          const uint4 xv = __ldg(reinterpret_cast<const uint4*>(x + static_cast<size_t>(r) * k) + i);
+      for (int mm = 0; mm < MAXM; ++mm) {
+        if (mm < m) {
+          const uint4 xv = __ldg(reinterpret_cast<const uint4*>(x + static_cast<size_t>(mm) * k) + i);
           const T* xh = reinterpret_cast<const T*>(&xv);
+          float xf[8];
 #pragma unroll
-          for (int j = 0; j < 8; ++j) acc[r] = fmaf(wf[j], to_f32(xh[j]), acc[r]);
+          for (int j = 0; j < 8; ++j) xf[j] = to_f32(xh[j]);
+#pragma unroll
+          for (int r = 0; r < R; ++r) {
+            const T* wh = reinterpret_cast<const T*>(&wv[r][u]);
+#pragma unroll
+            for (int j = 0; j < 8; ++j) acc[r][mm] = fmaf(to_f32(wh[j]), xf[j], acc[r][mm]);
+          }
         }
       }
     }
   }
 #pragma unroll
-  for (int r = 0; r < MAXM; ++r) {
-    float v = acc[r];
-    for (int off = 16; off > 0; off /= 2) v += __shfl_xor_sync(0xffffffffu, v, off);
-    if (lane == 0 && r < m) y[static_cast<size_t>(r) * n + row] = from_f32<OutT>(v);
-  }
+  for (int r = 0; r < R; ++r)
+#pragma unroll
+    for (int mm = 0; mm < MAXM; ++mm) {
+      float v = acc[r][mm];
+      for (int off = 16; off > 0; off /= 2) v += __shfl_xor_sync(0xffffffffu, v, off);
+      if (lane == 0 && mm < m && row0 + r < n) y[static_cast<size_t>(mm) * n + row0 + r] = from_f32<OutT>(v);
+    }
 }
 
 template <typename T, typename OutT>
 Status launch(const MatmulParams& p, int n, int k, cudaStream_t stream) {
-  const dim3 grid(static_cast<unsigned>((n + kWarps - 1) / kWarps));
+  const dim3 grid(static_cast<unsigned>((n + kWarps * kRowsPerWarp - 1) / (kWarps * kRowsPerWarp)));
   const auto* w = static_cast<const T*>(p.weight.data());
   const auto* x = reinterpret_cast<const T*>(p.x);
   auto* y = reinterpret_cast<OutT*>(p.y);
