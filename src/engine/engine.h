@@ -66,7 +66,10 @@ struct EngineConfig {
   // Speculative decoding (engine/spec/): each step, running decodes of requests with
   // `speculative` get up to num_speculative_tokens drafts, verified in the same forward.
   std::shared_ptr<spec::Drafter> drafter;  // null: off
-  int64_t num_speculative_tokens = 4;      // K
+  int64_t num_speculative_tokens = 4;      // K (the most, when adaptive)
+  // Adaptive K per sequence (the "heuristic" schedule of Hugging Face assisted generation): +2 after
+  // a step that accepted every draft, -1 (down to 1) after one that rejected a draft.
+  bool adaptive_speculative_tokens = false;
   int64_t speculative_max_running = 4;     // off while more sequences run (it costs throughput there)
 };
 
@@ -79,6 +82,7 @@ struct EngineStats {
   int64_t num_steps = 0;
   int64_t num_prompt_tokens_computed = 0;   // prefill work actually done (excludes cache hits)
   int64_t num_generated_tokens = 0;
+  int64_t num_padding_tokens = 0;           // static batching: rows computed for finished requests' slots
   int64_t num_requests_finished = 0;
   int64_t num_spec_steps = 0;               // verification steps (a sequence's step with drafts)
   int64_t num_draft_tokens = 0, num_accepted_tokens = 0, num_spec_rejections = 0;

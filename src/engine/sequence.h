@@ -31,6 +31,7 @@ struct Sequence {
   int64_t num_accepted_tokens = 0;  // of those, accepted
   int64_t num_spec_steps = 0;       // verification steps
   int64_t num_spec_rejections = 0;  // of those, steps that rejected a draft
+  int64_t spec_k = 0;               // adaptive K: drafts to ask for next (0: not started)
 
   Sequence(RequestId rid, uint64_t order, GenerationRequest req, OutputCallback cb, Sampler s)
       : id(rid), arrival(order), request(std::move(req)), callback(std::move(cb)), sampler(std::move(s)) {

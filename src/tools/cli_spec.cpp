@@ -11,6 +11,7 @@ void add_speculative_options(CliArgs& args) {
   args.option("--draft-model", "draft model for --speculative draft (same tokenizer as the target)");
   args.option("--draft-layers", "layers of the target used as the self-draft (--speculative self)", "4");
   args.option("--num-speculative-tokens", "draft tokens verified per step (K)", "4");
+  args.flag("--spec-adaptive", "adapt K per sequence up to --num-speculative-tokens (+2 after a fully accepted step, -1 after a rejection)");
   args.option("--spec-max-running", "speculate only while at most this many sequences run", "4");
   args.option("--draft-kv-memory", "KV cache memory of the draft model (e.g. 64M)", "64M");
   args.option("--ngram-max", "longest suffix the n-gram drafter matches", "4");
@@ -21,6 +22,7 @@ Result<CliSpeculative> load_speculative(const CliArgs& args, LlamaModel& target,
   const std::string method = method_arg.empty() ? args.get("--speculative") : method_arg;
   NB_ASSIGN_OR_RETURN(out.num_tokens, args.get_int("--num-speculative-tokens", 1, 64));
   NB_ASSIGN_OR_RETURN(out.max_running, args.get_int("--spec-max-running", 0, 1 << 20));
+  out.adaptive = args.has("--spec-adaptive");
   if (method.empty() || method == "off") return out;
   if (method == "ngram") {
     spec::NgramOptions o;

@@ -15,7 +15,7 @@
 namespace nb::tools {
 
 // Declares --speculative ngram|draft|self, --draft-model, --draft-layers, --num-speculative-tokens,
-// --spec-max-running, --draft-kv-memory, --ngram-max.
+// --spec-adaptive, --spec-max-running, --draft-kv-memory, --ngram-max.
 void add_speculative_options(CliArgs& args);
 
 struct CliSpeculative {
@@ -23,12 +23,14 @@ struct CliSpeculative {
   std::shared_ptr<spec::Drafter> drafter;   // null when --speculative is not given
   int64_t num_tokens = 4;
   int64_t max_running = 4;
+  bool adaptive = false;
 
   // Sets the engine config's speculative fields.
   void apply(EngineConfig& config) const {
     config.drafter = drafter;
     config.num_speculative_tokens = num_tokens;
     config.speculative_max_running = max_running;
+    config.adaptive_speculative_tokens = adaptive;
   }
 };
 

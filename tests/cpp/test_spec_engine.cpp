@@ -74,6 +74,7 @@ struct DrafterCase {
   int64_t k;
   int64_t kv_bytes;  // target's; small values force preemption
   int64_t budget;
+  bool adaptive = false;
 };
 
 class SpecEngineGreedy : public ::testing::TestWithParam<DrafterCase> {};
@@ -87,6 +88,7 @@ TEST_P(SpecEngineGreedy, MatchesPlainGreedy) {
   cfg.max_batched_tokens = c.budget;
   cfg.num_speculative_tokens = c.k;
   cfg.speculative_max_running = 1000;  // always on here
+  cfg.adaptive_speculative_tokens = c.adaptive;
   if (c.kind == Kind::kNgram) {
     cfg.drafter = std::move(spec::make_ngram_drafter({}).value());
   } else {
@@ -104,6 +106,9 @@ TEST_P(SpecEngineGreedy, MatchesPlainGreedy) {
   EXPECT_GT(r.stats.num_spec_steps, 0);
   EXPECT_GT(r.stats.num_accepted_tokens, 0) << "no draft was accepted: the multi-token path went untested";
   EXPECT_LE(r.stats.num_accepted_tokens, r.stats.num_draft_tokens);
+  if (c.adaptive) {  // rejections lowered K for some steps
+    EXPECT_LT(r.stats.num_draft_tokens, c.k * r.stats.num_spec_steps);
+  }
   EXPECT_EQ(r.stats.num_blocks_used, 0);
   if (std::string(c.name).find("tight") != std::string::npos) {
     EXPECT_GT(r.stats.num_preemptions, 0) << "the tight case must exercise preemption";
@@ -117,7 +122,9 @@ INSTANTIATE_TEST_SUITE_P(
                       DrafterCase{"ngram_k8_tight", Kind::kNgram, 8, 20 * 8192, 64},
                       DrafterCase{"draft_model_k3", Kind::kDraftModel, 3, 64 << 20, 512},
                       DrafterCase{"self_k5", Kind::kSelf, 5, 64 << 20, 512},
-                      DrafterCase{"self_k4_tight", Kind::kSelf, 4, 20 * 8192, 48}),
+                      DrafterCase{"self_k4_tight", Kind::kSelf, 4, 20 * 8192, 48},
+                      DrafterCase{"ngram_adaptive_k8", Kind::kNgram, 8, 64 << 20, 512, true},
+                      DrafterCase{"draft_model_adaptive_k6_tight", Kind::kDraftModel, 6, 20 * 8192, 64, true}),
     [](const auto& info) { return std::string(info.param.name); });
 
 TEST(SpecEngine, StopAndMaxTokensInsideAcceptedRuns) {
