@@ -7,7 +7,11 @@
 #include <random>
 #include <vector>
 
+#include "backend/cpu/cpu_ops.h"
 #include "core/thread_pool.h"
+#include "engine/contiguous_kv.h"
+#include "quant/calib.h"
+#include "tiny_model.h"
 #include "quant/awq.h"
 #include "quant/gptq.h"
 #include "quant/rtn.h"
@@ -385,6 +389,52 @@ TEST(QuantSmoothQuant, ProductUnchangedAndActivationMaxFlattened) {
       return mx / v[v.size() / 2];
     };
     EXPECT_LT(ratio(after), ratio(amax) / 3.f) << alpha;
+  }
+}
+
+// ---- calibration forward ----
+
+// The calibration pipeline's f32 layer-by-layer forward (LayerRunner over DenseLayers), followed by
+// the final norm and head, gives the model's own logits: the statistics are taken on what the model
+// computes. The observer sees each site's input with the right width.
+TEST(QuantCalib, LayerRunnerMatchesModelForward) {
+  ModelWeights w = testing::tiny_weights(21, 256);
+  const ModelConfig c = w.config;
+  const int64_t n = 24;
+  std::vector<int32_t> ids(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) ids[static_cast<size_t>(i)] = static_cast<int32_t>((i * 37 + 5) % c.vocab_size);
+  auto model = std::move(LlamaModel::create(w, 2, 512).value());
+  auto kv = ContiguousKvCache::create(*model, 256);
+  ASSERT_TRUE(kv.ok());
+  std::vector<float> expect(static_cast<size_t>(n * c.vocab_size));
+  ASSERT_TRUE(model->forward(ForwardBatch::single(ids, 0, kv->block_table(), true), kv->pools(), expect.data()).ok());
+
+  ThreadPool pool(2);
+  LayerRunner runner(c, n, pool);
+  std::vector<float> x(static_cast<size_t>(n * c.dim));
+  cpu::embedding({w.tok_embeddings, ids.data(), x.data(), n});
+  int sites_seen = 0;
+  for (int64_t l = 0; l < c.num_layers; ++l) {
+    auto d = dense_layer(w, l);
+    ASSERT_TRUE(d.ok()) << d.status().message();
+    runner.forward(*d, x.data(), [&](InputSite site, const float*, int64_t tokens) {
+      EXPECT_EQ(tokens, n);
+      ++sites_seen;
+      (void)site;
+    });
+  }
+  EXPECT_EQ(sites_seen, kNumInputSites * c.num_layers);
+  std::vector<float> h(x.size()), got(expect.size());
+  cpu::rms_norm({x.data(), w.final_norm.ptr<float>(), h.data(), n, c.dim, c.norm_eps});
+  cpu::matmul({w.output, h.data(), got.data(), n}, pool);
+  for (int64_t t = 0; t < n; ++t) {
+    float amax = 0.f, diff = 0.f;
+    for (int64_t v = 0; v < c.vocab_size; ++v) {
+      const auto k = static_cast<size_t>(t * c.vocab_size + v);
+      amax = std::max(amax, std::fabs(expect[k]));
+      diff = std::max(diff, std::fabs(expect[k] - got[k]));
+    }
+    EXPECT_LE(diff, 1e-4f * amax) << "position " << t;
   }
 }
 
