@@ -97,13 +97,6 @@ Json hf_config_json(const ModelConfig& c) {
   return j;
 }
 
-Status write_text(const std::string& path, const std::string& text) {
-  FILE* f = std::fopen(path.c_str(), "wb");
-  if (f == nullptr) return internal_error("cannot create '" + path + "': " + std::strerror(errno));
-  const bool ok = std::fwrite(text.data(), 1, text.size(), f) == text.size();
-  if (std::fclose(f) != 0 || !ok) return internal_error("cannot write '" + path + "'; check free disk space");
-  return Status::Ok();
-}
 
 Status make_dir(const std::string& dir) {
   if (::mkdir(dir.c_str(), 0755) != 0 && errno != EEXIST) {
@@ -169,10 +162,18 @@ Status write_checkpoint(const ModelWeights& w, const LoadedModel& source, const 
     std::fprintf(stderr, "note: %s has no tokenizer.json form; load the directory with --tokenizer <source model>\n",
                  source.tokenizer.path.empty() ? "the source" : source.tokenizer.path.c_str());
   }
-  return write_text(dir + "/config.json", cj.dump(2) + "\n");
+  return write_text_file(dir + "/config.json", cj.dump(2) + "\n");
 }
 
 }  // namespace
+
+Status write_text_file(const std::string& path, const std::string& text) {
+  FILE* f = std::fopen(path.c_str(), "wb");
+  if (f == nullptr) return internal_error("cannot create '" + path + "': " + std::strerror(errno));
+  const bool ok = std::fwrite(text.data(), 1, text.size(), f) == text.size();
+  if (std::fclose(f) != 0 || !ok) return internal_error("cannot write '" + path + "'; check free disk space");
+  return Status::Ok();
+}
 
 QuantLayout layout_for(const QuantizedModel& qm) {
   if (qm.act_int8 || qm.method == "smoothquant") return QuantLayout::kCompressedTensors;

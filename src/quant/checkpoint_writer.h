@@ -31,4 +31,7 @@ Status save_float_model(const LoadedModel& source, const std::string& dir, bool 
 // tokenizer has no tokenizer.json form (SentencePiece / llama2.c): pass --tokenizer then.
 Result<bool> export_tokenizer(const LoadedModel& source, const std::string& dir);
 
+// Creates or truncates `path` with `text` (used for the JSON files of a checkpoint directory).
+Status write_text_file(const std::string& path, const std::string& text);
+
 }  // namespace nb::quant

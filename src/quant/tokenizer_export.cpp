@@ -17,14 +17,6 @@ namespace {
 
 using Json = nlohmann::json;
 
-Status write_file(const std::string& path, const std::string& text) {
-  FILE* f = std::fopen(path.c_str(), "wb");
-  if (f == nullptr) return internal_error("cannot create '" + path + "'");
-  const bool ok = std::fwrite(text.data(), 1, text.size(), f) == text.size();
-  if (std::fclose(f) != 0 || !ok) return internal_error("cannot write '" + path + "'; check free disk space");
-  return Status::Ok();
-}
-
 std::string dir_of(const std::string& path) {
   const size_t s = path.rfind('/');
   return s == std::string::npos ? "." : path.substr(0, s);
@@ -36,7 +28,7 @@ Result<bool> copy_hf(const LoadedModel& source, const std::string& dir) {
   for (const char* name : {"tokenizer.json", "tokenizer_config.json", "tokenizer.model", "special_tokens_map.json"}) {
     Result<std::string> text = read_file(src + "/" + name);
     if (!text.ok()) continue;
-    NB_RETURN_IF_ERROR(write_file(dir + "/" + name, *text));
+    NB_RETURN_IF_ERROR(write_text_file(dir + "/" + name, *text));
     any = true;
   }
   return any;
@@ -100,7 +92,7 @@ Result<bool> from_gguf(const LoadedModel& source, const std::string& dir) {
   tj["model"] = {{"type", "BPE"}, {"dropout", nullptr}, {"unk_token", nullptr}, {"continuing_subword_prefix", nullptr},
                  {"end_of_word_suffix", nullptr}, {"fuse_unk", false}, {"byte_fallback", false}, {"ignore_merges", false},
                  {"vocab", vocab}, {"merges", merges->strs}};
-  NB_RETURN_IF_ERROR(write_file(dir + "/tokenizer.json", tj.dump() + "\n"));
+  NB_RETURN_IF_ERROR(write_text_file(dir + "/tokenizer.json", tj.dump() + "\n"));
 
   Json cfg;
   cfg["tokenizer_class"] = "GPT2Tokenizer";
@@ -110,7 +102,7 @@ Result<bool> from_gguf(const LoadedModel& source, const std::string& dir) {
   if (bos >= 0 && bos < n) cfg["bos_token"] = tokens->strs[static_cast<size_t>(bos)];
   if (eos >= 0 && eos < n) cfg["eos_token"] = tokens->strs[static_cast<size_t>(eos)];
   if (!source.chat_template.empty()) cfg["chat_template"] = source.chat_template;
-  NB_RETURN_IF_ERROR(write_file(dir + "/tokenizer_config.json", cfg.dump(2) + "\n"));
+  NB_RETURN_IF_ERROR(write_text_file(dir + "/tokenizer_config.json", cfg.dump(2) + "\n"));
   return true;
 }
 
