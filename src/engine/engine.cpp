@@ -33,6 +33,7 @@ struct Engine::Impl {
   LlamaModel& model;
   EngineConfig config;
   int64_t kv_row = 0;  // floats per token per layer for K (same for V)
+  int32_t pad_block = 0;  // the KV block after the pool's last: static batching's padding rows write there
   KvStorage kv;
   const KvPools& pools;  // kv.pools()
   BlockManager blocks;
@@ -98,11 +99,13 @@ Result<std::unique_ptr<Engine>> Engine::create(LlamaModel& model, const EngineCo
                             " bytes holds no KV block (one block is " + std::to_string(block_bytes) +
                             " bytes); raise it");
   }
-  NB_ASSIGN_OR_RETURN(KvStorage storage, KvStorage::create(model, num_blocks, config.block_size));
+  // One block more than the block manager hands out: the scratch block of static batching's padding.
+  NB_ASSIGN_OR_RETURN(KvStorage storage, KvStorage::create(model, num_blocks + 1, config.block_size));
   std::unique_ptr<Engine> e(new Engine());
   e->impl_ = std::make_unique<Impl>(model, config, num_blocks, std::move(storage));
   Impl& im = *e->impl_;
   im.kv_row = kv_row;
+  im.pad_block = static_cast<int32_t>(num_blocks);
   im.logits.resize(static_cast<size_t>(config.max_num_seqs * c.vocab_size));
   im.stats.num_blocks_total = num_blocks;
   im.stats.num_blocks_free = num_blocks;
@@ -370,6 +373,12 @@ void Engine::Impl::step() {
                           /*all_logits=*/s.seq->num_draft > 0});
     if (s.samples) num_rows += 1 + s.seq->num_draft;
   }
+  // Static batching's padding: a finished request's slot is still computed (one token at position 0
+  // of the scratch block past the pool's last, which no sequence owns; no logits).
+  for (int64_t i = 0; i < sched.num_padding; ++i) {
+    tokens.push_back(0);
+    batch.seqs.push_back({1, 0, std::span<const int32_t>(&pad_block, 1), false});
+  }
   const int64_t vocab = model.config().vocab_size;
   if (logits.size() < static_cast<size_t>(num_rows * vocab)) logits.resize(static_cast<size_t>(num_rows * vocab));
   batch.tokens = tokens;
@@ -420,6 +429,7 @@ void Engine::Impl::step() {
   }
   std::lock_guard<std::mutex> lock(mu);
   stats.num_steps += 1;
+  stats.num_padding_tokens += sched.num_padding;
   stats.num_prompt_tokens_computed += prompt_work;
   stats.num_generated_tokens += generated;
   refresh_stats();

@@ -82,6 +82,7 @@ struct EngineStats {
   int64_t num_steps = 0;
   int64_t num_prompt_tokens_computed = 0;   // prefill work actually done (excludes cache hits)
   int64_t num_generated_tokens = 0;
+  int64_t num_padding_tokens = 0;           // static batching: rows computed for finished requests' slots
   int64_t num_requests_finished = 0;
   int64_t num_spec_steps = 0;               // verification steps (a sequence's step with drafts)
   int64_t num_draft_tokens = 0, num_accepted_tokens = 0, num_spec_rejections = 0;

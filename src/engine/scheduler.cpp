@@ -112,6 +112,13 @@ SchedulerOutput Scheduler::schedule() {
       waiting_.pop_front();
     }
   }
+  // 4. Static batching: the batch's finished requests still occupy their slots (padding rows).
+  if (static_batching) {
+    if (static_admission) static_batch_size_ = num_running();
+    if (running_.empty()) static_batch_size_ = 0;
+    out.num_padding = std::clamp<int64_t>(static_batch_size_ - num_running(), 0, std::max<int64_t>(0, budget()));
+    out.num_tokens += out.num_padding;
+  }
   return out;
 }
 

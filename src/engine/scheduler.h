@@ -3,7 +3,10 @@
 // chunks, then FCFS admission of waiting sequences while blocks and budget allow. When a running
 // sequence cannot get a block, the newest running sequence is preempted by recompute (its blocks
 // freed, back to the head of the queue), never an out-of-memory failure.
-// Static batching (for comparison): admit a batch only when nothing runs, then run it to completion.
+// Static batching (for comparison): admit a batch only when nothing runs, then run it to completion
+// as request-level batching does (Orca's baseline, a padded HF generate batch): a request that
+// finishes early keeps its slot until the whole batch is done, so its row is still computed every
+// step (SchedulerOutput::num_padding rows the engine feeds as padding).
 // The contiguous KV layout (for comparison) reserves each sequence's prompt + max_tokens at admission.
 #pragma once
 #include <cstdint>
@@ -27,6 +30,7 @@ struct SchedulerOutput {
   std::vector<BlockCopy> copies;       // copy-on-write copies to perform before the forward
   std::vector<Sequence*> preempted;    // moved back to waiting this step
   int64_t num_tokens = 0;
+  int64_t num_padding = 0;             // static batching: slots of finished requests, computed as padding
 };
 
 class Scheduler {
@@ -58,6 +62,7 @@ class Scheduler {
   std::vector<Sequence*> running_;  // in arrival order
   int64_t num_preemptions_ = 0;
   int64_t num_blocks_allocated_ = 0;
+  int64_t static_batch_size_ = 0;  // static batching: sequences admitted into the running batch
 };
 
 }  // namespace nb

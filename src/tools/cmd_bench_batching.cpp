@@ -36,6 +36,7 @@ struct RunResult {
   int64_t output_tokens = 0;
   int64_t peak_running = 0;
   int64_t preemptions = 0;
+  int64_t padding_tokens = 0;
   double mean_latency_s = 0;
 };
 
@@ -86,6 +87,7 @@ Result<RunResult> run_workload(LlamaModel& model, const EngineConfig& cfg, const
   const EngineStats st = engine->stats();
   res.output_tokens = st.num_generated_tokens;
   res.preemptions = st.num_preemptions;
+  res.padding_tokens = st.num_padding_tokens;
   double sum = 0;
   for (double l : latency) sum += l;
   res.mean_latency_s = sum / static_cast<double>(n);
@@ -198,6 +200,8 @@ int run_bench_batching(int argc, char** argv) {
     std::printf("  throughput: continuous / static = %.2fx; mean latency static / continuous = %.2fx\n",
                 (a->output_tokens / a->seconds) / (b->output_tokens / b->seconds),
                 b->mean_latency_s / a->mean_latency_s);
+    std::printf("  static batching computed %lld padding rows (slots of requests that finished before their batch)\n",
+                static_cast<long long>(b->padding_tokens));
   }
   return 0;
 }
