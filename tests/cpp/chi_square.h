@@ -1,7 +1,7 @@
 // Pearson's chi-square goodness-of-fit test for the sampling-distribution tests: the statistic and
 // its p-value through the regularized upper incomplete gamma function Q(a, x) (series for x < a + 1,
 // Lentz's continued fraction otherwise; Numerical Recipes ch. 6.2). Tested against closed forms
-// and table values in test_spec_verify.cpp.
+// and table values in test_spec_verify.cpp and test_sampler.cpp; used by both.
 #pragma once
 #include <algorithm>
 #include <cmath>

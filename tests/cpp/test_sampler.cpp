@@ -11,43 +11,14 @@
 #include <random>
 #include <vector>
 
+#include "chi_square.h"
 #include "engine/sampler.h"
 
 namespace nb {
 namespace {
 
-// ---- chi-square p-value: Q(k/2, x/2), the regularised upper incomplete gamma function ----------
-double gamma_q(double a, double x) {
-  if (x <= 0.0) return 1.0;
-  const double log_prefix = -x + a * std::log(x) - std::lgamma(a);
-  if (x < a + 1.0) {  // series for P(a, x)
-    double term = 1.0 / a, sum = term;
-    for (int n = 1; n < 10000; ++n) {
-      term *= x / (a + n);
-      sum += term;
-      if (std::fabs(term) < std::fabs(sum) * 1e-15) break;
-    }
-    return 1.0 - sum * std::exp(log_prefix);
-  }
-  // Continued fraction for Q(a, x) (modified Lentz).
-  const double tiny = 1e-300;
-  double b = x + 1.0 - a, c = 1.0 / tiny, d = 1.0 / b, h = d;
-  for (int i = 1; i < 10000; ++i) {
-    const double an = -i * (i - a);
-    b += 2.0;
-    d = an * d + b;
-    if (std::fabs(d) < tiny) d = tiny;
-    c = b + an / c;
-    if (std::fabs(c) < tiny) c = tiny;
-    d = 1.0 / d;
-    const double delta = d * c;
-    h *= delta;
-    if (std::fabs(delta - 1.0) < 1e-15) break;
-  }
-  return std::exp(log_prefix) * h;
-}
-
-double chi_square_p_value(double stat, int dof) { return gamma_q(dof / 2.0, stat / 2.0); }
+// The chi-square p-value, Q(k/2, x/2): tests/cpp/chi_square.h.
+using testing::chi_square_p_value;
 
 TEST(ChiSquare, PValueMatchesTextbookCriticalValues) {
   // Critical values from standard chi-square tables (upper-tail probability, dof, value).
