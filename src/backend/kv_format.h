@@ -20,6 +20,15 @@ namespace nb {
 
 enum class KvCacheDType : uint8_t { kF32, kF16, kInt8, kInt4 };
 
+// int8 and int4 caches hold K and V rows rotated per head by the orthonormal Walsh-Hadamard
+// transform (HadamardParams) when head_dim is a power of two: the rotation spreads a few outlier
+// channels over all of them, so one scale per (token, head) fits the vector far better (QuaRot,
+// Ashkboos et al. 2024). Attention is unchanged by it once queries get the same rotation and the
+// output is rotated back (H q . H k = q . k; sum p H v = H sum p v), which the model does.
+inline bool kv_cache_rotated(KvCacheDType t, int64_t head_dim) {
+  return (t == KvCacheDType::kInt8 || t == KvCacheDType::kInt4) && head_dim > 0 && (head_dim & (head_dim - 1)) == 0;
+}
+
 inline const char* kv_cache_dtype_name(KvCacheDType t) {
   switch (t) {
     case KvCacheDType::kF32: return "f32";

@@ -150,6 +150,15 @@ struct ArgmaxParams {
   int64_t cols;
 };
 
+// x[v] = H x[v], in place, for num_vectors vectors of dim floats (dim a power of two), where H is the
+// orthonormal Walsh-Hadamard matrix H[i][j] = (-1)^popcount(i & j) / sqrt(dim); H = H^T = H^-1.
+// The int8/int4 KV caches store rotated K and V (see backend/kv_format.h).
+struct HadamardParams {
+  float* x;  // [num_vectors, dim]
+  int64_t num_vectors;
+  int64_t dim;
+};
+
 // out[t, :] = dequantized row ids[t] of the embedding table.
 struct EmbeddingParams {
   Tensor table;        // [vocab, dim] any dtype

@@ -218,6 +218,14 @@ void LlamaModel::layer_forward(int64_t l, int64_t n, const KvPools& kv) {
   matmul({w.wv, xb_.data(), v_.data(), n});
   cpu::rope({q_.data(), k_.data(), positions_.data(), inv_freq_.data(), n, c.num_heads, c.num_kv_heads, hd,
              c.rope_style});
+  // Quantized caches keep K and V rotated (backend/kv_format.h): rotate q, k and v alike here and
+  // the attention output back below.
+  const bool rotated = kv_cache_rotated(kv.dtype, hd);
+  if (rotated) {
+    cpu::hadamard({q_.data(), n * c.num_heads, hd});
+    cpu::hadamard({k_.data(), n * c.num_kv_heads, hd});
+    cpu::hadamard({v_.data(), n * c.num_kv_heads, hd});
+  }
   // The batch's new K/V go into their slots, then one attention call covers every sequence.
   float* k_pool = kv.k[static_cast<size_t>(l)];
   float* v_pool = kv.v[static_cast<size_t>(l)];
@@ -245,6 +253,7 @@ void LlamaModel::layer_forward(int64_t l, int64_t n, const KvPools& kv) {
   ap.scale = 1.0f / std::sqrt(static_cast<float>(hd));
   ap.cache_dtype = kv.dtype;
   cpu::batch_attention(ap, pool_);
+  if (rotated) cpu::hadamard({att_.data(), n * c.num_heads, hd});
   matmul({w.wo, att_.data(), xb_.data(), n});
   for (int64_t i = 0; i < n * dim; ++i) x_[static_cast<size_t>(i)] += xb_[static_cast<size_t>(i)];
 

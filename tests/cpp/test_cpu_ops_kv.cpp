@@ -360,5 +360,38 @@ TEST(CpuKv, FastWriteAndDequantizeMatchReference) {
   }
 }
 
+// The Walsh-Hadamard rotation the int8/int4 caches store K and V in: the butterflies against the
+// explicit matrix, and the properties the model relies on (orthonormal and its own inverse, so dots
+// and norms are kept and applying it twice gives the input back).
+TEST(CpuKv, HadamardMatchesMatrixAndIsItsOwnInverse) {
+  for (int64_t d : {1, 2, 4, 16, 64, 128}) {
+    const int64_t n = 5;
+    const auto x = test::random_normal(static_cast<size_t>(n * d), static_cast<uint32_t>(d), 2.f);
+    auto want = x, got = x;
+    cpu::ref::hadamard({want.data(), n, d});
+    cpu::hadamard({got.data(), n, d});
+    for (size_t i = 0; i < x.size(); ++i) ASSERT_NEAR(got[i], want[i], 1e-5) << "d=" << d << " i=" << i;
+    for (int64_t v = 0; v < n; ++v) {
+      double nx = 0, ny = 0, dot_x = 0, dot_y = 0;
+      for (int64_t i = 0; i < d; ++i) {
+        const size_t a = static_cast<size_t>(v * d + i), b = static_cast<size_t>(((v + 1) % n) * d + i);
+        nx += double(x[a]) * x[a];
+        ny += double(got[a]) * got[a];
+        dot_x += double(x[a]) * x[b];
+        dot_y += double(got[a]) * got[b];
+      }
+      EXPECT_NEAR(ny, nx, 1e-4 * nx) << "d=" << d;
+      EXPECT_NEAR(dot_y, dot_x, 1e-4 * (nx + 1)) << "d=" << d;
+    }
+    cpu::hadamard({got.data(), n, d});
+    for (size_t i = 0; i < x.size(); ++i) ASSERT_NEAR(got[i], x[i], 1e-5) << "d=" << d << " i=" << i;
+  }
+  // A single outlier channel spreads evenly: |H e_k| = 1/sqrt(d) in every channel.
+  std::vector<float> e(64, 0.f);
+  e[9] = 8.f;
+  cpu::hadamard({e.data(), 1, 64});
+  for (float v : e) ASSERT_FLOAT_EQ(std::fabs(v), 1.f);
+}
+
 }  // namespace
 }  // namespace nb

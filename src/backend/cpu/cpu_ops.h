@@ -26,6 +26,7 @@ void attention(const AttentionParams& p, ThreadPool& pool);  // batch_attention 
 // The whole batch's attention in one parallel region; a row's result does not depend on the batch.
 void batch_attention(const BatchAttentionParams& p, ThreadPool& pool);
 void kv_write(const KvWriteParams& p);
+void hadamard(const HadamardParams& p);  // butterflies (kv_write.cpp)
 void embedding(const EmbeddingParams& p);
 
 namespace ref {
@@ -45,6 +46,7 @@ void batch_attention(const BatchAttentionParams& p);  // host pointers; attentio
 // (backend/kv_format.h), scale and zero included (reference_kv.cpp).
 void kv_quantize_head(const KvBlockFormat& f, uint8_t* pool, int64_t slot, int64_t h, const float* x);
 void kv_dequantize_head(const KvBlockFormat& f, const uint8_t* pool, int64_t slot, int64_t h, float* out);
+void hadamard(const HadamardParams& p);  // the matrix product, in double
 void argmax(const ArgmaxParams& p);  // reference_sampling.cpp
 }  // namespace ref
 

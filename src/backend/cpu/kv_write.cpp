@@ -4,6 +4,7 @@
 // f32 divisions, round-to-nearest-even conversions and clamps, and dequantization q * s (+ z) that is
 // exact in f32 (int8) or rounded once by the FMA as the reference's double sum is (int4).
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 
 #include "backend/cpu/cpu_ops.h"
@@ -117,6 +118,25 @@ void kv_write(const KvWriteParams& p) {
   }
 #endif
   ref::kv_write(p);
+}
+
+// In-place fast Walsh-Hadamard transform: log2(d) butterfly passes, then the 1/sqrt(d) norm.
+void hadamard(const HadamardParams& p) {
+  const int64_t d = p.dim;
+  const float norm = 1.f / std::sqrt(static_cast<float>(d));
+  for (int64_t v = 0; v < p.num_vectors; ++v) {
+    float* x = p.x + v * d;
+    for (int64_t len = 1; len < d; len *= 2) {
+      for (int64_t i = 0; i < d; i += 2 * len) {
+        for (int64_t j = i; j < i + len; ++j) {
+          const float a = x[j], b = x[j + len];
+          x[j] = a + b;
+          x[j + len] = a - b;
+        }
+      }
+    }
+    for (int64_t i = 0; i < d; ++i) x[i] *= norm;
+  }
 }
 
 void kv_dequantize_rows(const KvBlockFormat& f, const uint8_t* pool, int64_t slot, int64_t h, int64_t n, float* out) {

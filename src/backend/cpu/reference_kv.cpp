@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <vector>
 
 #include "backend/cpu/cpu_ops.h"
 #include "core/dtype.h"
@@ -90,6 +91,21 @@ void kv_dequantize_head(const KvBlockFormat& f, const uint8_t* pool, int64_t slo
       for (int64_t i = 0; i < d; ++i) out[i] = static_cast<float>(((q[i / 2] >> (4 * (i % 2))) & 15) * s + z);
       return;
     }
+  }
+}
+
+void hadamard(const HadamardParams& p) {
+  const int64_t d = p.dim;
+  const double norm = 1.0 / std::sqrt(static_cast<double>(d));
+  std::vector<double> y(static_cast<size_t>(d));
+  for (int64_t v = 0; v < p.num_vectors; ++v) {
+    float* x = p.x + v * d;
+    for (int64_t i = 0; i < d; ++i) {
+      double acc = 0.0;
+      for (int64_t j = 0; j < d; ++j) acc += (__builtin_popcountll(static_cast<uint64_t>(i & j)) % 2 ? -x[j] : x[j]);
+      y[static_cast<size_t>(i)] = acc * norm;
+    }
+    for (int64_t i = 0; i < d; ++i) x[i] = static_cast<float>(y[static_cast<size_t>(i)]);
   }
 }
 
