@@ -16,45 +16,14 @@
 #include "engine/contiguous_kv.h"
 #include "engine/engine.h"
 #include "engine/generate.h"
+#include "engine_test_util.h"
 #include "tiny_model.h"
 
 namespace nb {
 namespace {
 
-struct Collector {
-  std::mutex mu;
-  std::condition_variable cv;
-  std::map<RequestId, std::vector<int32_t>> tokens;
-  size_t finished = 0;
-
-  OutputCallback callback() {
-    return [this](const RequestOutput& o) {
-      std::lock_guard<std::mutex> lock(mu);
-      auto& t = tokens[o.id];
-      t.insert(t.end(), o.tokens.begin(), o.tokens.end());
-      if (o.finished) {
-        ++finished;
-        cv.notify_all();
-      }
-    };
-  }
-  bool wait_all(size_t n) {
-    std::unique_lock<std::mutex> lock(mu);
-    return cv.wait_for(lock, std::chrono::seconds(120), [&] { return finished >= n; });
-  }
-};
-
-std::vector<int32_t> greedy_alone(LlamaModel& m, const std::vector<int32_t>& prompt, int64_t max_tokens) {
-  SequenceRunner runner(m, m.config().max_seq_len);
-  SamplingParams sp;
-  sp.temperature = 0;
-  Sampler sampler = std::move(Sampler::create(sp).value());
-  std::vector<int32_t> out;
-  GenerateOptions opts;
-  opts.max_new_tokens = max_tokens;
-  EXPECT_TRUE(runner.generate(prompt, sampler, opts, [&](int32_t id) { out.push_back(id); return true; }).ok());
-  return out;
-}
+using testing::Collector;
+using testing::greedy_alone;
 
 const KvCacheDType kQuantized[] = {KvCacheDType::kF16, KvCacheDType::kInt8, KvCacheDType::kInt4};
 

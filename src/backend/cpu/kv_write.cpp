@@ -19,16 +19,6 @@ namespace {
 #if defined(__AVX512F__)
 constexpr float kF16Max = 65504.f;
 
-float load_f16(const uint8_t* p) {
-  uint16_t h;
-  std::memcpy(&h, p, 2);
-  return fp16_to_fp32(h);
-}
-void store_f16(uint8_t* p, float v) {
-  const uint16_t h = fp32_to_fp16(v);
-  std::memcpy(p, &h, 2);
-}
-
 // Quantizes one head vector (d a multiple of 16) as ref::kv_quantize_head does.
 void quantize_head_avx512(const KvBlockFormat& f, uint8_t* pool, int64_t slot, int64_t h, const float* x) {
   const int64_t d = f.head_dim;
@@ -47,8 +37,8 @@ void quantize_head_avx512(const KvBlockFormat& f, uint8_t* pool, int64_t slot, i
       __m512 vmax = _mm512_setzero_ps();
       for (int64_t i = 0; i < d; i += 16) vmax = _mm512_max_ps(vmax, _mm512_abs_ps(_mm512_loadu_ps(x + i)));
       const float amax = _mm512_reduce_max_ps(vmax);
-      store_f16(pool + f.scale_offset(slot, h), std::min(amax / 127.f, kF16Max));
-      const float s = load_f16(pool + f.scale_offset(slot, h));
+      kv_store_f16(pool + f.scale_offset(slot, h), std::min(amax / 127.f, kF16Max));
+      const float s = kv_load_f16(pool + f.scale_offset(slot, h));
       for (int64_t i = 0; i < d; i += 16) {
         __m512i r = _mm512_setzero_si512();
         if (s > 0.f) {
@@ -67,10 +57,10 @@ void quantize_head_avx512(const KvBlockFormat& f, uint8_t* pool, int64_t slot, i
       }
       const float lo = std::clamp(_mm512_reduce_min_ps(vlo), -kF16Max, kF16Max);
       const float hi = std::clamp(_mm512_reduce_max_ps(vhi), -kF16Max, kF16Max);
-      store_f16(pool + f.zero_offset(slot, h), lo);
-      const float z = load_f16(pool + f.zero_offset(slot, h));
-      store_f16(pool + f.scale_offset(slot, h), std::clamp((hi - z) / 15.f, 0.f, kF16Max));
-      const float s = load_f16(pool + f.scale_offset(slot, h));
+      kv_store_f16(pool + f.zero_offset(slot, h), lo);
+      const float z = kv_load_f16(pool + f.zero_offset(slot, h));
+      kv_store_f16(pool + f.scale_offset(slot, h), std::clamp((hi - z) / 15.f, 0.f, kF16Max));
+      const float s = kv_load_f16(pool + f.scale_offset(slot, h));
       for (int64_t i = 0; i < d; i += 16) {
         __m512i r = _mm512_setzero_si512();
         if (s > 0.f) {
@@ -92,19 +82,9 @@ void quantize_head_avx512(const KvBlockFormat& f, uint8_t* pool, int64_t slot, i
 }  // namespace
 
 void kv_write(const KvWriteParams& p) {
-  const int64_t row = p.num_kv_heads * p.head_dim;
-  if (p.cache_dtype == KvCacheDType::kF32) {
-    const size_t row_bytes = static_cast<size_t>(row) * sizeof(float);
-    for (int64_t t = 0; t < p.num_tokens; ++t) {
-      const int64_t slot = p.slot_mapping[t];
-      if (slot < 0) continue;  // padding row
-      std::memcpy(p.k_cache + slot * row, p.k + t * row, row_bytes);
-      std::memcpy(p.v_cache + slot * row, p.v + t * row, row_bytes);
-    }
-    return;
-  }
 #if defined(__AVX512F__)
-  if (p.head_dim % 16 == 0) {
+  if (p.cache_dtype != KvCacheDType::kF32 && p.head_dim % 16 == 0) {
+    const int64_t row = p.num_kv_heads * p.head_dim;
     const KvBlockFormat f{p.cache_dtype, p.cache_block_size, p.num_kv_heads, p.head_dim};
     for (int64_t t = 0; t < p.num_tokens; ++t) {
       const int64_t slot = p.slot_mapping[t];
@@ -117,7 +97,7 @@ void kv_write(const KvWriteParams& p) {
     return;
   }
 #endif
-  ref::kv_write(p);
+  ref::kv_write(p);  // f32 rows are copied as they are; other head sizes quantize in plain loops
 }
 
 // In-place fast Walsh-Hadamard transform: log2(d) butterfly passes, then the 1/sqrt(d) norm.
@@ -155,7 +135,7 @@ void kv_dequantize_rows(const KvBlockFormat& f, const uint8_t* pool, int64_t slo
           }
           break;
         case KvCacheDType::kInt8: {
-          const __m512 s = _mm512_set1_ps(load_f16(pool + f.scale_offset(slot + r, h)));
+          const __m512 s = _mm512_set1_ps(kv_load_f16(pool + f.scale_offset(slot + r, h)));
           for (int64_t i = 0; i < d; i += 16) {
             const __m512i v = _mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(q + i)));
             _mm512_storeu_ps(out + i, _mm512_mul_ps(_mm512_cvtepi32_ps(v), s));
@@ -163,8 +143,8 @@ void kv_dequantize_rows(const KvBlockFormat& f, const uint8_t* pool, int64_t slo
           break;
         }
         case KvCacheDType::kInt4: {
-          const __m512 s = _mm512_set1_ps(load_f16(pool + f.scale_offset(slot + r, h)));
-          const __m512 z = _mm512_set1_ps(load_f16(pool + f.zero_offset(slot + r, h)));
+          const __m512 s = _mm512_set1_ps(kv_load_f16(pool + f.scale_offset(slot + r, h)));
+          const __m512 z = _mm512_set1_ps(kv_load_f16(pool + f.zero_offset(slot + r, h)));
           const __m128i mask = _mm_set1_epi8(15);
           for (int64_t i = 0; i < d; i += 16) {
             const __m128i b = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(q + i / 2));

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "backend/cpu/cpu_ops.h"
+#include "backend/cpu/kv_quant.h"
 #include "core/dtype.h"
 
 namespace nb::cpu::ref {
@@ -14,15 +15,6 @@ namespace nb::cpu::ref {
 namespace {
 constexpr float kF16Max = 65504.f;
 
-void put_f16(uint8_t* dst, float v) {
-  const uint16_t h = fp32_to_fp16(v);
-  std::memcpy(dst, &h, 2);
-}
-float get_f16(const uint8_t* src) {
-  uint16_t h;
-  std::memcpy(&h, src, 2);
-  return fp16_to_fp32(h);
-}
 }  // namespace
 
 void kv_quantize_head(const KvBlockFormat& f, uint8_t* pool, int64_t slot, int64_t h, const float* x) {
@@ -33,14 +25,14 @@ void kv_quantize_head(const KvBlockFormat& f, uint8_t* pool, int64_t slot, int64
       std::memcpy(q, x, static_cast<size_t>(d) * sizeof(float));
       return;
     case KvCacheDType::kF16:
-      for (int64_t i = 0; i < d; ++i) put_f16(q + 2 * i, x[i]);
+      for (int64_t i = 0; i < d; ++i) kv_store_f16(q + 2 * i, x[i]);
       return;
     case KvCacheDType::kInt8: {
       // Symmetric: scale = absmax / 127 (as stored, f16), q = round(x / scale).
       float amax = 0.f;
       for (int64_t i = 0; i < d; ++i) amax = std::max(amax, std::fabs(x[i]));
-      put_f16(pool + f.scale_offset(slot, h), std::min(amax / 127.f, kF16Max));
-      const float s = get_f16(pool + f.scale_offset(slot, h));
+      kv_store_f16(pool + f.scale_offset(slot, h), std::min(amax / 127.f, kF16Max));
+      const float s = kv_load_f16(pool + f.scale_offset(slot, h));
       for (int64_t i = 0; i < d; ++i) {
         const float r = s > 0.f ? std::clamp(std::nearbyint(x[i] / s), -127.f, 127.f) : 0.f;
         q[i] = static_cast<uint8_t>(static_cast<int8_t>(r));
@@ -56,10 +48,10 @@ void kv_quantize_head(const KvBlockFormat& f, uint8_t* pool, int64_t slot, int64
       }
       lo = std::clamp(lo, -kF16Max, kF16Max);
       hi = std::clamp(hi, -kF16Max, kF16Max);
-      put_f16(pool + f.zero_offset(slot, h), lo);
-      const float z = get_f16(pool + f.zero_offset(slot, h));
-      put_f16(pool + f.scale_offset(slot, h), std::clamp((hi - z) / 15.f, 0.f, kF16Max));
-      const float s = get_f16(pool + f.scale_offset(slot, h));
+      kv_store_f16(pool + f.zero_offset(slot, h), lo);
+      const float z = kv_load_f16(pool + f.zero_offset(slot, h));
+      kv_store_f16(pool + f.scale_offset(slot, h), std::clamp((hi - z) / 15.f, 0.f, kF16Max));
+      const float s = kv_load_f16(pool + f.scale_offset(slot, h));
       std::memset(q, 0, static_cast<size_t>(d / 2));
       for (int64_t i = 0; i < d; ++i) {
         const float r = s > 0.f ? std::clamp(std::nearbyint((x[i] - z) / s), 0.f, 15.f) : 0.f;
@@ -78,16 +70,16 @@ void kv_dequantize_head(const KvBlockFormat& f, const uint8_t* pool, int64_t slo
       std::memcpy(out, q, static_cast<size_t>(d) * sizeof(float));
       return;
     case KvCacheDType::kF16:
-      for (int64_t i = 0; i < d; ++i) out[i] = get_f16(q + 2 * i);
+      for (int64_t i = 0; i < d; ++i) out[i] = kv_load_f16(q + 2 * i);
       return;
     case KvCacheDType::kInt8: {
-      const double s = get_f16(pool + f.scale_offset(slot, h));
+      const double s = kv_load_f16(pool + f.scale_offset(slot, h));
       for (int64_t i = 0; i < d; ++i) out[i] = static_cast<float>(static_cast<int8_t>(q[i]) * s);
       return;
     }
     case KvCacheDType::kInt4: {
-      const double s = get_f16(pool + f.scale_offset(slot, h));
-      const double z = get_f16(pool + f.zero_offset(slot, h));
+      const double s = kv_load_f16(pool + f.scale_offset(slot, h));
+      const double z = kv_load_f16(pool + f.zero_offset(slot, h));
       for (int64_t i = 0; i < d; ++i) out[i] = static_cast<float>(((q[i / 2] >> (4 * (i % 2))) & 15) * s + z);
       return;
     }
