@@ -18,7 +18,9 @@
 #                          7b,hf,load,serve): 7b = `nibble bench gpu` on a synthesized Llama-2-7B (f16;
 #                          decode vs roofline, prefill GEMM rate, batch sweep); hf = logits vs HF
 #                          transformers on that model; load = disk to first token (page cache warm);
-#                          serve = `nibble serve --device cuda` SmolLM2 + `nibble bench serve`
+#                          serve = `nibble serve --device cuda` SmolLM2 + `nibble bench serve`;
+#                          spec = `nibble bench spec --device cuda` (n-gram drafting on a copy task, SmolLM2);
+#                          batching = `nibble bench batching --device cuda --compare batching` (SmolLM2)
 #   NIBBLE_SYNTH_DIR       where the 7B model is generated (default /tmp/nibble-synth)
 # Models: gpu_carry/models holds stories260K and the first part of the SmolLM2 GGUF; the rest comes in
 # gpu_carry_b/ (a second call, carry ["gpu_carry_b"], while the machine is warm: the carry limit is
@@ -157,6 +159,16 @@ if [ "${result[build]:-}" = ok ] && [ "$bench" != none ]; then
     done
     record load $?
   fi
+  if has spec && [ -f "$smol" ]; then
+    "$nib" bench spec -m "$smol" --device cuda --speculative ngram --prompt-file bench/spec_copy_prompt.txt --chat \
+      --temp 0 >"$out/spec_gpu.txt" 2>&1
+    record spec $?
+  fi
+  if has batching && [ -f "$smol" ]; then
+    "$nib" bench batching -m "$smol" --device cuda --compare batching --num-requests 512 --request-rate 200 \
+      --kv-cache-memory 4GiB >"$out/batching_gpu.txt" 2>&1
+    record batching $?
+  fi
   if has serve && [ -f "$smol" ]; then
     "$nib" serve -m "$smol" --device cuda --dtype f16 --port 8199 --kv-cache-memory 8GiB --max-num-seqs 256 \
       --max-batched-tokens 2048 >"$out/serve_server.log" 2>&1 &
@@ -194,6 +206,8 @@ fi
   tail -n +2 <<<"$tests_line"
   for f in bench_7b.txt hf_compare.txt; do [ -f "$out/$f" ] && grep -E 'copy bandwidth|dense GEMM|prefill|decode batch 1|hf-compare' "$out/$f"; done
   [ -f "$out/load.txt" ] && grep -E 'first token' "$out/load.txt" | tail -2
+  [ -f "$out/spec_gpu.txt" ] && tail -14 "$out/spec_gpu.txt"
+  [ -f "$out/batching_gpu.txt" ] && grep -E 'continuous|static' "$out/batching_gpu.txt"
   [ -f "$out/serve.txt" ] && grep -E 'Request rate|Failed requests|Request throughput|P99 TTFT' "$out/serve.txt"
   printf '%-12s %s\n' "logs" "$out"
 } | tee "$out/summary.txt"

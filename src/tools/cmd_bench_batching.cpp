@@ -20,6 +20,7 @@
 #include "model/llama.h"
 #include "tools/bench_commands.h"
 #include "tools/cli_args.h"
+#include "tools/cli_device.h"
 #include "tools/cli_model.h"
 
 namespace nb::tools {
@@ -116,6 +117,7 @@ int run_bench_batching(int argc, char** argv) {
   args.option("--seed", "workload seed", "1");
   args.option("--compare", "layout, batching or all", "all");
   add_kv_cache_options(args);
+  add_device_options(args);
   if (Status s = args.parse(argc, argv); !s.ok()) return fail("bench batching", s);
   if (args.help_requested()) { std::fputs(args.usage().c_str(), stdout); return 0; }
   if (!args.has("-m")) return fail("bench batching", invalid_argument("-m MODEL is required"));
@@ -145,6 +147,7 @@ int run_bench_batching(int argc, char** argv) {
   auto model = LlamaModel::create(std::move(loaded->weights), static_cast<int>(*threads), *budget);
   if (!model.ok()) return fail("bench batching", model.status());
   LlamaModel& m = **model;
+  if (Status s = attach_device(args, m, *budget); !s.ok()) return fail("bench batching", s);
   if (Status s = apply_kv_cache_options(args, m); !s.ok()) return fail("bench batching", s);
 
   // The workload: fixed by the seed; uniform draws from raw generator bits.
