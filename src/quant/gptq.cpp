@@ -117,18 +117,10 @@ Result<QuantizedLinear> gptq_quantize(const float* w_in, int64_t out, int64_t in
   std::vector<float> u(un * un);
   for (size_t i = 0; i < un * un; ++i) u[i] = static_cast<float>((*u_or)[i]);
 
-  QuantizedLinear q;
-  q.bits = spec.bits;
-  q.group_size = spec.group_size;
-  q.symmetric = spec.symmetric;
-  q.out_features = out;
-  q.in_features = in;
+  QuantizedLinear q = allocate_quantized(out, in, spec);
   const int64_t ng = q.num_groups();
   const int64_t gs = spec.group_size < 0 ? in : spec.group_size;
   const int max_code = spec.max_code();
-  q.q.resize(static_cast<size_t>(out * in));
-  q.scales.resize(static_cast<size_t>(out * ng));
-  if (!spec.symmetric) q.zeros.resize(static_cast<size_t>(out * ng));
   std::vector<uint8_t> codes(static_cast<size_t>(out * in));  // in visiting order
 
   // Every output row is quantized independently given U, so rows are split across threads; each

@@ -75,10 +75,7 @@ Status check_finite(const float* w, int64_t n, const std::string& what) {
   return Status::Ok();
 }
 
-Result<QuantizedLinear> rtn_quantize(const float* w, int64_t out, int64_t in, const QuantSpec& spec,
-                                     const std::string& what) {
-  NB_RETURN_IF_ERROR(validate_quant_spec(spec, in, what));
-  NB_RETURN_IF_ERROR(check_finite(w, out * in, what));
+QuantizedLinear allocate_quantized(int64_t out, int64_t in, const QuantSpec& spec) {
   QuantizedLinear q;
   q.bits = spec.bits;
   q.group_size = spec.group_size;
@@ -89,6 +86,15 @@ Result<QuantizedLinear> rtn_quantize(const float* w, int64_t out, int64_t in, co
   q.q.resize(static_cast<size_t>(out * in));
   q.scales.resize(static_cast<size_t>(out * ng));
   if (!spec.symmetric) q.zeros.resize(static_cast<size_t>(out * ng));
+  return q;
+}
+
+Result<QuantizedLinear> rtn_quantize(const float* w, int64_t out, int64_t in, const QuantSpec& spec,
+                                     const std::string& what) {
+  NB_RETURN_IF_ERROR(validate_quant_spec(spec, in, what));
+  NB_RETURN_IF_ERROR(check_finite(w, out * in, what));
+  QuantizedLinear q = allocate_quantized(out, in, spec);
+  const int64_t ng = q.num_groups();
   for (int64_t o = 0; o < out; ++o) {
     rtn_quantize_row(w + o * in, in, spec, q.q.data() + o * in, q.scales.data() + o * ng,
                      spec.symmetric ? nullptr : q.zeros.data() + o * ng);

@@ -46,6 +46,9 @@ inline float dequantize_code(int q, GroupRange r) { return (static_cast<float>(q
 void rtn_quantize_row(const float* w, int64_t in, const QuantSpec& spec, uint8_t* codes, float* scales,
                       float* zeros);
 
+// A QuantizedLinear of spec's shape with codes, scales (and zeros if asymmetric) allocated.
+QuantizedLinear allocate_quantized(int64_t out, int64_t in, const QuantSpec& spec);
+
 // RTN of a [out, in] f32 weight. Fails on a bad spec or a NaN/Inf weight (names `what`).
 Result<QuantizedLinear> rtn_quantize(const float* w, int64_t out, int64_t in, const QuantSpec& spec,
                                      const std::string& what);
