@@ -120,6 +120,51 @@ TEST_F(CudaModel, SmolLM2Greedy256MatchesCpuF32) {
 }
 TEST_F(CudaModel, SmolLM2Bf16CloseToCpu) { check_greedy("SmolLM2-135M-Instruct.Q4_1.gguf", 32, "bf16", false); }
 
+// A speculative-verification shaped step (every sequence runs the same K + 1 tokens and wants all
+// their logits) replays a CUDA graph with padded sequences; its logits match the CPU's, and a
+// second step of the same shape (graph replay with new contents) too.
+TEST_F(CudaModel, UniformMultiTokenStepsMatchCpu) {
+  const std::string path = model_path("stories260K.bin");
+  if (!std::filesystem::exists(path)) GTEST_SKIP() << path << " not present";
+  NB_ASSERT_OK_AND_ASSIGN(Pair p, load_pair(path, "f32", true, 64));
+  const int64_t bs = 16, seq_blocks = 8, num_seqs = 3, q = 4;
+  NB_ASSERT_OK_AND_ASSIGN(KvStorage kc, KvStorage::create(*p.cpu, num_seqs * seq_blocks, bs));
+  NB_ASSERT_OK_AND_ASSIGN(KvStorage kg, KvStorage::create(*p.gpu, num_seqs * seq_blocks, bs));
+  std::vector<int32_t> tables(static_cast<size_t>(num_seqs * seq_blocks));
+  for (size_t i = 0; i < tables.size(); ++i) tables[i] = static_cast<int32_t>(tables.size() - 1 - i);  // scattered
+  auto table = [&](int64_t s) { return std::span<const int32_t>(tables.data() + s * seq_blocks, seq_blocks); };
+  const size_t vocab = static_cast<size_t>(p.cpu->config().vocab_size);
+  std::vector<int64_t> pos(num_seqs);
+  for (int64_t s = 0; s < num_seqs; ++s) {  // prefill each sequence alone (eager path)
+    std::vector<int32_t> ids;
+    for (int64_t i = 0; i < 5 + 7 * s; ++i) ids.push_back(static_cast<int32_t>((s * 97 + i * 13 + 1) % 512));
+    std::vector<float> lc(vocab), lg(vocab);
+    NB_ASSERT_OK(p.cpu->forward(ForwardBatch::single(ids, 0, table(s)), kc.pools(), lc.data()));
+    NB_ASSERT_OK(p.gpu->forward(ForwardBatch::single(ids, 0, table(s)), kg.pools(), lg.data()));
+    pos[static_cast<size_t>(s)] = static_cast<int64_t>(ids.size());
+  }
+  for (int round = 0; round < 2; ++round) {
+    std::vector<int32_t> toks;
+    ForwardBatch b;
+    for (int64_t s = 0; s < num_seqs; ++s) {
+      for (int64_t j = 0; j < q; ++j) toks.push_back(static_cast<int32_t>((round * 31 + s * 7 + j * 3 + 2) % 512));
+      b.seqs.push_back({q, pos[static_cast<size_t>(s)], table(s), true, /*all_logits=*/true});
+    }
+    b.tokens = toks;
+    std::vector<float> lc(static_cast<size_t>(num_seqs * q) * vocab), lg(lc.size(), NAN);
+    NB_ASSERT_OK(p.cpu->forward(b, kc.pools(), lc.data()));
+    NB_ASSERT_OK(p.gpu->forward(b, kg.pools(), lg.data()));
+    double num = 0, den = 0;
+    for (size_t i = 0; i < lc.size(); ++i) {
+      ASSERT_TRUE(std::isfinite(lg[i])) << "round " << round << " element " << i;
+      num += (lg[i] - lc[i]) * (lg[i] - lc[i]);
+      den += lc[i] * lc[i];
+    }
+    EXPECT_LT(std::sqrt(num / den), 1e-4) << "round " << round;
+    for (int64_t s = 0; s < num_seqs; ++s) pos[static_cast<size_t>(s)] += q;
+  }
+}
+
 // The serving engine on the GPU (paged KV in device memory, batched decode through the captured
 // graphs with padding, chunked prefill, prefix cache) gives each request the tokens the CPU's
 // single-sequence greedy run gives.

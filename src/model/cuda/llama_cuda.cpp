@@ -9,9 +9,10 @@
 // A step: the host writes the batch description (tokens, positions, slots, sequence starts, block
 // tables, logit rows) into pinned staging and copies it to device buffers at fixed addresses; the
 // layers run; the rows that want logits are gathered, normed and projected; the logits are copied
-// back. Decode-only steps (one token per sequence) are replayed from CUDA graphs captured once per
-// bucketed batch size: the batch is padded to the bucket with rows that write no KV (slot -1) and
-// whose outputs are dropped, and attention is planned for the longest possible context (its kernel
+// back. Steps where every sequence runs the same number of tokens (decode: 1; speculative
+// verification: K + 1, up to 16) are replayed from CUDA graphs captured once per (bucketed batch
+// size, tokens a sequence): the batch is padded to the bucket with sequences that write no KV (slot -1)
+// and whose outputs are dropped, and attention is planned for the longest possible context (its kernel
 // bounds every sequence by its own length read from device memory).
 #include <algorithm>
 #include <cmath>
@@ -117,8 +118,9 @@ class CudaLlama final : public ForwardBackend {
   int32_t* h_startpos_ = nullptr;
   int32_t* h_rows_ = nullptr;
   int32_t* h_tables_ = nullptr;
-  // Decode graphs by (bucket, K pool of layer 0, block size, table stride).
-  std::map<std::tuple<int64_t, const void*, int64_t, int64_t>, cuda::Graph> graphs_;
+  // Graphs by (bucket, tokens a sequence, logit rows a sequence, K pool of layer 0, block size, table stride).
+  static constexpr int64_t kMaxGraphQuery = 16;
+  std::map<std::tuple<int64_t, int64_t, int64_t, const void*, int64_t, int64_t>, cuda::Graph> graphs_;
 };
 
 // Offsets (in int32 elements) of the staging regions.
@@ -365,20 +367,27 @@ Status CudaLlama::forward(const ForwardBatch& batch, const KvPools& kv, float* l
                             std::to_string(s.seqs) + " sequences exceeds the limits it was created with (" +
                             std::to_string(max_tokens_) + " / " + std::to_string(max_seqs_) + ")");
   }
-  bool decode_only = true;
+  // Graph-able: every sequence runs the same number of tokens q (1 for decode, K + 1 for a
+  // speculative verification) and wants either every token's logits or only the last one's.
+  const int64_t q = batch.seqs.empty() ? 0 : batch.seqs[0].num_tokens;
+  bool uniform = q >= 1 && q <= kMaxGraphQuery;
+  bool every_row = q > 1;  // q == 1: one row either way
   int64_t max_q = 0, max_ctx = 0, max_blocks = 1;
   for (const SeqForward& sq : batch.seqs) {
-    decode_only = decode_only && sq.num_tokens == 1 && sq.want_logits && !sq.all_logits;
+    const bool all_rows = batch.all_logits || sq.all_logits;
+    uniform = uniform && sq.num_tokens == q && sq.want_logits && (q == 1 || all_rows == every_row);
+    every_row = every_row && all_rows;
     max_q = std::max(max_q, sq.num_tokens);
     max_ctx = std::max(max_ctx, sq.start_pos + sq.num_tokens);
     max_blocks = std::max(max_blocks, (sq.start_pos + sq.num_tokens + kv.block_size - 1) / kv.block_size);
   }
+  const int64_t rows_per_seq = q > 1 && every_row ? q : 1;
   // Graph buckets: 1, 2, 4, 8, then multiples of 8 up to max_seqs.
   int64_t bucket = s.seqs;
   if (bucket > 8) bucket = (bucket + 7) / 8 * 8;
   else if (bucket > 4) bucket = 8;
   else if (bucket > 2) bucket = 4;
-  const bool use_graph = options_.cuda_graphs && decode_only && bucket <= max_seqs_ && bucket <= max_tokens_;
+  const bool use_graph = options_.cuda_graphs && uniform && bucket <= max_seqs_ && bucket * q <= max_tokens_;
   const int64_t full_stride = (c.max_seq_len + kv.block_size - 1) / kv.block_size;
   s.stride = use_graph ? std::min(full_stride, max_table_ / max_seqs_) : max_blocks;
   if (s.seqs * s.stride > max_table_) return internal_error("CUDA forward: block tables exceed the staging buffer");
@@ -408,24 +417,29 @@ Status CudaLlama::forward(const ForwardBatch& batch, const KvPools& kv, float* l
   const int64_t real_rows = rows;
 
   if (use_graph) {
-    // Pad to the bucket with rows that write nothing and read block 0.
+    // Pad to the bucket with sequences whose tokens write nothing (slot -1) and read block 0.
     for (int64_t i = s.seqs; i < bucket; ++i) {
-      h_tokens_[i] = 0;
-      h_positions_[i] = 0;
-      slots[i] = -1;
-      h_qstart_[i + 1] = static_cast<int32_t>(i + 1);
+      for (int64_t j = 0; j < q; ++j) {
+        const int64_t tt = i * q + j;
+        h_tokens_[tt] = 0;
+        h_positions_[tt] = static_cast<int32_t>(j);
+        slots[tt] = -1;
+        if (rows_per_seq == q || j == q - 1) h_rows_[rows++] = static_cast<int32_t>(tt);
+      }
+      h_qstart_[i + 1] = static_cast<int32_t>((i + 1) * q);
       h_startpos_[i] = 0;
       std::fill(h_tables_ + i * s.stride, h_tables_ + (i + 1) * s.stride, 0);
-      h_rows_[i] = static_cast<int32_t>(i);
     }
-    s.tokens = s.seqs = s.rows = bucket;
+    s.seqs = bucket;
+    s.tokens = bucket * q;
+    s.rows = rows;
     NB_RETURN_IF_ERROR(stage(s));
-    const auto key = std::make_tuple(bucket, static_cast<const void*>(kv.k[0]), kv.block_size, s.stride);
+    const auto key = std::make_tuple(bucket, q, rows_per_seq, static_cast<const void*>(kv.k[0]), kv.block_size, s.stride);
     auto it = graphs_.find(key);
     if (it == graphs_.end()) {
       NB_RETURN_IF_ERROR(ctx_->synchronize());
       NB_RETURN_IF_ERROR(cuda::Graph::begin_capture(ctx_->stream()));
-      const Status enq = enqueue(s, 1, c.max_seq_len, kv);
+      const Status enq = enqueue(s, q, c.max_seq_len, kv);
       Result<cuda::Graph> g = cuda::Graph::end_capture(ctx_->stream());
       NB_RETURN_IF_ERROR(enq);
       if (!g.ok()) return g.status();
