@@ -68,7 +68,10 @@ struct Engine::Impl {
   void propose_drafts();
   // The step's new tokens for s from its logits rows: one sampled token, or (with drafts) the
   // verified drafts and the target's correction/bonus token, with rejected K/V rolled back.
-  Status next_tokens(Sequence* s, const float* rows, std::vector<int32_t>* out, std::vector<SampleOutput>* lps);
+  // argmax: when non-null (plain greedy without logprobs), each row's argmax from the model; `rows` is
+  // then unused and a draft is verified by comparing it with the argmax (greedy verification).
+  Status next_tokens(Sequence* s, const float* rows, std::vector<int32_t>* out, std::vector<SampleOutput>* lps,
+                     const int32_t* argmax = nullptr);
   // Appends tokens to s up to a stop token or max_tokens, emits them; returns how many were kept.
   int64_t accept(Sequence* s, const std::vector<int32_t>& tokens, std::vector<SampleOutput> lps);
   void finish(Sequence* s, FinishReason reason, std::string error = "");
@@ -276,7 +279,7 @@ void Engine::Impl::propose_drafts() {
 }
 
 Status Engine::Impl::next_tokens(Sequence* s, const float* rows, std::vector<int32_t>* out,
-                                 std::vector<SampleOutput>* lps) {
+                                 std::vector<SampleOutput>* lps, const int32_t* argmax) {
   const int64_t vocab = model.config().vocab_size;
   const auto v = static_cast<size_t>(vocab);
   const int64_t k = s->num_draft;
@@ -292,13 +295,24 @@ Status Engine::Impl::next_tokens(Sequence* s, const float* rows, std::vector<int
     if (s->request.logprobs) lps->push_back(std::move(lp));
     return Status::Ok();
   }
-  target_probs.resize(static_cast<size_t>(k + 1) * v);
-  for (int64_t i = 0; i <= k; ++i) {
-    NB_RETURN_IF_ERROR(s->sampler.distribution(row(i), history(i), std::span<float>(target_probs).subspan(static_cast<size_t>(i) * v, v)));
-  }
   const std::vector<int32_t> draft(s->tokens.begin() + static_cast<std::ptrdiff_t>(num_real), s->tokens.end());
-  NB_ASSIGN_OR_RETURN(spec::Verification ver, spec::verify_draft(draft, s->draft_q, target_probs, vocab,
-                                                                 [s] { return s->sampler.uniform(); }));
+  spec::Verification ver;
+  if (argmax != nullptr) {
+    // Greedy: the target's distribution at each position is one-hot on its argmax, so the exact
+    // rule accepts a draft iff it is the argmax and otherwise emits the argmax (no draws needed).
+    while (ver.num_accepted < k && draft[static_cast<size_t>(ver.num_accepted)] == argmax[ver.num_accepted]) {
+      ver.tokens.push_back(draft[static_cast<size_t>(ver.num_accepted)]);
+      ++ver.num_accepted;
+    }
+    ver.tokens.push_back(argmax[ver.num_accepted]);
+  } else {
+    target_probs.resize(static_cast<size_t>(k + 1) * v);
+    for (int64_t i = 0; i <= k; ++i) {
+      NB_RETURN_IF_ERROR(s->sampler.distribution(row(i), history(i), std::span<float>(target_probs).subspan(static_cast<size_t>(i) * v, v)));
+    }
+    NB_ASSIGN_OR_RETURN(ver, spec::verify_draft(draft, s->draft_q, target_probs, vocab,
+                                                [s] { return s->sampler.uniform(); }));
+  }
   if (s->request.logprobs) {
     for (size_t j = 0; j < ver.tokens.size(); ++j) {
       SampleOutput lp;
@@ -388,13 +402,13 @@ void Engine::Impl::step() {
       prompt_work += std::min(s.num_tokens, s.seq->num_prompt - s.seq->num_computed);
     }
   }
-  // Plain greedy everywhere (no penalties, logprobs or drafts): the model hands back the argmax ids,
-  // so a GPU copies 4 bytes a sequence instead of its logits.
+  // Plain greedy everywhere (no penalties or logprobs): the model hands back each row's argmax, so
+  // a GPU copies 4 bytes a row instead of its logits; drafts are verified against those argmaxes.
   bool all_greedy = num_rows > 0;
   for (const ScheduledSeq& s : sched.batch) {
     if (!s.samples) continue;
     const GenerationRequest& r = s.seq->request;
-    all_greedy = all_greedy && s.seq->num_draft == 0 && !r.logprobs && r.sampling.temperature == 0.0f &&
+    all_greedy = all_greedy && !r.logprobs && r.sampling.temperature == 0.0f &&
                  r.sampling.repetition_penalty == 1.0f && r.sampling.presence_penalty == 0.0f &&
                  r.sampling.frequency_penalty == 0.0f;
   }
@@ -419,9 +433,10 @@ void Engine::Impl::step() {
     row += 1 + seq->num_draft;
     std::vector<int32_t> next;
     std::vector<SampleOutput> lps;
-    if (all_greedy) {
+    if (all_greedy && seq->num_draft == 0) {
       next.push_back(greedy[static_cast<size_t>(first_row)]);
-    } else if (Status st = next_tokens(seq, rows, &next, &lps); !st.ok()) {
+    } else if (Status st = next_tokens(seq, rows, &next, &lps, all_greedy ? greedy.data() + first_row : nullptr);
+               !st.ok()) {
       finish(seq, FinishReason::kError, st.message());
       continue;
     }
