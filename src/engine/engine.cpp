@@ -32,7 +32,6 @@ const char* finish_reason_name(FinishReason r) {
 struct Engine::Impl {
   LlamaModel& model;
   EngineConfig config;
-  int64_t kv_row = 0;  // floats per token per layer for K (same for V)
   int32_t pad_block = 0;  // the KV block after the pool's last: static batching's padding rows write there
   KvStorage kv;
   const KvPools& pools;  // kv.pools()
@@ -94,7 +93,6 @@ Result<std::unique_ptr<Engine>> Engine::create(LlamaModel& model, const EngineCo
     return invalid_argument("max_batched_tokens (" + std::to_string(config.max_batched_tokens) +
                             ") exceeds what the model was created for (" + std::to_string(model.max_batch_tokens()) + ")");
   }
-  const int64_t kv_row = c.num_kv_heads * c.head_dim;
   const int64_t block_bytes = KvStorage::block_bytes(model, config.block_size);
   const int64_t num_blocks = config.kv_cache_bytes / block_bytes;
   if (num_blocks < 1) {
@@ -107,7 +105,6 @@ Result<std::unique_ptr<Engine>> Engine::create(LlamaModel& model, const EngineCo
   std::unique_ptr<Engine> e(new Engine());
   e->impl_ = std::make_unique<Impl>(model, config, num_blocks, std::move(storage));
   Impl& im = *e->impl_;
-  im.kv_row = kv_row;
   im.pad_block = static_cast<int32_t>(num_blocks);
   im.logits.resize(static_cast<size_t>(config.max_num_seqs * c.vocab_size));
   im.stats.num_blocks_total = num_blocks;

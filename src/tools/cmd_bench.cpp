@@ -16,13 +16,15 @@
 #include "tools/commands.h"
 
 namespace nb::tools {
-namespace {
 
 double median(std::vector<double> v) {
+  if (v.empty()) return 0.0;
   std::sort(v.begin(), v.end());
   const size_t n = v.size();
   return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
+
+namespace {
 
 std::string join(const std::vector<double>& v) {
   std::string s;

@@ -31,11 +31,6 @@ namespace nb::tools {
 namespace {
 
 #ifdef NIBBLE_HAVE_CUDA
-double median_of(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v.empty() ? 0 : v[v.size() / 2];
-}
-
 // Median seconds of one call of fn (synchronized), over `runs` timings of `reps` calls each.
 Result<double> time_it(cuda::Context& ctx, int runs, int reps, const std::function<Status()>& fn) {
   NB_RETURN_IF_ERROR(fn());
@@ -47,7 +42,7 @@ Result<double> time_it(cuda::Context& ctx, int runs, int reps, const std::functi
     NB_RETURN_IF_ERROR(ctx.synchronize());
     t.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / reps);
   }
-  return median_of(t);
+  return median(t);
 }
 
 struct Shape {
@@ -174,7 +169,7 @@ int run_bench_gpu(int argc, char** argv) {
       pre.push_back(std::chrono::duration<double>(s1 - s0).count());
       dec.push_back(std::chrono::duration<double>(s2 - s1).count() / static_cast<double>(n));
     }
-    const double t_pre = median_of(pre), t_tok = median_of(dec);
+    const double t_pre = median(pre), t_tok = median(dec);
     double weight_bytes = (layer_params * static_cast<double>(c.num_layers) + static_cast<double>(c.vocab_size * c.dim)) * ab;
     weight_bytes += static_cast<double>(c.dim) * ab;  // one embedding row
     const double kv_bytes = 2.0 * static_cast<double>(c.num_layers * kvd) * ab * (static_cast<double>(p) + n / 2.0);
@@ -207,7 +202,7 @@ int run_bench_gpu(int argc, char** argv) {
         NB_RETURN_IF_ERROR(model->forward(fb, kv.pools(), logits.data()));
         if (i >= 2) steps.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - s0).count());
       }
-      const double t = median_of(steps);
+      const double t = median(steps);
       std::printf("                     %5lld  %7.3f  %9.0f\n", static_cast<long long>(bsz), t * 1e3,
                   static_cast<double>(bsz) / t);
     }

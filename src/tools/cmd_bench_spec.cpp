@@ -26,13 +26,6 @@
 namespace nb::tools {
 namespace {
 
-double median(std::vector<double> v) {
-  if (v.empty()) return 0.0;
-  std::sort(v.begin(), v.end());
-  const size_t n = v.size();
-  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
-
 Result<std::vector<int64_t>> parse_k_list(const std::string& text) {
   std::vector<int64_t> ks;
   std::stringstream ss(text);
