@@ -10,11 +10,24 @@
 // then the zeros [block_size, num_kv_heads], so a block is self-contained: copying its bytes copies
 // its scales too, and block b starts at b * block_bytes() from the pool's start.
 #pragma once
+#include <cmath>
 #include <cstdint>
 #include <string>
 #include <string_view>
 
+#if defined(__CUDACC__)
+#include <cuda_fp16.h>
+#endif
+
+#include "core/dtype.h"
 #include "core/status.h"
+
+// Functions both the host and CUDA kernels call (empty outside nvcc).
+#if defined(__CUDACC__)
+#define NB_HD __host__ __device__
+#else
+#define NB_HD
+#endif
 
 namespace nb {
 
@@ -47,16 +60,63 @@ inline Result<KvCacheDType> parse_kv_cache_dtype(std::string_view s) {
   return invalid_argument("unknown KV cache dtype '" + std::string(s) + "'; use f32, f16, int8 or int4");
 }
 
+// The per-vector quantization rule of the int8/int4 formats, in one place for every writer (the CPU
+// reference and fast path, the CUDA kv_write kernel), so all of them store the same bytes. A writer
+// computes the vector's statistic (absmax for int8, min and max for int4; max/min are exact in any
+// order), asks for the scale (and zero) as stored f16 bits, then turns each value into its code with
+// the stored values read back as f32. x / s is an IEEE f32 division and rintf rounds half to even
+// on both sides (nvcc without --use_fast_math), so the codes match bit for bit.
+NB_HD inline uint16_t kv_f16_bits(float v) {
+#if defined(__CUDA_ARCH__)
+  return __half_as_ushort(__float2half_rn(v));
+#else
+  return fp32_to_fp16(v);
+#endif
+}
+NB_HD inline float kv_f16_value(uint16_t h) {
+#if defined(__CUDA_ARCH__)
+  return __half2float(__ushort_as_half(h));
+#else
+  return fp16_to_fp32(h);
+#endif
+}
+
+inline constexpr float kKvF16Max = 65504.f;
+
+// int8, symmetric: scale = absmax / 127, q = round(x / scale) in [-127, 127] (0 when scale is 0).
+NB_HD inline uint16_t kv_int8_scale_bits(float absmax) { return kv_f16_bits(fminf(absmax / 127.f, kKvF16Max)); }
+NB_HD inline int kv_int8_code(float x, float scale) {
+  return scale > 0.f ? static_cast<int>(fminf(fmaxf(rintf(x / scale), -127.f), 127.f)) : 0;
+}
+
+// int4, asymmetric: zero = min (stored first), scale = (max - stored zero) / 15,
+// q = round((x - zero) / scale) in [0, 15] (0 when scale is 0).
+struct KvScaleZeroBits {
+  uint16_t scale;
+  uint16_t zero;
+};
+NB_HD inline KvScaleZeroBits kv_int4_scale_zero_bits(float lo, float hi) {
+  lo = fminf(fmaxf(lo, -kKvF16Max), kKvF16Max);
+  hi = fminf(fmaxf(hi, -kKvF16Max), kKvF16Max);
+  const uint16_t zero = kv_f16_bits(lo);
+  const float z = kv_f16_value(zero);
+  return {kv_f16_bits(fminf(fmaxf((hi - z) / 15.f, 0.f), kKvF16Max)), zero};
+}
+NB_HD inline int kv_int4_code(float x, float scale, float zero) {
+  return scale > 0.f ? static_cast<int>(fminf(fmaxf(rintf((x - zero) / scale), 0.f), 15.f)) : 0;
+}
+
+// Callable from kernels too (NB_HD).
 struct KvBlockFormat {
   KvCacheDType dtype = KvCacheDType::kF32;
   int64_t block_size = 0;
   int64_t num_kv_heads = 0;
   int64_t head_dim = 0;
 
-  bool has_scale() const { return dtype == KvCacheDType::kInt8 || dtype == KvCacheDType::kInt4; }
-  bool has_zero() const { return dtype == KvCacheDType::kInt4; }
+  NB_HD bool has_scale() const { return dtype == KvCacheDType::kInt8 || dtype == KvCacheDType::kInt4; }
+  NB_HD bool has_zero() const { return dtype == KvCacheDType::kInt4; }
   // Bytes of one (token, KV head) vector of values.
-  int64_t head_bytes() const {
+  NB_HD int64_t head_bytes() const {
     switch (dtype) {
       case KvCacheDType::kF32: return 4 * head_dim;
       case KvCacheDType::kF16: return 2 * head_dim;
@@ -65,22 +125,22 @@ struct KvBlockFormat {
     }
     return 0;
   }
-  int64_t heads_per_block() const { return block_size * num_kv_heads; }
-  int64_t values_bytes() const { return heads_per_block() * head_bytes(); }
-  int64_t scales_offset() const { return values_bytes(); }
-  int64_t zeros_offset() const { return values_bytes() + (has_scale() ? 2 * heads_per_block() : 0); }
-  int64_t block_bytes() const { return zeros_offset() + (has_zero() ? 2 * heads_per_block() : 0); }
+  NB_HD int64_t heads_per_block() const { return block_size * num_kv_heads; }
+  NB_HD int64_t values_bytes() const { return heads_per_block() * head_bytes(); }
+  NB_HD int64_t scales_offset() const { return values_bytes(); }
+  NB_HD int64_t zeros_offset() const { return values_bytes() + (has_scale() ? 2 * heads_per_block() : 0); }
+  NB_HD int64_t block_bytes() const { return zeros_offset() + (has_zero() ? 2 * heads_per_block() : 0); }
   // Bytes per token and KV head, metadata included (what --kv-cache-memory is divided by).
-  int64_t bytes_per_token_head() const { return head_bytes() + (has_scale() ? 2 : 0) + (has_zero() ? 2 : 0); }
+  NB_HD int64_t bytes_per_token_head() const { return head_bytes() + (has_scale() ? 2 : 0) + (has_zero() ? 2 : 0); }
 
   // Byte offsets, from the pool's start, of slot `slot` (= block * block_size + offset) and KV head h.
-  int64_t value_offset(int64_t slot, int64_t h) const {
+  NB_HD int64_t value_offset(int64_t slot, int64_t h) const {
     return (slot / block_size) * block_bytes() + ((slot % block_size) * num_kv_heads + h) * head_bytes();
   }
-  int64_t scale_offset(int64_t slot, int64_t h) const {
+  NB_HD int64_t scale_offset(int64_t slot, int64_t h) const {
     return (slot / block_size) * block_bytes() + scales_offset() + ((slot % block_size) * num_kv_heads + h) * 2;
   }
-  int64_t zero_offset(int64_t slot, int64_t h) const {
+  NB_HD int64_t zero_offset(int64_t slot, int64_t h) const {
     return (slot / block_size) * block_bytes() + zeros_offset() + ((slot % block_size) * num_kv_heads + h) * 2;
   }
 };

@@ -17,8 +17,6 @@ namespace nb::cpu {
 namespace {
 
 #if defined(__AVX512F__)
-constexpr float kF16Max = 65504.f;
-
 // Quantizes one head vector (d a multiple of 16) as ref::kv_quantize_head does.
 void quantize_head_avx512(const KvBlockFormat& f, uint8_t* pool, int64_t slot, int64_t h, const float* x) {
   const int64_t d = f.head_dim;
@@ -36,10 +34,10 @@ void quantize_head_avx512(const KvBlockFormat& f, uint8_t* pool, int64_t slot, i
     case KvCacheDType::kInt8: {
       __m512 vmax = _mm512_setzero_ps();
       for (int64_t i = 0; i < d; i += 16) vmax = _mm512_max_ps(vmax, _mm512_abs_ps(_mm512_loadu_ps(x + i)));
-      const float amax = _mm512_reduce_max_ps(vmax);
-      kv_store_f16(pool + f.scale_offset(slot, h), std::min(amax / 127.f, kF16Max));
-      const float s = kv_load_f16(pool + f.scale_offset(slot, h));
-      for (int64_t i = 0; i < d; i += 16) {
+      const uint16_t sb = kv_int8_scale_bits(_mm512_reduce_max_ps(vmax));  // the rule: backend/kv_format.h
+      std::memcpy(pool + f.scale_offset(slot, h), &sb, 2);
+      const float s = kv_f16_value(sb);
+      for (int64_t i = 0; i < d; i += 16) {  // kv_int8_code, 16 at a time
         __m512i r = _mm512_setzero_si512();
         if (s > 0.f) {
           r = _mm512_cvtps_epi32(_mm512_div_ps(_mm512_loadu_ps(x + i), _mm512_set1_ps(s)));
@@ -55,12 +53,11 @@ void quantize_head_avx512(const KvBlockFormat& f, uint8_t* pool, int64_t slot, i
         vlo = _mm512_min_ps(vlo, _mm512_loadu_ps(x + i));
         vhi = _mm512_max_ps(vhi, _mm512_loadu_ps(x + i));
       }
-      const float lo = std::clamp(_mm512_reduce_min_ps(vlo), -kF16Max, kF16Max);
-      const float hi = std::clamp(_mm512_reduce_max_ps(vhi), -kF16Max, kF16Max);
-      kv_store_f16(pool + f.zero_offset(slot, h), lo);
-      const float z = kv_load_f16(pool + f.zero_offset(slot, h));
-      kv_store_f16(pool + f.scale_offset(slot, h), std::clamp((hi - z) / 15.f, 0.f, kF16Max));
-      const float s = kv_load_f16(pool + f.scale_offset(slot, h));
+      // The rule (backend/kv_format.h) for scale and zero; the codes below are kv_int4_code, 16 at a time.
+      const KvScaleZeroBits sz = kv_int4_scale_zero_bits(_mm512_reduce_min_ps(vlo), _mm512_reduce_max_ps(vhi));
+      std::memcpy(pool + f.zero_offset(slot, h), &sz.zero, 2);
+      std::memcpy(pool + f.scale_offset(slot, h), &sz.scale, 2);
+      const float s = kv_f16_value(sz.scale), z = kv_f16_value(sz.zero);
       for (int64_t i = 0; i < d; i += 16) {
         __m512i r = _mm512_setzero_si512();
         if (s > 0.f) {

@@ -12,11 +12,6 @@
 
 namespace nb::cpu::ref {
 
-namespace {
-constexpr float kF16Max = 65504.f;
-
-}  // namespace
-
 void kv_quantize_head(const KvBlockFormat& f, uint8_t* pool, int64_t slot, int64_t h, const float* x) {
   const int64_t d = f.head_dim;
   uint8_t* q = pool + f.value_offset(slot, h);
@@ -31,12 +26,10 @@ void kv_quantize_head(const KvBlockFormat& f, uint8_t* pool, int64_t slot, int64
       // Symmetric: scale = absmax / 127 (as stored, f16), q = round(x / scale).
       float amax = 0.f;
       for (int64_t i = 0; i < d; ++i) amax = std::max(amax, std::fabs(x[i]));
-      kv_store_f16(pool + f.scale_offset(slot, h), std::min(amax / 127.f, kF16Max));
-      const float s = kv_load_f16(pool + f.scale_offset(slot, h));
-      for (int64_t i = 0; i < d; ++i) {
-        const float r = s > 0.f ? std::clamp(std::nearbyint(x[i] / s), -127.f, 127.f) : 0.f;
-        q[i] = static_cast<uint8_t>(static_cast<int8_t>(r));
-      }
+      const uint16_t sb = kv_int8_scale_bits(amax);  // the rule: backend/kv_format.h
+      std::memcpy(pool + f.scale_offset(slot, h), &sb, 2);
+      const float s = kv_f16_value(sb);
+      for (int64_t i = 0; i < d; ++i) q[i] = static_cast<uint8_t>(static_cast<int8_t>(kv_int8_code(x[i], s)));
       return;
     }
     case KvCacheDType::kInt4: {
@@ -46,17 +39,12 @@ void kv_quantize_head(const KvBlockFormat& f, uint8_t* pool, int64_t slot, int64
         lo = std::min(lo, x[i]);
         hi = std::max(hi, x[i]);
       }
-      lo = std::clamp(lo, -kF16Max, kF16Max);
-      hi = std::clamp(hi, -kF16Max, kF16Max);
-      kv_store_f16(pool + f.zero_offset(slot, h), lo);
-      const float z = kv_load_f16(pool + f.zero_offset(slot, h));
-      kv_store_f16(pool + f.scale_offset(slot, h), std::clamp((hi - z) / 15.f, 0.f, kF16Max));
-      const float s = kv_load_f16(pool + f.scale_offset(slot, h));
+      const KvScaleZeroBits sz = kv_int4_scale_zero_bits(lo, hi);  // the rule: backend/kv_format.h
+      std::memcpy(pool + f.zero_offset(slot, h), &sz.zero, 2);
+      std::memcpy(pool + f.scale_offset(slot, h), &sz.scale, 2);
+      const float s = kv_f16_value(sz.scale), z = kv_f16_value(sz.zero);
       std::memset(q, 0, static_cast<size_t>(d / 2));
-      for (int64_t i = 0; i < d; ++i) {
-        const float r = s > 0.f ? std::clamp(std::nearbyint((x[i] - z) / s), 0.f, 15.f) : 0.f;
-        q[i / 2] = static_cast<uint8_t>(q[i / 2] | static_cast<int>(r) << (4 * (i % 2)));
-      }
+      for (int64_t i = 0; i < d; ++i) q[i / 2] = static_cast<uint8_t>(q[i / 2] | kv_int4_code(x[i], s, z) << (4 * (i % 2)));
       return;
     }
   }
