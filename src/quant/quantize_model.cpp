@@ -52,41 +52,6 @@ std::vector<float> mean_abs(const SiteStats& s) {
   return m;
 }
 
-float max_over_median(std::vector<float> v) {
-  const float mx = *std::max_element(v.begin(), v.end());
-  std::nth_element(v.begin(), v.begin() + static_cast<std::ptrdiff_t>(v.size() / 2), v.end());
-  const float med = v[v.size() / 2];
-  return med > 0.f ? mx / med : 0.f;
-}
-
-// SmoothQuant on one norm -> linears group; records the outlier story.
-void smooth_group(DenseLayer& d, std::vector<float>& norm, std::initializer_list<int> kinds, const SiteStats& stats,
-                  const LayerContext& cx, std::vector<ChannelMax>* top, float* ratio_before, float* ratio_after) {
-  std::vector<const std::vector<float>*> ws;
-  std::vector<int64_t> outs;
-  for (int k : kinds) {
-    ws.push_back(&d.w[static_cast<size_t>(k)]);
-    outs.push_back(cx.out(k));
-  }
-  const int64_t in = cx.config.dim;
-  const std::vector<float> s = smoothquant_scales(stats.abs_max, ws, outs, in, cx.options.alpha);
-  divide_output_channels(norm, in, 1, s);
-  for (int k : kinds) scale_input_channels(d.w[static_cast<size_t>(k)], cx.out(k), in, s);
-  std::vector<float> after(static_cast<size_t>(in));
-  for (int64_t j = 0; j < in; ++j) after[static_cast<size_t>(j)] = stats.abs_max[static_cast<size_t>(j)] / s[static_cast<size_t>(j)];
-  std::vector<int64_t> order(static_cast<size_t>(in));
-  std::iota(order.begin(), order.end(), 0);
-  std::partial_sort(order.begin(), order.begin() + 5, order.end(), [&](int64_t a, int64_t b) {
-    return stats.abs_max[static_cast<size_t>(a)] > stats.abs_max[static_cast<size_t>(b)];
-  });
-  for (int i = 0; i < 5; ++i) {
-    const auto j = static_cast<size_t>(order[static_cast<size_t>(i)]);
-    top->push_back({order[static_cast<size_t>(i)], stats.abs_max[j], after[j]});
-  }
-  *ratio_before = max_over_median(stats.abs_max);
-  *ratio_after = max_over_median(after);
-}
-
 // AWQ: scale search for the four groups, folding, clipping.
 Status awq_layer(DenseLayer& d, std::vector<SiteStats>& stats, const LayerContext& cx, LayerReport& rep) {
   const ModelConfig& c = cx.config;
@@ -167,8 +132,15 @@ Status quantize_layer(DenseLayer& d, std::vector<SiteStats>& stats, const LayerC
                       std::array<QuantizedLinear, kNumLinearKinds>& out, LayerReport& rep) {
   const QuantizeOptions& o = cx.options;
   if (o.method == QuantMethod::kSmoothQuant) {
-    smooth_group(d, d.attn_norm, {kQ, kK, kV}, stats[0], cx, &rep.attn_top, &rep.attn_ratio_before, &rep.attn_ratio_after);
-    smooth_group(d, d.ffn_norm, {kGate, kUp}, stats[2], cx, &rep.ffn_top, &rep.ffn_ratio_before, &rep.ffn_ratio_after);
+    std::array<const std::vector<float>*, kNumInputSites> amax{};
+    std::array<double, kNumInputSites> alpha{};
+    for (size_t s = 0; s < amax.size(); ++s) {
+      amax[s] = &stats[s].abs_max;
+      alpha[s] = o.site_alpha.empty() ? o.alpha : o.site_alpha[s];
+    }
+    const auto sites = smooth_layer(d, cx.config, amax, alpha);
+    rep.smooth.assign(sites.begin(), sites.end());
+    rep.smooth_alpha.assign(alpha.begin(), alpha.end());
   } else if (o.method == QuantMethod::kAwq) {
     NB_RETURN_IF_ERROR(awq_layer(d, stats, cx, rep));
   }
@@ -219,6 +191,9 @@ Result<QuantizedModel> quantize_model(ModelWeights weights, const Tokenizer* tok
   if (opt.method == QuantMethod::kSmoothQuant) {
     opt.spec = QuantSpec{8, -1, true};
     opt.act_int8 = true;
+  }
+  if (!opt.site_alpha.empty() && opt.site_alpha.size() != kNumInputSites) {
+    return invalid_argument("SmoothQuant per-site alphas: give 4 (q/k/v, o, gate/up, down)");
   }
   if (opt.act_int8 && (opt.spec.bits != 8 || !opt.spec.symmetric || opt.spec.group_size != -1)) {
     return invalid_argument("W8A8 (INT8 activations) needs --wbits 8 --sym --group-size -1");

@@ -15,6 +15,7 @@
 #include "quant/gptq.h"
 #include "quant/qlinear.h"
 #include "quant/rtn.h"
+#include "quant/smoothquant.h"
 #include "tokenizer/tokenizer.h"
 
 namespace nb::quant {
@@ -28,6 +29,7 @@ struct QuantizeOptions {
   QuantSpec spec;                 // smoothquant forces 8 bits, symmetric, per channel
   bool act_int8 = false;          // rtn: W8A8 without smoothing ("naive W8A8"); smoothquant: always
   double alpha = 0.5;             // smoothquant migration strength
+  std::vector<double> site_alpha; // smoothquant: per input site (q/k/v, o, gate/up, down); empty = alpha everywhere
   bool act_order = false;         // gptq
   std::string calib_path;
   int64_t calib_samples = 32;
@@ -36,17 +38,12 @@ struct QuantizeOptions {
 };
 
 // Per-layer facts for the report (--report FILE).
-struct ChannelMax {
-  int64_t channel = 0;
-  float before = 0.f;  // max |x| of the input channel
-  float after = 0.f;   // max |x / s| after smoothing
-};
 struct LayerReport {
   int64_t layer = 0;
-  // smoothquant: the input's top channels by max |x| before smoothing, for the attention and FFN
-  // norms' outputs; and the max over channels / median over channels of max |x|, before and after.
-  std::vector<ChannelMax> attn_top, ffn_top;
-  float attn_ratio_before = 0.f, attn_ratio_after = 0.f, ffn_ratio_before = 0.f, ffn_ratio_after = 0.f;
+  // smoothquant: per input site (InputSite order), the top channels by max |x| before/after
+  // smoothing and max over channels / median over channels of max |x|; the alpha used there.
+  std::vector<SmoothSiteReport> smooth;
+  std::vector<double> smooth_alpha;
   // awq: the chosen exponent and error / RTN error per scaling group (qkv, v->o, gate/up, up->down).
   std::vector<double> awq_alpha, awq_gain;
   // Output error ||X W^T - X Q^T||^2 summed over the layer's linears, relative to ||X W^T||^2

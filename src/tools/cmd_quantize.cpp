@@ -5,6 +5,8 @@
 // before/after smoothing, AWQ's chosen exponents, GPTQ's layer errors) as JSON.
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
+#include <algorithm>
 #include <fstream>
 #include <nlohmann/json.hpp>
 
@@ -29,11 +31,11 @@ nlohmann::json report_json(const std::vector<quant::LayerReport>& report) {
   };
   for (const auto& r : report) {
     nlohmann::json j = {{"layer", r.layer}};
-    if (!r.attn_top.empty()) {
-      j["attn_in_top"] = tops(r.attn_top);
-      j["ffn_in_top"] = tops(r.ffn_top);
-      j["attn_in_max_over_median"] = {r.attn_ratio_before, r.attn_ratio_after};
-      j["ffn_in_max_over_median"] = {r.ffn_ratio_before, r.ffn_ratio_after};
+    static constexpr const char* kSites[] = {"attn_in", "attn_out", "ffn_in", "ffn_mid"};  // q/k/v, o, gate/up, down inputs
+    for (size_t s = 0; s < r.smooth.size() && s < 4; ++s) {
+      j[std::string(kSites[s]) + "_top"] = tops(r.smooth[s].top);
+      j[std::string(kSites[s]) + "_max_over_median"] = {r.smooth[s].ratio_before, r.smooth[s].ratio_after};
+      j[std::string(kSites[s]) + "_alpha"] = r.smooth_alpha[s];
     }
     if (!r.awq_alpha.empty()) {
       j["awq_alpha"] = r.awq_alpha;            // qkv, v->o, gate/up, up->down
@@ -54,6 +56,23 @@ Status run(const CliArgs& args) {
   o.spec.symmetric = args.has("--sym");
   o.act_int8 = args.has("--act-int8");
   NB_ASSIGN_OR_RETURN(o.alpha, args.get_float("--alpha", 0.0, 1.0));
+  if (args.has("--alpha-sites")) {
+    const std::string v = args.get("--alpha-sites");
+    size_t pos = 0;
+    while (pos <= v.size()) {
+      const size_t end = std::min(v.find(',', pos), v.size());
+      char* stop = nullptr;
+      const std::string item = v.substr(pos, end - pos);
+      const double a = std::strtod(item.c_str(), &stop);
+      if (item.empty() || stop != item.c_str() + item.size() || !(a >= 0.0 && a <= 1.0)) {
+        return invalid_argument("--alpha-sites wants 4 numbers in [0, 1] separated by commas (q/k/v, o, gate/up, down); got '" + v + "'");
+      }
+      o.site_alpha.push_back(a);
+      pos = end + 1;
+    }
+    if (o.site_alpha.size() != 4) return invalid_argument("--alpha-sites wants 4 numbers (q/k/v, o, gate/up, down); got '" + v + "'");
+    if (o.method != quant::QuantMethod::kSmoothQuant) return invalid_argument("--alpha-sites is a SmoothQuant option");
+  }
   o.act_order = args.has("--act-order");
   o.calib_path = args.has("--calib") ? args.get("--calib") : std::string(kDefaultCalib);
   NB_ASSIGN_OR_RETURN(o.calib_samples, args.get_int("--calib-samples", 1, 1 << 20));
@@ -114,7 +133,8 @@ int run_quantize(int argc, char** argv) {
   args.option("--group-size", "input channels per scale group (32, 64, 128) or -1 for per output channel", "128");
   args.flag("--sym", "symmetric grid (zero point 2^(bits-1)); default asymmetric min-max");
   args.flag("--act-int8", "rtn only: W8A8 with dynamic per-token INT8 activations (naive W8A8; needs --wbits 8 --sym --group-size -1)");
-  args.option("--alpha", "SmoothQuant migration strength", "0.5");
+  args.option("--alpha", "SmoothQuant migration strength (every smoothed input)", "0.5");
+  args.option("--alpha-sites", "SmoothQuant: one strength per input A,B,C,D (q/k/v, o_proj, gate/up, down_proj); overrides --alpha");
   args.flag("--act-order", "GPTQ: quantize columns by decreasing Hessian diagonal (writes g_idx)");
   args.option("--calib", std::string("calibration text file (default ") + kDefaultCalib + ")");
   args.option("--calib-samples", "calibration windows", "32");

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <random>
 #include <vector>
@@ -389,6 +390,65 @@ TEST(QuantSmoothQuant, ProductUnchangedAndActivationMaxFlattened) {
       return mx / v[v.size() / 2];
     };
     EXPECT_LT(ratio(after), ratio(amax) / 3.f) << alpha;
+  }
+}
+
+// smooth_layer folds the scales of all four input sites (q/k/v into the attention norm, o_proj's
+// into v_proj's rows with one scale per kv channel under GQA, gate/up into the FFN norm, down_proj's
+// into up_proj's rows): before any quantization the smoothed float layer computes the same outputs,
+// and each site's input really is divided by its scale (the smoothed forward's per channel max |x|
+// equals the reported max |x / s|; a site left unfolded or folded into the wrong rows fails one of the two).
+TEST(QuantSmoothQuant, FoldingAllFourSitesLeavesTheFloatModelUnchanged) {
+  ModelWeights w = testing::tiny_weights(23, 256);
+  const ModelConfig c = w.config;
+  ASSERT_LT(c.num_kv_heads, c.num_heads);  // GQA: the v -> o mapping is exercised
+  const int64_t n = 32;
+  std::vector<int32_t> ids(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) ids[static_cast<size_t>(i)] = static_cast<int32_t>((i * 53 + 11) % c.vocab_size);
+  ThreadPool pool(2);
+  LayerRunner runner(c, n, pool);
+  std::vector<float> x(static_cast<size_t>(n * c.dim));
+  cpu::embedding({w.tok_embeddings, ids.data(), x.data(), n});
+  const std::vector<std::array<double, kNumInputSites>> alphas = {{0.5, 0.5, 0.5, 0.5}, {0.85, 0.85, 0.85, 0.85}, {0.3, 0.6, 0.7, 0.9}};
+  for (int64_t l = 0; l < c.num_layers; ++l) {
+    auto d = dense_layer(w, l);
+    ASSERT_TRUE(d.ok()) << d.status().message();
+    std::vector<SiteStats> stats(kNumInputSites);
+    const int64_t dims[] = {c.dim, c.num_heads * c.head_dim, c.dim, c.hidden_dim};
+    for (int s = 0; s < kNumInputSites; ++s) stats[static_cast<size_t>(s)].dim = dims[s];
+    std::vector<float> y = x;
+    runner.forward(*d, y.data(), [&](InputSite site, const float* a, int64_t tokens) {
+      runner.accumulate(stats[static_cast<size_t>(site)], a, tokens, false);
+    });
+    std::array<const std::vector<float>*, kNumInputSites> amax{};
+    for (size_t s = 0; s < amax.size(); ++s) amax[s] = &stats[s].abs_max;
+    for (const auto& alpha : alphas) {
+      DenseLayer sm = *d;
+      const auto rep = smooth_layer(sm, c, amax, alpha);
+      for (size_t k = 0; k < sm.w.size(); ++k) EXPECT_NE(sm.w[k], d->w[k]) << "linear " << k << " not rescaled";
+      std::vector<SiteStats> after(kNumInputSites);
+      for (int s = 0; s < kNumInputSites; ++s) after[static_cast<size_t>(s)].dim = dims[s];
+      std::vector<float> ys = x;
+      runner.forward(sm, ys.data(), [&](InputSite site, const float* a, int64_t tokens) {
+        runner.accumulate(after[static_cast<size_t>(site)], a, tokens, false);
+      });
+      float scale = 0.f, diff = 0.f;
+      for (size_t i = 0; i < y.size(); ++i) {
+        scale = std::max(scale, std::fabs(y[i]));
+        diff = std::max(diff, std::fabs(y[i] - ys[i]));
+      }
+      // f32 forward of the same function with reordered roundings: a few ulp of the largest value.
+      EXPECT_LE(diff, 2e-5f * scale) << "layer " << l << " alpha " << alpha[0] << "," << alpha[1] << "," << alpha[2] << "," << alpha[3];
+      for (int s = 0; s < kNumInputSites; ++s) {
+        ASSERT_EQ(rep[static_cast<size_t>(s)].top.size(), 5u);
+        for (const ChannelMax& t : rep[static_cast<size_t>(s)].top) {
+          const float got = after[static_cast<size_t>(s)].abs_max[static_cast<size_t>(t.channel)];
+          EXPECT_NEAR(got, t.after, 1e-4f * t.after) << "site " << s << " channel " << t.channel;
+          EXPECT_NE(t.after, t.before) << "site " << s << " channel " << t.channel;
+        }
+      }
+    }
+    x = y;
   }
 }
 
