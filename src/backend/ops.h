@@ -86,8 +86,9 @@ struct KvWriteParams {
   int64_t num_kv_heads;
   int64_t head_dim;
   DType act_dtype = DType::kF32;  // of k, v and both caches
-  // CPU only: other than f32, the caches are pools in that format (backend/kv_format.h; k_cache and
-  // v_cache point to a pool's first byte), quantized on write, with cache_block_size tokens a block.
+  // Other than f32, the caches are pools in that format (backend/kv_format.h; k_cache and v_cache
+  // point to a pool's first byte), quantized on write, with cache_block_size tokens a block. CUDA:
+  // int8 and int4 (and f16 with f16 activations); f32 there means "in act_dtype".
   KvCacheDType cache_dtype = KvCacheDType::kF32;
   int64_t cache_block_size = 0;  // needed unless cache_dtype is f32
 };
@@ -109,7 +110,7 @@ struct AttentionParams {
   int64_t head_dim;
   float scale;                 // usually 1 / sqrt(head_dim)
   // Other than f32 the caches are pools in that format (backend/kv_format.h; the pointers are the
-  // pools' first bytes), dequantized inside attention (CPU only).
+  // pools' first bytes), dequantized inside attention.
   KvCacheDType cache_dtype = KvCacheDType::kF32;
 };
 
@@ -138,7 +139,9 @@ struct BatchAttentionParams {
   int64_t head_dim;
   float scale;                  // usually 1 / sqrt(head_dim)
   DType act_dtype = DType::kF32;  // of q, out, k_cache and v_cache
-  KvCacheDType cache_dtype = KvCacheDType::kF32;  // as AttentionParams::cache_dtype (CPU only)
+  // As AttentionParams::cache_dtype (pools of block_size tokens a block). CUDA: int8 and int4 (and
+  // f16 with f16 activations); f32 there means "in act_dtype".
+  KvCacheDType cache_dtype = KvCacheDType::kF32;
 };
 
 // out[r] = the index of row r's largest value, ties to the lowest index (the sampler's greedy rule);
@@ -157,6 +160,7 @@ struct HadamardParams {
   float* x;  // [num_vectors, dim]
   int64_t num_vectors;
   int64_t dim;
+  DType act_dtype = DType::kF32;  // of x (CUDA; the CPU ops take f32)
 };
 
 // out[t, :] = dequantized row ids[t] of the embedding table.

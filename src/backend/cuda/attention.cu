@@ -11,6 +11,11 @@
 // updates each row's running max m and sum l (one warp per row); rescales and accumulates P.V in
 // registers. Shapes are compile-time per DMAX (head_dim rounded up to 64/128/256; padding is zero).
 //
+// Quantized caches (cache_dtype int8/int4, backend/kv_format.h): the tile load reads codes and the
+// key's f16 scale (and zero) and writes dequantized f32 to shared memory, q * s (int8, exact in f32)
+// or fmaf(q, s, z) (int4, one rounding), the values cpu::ref::kv_dequantize_head produces; the rest
+// of the kernel is unchanged. The cache format is a template parameter (kF32 = "in act dtype T").
+//
 // Split-K (decode only, max_query_len == 1): with few (sequence, kv head) blocks, each sequence's keys
 // are cut into ranges of split_keys (128 unless the Context forces another size); every range writes its normalized partial output and (m, l) to
 // the workspace and attention_merge_kernel combines them. Shared memory stays under the 48 KB static
@@ -20,6 +25,7 @@
 #include <algorithm>
 #include <cmath>
 #include <string>
+#include <type_traits>
 
 #include "backend/cuda/common.cuh"
 #include "backend/cuda/cuda_check.h"
@@ -61,10 +67,17 @@ struct AttnArgs {
   int max_splits;    // gridDim.z; partial buffers are [num_seqs, num_heads, max_splits, ...]
   float* part_out;   // [num_seqs, num_heads, max_splits, head_dim] normalized partial outputs
   float* part_ml;    // [num_seqs, num_heads, max_splits, 2] (running max, sum of exp) per split
+  KvBlockFormat kvf; // the pools' format when quantized
 };
 
-template <typename T, int DMAX>
+// A 2-byte f16 field of a pool at any byte offset.
+__device__ __forceinline__ float load_f16_field(const uint8_t* p) {
+  return kv_f16_value(static_cast<uint16_t>(p[0] | p[1] << 8));
+}
+
+template <typename T, int DMAX, KvCacheDType KV>
 __global__ void __launch_bounds__(kThreads) attention_kernel(const AttnArgs a) {
+  constexpr bool kQuant = KV == KvCacheDType::kInt8 || KV == KvCacheDType::kInt4;
   using Tl = Tile<DMAX>;
   constexpr int kRows = Tl::kRows, kKeys = Tl::kKeys, kAcc = Tl::kAcc;
   __shared__ float q_s[kRows][DMAX + 1];   // scaled queries; +1 pads rows apart in the banks
@@ -74,6 +87,8 @@ __global__ void __launch_bounds__(kThreads) attention_kernel(const AttnArgs a) {
   __shared__ float m_s[kRows], l_s[kRows], alpha_s[kRows];
   __shared__ int qpos_s[kRows];
   __shared__ int64_t slot_s[kKeys];        // element offset of key j's (slot, kv head) row in the cache
+                                           // (quantized: byte offset of its values in the pools)
+  __shared__ float ks_s[kKeys], kz_s[kKeys], vs_s[kKeys], vz_s[kKeys];  // quantized: scales and zeros
 
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
   const int seq = blockIdx.y / a.num_kv_heads;
@@ -93,10 +108,10 @@ __global__ void __launch_bounds__(kThreads) attention_kernel(const AttnArgs a) {
     key_hi = min(key_end, key_lo + a.split_keys);
     if (key_lo >= key_hi) return;  // this sequence is shorter than the split; the merge skips it
   }
-  const int64_t kv_row = static_cast<int64_t>(a.num_kv_heads) * a.head_dim;
+  [[maybe_unused]] const int64_t kv_row = static_cast<int64_t>(a.num_kv_heads) * a.head_dim;
   const T* q = static_cast<const T*>(a.q);
-  const T* kc = static_cast<const T*>(a.k_cache);
-  const T* vc = static_cast<const T*>(a.v_cache);
+  [[maybe_unused]] const T* kc = static_cast<const T*>(a.k_cache);
+  [[maybe_unused]] const T* vc = static_cast<const T*>(a.v_cache);
 
   for (int e = tid; e < kRows * DMAX; e += kThreads) {
     const int r = e / DMAX, d = e % DMAX;
@@ -125,7 +140,20 @@ __global__ void __launch_bounds__(kThreads) attention_kernel(const AttnArgs a) {
     if (tid < num_keys) {
       const int pos = k0 + tid;
       const int64_t block = table[pos / a.block_size];
-      slot_s[tid] = (block * a.block_size + pos % a.block_size) * kv_row + static_cast<int64_t>(kvh) * a.head_dim;
+      const int64_t slot = block * a.block_size + pos % a.block_size;
+      if constexpr (kQuant) {
+        const uint8_t* kp = static_cast<const uint8_t*>(a.k_cache);
+        const uint8_t* vp = static_cast<const uint8_t*>(a.v_cache);
+        slot_s[tid] = a.kvf.value_offset(slot, kvh);
+        ks_s[tid] = load_f16_field(kp + a.kvf.scale_offset(slot, kvh));
+        vs_s[tid] = load_f16_field(vp + a.kvf.scale_offset(slot, kvh));
+        if constexpr (KV == KvCacheDType::kInt4) {
+          kz_s[tid] = load_f16_field(kp + a.kvf.zero_offset(slot, kvh));
+          vz_s[tid] = load_f16_field(vp + a.kvf.zero_offset(slot, kvh));
+        }
+      } else {
+        slot_s[tid] = slot * kv_row + static_cast<int64_t>(kvh) * a.head_dim;
+      }
     }
     __syncthreads();
     for (int e = tid; e < kKeys * DMAX; e += kThreads) {
@@ -133,8 +161,21 @@ __global__ void __launch_bounds__(kThreads) attention_kernel(const AttnArgs a) {
       float kv = 0.f, vv = 0.f;
       // Keys past the range are never read: their slots may hold anything (NaN in the tests).
       if (j < num_keys && d < a.head_dim) {
-        kv = to_f32(kc[slot_s[j] + d]);
-        vv = to_f32(vc[slot_s[j] + d]);
+        if constexpr (KV == KvCacheDType::kInt8) {
+          const int8_t* kp = static_cast<const int8_t*>(a.k_cache);
+          const int8_t* vp = static_cast<const int8_t*>(a.v_cache);
+          kv = static_cast<float>(kp[slot_s[j] + d]) * ks_s[j];
+          vv = static_cast<float>(vp[slot_s[j] + d]) * vs_s[j];
+        } else if constexpr (KV == KvCacheDType::kInt4) {
+          const uint8_t* kp = static_cast<const uint8_t*>(a.k_cache);
+          const uint8_t* vp = static_cast<const uint8_t*>(a.v_cache);
+          const int shift = (d & 1) * 4;  // element 2i in the low nibble of byte i
+          kv = fmaf(static_cast<float>((kp[slot_s[j] + d / 2] >> shift) & 15), ks_s[j], kz_s[j]);
+          vv = fmaf(static_cast<float>((vp[slot_s[j] + d / 2] >> shift) & 15), vs_s[j], vz_s[j]);
+        } else {
+          kv = to_f32(kc[slot_s[j] + d]);
+          vv = to_f32(vc[slot_s[j] + d]);
+        }
       }
       k_s[j][d] = kv;
       v_s[j][d] = vv;
@@ -242,12 +283,12 @@ __global__ void attention_merge_kernel(const AttnArgs a) {
   }
 }
 
-template <typename T, int DMAX>
+template <typename T, int DMAX, KvCacheDType KV>
 Status launch(const AttnArgs& a, int64_t max_query_len, int64_t num_seqs, int num_splits, cudaStream_t stream) {
   const int64_t tiles = ceil_div(max_query_len * a.group, Tile<DMAX>::kRows);
   const dim3 grid(static_cast<unsigned>(tiles), static_cast<unsigned>(num_seqs * a.num_kv_heads),
                   static_cast<unsigned>(num_splits));
-  attention_kernel<T, DMAX><<<grid, kThreads, 0, stream>>>(a);
+  attention_kernel<T, DMAX, KV><<<grid, kThreads, 0, stream>>>(a);
   NB_CUDA_RETURN_IF_ERROR(cudaGetLastError());
   if (a.split_keys > 0) {
     attention_merge_kernel<T><<<static_cast<unsigned>(num_seqs * a.num_heads), 128, 0, stream>>>(a);
@@ -278,7 +319,24 @@ Status batch_attention(const BatchAttentionParams& p, Context& ctx) {
       p.num_seqs * p.num_kv_heads > 65535) {
     return invalid_argument("attention: batch too large for one launch (num_seqs * num_kv_heads <= 65535); split it");
   }
+  KvCacheDType kv = p.cache_dtype;
+  switch (p.cache_dtype) {
+    case KvCacheDType::kF32:
+      break;  // in act_dtype
+    case KvCacheDType::kF16:
+      if (p.act_dtype != DType::kF16) {
+        return unimplemented("attention: an f16 KV cache needs f16 activations on CUDA (or use int8/int4)");
+      }
+      kv = KvCacheDType::kF32;  // = the act-dtype cache
+      break;
+    case KvCacheDType::kInt8:
+      break;
+    case KvCacheDType::kInt4:
+      if (p.head_dim % 2 != 0) return invalid_argument("attention: an int4 KV cache needs an even head_dim");
+      break;
+  }
   AttnArgs a{};
+  a.kvf = KvBlockFormat{p.cache_dtype, p.block_size, p.num_kv_heads, p.head_dim};
   a.q = p.q;
   a.out = p.out;
   a.k_cache = p.k_cache;
@@ -329,9 +387,15 @@ Status batch_attention(const BatchAttentionParams& p, Context& ctx) {
   cudaStream_t stream = detail::as_stream(ctx.stream());
   return detail::dispatch_act(p.act_dtype, "attention", [&](auto tag) -> Status {
     using T = decltype(tag);
-    if (dmax == 64) return launch<T, 64>(a, p.max_query_len, p.num_seqs, num_splits, stream);
-    if (dmax == 128) return launch<T, 128>(a, p.max_query_len, p.num_seqs, num_splits, stream);
-    return launch<T, 256>(a, p.max_query_len, p.num_seqs, num_splits, stream);
+    auto by_dim = [&](auto kv_tag) -> Status {
+      constexpr KvCacheDType KV = decltype(kv_tag)::value;
+      if (dmax == 64) return launch<T, 64, KV>(a, p.max_query_len, p.num_seqs, num_splits, stream);
+      if (dmax == 128) return launch<T, 128, KV>(a, p.max_query_len, p.num_seqs, num_splits, stream);
+      return launch<T, 256, KV>(a, p.max_query_len, p.num_seqs, num_splits, stream);
+    };
+    if (kv == KvCacheDType::kInt8) return by_dim(std::integral_constant<KvCacheDType, KvCacheDType::kInt8>{});
+    if (kv == KvCacheDType::kInt4) return by_dim(std::integral_constant<KvCacheDType, KvCacheDType::kInt4>{});
+    return by_dim(std::integral_constant<KvCacheDType, KvCacheDType::kF32>{});
   });
 }
 

@@ -8,7 +8,11 @@
 //   embedding   table f32/f16/bf16/q8_0/q4_0/q4_1 (a device tensor, Device::kCUDA)
 //   matmul      cuBLAS GEMM (f32 accumulation, no TF32): weight dtype == act dtype for f16/bf16, or
 //               f32 weights with f32 activations. Quantized weights: unimplemented (repack at load).
-//   attention   head_dim <= 256; K/V cache in act_dtype. Decode batches (max_query_len == 1) are
+//   kv_write    cache in act_dtype (cache_dtype f32, or f16 with f16 activations), or int8/int4 pools
+//               (backend/kv_format.h; cache_block_size set), quantized on write as the CPU does.
+//   hadamard    dim a power of two <= 1024, in act_dtype (the int8/int4 caches' rotation).
+//   attention   head_dim <= 256; K/V cache in act_dtype, or int8/int4 pools of block_size tokens a
+//               block (cache_dtype), dequantized in the kernel. Decode batches (max_query_len == 1) are
 //               split along the keys when there are too few (sequence, kv head) blocks to fill the
 //               GPU (flash-decoding) and merged by a second kernel through ctx.workspace().
 #pragma once
@@ -26,6 +30,7 @@ Status add_rms_norm(const AddRmsNormParams& p, Context& ctx);
 Status rope(const RopeParams& p, Context& ctx);
 Status swiglu(const SwigluParams& p, Context& ctx);
 Status kv_write(const KvWriteParams& p, Context& ctx);
+Status hadamard(const HadamardParams& p, Context& ctx);
 Status batch_attention(const BatchAttentionParams& p, Context& ctx);
 Status matmul(const MatmulParams& p, Context& ctx);
 // The same product with y in f32 whatever act_dtype is (logits from f16/bf16 activations).

@@ -13,6 +13,10 @@
 
 namespace nb::cuda {
 
+namespace detail {
+Status kv_write_quantized(const KvWriteParams& p, Context& ctx);  // kv_quant.cu
+}  // namespace detail
+
 using detail::ceil_div;
 using detail::from_f32;
 using detail::to_f32;
@@ -255,6 +259,15 @@ Status swiglu(const SwigluParams& p, Context& ctx) {
 
 Status kv_write(const KvWriteParams& p, Context& ctx) {
   if (p.num_tokens <= 0) return Status::Ok();
+  switch (p.cache_dtype) {
+    case KvCacheDType::kInt8: case KvCacheDType::kInt4:
+      return detail::kv_write_quantized(p, ctx);
+    case KvCacheDType::kF32:
+      break;  // the cache is in act_dtype
+    case KvCacheDType::kF16:
+      if (p.act_dtype == DType::kF16) break;  // = the act-dtype cache
+      return unimplemented("kv_write: an f16 KV cache needs f16 activations on CUDA (or use int8/int4)");
+  }
   NB_RETURN_IF_ERROR(check_grid_rows(p.num_tokens, "kv_write"));
   const int64_t row = p.num_kv_heads * p.head_dim;
   if (row <= 0) return invalid_argument("kv_write: num_kv_heads * head_dim must be positive");

@@ -16,6 +16,10 @@
 #include <random>
 #include <vector>
 
+// Included before the built-in variable macros below: its host code names members gridDim/blockDim
+// (cudaLaunchConfig_t), which those macros would rewrite.
+#include "backend/cuda/common.cuh"
+
 #undef __shared__
 #define __shared__ static
 #undef __global__
