@@ -62,17 +62,64 @@ double awq_output_error(const std::vector<float>& w, int64_t out, int64_t in, co
   return e;
 }
 
+namespace {
+
+// AutoAWQ's get_weight_scale over the concatenated rows of every linear: |w| / max|w| of its group,
+// averaged over rows; then over the input channels mapped to each scale.
+std::vector<float> weight_channel_means(const AwqScaleProblem& p, const QuantSpec& spec, size_t num_scales) {
+  const int64_t gs = spec.group_size < 0 ? p.in : spec.group_size;
+  std::vector<double> col(static_cast<size_t>(p.in), 0.0);
+  int64_t rows = 0;
+  for (size_t k = 0; k < p.weights.size(); ++k) {
+    const std::vector<float>& w = *p.weights[k];
+    for (int64_t o = 0; o < p.out_features[k]; ++o, ++rows) {
+      for (int64_t g0 = 0; g0 < p.in; g0 += gs) {
+        float amax = 0.f;
+        for (int64_t j = g0; j < g0 + gs; ++j) amax = std::max(amax, std::fabs(w[static_cast<size_t>(o * p.in + j)]));
+        if (amax <= 0.f) continue;
+        for (int64_t j = g0; j < g0 + gs; ++j) col[static_cast<size_t>(j)] += std::fabs(w[static_cast<size_t>(o * p.in + j)]) / amax;
+      }
+    }
+  }
+  std::vector<double> sum(num_scales, 0.0), cnt(num_scales, 0.0);
+  for (int64_t j = 0; j < p.in; ++j) {
+    const size_t c = p.channel_map.empty() ? static_cast<size_t>(j) : static_cast<size_t>(p.channel_map[static_cast<size_t>(j)]);
+    sum[c] += col[static_cast<size_t>(j)] / static_cast<double>(std::max<int64_t>(rows, 1));
+    cnt[c] += 1.0;
+  }
+  std::vector<float> m(num_scales);
+  for (size_t c = 0; c < num_scales; ++c) m[c] = static_cast<float>(cnt[c] > 0 ? sum[c] / cnt[c] : 0.0);
+  return m;
+}
+
+}  // namespace
+
 AwqScaleResult awq_search_scales(const AwqScaleProblem& p, const QuantSpec& spec, const AwqOptions& options,
                                  ThreadPool& pool) {
   const auto num_scales = p.x_mean.size();
   AwqScaleResult best;
   best.error = std::numeric_limits<double>::infinity();
   std::vector<float> s(num_scales), s_full(static_cast<size_t>(p.in));
+  auto error_of = [&](const std::vector<float>& sf) {
+    double err = 0.0;
+    for (size_t k = 0; k < p.weights.size(); ++k) err += awq_output_error(*p.weights[k], p.out_features[k], p.in, sf, *p.gram, spec, pool);
+    return err;
+  };
+  std::vector<float> w_mean;
+  if (options.duo_scaling) {
+    w_mean = weight_channel_means(p, spec, num_scales);
+    // Plain RTN first (a duo candidate at a = 0 is not the identity).
+    best.rtn_error = best.error = error_of({});
+    best.alpha = -1.0;  // "no scaling" in the report
+    best.scales.assign(num_scales, 1.f);
+  }
   for (int i = 0; i <= options.num_grid; ++i) {
     const double alpha = static_cast<double>(i) / options.num_grid;
     float lo = std::numeric_limits<float>::infinity(), hi = 0.f;
     for (size_t c = 0; c < num_scales; ++c) {
-      s[c] = std::max(static_cast<float>(std::pow(static_cast<double>(p.x_mean[c]), alpha)), 1e-4f);
+      double v = std::pow(static_cast<double>(p.x_mean[c]), alpha);
+      if (options.duo_scaling) v /= std::pow(static_cast<double>(w_mean[c]), 1.0 - alpha) + 1e-4;
+      s[c] = std::max(static_cast<float>(v), 1e-4f);
       lo = std::min(lo, s[c]);
       hi = std::max(hi, s[c]);
     }
@@ -81,11 +128,8 @@ AwqScaleResult awq_search_scales(const AwqScaleProblem& p, const QuantSpec& spec
     for (int64_t j = 0; j < p.in; ++j) {
       s_full[static_cast<size_t>(j)] = s[p.channel_map.empty() ? static_cast<size_t>(j) : static_cast<size_t>(p.channel_map[static_cast<size_t>(j)])];
     }
-    double err = 0.0;
-    for (size_t k = 0; k < p.weights.size(); ++k) {
-      err += awq_output_error(*p.weights[k], p.out_features[k], p.in, s_full, *p.gram, spec, pool);
-    }
-    if (i == 0) best.rtn_error = err;
+    const double err = error_of(s_full);
+    if (i == 0 && !options.duo_scaling) best.rtn_error = err;
     if (err < best.error) {
       best.error = err;
       best.alpha = alpha;

@@ -24,6 +24,9 @@ struct AwqOptions {
   int num_grid = 20;         // a = i / num_grid for i = 0..num_grid (a = 0 is plain RTN)
   int clip_grid = 20;        // clip ratios 1 - i / clip_grid ...
   double max_shrink = 0.5;   // ... down to 1 - max_shrink
+  // AutoAWQ's duo scaling: s = s_X^a / (s_W^(1-a) + 1e-4), s_W = mean over output rows of |w| / max|w|
+  // of the row's group (per scaled channel); plain RTN (s = 1) is always a candidate too.
+  bool duo_scaling = false;
 };
 
 // Linears that read one input and are scaled together.

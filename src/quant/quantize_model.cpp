@@ -57,6 +57,7 @@ Status awq_layer(DenseLayer& d, std::vector<SiteStats>& stats, const LayerContex
   const ModelConfig& c = cx.config;
   const QuantSpec& spec = cx.options.spec;
   AwqOptions opt;
+  opt.duo_scaling = cx.options.awq_duo_scaling;
   std::vector<std::vector<float>> grams(kNumInputSites);
   for (int s = 0; s < kNumInputSites; ++s) grams[static_cast<size_t>(s)] = stats[static_cast<size_t>(s)].gram_f32();
   auto search = [&](std::initializer_list<int> kinds, InputSite site, std::vector<float> x_mean,

@@ -31,6 +31,7 @@ struct QuantizeOptions {
   double alpha = 0.5;             // smoothquant migration strength
   std::vector<double> site_alpha; // smoothquant: per input site (q/k/v, o, gate/up, down); empty = alpha everywhere
   bool act_order = false;         // gptq
+  bool awq_duo_scaling = false;   // awq: AutoAWQ's duo scaling (AwqOptions::duo_scaling)
   std::string calib_path;
   int64_t calib_samples = 32;
   int64_t calib_seqlen = 512;

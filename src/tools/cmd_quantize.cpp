@@ -74,6 +74,8 @@ Status run(const CliArgs& args) {
     if (o.method != quant::QuantMethod::kSmoothQuant) return invalid_argument("--alpha-sites is a SmoothQuant option");
   }
   o.act_order = args.has("--act-order");
+  o.awq_duo_scaling = args.has("--awq-duo-scaling");
+  if (o.awq_duo_scaling && o.method != quant::QuantMethod::kAwq) return invalid_argument("--awq-duo-scaling is an AWQ option");
   o.calib_path = args.has("--calib") ? args.get("--calib") : std::string(kDefaultCalib);
   NB_ASSIGN_OR_RETURN(o.calib_samples, args.get_int("--calib-samples", 1, 1 << 20));
   NB_ASSIGN_OR_RETURN(o.calib_seqlen, args.get_int("--calib-seqlen", 8, 1 << 20));
@@ -135,6 +137,7 @@ int run_quantize(int argc, char** argv) {
   args.flag("--act-int8", "rtn only: W8A8 with dynamic per-token INT8 activations (naive W8A8; needs --wbits 8 --sym --group-size -1)");
   args.option("--alpha", "SmoothQuant migration strength (every smoothed input)", "0.5");
   args.option("--alpha-sites", "SmoothQuant: one strength per input A,B,C,D (q/k/v, o_proj, gate/up, down_proj); overrides --alpha");
+  args.flag("--awq-duo-scaling", "AWQ: s = s_X^a / s_W^(1-a) as AutoAWQ's duo_scaling (s_W: mean normalized |w| per input channel)");
   args.flag("--act-order", "GPTQ: quantize columns by decreasing Hessian diagonal (writes g_idx)");
   args.option("--calib", std::string("calibration text file (default ") + kDefaultCalib + ")");
   args.option("--calib-samples", "calibration windows", "32");

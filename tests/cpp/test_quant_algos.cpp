@@ -315,19 +315,22 @@ TEST(QuantAwq, GramErrorMatchesTokenErrorAndSearchNeverWorseThanRtn) {
   for (int64_t t = 0; t < tokens; ++t) {
     for (int64_t j = 0; j < in; ++j) p.x_mean[static_cast<size_t>(j)] += std::fabs(x[static_cast<size_t>(t * in + j)]) / tokens;
   }
-  const AwqScaleResult r = awq_search_scales(p, spec, AwqOptions{}, pool);
-  EXPECT_LE(r.error, r.rtn_error);
-  EXPECT_NEAR(r.rtn_error, direct, 1e-3 * direct);  // a = 0 is plain RTN
-  EXPECT_GT(r.alpha, 0.0);                          // outlier channels: scaling helps here
-  // The reported error is that of the returned scales, checked on the tokens: x/s . Q(W s).
-  std::vector<float> ws = w;
-  scale_input_channels(ws, out, in, r.scales);
-  fake_quantize_rows(ws.data(), out, in, spec);
-  std::vector<float> back(ws.size());
-  for (int64_t o = 0; o < out; ++o) {
-    for (int64_t j = 0; j < in; ++j) back[static_cast<size_t>(o * in + j)] = ws[static_cast<size_t>(o * in + j)] / r.scales[static_cast<size_t>(j)];
+  for (bool duo : {false, true}) {  // duo: AutoAWQ's s_X^a / s_W^(1-a); plain RTN is still a candidate
+    AwqOptions opt;
+    opt.duo_scaling = duo;
+    const AwqScaleResult r = awq_search_scales(p, spec, opt, pool);
+    EXPECT_LT(r.error, r.rtn_error) << duo;  // outlier channels: scaling helps here
+    EXPECT_NEAR(r.rtn_error, direct, 1e-3 * direct) << duo;  // a = 0 (plain) / the identity (duo) is RTN
+    // The reported error is that of the returned scales, checked on the tokens: x/s . Q(W s).
+    std::vector<float> ws = w;
+    scale_input_channels(ws, out, in, r.scales);
+    fake_quantize_rows(ws.data(), out, in, spec);
+    std::vector<float> back(ws.size());
+    for (int64_t o = 0; o < out; ++o) {
+      for (int64_t j = 0; j < in; ++j) back[static_cast<size_t>(o * in + j)] = ws[static_cast<size_t>(o * in + j)] / r.scales[static_cast<size_t>(j)];
+    }
+    EXPECT_NEAR(output_error(x, tokens, w, back, out, in), r.error, 1e-3 * r.error);
   }
-  EXPECT_NEAR(output_error(x, tokens, w, back, out, in), r.error, 1e-3 * r.error);
 
   // Clipping never increases the error of RTN on the (unscaled) weights.
   std::vector<float> wc = w;
