@@ -7,7 +7,9 @@
 // Supported beyond that:
 //   embedding   table f32/f16/bf16/q8_0/q4_0/q4_1 (a device tensor, Device::kCUDA)
 //   matmul      cuBLAS GEMM (f32 accumulation, no TF32): weight dtype == act dtype for f16/bf16, or
-//               f32 weights with f32 activations. Quantized weights: unimplemented (repack at load).
+//               f32 weights with f32 activations. 4-bit kQGroup weights (W4A16) once uploaded with
+//               upload_w4, with f16/bf16 activations (w4_matmul.cu). Other quantized weights:
+//               unimplemented.
 //   kv_write    cache in act_dtype (cache_dtype f32, or f16 with f16 activations), or int8/int4 pools
 //               (backend/kv_format.h; cache_block_size set), quantized on write as the CPU does.
 //   hadamard    dim a power of two <= 1024, in act_dtype (the int8/int4 caches' rotation).
@@ -37,6 +39,14 @@ Status matmul(const MatmulParams& p, Context& ctx);
 Status matmul_to_f32(const MatmulParams& p, Context& ctx);
 
 Status argmax(const ArgmaxParams& p, Context& ctx);
+
+// W4A16 (w4_matmul.cu): repacks a host kQGroup weight (bits 4, weight-only, no act-order, K and the
+// group size multiples of 64; backend/w4_layout.h) into one device buffer and returns a device
+// kQGroup Tensor [N, K] over it (owning it) for MatmulParams::weight of matmul / matmul_to_f32.
+// Synchronizes ctx's stream. The error Status says what to requantize otherwise.
+Result<Tensor> upload_w4(const Tensor& qgroup, Context& ctx);
+// Device bytes upload_w4 allocates for such a weight (packed codes + f16 scale/zero per row group).
+int64_t w4_device_bytes(const Tensor& qgroup);
 
 // Workspace bytes a decode batch needs when split into `num_splits` key ranges.
 size_t attention_split_workspace_bytes(int64_t num_seqs, int64_t num_heads, int64_t head_dim, int64_t num_splits);

@@ -14,6 +14,8 @@ namespace nb::cuda {
 // gemv.cu: M <= 2 rows with f16/bf16 weights and 16-byte aligned rows.
 bool gemv_applies(const MatmulParams& p);
 Status gemv(const MatmulParams& p, Context& ctx, bool f32_out);
+// w4_matmul.cu: kQGroup device weights made by upload_w4.
+Status w4_matmul(const MatmulParams& p, Context& ctx, bool f32_out);
 
 namespace {
 
@@ -32,6 +34,7 @@ Status gemm(const MatmulParams& p, Context& ctx, bool f32_out) {
   if (w.ndim() != 2 || w.device() != Device::kCUDA) {
     return invalid_argument("matmul: the weight must be a 2-D device tensor (Device::kCUDA); got " + w.describe());
   }
+  if (w.dtype() == DType::kQGroup) return w4_matmul(p, ctx, f32_out);
   NB_ASSIGN_OR_RETURN(const cudaDataType_t type, blas_type(w.dtype(), p.act_dtype));
   const cudaDataType_t out_type = f32_out ? CUDA_R_32F : type;
   const int64_t n = w.dim(0), k = w.dim(1), m = p.m;

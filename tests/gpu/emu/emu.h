@@ -143,3 +143,4 @@ inline float __int_as_float(int i) { float f; memcpy(&f, &i, 4); return f; }
 using std::min;
 using std::max;
 #define cudaGetLastError() cudaSuccess
+#include "emu_mma.h"
