@@ -8,6 +8,7 @@ int run_bench_spec(int argc, char** argv);      // cmd_bench_spec.cpp
 int bench_gpu_main(int argc, char** argv);      // cmd_bench_gpu.cpp
 int run_bench_gemm(int argc, char** argv);      // cmd_bench_gemm.cpp
 int run_bench_kv(int argc, char** argv);        // cmd_bench_kv.cpp
+int run_bench_w8a8(int argc, char** argv);      // cmd_bench_w8a8.cpp
 // The median of timings (mean of the two middle values for an even count; 0 for none). cmd_bench.cpp
 double median(std::vector<double> v);
 }  // namespace nb::tools

@@ -118,13 +118,15 @@ int run_bench(int argc, char** argv) {
   if (argc >= 2 && std::string(argv[1]) == "gpu") return bench_gpu_main(argc - 1, argv + 1);
   if (argc >= 2 && std::string(argv[1]) == "gemm") return run_bench_gemm(argc - 1, argv + 1);
   if (argc >= 2 && std::string(argv[1]) == "kv") return run_bench_kv(argc - 1, argv + 1);
+  if (argc >= 2 && std::string(argv[1]) == "w8a8") return run_bench_w8a8(argc - 1, argv + 1);
   std::fprintf(stderr,
                "usage: nibble bench decode -m MODEL [options]     prompt-processing and decode speed\n"
                "       nibble bench batching -m MODEL [options]   paged vs contiguous KV, continuous vs static batching\n"
                "       nibble bench spec -m MODEL --speculative M  speculative decoding: acceptance, tokens/step, speedup\n"
                "       nibble bench gpu -m MODEL --device cuda    GPU decode vs roofline, prefill GEMM rate, batch sweep\n"
                "       nibble bench gemm [--batches 1,2,4]        GPU W4A16 vs f16 GEMM on Llama-2-7B shapes, vs roofline\n"
-               "       nibble bench kv [--context 4096]           GPU paged attention time, f16 vs int8 vs int4 KV cache\n");
+               "       nibble bench kv [--context 4096]           GPU paged attention time, f16 vs int8 vs int4 KV cache\n"
+               "       nibble bench w8a8 [--m 1024,2048,4096]     GPU W8A8 linears vs cuBLAS f16 on Llama-2-7B shapes\n");
   return 2;
 }
 

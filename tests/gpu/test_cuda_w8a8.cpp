@@ -1,0 +1,184 @@
+// W8A8 on CUDA (backend/cuda/w8a8.h) against the CPU reference with the same MatmulParams:
+// cuda::matmul_w8a8 on the repacked device weight vs cpu::ref::matmul on the host kQGroup weight.
+//
+// Tolerance: none — outputs must be EQUAL (f32 activations), or equal to the reference's f32 value
+// rounded once to f16/bf16. Every step is the same arithmetic on both sides: the token's absmax is
+// exact; d = amax / 127, 1 / d, x * (1 / d) and round-half-even are single IEEE operations; the
+// int32 dot of int8 codes is exact (cuBLASLt's IMMA sums integers, in any order); the epilogue is
+// float(iv) * scale then * d, two f32 roundings, as cpu::w8a8_output. A wrong code, a transposed
+// operand or a misplaced scale changes outputs by far more than one ulp.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "backend/cpu/cpu_ops.h"
+#include "backend/cpu/matmul_internal.h"
+#include "backend/cuda/w8a8.h"
+#include "core/group_quant.h"
+#include "gpu_test_util.h"
+
+namespace nb {
+namespace {
+
+using gpu_test::CudaTest;
+
+constexpr DType kActs[] = {DType::kF32, DType::kF16, DType::kBF16};
+
+// An 8-bit symmetric per-channel W8A8 weight: codes over the whole byte range (0 and 255 included),
+// channel scales over a decade.
+Tensor make_w8a8(int64_t n, int64_t k, uint32_t s) {
+  std::mt19937 rng(gpu_test::seed(s));
+  std::vector<uint8_t> codes(static_cast<size_t>(n * k));
+  for (uint8_t& c : codes) c = static_cast<uint8_t>(rng() & 0xFF);
+  codes[0] = 0;
+  codes[1] = 255;
+  GroupQuant q;
+  q.bits = 8;
+  q.group_size = -1;
+  q.symmetric = true;
+  q.act_int8 = true;
+  q.num_groups = 1;
+  std::uniform_real_distribution<float> u(-3.f, -2.f);
+  for (int64_t r = 0; r < n; ++r) q.scales.push_back(std::pow(10.f, u(rng)));
+  auto t = make_group_quant_tensor(std::move(codes), n, k, std::move(q), "w8a8 test weight");
+  EXPECT_TRUE(t.ok()) << t.status().to_string();
+  return t.ok() ? std::move(t).value() : Tensor();
+}
+
+// Activation rows with per-row scales over three decades and an outlier; row 0 all zeros (d = 0).
+std::vector<float> make_acts(int64_t m, int64_t k, uint32_t s, DType act) {
+  std::vector<float> x = gpu_test::random_normal(static_cast<size_t>(m * k), s);
+  std::mt19937 rng(gpu_test::seed(s + 1));
+  std::uniform_real_distribution<float> u(-2.f, 1.f);
+  for (int64_t t = 0; t < m; ++t) {
+    const float scale = std::pow(10.f, u(rng));
+    for (int64_t j = 0; j < k; ++j) x[static_cast<size_t>(t * k + j)] *= scale;
+    x[static_cast<size_t>(t * k + (t * 7) % k)] *= 20.f;
+  }
+  std::fill(x.begin(), x.begin() + k, 0.f);
+  gpu_test::round_all(x, act);
+  return x;
+}
+
+::testing::AssertionResult all_equal(const std::vector<float>& got, const std::vector<float>& want) {
+  if (got.size() != want.size()) return ::testing::AssertionFailure() << "size " << got.size() << " != " << want.size();
+  size_t bad = 0, first = 0;
+  double max_err = 0;
+  for (size_t i = 0; i < got.size(); ++i) {
+    if (!(got[i] == want[i])) {
+      if (bad++ == 0) first = i;
+      max_err = std::max(max_err, std::fabs(static_cast<double>(got[i]) - want[i]));
+    }
+  }
+  if (bad == 0) return ::testing::AssertionSuccess();
+  return ::testing::AssertionFailure() << bad << " of " << got.size() << " outputs differ (max |err| " << max_err
+                                       << "); first at " << first << ": got " << got[first] << " want " << want[first];
+}
+
+class CudaW8A8 : public CudaTest {
+ protected:
+  // One product on `c` (the fixture's Context unless given), checked against the reference.
+  void check(int64_t m, int64_t n, int64_t k, DType act, uint32_t s, cuda::Context* c = nullptr) {
+    cuda::Context& cx = c != nullptr ? *c : ctx();
+    const std::string what = "m " + std::to_string(m) + " n " + std::to_string(n) + " k " + std::to_string(k) +
+                             " act " + std::string(dtype_name(act));
+    const Tensor w = make_w8a8(n, k, s);
+    const std::vector<float> x = make_acts(m, k, s + 2, act);
+    std::vector<float> want(static_cast<size_t>(m * n));
+    cpu::ref::matmul({w, x.data(), want.data(), m});
+    gpu_test::round_all(want, act);
+
+    auto packed = cuda::w8a8_repack(w);
+    ASSERT_TRUE(packed.ok()) << what << ": " << packed.status().to_string();
+    cuda::DeviceBuffer d_w = upload(*packed), d_x = upload_act(x, act);
+    cuda::DeviceBuffer d_y = poisoned(static_cast<size_t>(m * n) * gpu_test::elem_bytes(act));
+    const int64_t shape[2] = {n, k};
+    Tensor dw = Tensor::view(d_w.data(), shape, 2, DType::kQGroup, nullptr, Device::kCUDA);
+    dw.set_group_quant(std::make_shared<const GroupQuant>(*w.group_quant()));
+    MatmulParams p{dw, d_x.as<float>(), d_y.as<float>(), m, act};
+    const Status st = cuda::matmul_w8a8(p, cx);
+    ASSERT_TRUE(st.ok()) << what << ": " << st.to_string();
+    std::vector<uint8_t> bytes(static_cast<size_t>(m * n) * gpu_test::elem_bytes(act));
+    NB_ASSERT_OK(cuda::copy_to_host(bytes.data(), d_y.data(), bytes.size(), cx.stream()));
+    NB_ASSERT_OK(cx.synchronize());
+    EXPECT_TRUE(all_equal(gpu_test::decode(bytes, act), want)) << what;
+  }
+};
+
+TEST_F(CudaW8A8, QuantizeActMatchesCpu) {
+  uint32_t s = 12000;
+  for (int64_t k : {4, 64, 576, 4096, 11008})
+    for (DType act : kActs) {
+      const int64_t m = 9;
+      const std::vector<float> x = make_acts(m, k, s++, act);
+      std::vector<int8_t> want_q(static_cast<size_t>(m * k));
+      std::vector<float> want_d(static_cast<size_t>(m));
+      for (int64_t t = 0; t < m; ++t) want_d[static_cast<size_t>(t)] = cpu::quantize_act_int8_row(x.data() + t * k, k, want_q.data() + t * k);
+      cuda::DeviceBuffer d_x = upload_act(x, act), d_q = poisoned(want_q.size()), d_d = poisoned(want_d.size() * 4);
+      NB_ASSERT_OK(cuda::quantize_act_int8(d_x.as<float>(), m, k, act, d_q.as<int8_t>(), d_d.as<float>(), ctx()));
+      std::vector<int8_t> got_q(want_q.size());
+      std::vector<float> got_d(want_d.size());
+      NB_ASSERT_OK(cuda::copy_to_host(got_q.data(), d_q.data(), got_q.size(), ctx().stream()));
+      NB_ASSERT_OK(cuda::copy_to_host(got_d.data(), d_d.data(), got_d.size() * 4, ctx().stream()));
+      NB_ASSERT_OK(ctx().synchronize());
+      EXPECT_TRUE(got_q == want_q) << "k " << k << " act " << dtype_name(act) << ": codes differ";
+      EXPECT_TRUE(got_d == want_d) << "k " << k << " act " << dtype_name(act) << ": scales differ";
+    }
+}
+
+TEST_F(CudaW8A8, MatchesReferenceExactly) {
+  struct Case {
+    int64_t m, n, k;
+  };
+  const Case cases[] = {{1, 64, 64}, {5, 96, 128}, {33, 256, 576}, {200, 1024, 768}, {16, 4096, 4096}, {3, 512, 11008}};
+  uint32_t s = 12500;
+  for (const Case& c : cases)
+    for (DType act : kActs) {
+      check(c.m, c.n, c.k, act, s);
+      s += 3;
+      if (HasFatalFailure()) return;
+    }
+}
+
+// A workspace that holds only a few rows at a time: M is processed in chunks (including a short
+// last one), with the same results.
+TEST_F(CudaW8A8, ChunkedRowsMatchReference) {
+  const int64_t n = 256, k = 512;
+  const size_t per_row = static_cast<size_t>(k) + 4 + static_cast<size_t>(n) * 4;
+  auto small = cuda::Context::create(0, (size_t{8} << 20) + 3 * 256 + 20 * per_row);
+  ASSERT_TRUE(small.ok()) << small.status().to_string();
+  check(45, n, k, DType::kF16, 13000, small->get());  // chunks of 16 rows: 16, 16, 13
+  check(7, n, k, DType::kF32, 13003, small->get());
+}
+
+TEST_F(CudaW8A8, RejectsOtherWeights) {
+  GroupQuant q;
+  q.bits = 8;
+  q.group_size = 64;  // grouped, not per channel
+  q.symmetric = true;
+  q.act_int8 = true;
+  q.num_groups = 2;
+  q.scales.assign(8, 0.01f);
+  auto grouped = make_group_quant_tensor(std::vector<uint8_t>(4 * 128, 1), 4, 128, q, "grouped");
+  ASSERT_TRUE(grouped.ok()) << grouped.status().to_string();
+  EXPECT_EQ(cuda::w8a8_repack(*grouped).status().code(), StatusCode::kUnimplemented);
+  q.group_size = -1;
+  q.num_groups = 1;
+  q.scales.assign(6, 0.01f);
+  auto odd = make_group_quant_tensor(std::vector<uint8_t>(6 * 128, 1), 6, 128, q, "odd rows");
+  ASSERT_TRUE(odd.ok()) << odd.status().to_string();
+  EXPECT_EQ(cuda::w8a8_repack(*odd).status().code(), StatusCode::kUnimplemented);
+  q.act_int8 = false;
+  q.scales.assign(4, 0.01f);
+  auto weight_only = make_group_quant_tensor(std::vector<uint8_t>(4 * 128, 1), 4, 128, q, "weight only");
+  ASSERT_TRUE(weight_only.ok()) << weight_only.status().to_string();
+  EXPECT_EQ(cuda::w8a8_repack(*weight_only).status().code(), StatusCode::kInvalidArgument);
+}
+
+}  // namespace
+}  // namespace nb
