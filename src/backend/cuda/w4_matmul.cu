@@ -9,8 +9,8 @@
 //   - A block of 8 warps owns 64 rows (4 row tiles of 16; the same B fragments serve all 4, so each
 //     activation is read from L2 once per 64 rows) and a cluster of `cs` blocks (sm_90 thread-block
 //     cluster along grid.y) splits K: warp w of block rank b reads chunks s, s + S, s + 2S, ... with
-//     s = 8 b + w, S = 8 cs. Each lane issues 4 rows-tiles x U = 2 chunks of 16-byte loads
-//     (8 x 16 B) before using any, so 32 KiB per block are in flight.
+//     s = 8 b + w, S = 8 cs. Each lane issues 4 row tiles x U = 2 chunks of 16-byte loads
+//     (8 x 16 B) before using any: 32 KiB per block, 2 blocks per SM (<= 128 registers) in flight.
 //   - Partial sums: warps -> shared memory -> block sum; blocks of a cluster -> distributed shared
 //     memory; one launch, no workspace, so it is graph-capturable and needs no zeroing.
 //   - cs is picked so that the grid covers the SMs (small N, e.g. 4096 rows = 64 blocks) without
@@ -63,7 +63,7 @@ struct W4Args {
 
 // Rows [64 blockIdx.x, +64) x tokens [0, m) over the K slices of the cluster (grid.y == cluster size).
 template <typename T, typename OutT, int NT>
-__global__ void __launch_bounds__(kThreads) w4_gemv_kernel(W4Args a, const T* __restrict__ x, OutT* __restrict__ y) {
+__global__ void __launch_bounds__(kThreads, 2) w4_gemv_kernel(W4Args a, const T* __restrict__ x, OutT* __restrict__ y) {
   constexpr int R = kTilesPerBlock, V = R * NT * 4;  // accumulators per lane
   __shared__ float red[kWarps][V][32];
   __shared__ float part[V][32];
@@ -220,13 +220,16 @@ Result<W4Args> w4_args(const MatmulParams& p) {
   return a;
 }
 
-// Cluster size along K: the smallest power of two that gives at least one block per SM, at most
-// 8 (portable clusters), and at least one chunk per warp. 1 below sm_90 (no clusters).
+// Cluster size along K: the smallest power of two whose grid fills the resident slots (2 blocks
+// per SM: <= 128 registers, <= 37 KiB shared), at most 8 (portable clusters), while every warp keeps
+// at least kUnroll chunks (one full batch of loads). 1 below sm_90 (no clusters).
 int pick_cluster(const W4Args& a, const Context& ctx) {
   if (ctx.info().major < 9) return 1;
   const int row_blocks = (a.n + W4Layout::kRowAlign - 1) / static_cast<int>(W4Layout::kRowAlign);
   int cs = 1;
-  while (cs < kMaxCluster && row_blocks * cs < ctx.info().num_sms && a.chunks >= 2 * cs * kWarps) cs *= 2;
+  while (cs < kMaxCluster && row_blocks * cs < 2 * ctx.info().num_sms && a.chunks >= 2 * cs * kWarps * kUnroll) {
+    cs *= 2;
+  }
   return cs;
 }
 
