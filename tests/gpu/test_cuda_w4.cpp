@@ -19,6 +19,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <string>
 #include <utility>
 #include <vector>
@@ -122,6 +123,22 @@ TEST_F(CudaW4, LargeShapes) {
     if (HasFatalFailure()) return;
   }
   check({1, 32000, 4096, 128, false}, DType::kF16, DType::kF32, s += 2);
+}
+
+// The same products without thread-block clusters (NIBBLE_W4_MAX_CLUSTER=1: the 8 warps of one
+// block split K alone) and with clusters capped at 2: the cluster reduction is not what makes them
+// right, and each cap is checked on its own.
+TEST_F(CudaW4, ClusterCaps) {
+  uint32_t s = 8500;
+  for (const char* cap : {"1", "2"}) {
+    ASSERT_EQ(setenv("NIBBLE_W4_MAX_CLUSTER", cap, 1), 0);
+    for (const int64_t m : {1, 16}) {
+      check({m, 4096, 4096, 128, false}, DType::kF16, DType::kF16, s += 2);
+      check({m, 256, 11008, 64, true}, DType::kBF16, DType::kF32, s += 2);
+    }
+    unsetenv("NIBBLE_W4_MAX_CLUSTER");
+    if (HasFatalFailure()) return;
+  }
 }
 
 // M > 16 with a workspace that holds only 128 rows of f16 weights: several dequantize + GEMM slabs.

@@ -27,6 +27,7 @@
 #include <algorithm>
 #include <climits>
 #include <cstdint>
+#include <cstdlib>
 #include <memory>
 #include <string>
 #include <type_traits>
@@ -222,12 +223,17 @@ Result<W4Args> w4_args(const MatmulParams& p) {
 
 // Cluster size along K: the smallest power of two whose grid fills the resident slots (2 blocks
 // per SM: <= 128 registers, <= 37 KiB shared), at most 8 (portable clusters), while every warp keeps
-// at least kUnroll chunks (one full batch of loads). 1 below sm_90 (no clusters).
+// at least kUnroll chunks (one full batch of loads). 1 below sm_90 (no clusters). The environment
+// variable NIBBLE_W4_MAX_CLUSTER=1|2|4|8 caps it (diagnostics and tests: 1 = no cluster).
 int pick_cluster(const W4Args& a, const Context& ctx) {
   if (ctx.info().major < 9) return 1;
+  int max_cs = kMaxCluster;
+  if (const char* env = std::getenv("NIBBLE_W4_MAX_CLUSTER"); env != nullptr) {
+    max_cs = std::clamp(std::atoi(env), 1, kMaxCluster);
+  }
   const int row_blocks = (a.n + W4Layout::kRowAlign - 1) / static_cast<int>(W4Layout::kRowAlign);
   int cs = 1;
-  while (cs < kMaxCluster && row_blocks * cs < 2 * ctx.info().num_sms && a.chunks >= 2 * cs * kWarps * kUnroll) {
+  while (2 * cs <= max_cs && row_blocks * cs < 2 * ctx.info().num_sms && a.chunks >= 2 * cs * kWarps * kUnroll) {
     cs *= 2;
   }
   return cs;
