@@ -61,11 +61,11 @@ inline Result<KvCacheDType> parse_kv_cache_dtype(std::string_view s) {
 }
 
 // The per-vector quantization rule of the int8/int4 formats, in one place for every writer (the CPU
-// reference and fast path, the CUDA kv_write kernel), so all of them store the same bytes. A writer
-// computes the vector's statistic (absmax for int8, min and max for int4; max/min are exact in any
-// order), asks for the scale (and zero) as stored f16 bits, then turns each value into its code with
-// the stored values read back as f32. x / s is an IEEE f32 division and rintf rounds half to even
-// on both sides (nvcc without --use_fast_math), so the codes match bit for bit.
+// reference and fast path, the CUDA kv_write kernel), so all of them store the same bytes. An int8
+// writer computes the vector's absmax (exact in any order) and asks for the scale as stored f16
+// bits; an int4 writer calls kv_int4_choose_scale_zero on the whole vector (below). Each value then
+// becomes its code with the stored values read back as f32. x / s is an IEEE f32 division and rintf
+// rounds half to even on both sides (nvcc without --use_fast_math), so the codes match bit for bit.
 NB_HD inline uint16_t kv_f16_bits(float v) {
 #if defined(__CUDA_ARCH__)
   return __half_as_ushort(__float2half_rn(v));
@@ -89,7 +89,7 @@ NB_HD inline int kv_int8_code(float x, float scale) {
   return scale > 0.f ? static_cast<int>(fminf(fmaxf(rintf(x / scale), -127.f), 127.f)) : 0;
 }
 
-// int4, asymmetric: zero = min (stored first), scale = (max - stored zero) / 15,
+// int4, asymmetric, for a range [lo, hi]: zero = lo (stored first), scale = (hi - stored zero) / 15,
 // q = round((x - zero) / scale) in [0, 15] (0 when scale is 0).
 struct KvScaleZeroBits {
   uint16_t scale;
@@ -104,6 +104,65 @@ NB_HD inline KvScaleZeroBits kv_int4_scale_zero_bits(float lo, float hi) {
 }
 NB_HD inline int kv_int4_code(float x, float scale, float zero) {
   return scale > 0.f ? static_cast<int>(fminf(fmaxf(rintf((x - zero) / scale), 0.f), 15.f)) : 0;
+}
+
+// int4 write rule: the stored scale and zero of one vector x[0, d). Min-max is one candidate; the
+// others clip the range, [min + i w / 25, max - j w / 25] for i, j = 0..3 (w = max - min), each as
+// kv_int4_scale_zero_bits stores it; then up to two least-squares refits of (scale, zero) to the
+// codes of the best so far. The candidate with the least squared reconstruction error
+// sum_i (x_i - (q_i s + z))^2 wins (the earlier one on ties). Every sum runs sequentially in index
+// order (f32 for the error, double for the refit), so a writer that calls this on one thread (a
+// kernel: one lane per vector, then a broadcast) stores the same bits as the CPU. x(i) returns x_i.
+NB_HD inline float kv_int4_sq_error(int64_t d, const float* x, KvScaleZeroBits sz) {
+  const float s = kv_f16_value(sz.scale), z = kv_f16_value(sz.zero);
+  float e = 0.f;
+  for (int64_t i = 0; i < d; ++i) {
+    const float r = x[i] - fmaf(static_cast<float>(kv_int4_code(x[i], s, z)), s, z);
+    e = fmaf(r, r, e);
+  }
+  return e;
+}
+NB_HD inline KvScaleZeroBits kv_int4_choose_scale_zero(int64_t d, const float* x) {
+  float lo = x[0], hi = x[0];
+  for (int64_t i = 1; i < d; ++i) {
+    lo = fminf(lo, x[i]);
+    hi = fmaxf(hi, x[i]);
+  }
+  KvScaleZeroBits best = kv_int4_scale_zero_bits(lo, hi);
+  float best_err = kv_int4_sq_error(d, x, best);
+  const float w = hi - lo;
+  for (int i = 0; i < 4; ++i) {
+    for (int j = 0; j < 4; ++j) {
+      if (i == 0 && j == 0) continue;
+      const KvScaleZeroBits c = kv_int4_scale_zero_bits(lo + w * (static_cast<float>(i) / 25.f), hi - w * (static_cast<float>(j) / 25.f));
+      const float e = kv_int4_sq_error(d, x, c);
+      if (e < best_err) {
+        best_err = e;
+        best = c;
+      }
+    }
+  }
+  for (int it = 0; it < 2; ++it) {  // (s, z) = argmin sum (x_i - s q_i - z)^2 for the best codes q
+    const float s = kv_f16_value(best.scale), z = kv_f16_value(best.zero);
+    double sq = 0.0, sx = 0.0, sqq = 0.0, sqx = 0.0;
+    for (int64_t i = 0; i < d; ++i) {
+      const double q = kv_int4_code(x[i], s, z);
+      sq += q;
+      sx += x[i];
+      sqq += q * q;
+      sqx += q * x[i];
+    }
+    const double n = static_cast<double>(d), den = n * sqq - sq * sq;
+    if (!(den > 0.0)) break;
+    const double s2 = (n * sqx - sq * sx) / den, z2 = (sx - s2 * sq) / n;
+    if (!(s2 > 0.0) || s2 > kKvF16Max || z2 > kKvF16Max || z2 < -kKvF16Max) break;
+    const KvScaleZeroBits c{kv_f16_bits(static_cast<float>(s2)), kv_f16_bits(static_cast<float>(z2))};
+    const float e = kv_int4_sq_error(d, x, c);
+    if (!(e < best_err)) break;
+    best_err = e;
+    best = c;
+  }
+  return best;
 }
 
 // Callable from kernels too (NB_HD).

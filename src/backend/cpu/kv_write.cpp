@@ -48,13 +48,8 @@ void quantize_head_avx512(const KvBlockFormat& f, uint8_t* pool, int64_t slot, i
       return;
     }
     case KvCacheDType::kInt4: {
-      __m512 vlo = _mm512_loadu_ps(x), vhi = vlo;
-      for (int64_t i = 16; i < d; i += 16) {
-        vlo = _mm512_min_ps(vlo, _mm512_loadu_ps(x + i));
-        vhi = _mm512_max_ps(vhi, _mm512_loadu_ps(x + i));
-      }
       // The rule (backend/kv_format.h) for scale and zero; the codes below are kv_int4_code, 16 at a time.
-      const KvScaleZeroBits sz = kv_int4_scale_zero_bits(_mm512_reduce_min_ps(vlo), _mm512_reduce_max_ps(vhi));
+      const KvScaleZeroBits sz = kv_int4_choose_scale_zero(d, x);
       std::memcpy(pool + f.zero_offset(slot, h), &sz.zero, 2);
       std::memcpy(pool + f.scale_offset(slot, h), &sz.scale, 2);
       const float s = kv_f16_value(sz.scale), z = kv_f16_value(sz.zero);

@@ -33,13 +33,8 @@ void kv_quantize_head(const KvBlockFormat& f, uint8_t* pool, int64_t slot, int64
       return;
     }
     case KvCacheDType::kInt4: {
-      // Asymmetric: zero = min (as stored, f16), scale = (max - zero) / 15, q = round((x - zero) / scale).
-      float lo = x[0], hi = x[0];
-      for (int64_t i = 1; i < d; ++i) {
-        lo = std::min(lo, x[i]);
-        hi = std::max(hi, x[i]);
-      }
-      const KvScaleZeroBits sz = kv_int4_scale_zero_bits(lo, hi);  // the rule: backend/kv_format.h
+      // Asymmetric: scale and zero chosen by the format's rule (least squared error among clipped ranges).
+      const KvScaleZeroBits sz = kv_int4_choose_scale_zero(d, x);  // the rule: backend/kv_format.h
       std::memcpy(pool + f.zero_offset(slot, h), &sz.zero, 2);
       std::memcpy(pool + f.scale_offset(slot, h), &sz.scale, 2);
       const float s = kv_f16_value(sz.scale), z = kv_f16_value(sz.zero);
