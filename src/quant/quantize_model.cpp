@@ -129,7 +129,7 @@ std::vector<double> hessian_of(const SiteStats& s) {
   return h;
 }
 
-Status quantize_layer(DenseLayer& d, std::vector<SiteStats>& stats, const LayerContext& cx,
+Status quantize_layer(DenseLayer& d, std::vector<SiteStats>& stats, const SmoothSiteSamples& samples, const LayerContext& cx,
                       std::array<QuantizedLinear, kNumLinearKinds>& out, LayerReport& rep) {
   const QuantizeOptions& o = cx.options;
   if (o.method == QuantMethod::kSmoothQuant) {
@@ -139,6 +139,7 @@ Status quantize_layer(DenseLayer& d, std::vector<SiteStats>& stats, const LayerC
       amax[s] = &stats[s].abs_max;
       alpha[s] = o.site_alpha.empty() ? o.alpha : o.site_alpha[s];
     }
+    if (o.alpha_search) alpha = smooth_search_alpha(d, cx.config, amax, samples, o.smooth_alpha_grid, cx.pool);
     const auto sites = smooth_layer(d, cx.config, amax, alpha);
     rep.smooth.assign(sites.begin(), sites.end());
     rep.smooth_alpha.assign(alpha.begin(), alpha.end());
@@ -235,19 +236,28 @@ Result<QuantizedModel> quantize_model(ModelWeights weights, const Tokenizer* tok
     for (int s = 0; s < kNumInputSites; ++s) {
       stats[static_cast<size_t>(s)].dim = s == 1 ? c.num_heads * c.head_dim : s == 3 ? c.hidden_dim : c.dim;
     }
+    SmoothSiteSamples samples;  // SmoothQuant's alpha search: every stride-th token of the samples
+    const bool sample = opt.method == QuantMethod::kSmoothQuant && opt.alpha_search;
+    const int64_t total = static_cast<int64_t>(hidden.size()) * opt.calib_seqlen;
+    const int64_t stride = std::max<int64_t>(1, total / std::max<int64_t>(1, opt.alpha_search_tokens));
     if (calibrate) {
       std::vector<float> x(static_cast<size_t>(opt.calib_seqlen * c.dim));
-      for (const auto& h : hidden) {
-        x = h;  // the float layer's output is not needed: only its inputs
+      for (size_t i = 0; i < hidden.size(); ++i) {
+        x = hidden[i];  // the float layer's output is not needed: only its inputs
         runner.forward(d, x.data(), [&](InputSite site, const float* a, int64_t tokens) {
           runner.accumulate(stats[static_cast<size_t>(site)], a, tokens, need_gram);
+          if (!sample) return;
+          const int64_t dim = stats[static_cast<size_t>(site)].dim;
+          auto& buf = samples.x[static_cast<size_t>(site)];
+          for (int64_t t = static_cast<int64_t>(i) % stride; t < tokens; t += stride) buf.insert(buf.end(), a + t * dim, a + (t + 1) * dim);
         });
       }
+      if (sample) samples.tokens = static_cast<int64_t>(samples.x[0].size()) / c.dim;
     }
     LayerReport rep;
     rep.layer = l;
     auto& ql = qm.layers[static_cast<size_t>(l)];
-    NB_RETURN_IF_ERROR(quantize_layer(d, stats, cx, ql, rep));
+    NB_RETURN_IF_ERROR(quantize_layer(d, stats, samples, cx, ql, rep));
     if (opt.method == QuantMethod::kGptq) rep.relative_error = relative_layer_error(d, ql, stats, pool);
     if (calibrate) {
       // The next layer sees what the quantized layer computes (norms with folded scales included).

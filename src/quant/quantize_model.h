@@ -30,6 +30,9 @@ struct QuantizeOptions {
   bool act_int8 = false;          // rtn: W8A8 without smoothing ("naive W8A8"); smoothquant: always
   double alpha = 0.5;             // smoothquant migration strength
   std::vector<double> site_alpha; // smoothquant: per input site (q/k/v, o, gate/up, down); empty = alpha everywhere
+  bool alpha_search = false;      // smoothquant: per layer and site, the alpha of smooth_alpha_grid with the least W8A8 output error
+  std::vector<double> smooth_alpha_grid = {0.3, 0.4, 0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95};
+  int64_t alpha_search_tokens = 512;  // calibration tokens (spread over the samples) the search measures on
   bool act_order = false;         // gptq
   bool awq_duo_scaling = false;   // awq: AutoAWQ's duo scaling (AwqOptions::duo_scaling)
   std::string calib_path;

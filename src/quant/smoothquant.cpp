@@ -2,9 +2,12 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <numeric>
 
+#include "backend/cpu/cpu_ops.h"
 #include "quant/awq.h"
+#include "quant/rtn.h"
 
 namespace nb::quant {
 
@@ -52,6 +55,33 @@ float max_over_median(std::vector<float> v) {
   return med > 0.f ? mx / med : 0.f;
 }
 
+// The o_proj input channel (h, i) reads v channel (h / group, i).
+std::vector<int32_t> o_channel_map(const ModelConfig& c) {
+  const int64_t hd = c.head_dim, group = c.num_heads / c.num_kv_heads;
+  std::vector<int32_t> m(static_cast<size_t>(c.num_heads * hd));
+  for (int64_t h = 0; h < c.num_heads; ++h) {
+    for (int64_t i = 0; i < hd; ++i) m[static_cast<size_t>(h * hd + i)] = static_cast<int32_t>((h / group) * hd + i);
+  }
+  return m;
+}
+
+// y [m, out] = x [m, in] . w^T in f32.
+void dense_product(const std::vector<float>& w, int64_t out, int64_t in, const float* x, int64_t m, float* y, ThreadPool& pool) {
+  const Tensor wt = Tensor::view(const_cast<float*>(w.data()), {out, in}, DType::kF32);
+  cpu::matmul({wt, x, y, m}, pool);
+}
+
+// Per-token INT8 as the W8A8 runtime: scale absmax / 127, round half to even.
+void fake_quantize_tokens(float* x, int64_t m, int64_t in) {
+  for (int64_t t = 0; t < m; ++t) {
+    float* r = x + t * in;
+    float amax = 0.f;
+    for (int64_t j = 0; j < in; ++j) amax = std::max(amax, std::fabs(r[j]));
+    const float sc = amax / 127.f;
+    for (int64_t j = 0; j < in; ++j) r[j] = sc > 0.f ? std::nearbyint(r[j] / sc) * sc : 0.f;
+  }
+}
+
 SmoothSiteReport site_report(const std::vector<float>& amax, const std::vector<float>& s_in) {
   const size_t n = amax.size();
   std::vector<float> after(n);
@@ -82,18 +112,13 @@ std::array<SmoothSiteReport, kNumInputSites> smooth_layer(DenseLayer& d, const M
                  kDown = static_cast<size_t>(LinearKind::kDown);
   const auto site = [](InputSite s) { return static_cast<size_t>(s); };
   const int64_t dim = c.dim, hd = c.head_dim, q_dim = c.num_heads * hd, kv_dim = c.num_kv_heads * hd, hidden = c.hidden_dim;
-  const int64_t group = c.num_heads / c.num_kv_heads;
   const int64_t qo = linear_out_features(c, LinearKind::kQ), kvo = linear_out_features(c, LinearKind::kK);
   std::array<SmoothSiteReport, kNumInputSites> rep;
   // Every scale is computed from the layer as given (before any folding), then all are folded.
   const auto a_in = site(InputSite::kAttnIn), a_out = site(InputSite::kAttnOut), f_in = site(InputSite::kFfnIn),
              f_mid = site(InputSite::kFfnMid);
   const std::vector<float> s_qkv = smoothquant_scales(*act_absmax[a_in], {&d.w[kQ], &d.w[kK], &d.w[kV]}, {qo, kvo, kvo}, dim, alpha[a_in]);
-  // o_proj input channel (h, i) reads v channel (h / group, i).
-  std::vector<int32_t> o_map(static_cast<size_t>(q_dim));
-  for (int64_t h = 0; h < c.num_heads; ++h) {
-    for (int64_t i = 0; i < hd; ++i) o_map[static_cast<size_t>(h * hd + i)] = static_cast<int32_t>((h / group) * hd + i);
-  }
+  const std::vector<int32_t> o_map = o_channel_map(c);
   const std::vector<float> s_v = smoothquant_scales_mapped(*act_absmax[a_out], {&d.w[kO]}, {dim}, q_dim, alpha[a_out], o_map, kv_dim);
   std::vector<float> s_o(static_cast<size_t>(q_dim));
   for (size_t j = 0; j < o_map.size(); ++j) s_o[j] = s_v[static_cast<size_t>(o_map[j])];
@@ -114,6 +139,63 @@ std::array<SmoothSiteReport, kNumInputSites> smooth_layer(DenseLayer& d, const M
   rep[f_in] = site_report(*act_absmax[f_in], s_ffn);
   rep[f_mid] = site_report(*act_absmax[f_mid], s_down);
   return rep;
+}
+
+std::array<double, kNumInputSites> smooth_search_alpha(const DenseLayer& d, const ModelConfig& c,
+                                                       const std::array<const std::vector<float>*, kNumInputSites>& act_absmax,
+                                                       const SmoothSiteSamples& samples, const std::vector<double>& grid,
+                                                       ThreadPool& pool) {
+  const QuantSpec w8{8, -1, true};
+  const std::vector<int32_t> o_map = o_channel_map(c);
+  const int64_t m = samples.tokens, kv_dim = c.num_kv_heads * c.head_dim;
+  std::array<double, kNumInputSites> best{};
+  for (int site = 0; site < kNumInputSites; ++site) {
+    std::vector<LinearKind> kinds;
+    for (int k = 0; k < kNumLinearKinds; ++k) {
+      if (input_site(static_cast<LinearKind>(k)) == static_cast<InputSite>(site)) kinds.push_back(static_cast<LinearKind>(k));
+    }
+    const int64_t in = linear_in_features(c, kinds[0]);
+    const std::vector<float>& x = samples.x[static_cast<size_t>(site)];
+    std::vector<const std::vector<float>*> ws;
+    std::vector<int64_t> outs;
+    std::vector<std::vector<float>> y_ref;
+    for (LinearKind k : kinds) {
+      ws.push_back(&d.w[static_cast<size_t>(k)]);
+      outs.push_back(linear_out_features(c, k));
+      y_ref.emplace_back(static_cast<size_t>(m * outs.back()));
+      dense_product(*ws.back(), outs.back(), in, x.data(), m, y_ref.back().data(), pool);
+    }
+    const bool mapped = static_cast<InputSite>(site) == InputSite::kAttnOut;
+    double best_err = std::numeric_limits<double>::infinity();
+    for (double alpha : grid) {
+      const std::vector<float> s = mapped ? smoothquant_scales_mapped(*act_absmax[static_cast<size_t>(site)], ws, outs, in, alpha, o_map, kv_dim)
+                                          : smoothquant_scales(*act_absmax[static_cast<size_t>(site)], ws, outs, in, alpha);
+      std::vector<float> s_in(static_cast<size_t>(in));
+      for (int64_t j = 0; j < in; ++j) s_in[static_cast<size_t>(j)] = s[mapped ? static_cast<size_t>(o_map[static_cast<size_t>(j)]) : static_cast<size_t>(j)];
+      std::vector<float> xq = x;
+      for (int64_t t = 0; t < m; ++t) {
+        for (int64_t j = 0; j < in; ++j) xq[static_cast<size_t>(t * in + j)] /= s_in[static_cast<size_t>(j)];
+      }
+      fake_quantize_tokens(xq.data(), m, in);
+      double err = 0.0;
+      for (size_t k = 0; k < ws.size(); ++k) {
+        std::vector<float> wq = *ws[k];
+        scale_input_channels(wq, outs[k], in, s_in);
+        fake_quantize_rows(wq.data(), outs[k], in, w8);
+        std::vector<float> y(static_cast<size_t>(m * outs[k]));
+        dense_product(wq, outs[k], in, xq.data(), m, y.data(), pool);
+        for (size_t i = 0; i < y.size(); ++i) {
+          const double e = static_cast<double>(y[i]) - y_ref[k][i];
+          err += e * e;
+        }
+      }
+      if (err < best_err) {
+        best_err = err;
+        best[static_cast<size_t>(site)] = alpha;
+      }
+    }
+  }
+  return best;
 }
 
 }  // namespace nb::quant

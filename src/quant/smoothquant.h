@@ -15,6 +15,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "core/thread_pool.h"
 #include "quant/calib.h"
 
 namespace nb::quant {
@@ -49,5 +50,23 @@ struct SmoothSiteReport {
 std::array<SmoothSiteReport, kNumInputSites> smooth_layer(DenseLayer& d, const ModelConfig& c,
                                                           const std::array<const std::vector<float>*, kNumInputSites>& act_absmax,
                                                           const std::array<double, kNumInputSites>& alpha);
+
+// Inputs of the four sites on a subsample of calibration tokens ([tokens, site dim] each), for the
+// per-site alpha search.
+struct SmoothSiteSamples {
+  std::array<std::vector<float>, kNumInputSites> x;
+  int64_t tokens = 0;
+};
+
+// Per-site alpha search (the paper tunes alpha per model; this tunes it per layer and input): for
+// each site and each alpha of the grid, the W8A8 output error of the linears reading it,
+//   sum_k || X W_k^T - Q_tok(X / s) Q_row(W_k s)^T ||^2   over the sampled tokens
+// (Q_tok: per-token absmax/127 INT8 as the runtime, Q_row: the per-channel INT8 weight grid), and
+// picks the alpha with the least error. Sites are independent: folding 1/s into v_proj's or
+// up_proj's rows does not change their per-row INT8 error. Returns the chosen alpha per site.
+std::array<double, kNumInputSites> smooth_search_alpha(const DenseLayer& d, const ModelConfig& c,
+                                                       const std::array<const std::vector<float>*, kNumInputSites>& act_absmax,
+                                                       const SmoothSiteSamples& samples, const std::vector<double>& grid,
+                                                       ThreadPool& pool);
 
 }  // namespace nb::quant

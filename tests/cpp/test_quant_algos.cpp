@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "backend/cpu/cpu_ops.h"
+#include "core/dtype.h"
 #include "core/thread_pool.h"
 #include "engine/contiguous_kv.h"
 #include "quant/calib.h"
@@ -452,6 +453,106 @@ TEST(QuantSmoothQuant, FoldingAllFourSitesLeavesTheFloatModelUnchanged) {
       }
     }
     x = y;
+  }
+}
+
+// The per-site alpha search picks, for every site, the grid alpha whose W8A8 output error
+// (per-token INT8 activations of X / s, per-row INT8 weights of W s) is least, the error computed
+// here independently in double on the same tokens.
+TEST(QuantSmoothQuant, AlphaSearchPicksTheLeastW8A8Error) {
+  ModelWeights w = testing::tiny_weights(29, 256);
+  const ModelConfig c = w.config;
+  const int64_t n = 48;
+  std::vector<int32_t> ids(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) ids[static_cast<size_t>(i)] = static_cast<int32_t>((i * 31 + 7) % c.vocab_size);
+  ThreadPool pool(2);
+  LayerRunner runner(c, n, pool);
+  std::vector<float> x(static_cast<size_t>(n * c.dim));
+  cpu::embedding({w.tok_embeddings, ids.data(), x.data(), n});
+  auto d = dense_layer(w, 0);
+  ASSERT_TRUE(d.ok());
+  const int64_t dims[] = {c.dim, c.num_heads * c.head_dim, c.dim, c.hidden_dim};
+  std::vector<SiteStats> stats(kNumInputSites);
+  SmoothSiteSamples samples;
+  samples.tokens = n;
+  for (int s = 0; s < kNumInputSites; ++s) stats[static_cast<size_t>(s)].dim = dims[s];
+  runner.forward(*d, x.data(), [&](InputSite site, const float* a, int64_t tokens) {
+    runner.accumulate(stats[static_cast<size_t>(site)], a, tokens, false);
+    samples.x[static_cast<size_t>(site)].assign(a, a + tokens * dims[static_cast<int>(site)]);
+  });
+  // An outlier input channel at every site, so the alphas matter.
+  for (int s = 0; s < kNumInputSites; ++s) {
+    for (int64_t t = 0; t < n; ++t) samples.x[static_cast<size_t>(s)][static_cast<size_t>(t * dims[s] + 5)] *= 40.f;
+    stats[static_cast<size_t>(s)].abs_max[5] *= 40.f;
+  }
+  std::array<const std::vector<float>*, kNumInputSites> amax{};
+  for (size_t s = 0; s < amax.size(); ++s) amax[s] = &stats[s].abs_max;
+  const std::vector<double> grid = {0.2, 0.5, 0.8, 0.95};
+  const auto chosen = smooth_search_alpha(*d, c, amax, samples, grid, pool);
+  for (int s = 0; s < kNumInputSites; ++s) {
+    std::vector<double> err;
+    for (double alpha : grid) {
+      std::array<double, kNumInputSites> a{};
+      a.fill(alpha);
+      DenseLayer sm = *d;
+      smooth_layer(sm, c, amax, a);
+      // The site's scales s, read off the first consumer (q, o, gate, down: none of them has its
+      // rows rescaled by another site); the site input becomes x / s and every consumer W diag(s).
+      const int first[] = {static_cast<int>(LinearKind::kQ), static_cast<int>(LinearKind::kO), static_cast<int>(LinearKind::kGate),
+                           static_cast<int>(LinearKind::kDown)};
+      const int64_t in = dims[s];
+      std::vector<double> sc(static_cast<size_t>(in));
+      for (int64_t j = 0; j < in; ++j) {
+        sc[static_cast<size_t>(j)] = static_cast<double>(sm.w[static_cast<size_t>(first[s])][static_cast<size_t>(j)]) /
+                                     d->w[static_cast<size_t>(first[s])][static_cast<size_t>(j)];
+      }
+      double e = 0.0;
+      for (int k = 0; k < kNumLinearKinds; ++k) {
+        if (input_site(static_cast<LinearKind>(k)) != static_cast<InputSite>(s)) continue;
+        const int64_t out = linear_out_features(c, static_cast<LinearKind>(k));
+        const std::vector<float>& w0 = d->w[static_cast<size_t>(k)];
+        std::vector<float> ws(w0.size());
+        for (int64_t o = 0; o < out; ++o) {
+          for (int64_t j = 0; j < in; ++j) ws[static_cast<size_t>(o * in + j)] = static_cast<float>(w0[static_cast<size_t>(o * in + j)] * sc[static_cast<size_t>(j)]);
+        }
+        // Per-row symmetric INT8: scale = f16(max|w| / 127), nearest codes.
+        std::vector<double> wq(static_cast<size_t>(out * in));
+        for (int64_t o = 0; o < out; ++o) {
+          float m = 0.f;
+          for (int64_t j = 0; j < in; ++j) m = std::max(m, std::fabs(ws[static_cast<size_t>(o * in + j)]));
+          const double st = fp16_to_fp32(fp32_to_fp16(m / 127.f));
+          for (int64_t j = 0; j < in; ++j) {
+            const double q = st > 0 ? std::clamp(std::nearbyint(ws[static_cast<size_t>(o * in + j)] / st), -127.0, 127.0) : 0.0;
+            wq[static_cast<size_t>(o * in + j)] = q * st;
+          }
+        }
+        const std::vector<float>& xs = samples.x[static_cast<size_t>(s)];
+        for (int64_t t = 0; t < n; ++t) {
+          std::vector<double> xq(static_cast<size_t>(in));
+          float am = 0.f;
+          for (int64_t j = 0; j < in; ++j) am = std::max(am, std::fabs(static_cast<float>(xs[static_cast<size_t>(t * in + j)] / sc[static_cast<size_t>(j)])));
+          const float at = am / 127.f;
+          for (int64_t j = 0; j < in; ++j) {
+            xq[static_cast<size_t>(j)] = at > 0 ? std::nearbyint(static_cast<float>(xs[static_cast<size_t>(t * in + j)] / sc[static_cast<size_t>(j)]) / at) * at : 0.0;
+          }
+          for (int64_t o = 0; o < out; ++o) {
+            double y = 0.0, yq = 0.0;
+            for (int64_t j = 0; j < in; ++j) {
+              y += static_cast<double>(xs[static_cast<size_t>(t * in + j)]) * w0[static_cast<size_t>(o * in + j)];
+              yq += xq[static_cast<size_t>(j)] * wq[static_cast<size_t>(o * in + j)];
+            }
+            e += (y - yq) * (y - yq);
+          }
+        }
+      }
+      err.push_back(e);
+    }
+    const size_t best = static_cast<size_t>(std::min_element(err.begin(), err.end()) - err.begin());
+    const size_t got = static_cast<size_t>(std::find(grid.begin(), grid.end(), chosen[static_cast<size_t>(s)]) - grid.begin());
+    ASSERT_LT(got, grid.size());
+    // The search's f32 sums may order near-ties differently: the chosen error is within 1e-3 of the least.
+    EXPECT_LE(err[got], err[best] * 1.001) << "site " << s << ": chose " << grid[got] << ", least error at " << grid[best];
+    EXPECT_GT(*std::max_element(err.begin(), err.end()), 1.01 * err[best]) << "site " << s << ": the alphas do not matter here";
   }
 }
 
