@@ -1,6 +1,7 @@
 // nibble bench gemm: W4A16 (4-bit group-quantized weights, cuda::upload_w4) against f16 weights
 // (cuda::matmul: the f16 GEMV for M <= 2, cuBLAS otherwise) on the same GPU in the same run, at the
-// GEMM level, for the Llama-2-7B linear shapes and a sweep of M (tokens).
+// GEMM level, for the Llama-2-7B linear shapes and a sweep of M (tokens). W4 paths (w4_matmul.cu):
+// M <= 64 the fused kernel (passes of 16 tokens), M > 64 dequantize to f16 + cuBLAS.
 //   copy bandwidth  device-to-device cudaMemcpy of 1 GiB: (read + write bytes) / time
 //   per (shape, M)  median over -r runs of the mean time of one call (CUDA events around a burst of
 //                   calls); each call reads a different copy of the weights, >= 512 MiB of copies in

@@ -2,7 +2,8 @@
 // reference cpu::ref::matmul_group (dequantize to f32, double accumulation) with the same
 // MatmulParams, on fresh random 4-bit weights (tests/cpp/w4_test_util.h: f16-exact scales) and
 // activations rounded to the act dtype. Shapes: M over the fused kernel (1..16: one or two n8 mma
-// tiles) and the dequantize + cuBLAS path (17, 40); K 4096, 11008 (cluster split along K) and 576
+// tiles; 17, 40: passes of 16 tokens) and the dequantize + cuBLAS path (M > 64: Bf16AndF32Output,
+// PrefillInSlabs); K 4096, 11008 (cluster split along K) and 576
 // (9 chunks: no cluster); N a multiple of the 64-row block and not; groups 64/128 (per-channel where
 // 128 does not divide K), symmetric and asymmetric.
 //
@@ -102,7 +103,7 @@ TEST_F(CudaW4, MatchesReferenceF16) {
 // bf16 activations, and f32 output (logits) from f16 and bf16.
 TEST_F(CudaW4, Bf16AndF32Output) {
   uint32_t s = 7000;
-  for (const int64_t m : {1, 5, 9, 16, 17, 40})
+  for (const int64_t m : {1, 5, 9, 16, 17, 40, 64, 80})
     for (const auto& [act, out] : {std::pair{DType::kBF16, DType::kBF16}, std::pair{DType::kF16, DType::kF32},
                                    std::pair{DType::kBF16, DType::kF32}}) {
       check({m, 200, 4096, 128, false}, act, out, s += 2);
@@ -141,12 +142,12 @@ TEST_F(CudaW4, ClusterCaps) {
   }
 }
 
-// M > 16 with a workspace that holds only 128 rows of f16 weights: several dequantize + GEMM slabs.
+// M > 64 with a workspace that holds only 128 rows of f16 weights: several dequantize + GEMM slabs.
 TEST_F(CudaW4, PrefillInSlabs) {
   auto small = cuda::Context::create(0, size_t{1} << 20);  // 1 MiB: 128 rows of K = 4096
   ASSERT_TRUE(small.ok()) << small.status().to_string();
-  check({33, 300, 4096, 128, false}, DType::kF16, DType::kF16, 9001, small->get());
-  check({64, 300, 4096, 64, true}, DType::kBF16, DType::kF32, 9003, small->get());
+  check({65, 300, 4096, 128, false}, DType::kF16, DType::kF16, 9001, small->get());
+  check({100, 300, 4096, 64, true}, DType::kBF16, DType::kF32, 9003, small->get());
 }
 
 TEST_F(CudaW4, RejectsWhatItCannotRun) {

@@ -1,7 +1,9 @@
 // W4A16 matmul: y[m, n] = x[m, k] . W[n, k]^T with W a 4-bit group-quantized weight uploaded once
 // (upload_w4) in the layout of backend/w4_layout.h, x f16/bf16, y f16/bf16/f32, f32 accumulation.
 //
-// M <= 16 (decode batches): one fused kernel, bandwidth-bound. Tensor cores for every M in 1..16:
+// M <= 64: one fused kernel, bandwidth-bound; tokens in passes of 16 (grid.z; each pass reads the
+// packed weights again, so up to 64 tokens it still reads no more than f16 weights once). Tensor
+// cores for every M in 1..16 of a pass:
 // the dequantization (a few ALU ops per weight) is the same whether the products then run on CUDA
 // cores or in an mma, but an mma.m16n8k16 does 16 x 16 x 8 products for one instruction per warp, so
 // M = 1 costs no more than M = 8, and M = 9..16 is a second mma on the same A fragments (a CUDA-core
@@ -15,9 +17,9 @@
 //     memory; one launch, no workspace, so it is graph-capturable and needs no zeroing.
 //   - cs is picked so that the grid covers the SMs (small N, e.g. 4096 rows = 64 blocks) without
 //     leaving a warp without a chunk.
-// M > 16 (prefill): the packed weight is dequantized (same formula, same f16 values as the fused
+// M > 64 (prefill): the packed weight is dequantized (same formula, same f16 values as the fused
 // kernel) into the Context workspace in slabs of rows, and each slab runs through cuBLAS. A first
-// step: it reads the weights at f16 size; a fused mma GEMM would read them at 4 bits.
+// step: it writes and reads the weights at f16 size; a fused mma GEMM would read them at 4 bits.
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 #if !defined(NIBBLE_EMU)
@@ -50,6 +52,8 @@ constexpr int kThreads = kWarps * 32;
 constexpr int kTilesPerBlock = 4;  // row tiles of 16 per block (64 rows = W4Layout::kRowAlign)
 constexpr int kUnroll = 2;         // chunks per warp loaded before use
 constexpr int kMaxCluster = 8;     // portable cluster size
+constexpr int kPassTokens = 16;    // tokens per pass of the fused kernel (two n8 mma tiles)
+constexpr int64_t kFusedMaxM = 64; // above: dequantize + cuBLAS
 
 static_assert(kTilesPerBlock * W4Layout::kTileRows == W4Layout::kRowAlign);
 
@@ -62,7 +66,8 @@ struct W4Args {
   int num_groups;
 };
 
-// Rows [64 blockIdx.x, +64) x tokens [0, m) over the K slices of the cluster (grid.y == cluster size).
+// Rows [64 blockIdx.x, +64) x tokens [16 blockIdx.z, +16) over the K slices of the cluster
+// (grid.y == cluster size).
 template <typename T, typename OutT, int NT>
 __global__ void __launch_bounds__(kThreads, 2) w4_gemv_kernel(W4Args a, const T* __restrict__ x, OutT* __restrict__ y) {
   constexpr int R = kTilesPerBlock, V = R * NT * 4;  // accumulators per lane
@@ -70,6 +75,10 @@ __global__ void __launch_bounds__(kThreads, 2) w4_gemv_kernel(W4Args a, const T*
   __shared__ float part[V][32];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, gid = lane / 4, tig = lane % 4;
   const int tile0 = blockIdx.x * R;
+  // This pass's tokens: [16 z, 16 z + m).
+  const int z = blockIdx.z, m = min(kPassTokens, a.m - kPassTokens * z);
+  x += static_cast<size_t>(kPassTokens) * z * a.k;
+  y += static_cast<size_t>(kPassTokens) * z * a.n;
   const int cs = gridDim.y, slice = blockIdx.y * kWarps + warp, stride = cs * kWarps;
 
   float acc[R][NT][4];
@@ -100,7 +109,7 @@ __global__ void __launch_bounds__(kThreads, 2) w4_gemv_kernel(W4Args a, const T*
 #pragma unroll
       for (int j = 0; j < NT; ++j) {
         const int tok = gid + 8 * j;
-        if (tok < a.m) {
+        if (tok < m) {
           const uint4* xp = reinterpret_cast<const uint4*>(x + static_cast<size_t>(tok) * a.k + c * 64 + tig * 16);
           xv[u][j][0] = __ldg(xp);
           xv[u][j][1] = __ldg(xp + 1);
@@ -169,7 +178,7 @@ __global__ void __launch_bounds__(kThreads, 2) w4_gemv_kernel(W4Args a, const T*
     const int v = idx / 32, ln = idx % 32, r = v / (NT * 4), j = (v / 4) % NT, i = v % 4;
     const int row = (tile0 + r) * 16 + ln / 4 + 8 * (i >> 1);
     const int tok = 8 * j + (ln % 4) * 2 + (i & 1);
-    if (row < a.n && tok < a.m) y[static_cast<size_t>(tok) * a.n + row] = from_f32<OutT>(s);
+    if (row < a.n && tok < m) y[static_cast<size_t>(tok) * a.n + row] = from_f32<OutT>(s);
   }
 #if !defined(NIBBLE_EMU) && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   if (cs > 1) cluster.sync();  // keep this block's shared memory alive until every rank has read it
@@ -226,6 +235,7 @@ Result<W4Args> w4_args(const MatmulParams& p) {
 // at least kUnroll chunks (one full batch of loads). 1 below sm_90 (no clusters). The environment
 // variable NIBBLE_W4_MAX_CLUSTER=1|2|4|8 caps it (diagnostics and tests: 1 = no cluster).
 int pick_cluster(const W4Args& a, const Context& ctx) {
+  const int passes = (a.m + kPassTokens - 1) / kPassTokens;
   if (ctx.info().major < 9) return 1;
   int max_cs = kMaxCluster;
   if (const char* env = std::getenv("NIBBLE_W4_MAX_CLUSTER"); env != nullptr) {
@@ -233,7 +243,7 @@ int pick_cluster(const W4Args& a, const Context& ctx) {
   }
   const int row_blocks = (a.n + W4Layout::kRowAlign - 1) / static_cast<int>(W4Layout::kRowAlign);
   int cs = 1;
-  while (2 * cs <= max_cs && row_blocks * cs < 2 * ctx.info().num_sms && a.chunks >= 2 * cs * kWarps * kUnroll) {
+  while (2 * cs <= max_cs && row_blocks * passes * cs < 2 * ctx.info().num_sms && a.chunks >= 2 * cs * kWarps * kUnroll) {
     cs *= 2;
   }
   return cs;
@@ -242,7 +252,8 @@ int pick_cluster(const W4Args& a, const Context& ctx) {
 template <typename T, typename OutT, int NT>
 Status launch_gemv(const W4Args& a, const MatmulParams& p, int cs, cudaStream_t stream) {
   const unsigned row_blocks = static_cast<unsigned>((a.n + W4Layout::kRowAlign - 1) / W4Layout::kRowAlign);
-  const dim3 grid(row_blocks, static_cast<unsigned>(cs), 1), block(kThreads, 1, 1);
+  const unsigned passes = static_cast<unsigned>((a.m + kPassTokens - 1) / kPassTokens);
+  const dim3 grid(row_blocks, static_cast<unsigned>(cs), passes), block(kThreads, 1, 1);
   const T* x = reinterpret_cast<const T*>(p.x);
   OutT* y = reinterpret_cast<OutT*>(p.y);
 #if defined(NIBBLE_EMU)  // tests/gpu/emu: plain launches only (no clusters there: cs == 1)
@@ -315,7 +326,7 @@ Status w4_matmul(const MatmulParams& p, Context& ctx, bool f32_out) {
   if (reinterpret_cast<uintptr_t>(p.x) % 16 != 0 || reinterpret_cast<uintptr_t>(p.weight.data()) % 16 != 0) {
     return invalid_argument("matmul: W4 needs 16-byte aligned activations and weights");
   }
-  if (p.m > 16) {
+  if (p.m > kFusedMaxM) {
     return p.act_dtype == DType::kF16 ? run_dequant_gemm<__half>(a, p, ctx, f32_out)
                                       : run_dequant_gemm<__nv_bfloat16>(a, p, ctx, f32_out);
   }
