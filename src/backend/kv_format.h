@@ -134,7 +134,10 @@ NB_HD inline KvScaleZeroBits kv_int4_choose_scale_zero(int64_t d, const float* x
   for (int i = 0; i < 4; ++i) {
     for (int j = 0; j < 4; ++j) {
       if (i == 0 && j == 0) continue;
-      const KvScaleZeroBits c = kv_int4_scale_zero_bits(lo + w * (static_cast<float>(i) / 25.f), hi - w * (static_cast<float>(j) / 25.f));
+      // Explicit fmaf (here and in the refit): the same bits whether or not a compiler would contract
+      // a * b + c on its own (nvcc does by default, g++ depends on -ffp-contract and the target).
+      const KvScaleZeroBits c = kv_int4_scale_zero_bits(fmaf(w, static_cast<float>(i) / 25.f, lo),
+                                                        fmaf(-w, static_cast<float>(j) / 25.f, hi));
       const float e = kv_int4_sq_error(d, x, c);
       if (e < best_err) {
         best_err = e;
@@ -149,12 +152,12 @@ NB_HD inline KvScaleZeroBits kv_int4_choose_scale_zero(int64_t d, const float* x
       const double q = kv_int4_code(x[i], s, z);
       sq += q;
       sx += x[i];
-      sqq += q * q;
-      sqx += q * x[i];
+      sqq = fma(q, q, sqq);
+      sqx = fma(q, static_cast<double>(x[i]), sqx);
     }
-    const double n = static_cast<double>(d), den = n * sqq - sq * sq;
+    const double n = static_cast<double>(d), den = fma(n, sqq, -(sq * sq));
     if (!(den > 0.0)) break;
-    const double s2 = (n * sqx - sq * sx) / den, z2 = (sx - s2 * sq) / n;
+    const double s2 = fma(n, sqx, -(sq * sx)) / den, z2 = fma(-s2, sq, sx) / n;
     if (!(s2 > 0.0) || s2 > kKvF16Max || z2 > kKvF16Max || z2 < -kKvF16Max) break;
     const KvScaleZeroBits c{kv_f16_bits(static_cast<float>(s2)), kv_f16_bits(static_cast<float>(z2))};
     const float e = kv_int4_sq_error(d, x, c);

@@ -1,9 +1,10 @@
 // The quantized KV cache on the GPU: kv_write into int8/int4 pools (backend/kv_format.h), quantizing
-// on write with the format's own rule (kv_int8_scale_bits / kv_int4_scale_zero_bits and the code
+// on write with the format's own rule (kv_int8_scale_bits / kv_int4_choose_scale_zero and the code
 // functions, shared with the CPU), and the Walsh-Hadamard rotation (HadamardParams) that the model
 // applies to q, k and v before the write and to the attention output after it, as on the CPU.
-// Both produce the CPU's bytes and floats exactly: max/min reductions are exact in any order, the
-// divisions and rintf are IEEE on the device, and the butterflies run in the order of cpu::hadamard.
+// Both produce the CPU's bytes and floats exactly: the int8 absmax is exact in any order, the int4
+// rule runs sequentially on one lane as on the CPU, the divisions and rintf are IEEE on the device,
+// and the butterflies run in the order of cpu::hadamard.
 #include <cuda_runtime.h>
 
 #include <cmath>
@@ -23,13 +24,10 @@ namespace {
 
 constexpr int kVecThreads = 128;  // 4 warps a block, one (token, kv head) vector a warp
 constexpr int kVecWarps = kVecThreads / 32;
+constexpr int kMaxInt4Dim = 512;  // int4 vectors are staged in shared memory: head_dim <= 512
 
 __device__ __forceinline__ float warp_max(float v) {
   for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-  return v;
-}
-__device__ __forceinline__ float warp_min(float v) {
-  for (int o = 16; o > 0; o >>= 1) v = fminf(v, __shfl_xor_sync(0xffffffffu, v, o));
   return v;
 }
 // Pool fields are 2-byte values at any byte offset (odd head_dim * heads can make them odd).
@@ -53,13 +51,17 @@ __device__ void quantize_vector_warp(const T* __restrict__ x, uint8_t* __restric
     for (int i = lane; i < d; i += 32) q[i] = static_cast<uint8_t>(static_cast<int8_t>(kv_int8_code(to_f32(x[i]), s)));
     return;
   }
-  float lo = INFINITY, hi = -INFINITY;
-  for (int i = lane; i < d; i += 32) {
-    const float v = to_f32(x[i]);
-    lo = fminf(lo, v);
-    hi = fmaxf(hi, v);
-  }
-  const KvScaleZeroBits sz = kv_int4_scale_zero_bits(warp_min(lo), warp_max(hi));
+  // int4: the format's rule looks at the whole vector with sequential sums (kv_int4_choose_scale_zero),
+  // so lane 0 runs it on an f32 copy of the vector, as the CPU does, and the warp shares the result.
+  __shared__ float stage[kVecWarps][kMaxInt4Dim];
+  __shared__ KvScaleZeroBits chosen[kVecWarps];
+  const int warp = threadIdx.x / 32;
+  for (int i = lane; i < d; i += 32) stage[warp][i] = to_f32(x[i]);
+  __syncwarp();
+  if (lane == 0) chosen[warp] = kv_int4_choose_scale_zero(d, stage[warp]);
+  __syncwarp();
+  const KvScaleZeroBits sz = chosen[warp];
+  __syncwarp();  // every lane has read chosen[warp] and lane 0 is done with stage[warp] before a reuse
   if (lane == 0) {
     store_u16(pool + f.scale_offset(slot, h), sz.scale);
     store_u16(pool + f.zero_offset(slot, h), sz.zero);
@@ -125,8 +127,9 @@ Status kv_write_quantized(const KvWriteParams& p, Context& ctx) {
   if (p.num_kv_heads <= 0 || p.head_dim <= 0 || p.cache_block_size <= 0) {
     return invalid_argument("kv_write: num_kv_heads, head_dim and cache_block_size must be positive for a quantized cache");
   }
-  if (p.cache_dtype == KvCacheDType::kInt4 && p.head_dim % 2 != 0) {
-    return invalid_argument("kv_write: an int4 KV cache needs an even head_dim; got " + std::to_string(p.head_dim));
+  if (p.cache_dtype == KvCacheDType::kInt4 && (p.head_dim % 2 != 0 || p.head_dim > kMaxInt4Dim)) {
+    return invalid_argument("kv_write: an int4 KV cache needs an even head_dim <= " + std::to_string(kMaxInt4Dim) +
+                            " on CUDA; got " + std::to_string(p.head_dim));
   }
   const int64_t num_vectors = p.num_tokens * p.num_kv_heads;
   const int64_t blocks = ceil_div(num_vectors, kVecWarps);
