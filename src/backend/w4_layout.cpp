@@ -91,6 +91,42 @@ Result<W4Layout> w4_pack(const Tensor& t) {
   return l;
 }
 
+Result<Tensor> concat_group_quant_rows(const std::vector<Tensor>& parts) {
+  if (parts.empty()) return invalid_argument("concat_group_quant_rows: no tensors");
+  const Tensor& first = parts.front();
+  const GroupQuant* q0 = first.group_quant();
+  if (first.dtype() != DType::kQGroup || q0 == nullptr || first.ndim() != 2 || first.device() != Device::kCPU) {
+    return invalid_argument("concat_group_quant_rows: expected 2-D host kQGroup weights; got " + first.describe());
+  }
+  const int64_t k = first.dim(1);
+  int64_t n = 0;
+  for (const Tensor& t : parts) {
+    const GroupQuant* q = t.group_quant();
+    if (t.dtype() != DType::kQGroup || q == nullptr || t.ndim() != 2 || t.device() != Device::kCPU || t.dim(1) != k ||
+        q->bits != q0->bits || q->group_size != q0->group_size || q->symmetric != q0->symmetric ||
+        q->act_int8 != q0->act_int8 || !q->contiguous_groups()) {
+      return invalid_argument("concat_group_quant_rows: " + t.describe() + " does not match " + first.describe() +
+                              " (same in_features, bits, group size, symmetry; no act-order)");
+    }
+    n += t.dim(0);
+  }
+  GroupQuant q;
+  q.bits = q0->bits;
+  q.group_size = q0->group_size;
+  q.symmetric = q0->symmetric;
+  q.act_int8 = q0->act_int8;
+  std::vector<uint8_t> codes;
+  codes.reserve(static_cast<size_t>(n * k));
+  for (const Tensor& t : parts) {
+    const GroupQuant& tq = *t.group_quant();
+    const auto* c = t.row<const uint8_t>(0);
+    codes.insert(codes.end(), c, c + t.dim(0) * k);
+    q.scales.insert(q.scales.end(), tq.scales.begin(), tq.scales.end());
+    q.zeros.insert(q.zeros.end(), tq.zeros.begin(), tq.zeros.end());
+  }
+  return make_group_quant_tensor(std::move(codes), n, k, std::move(q), "concat_group_quant_rows");
+}
+
 int w4_unpack_code(const W4Layout& l, int64_t row, int64_t col) {
   const Slot s = slot_of(row % W4Layout::kTileRows, col % W4Layout::kChunk);
   return static_cast<int>((l.codes[static_cast<size_t>(tile_chunk_base(l, row, col) + s.word)] >> (4 * s.nibble)) & 15u);

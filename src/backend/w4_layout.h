@@ -60,6 +60,11 @@ Status w4_check(const Tensor& qgroup);
 // rounded to f16 (an error if one is not finite there: > 65504).
 Result<W4Layout> w4_pack(const Tensor& qgroup);
 
+// Stacks host kQGroup weights with the same in_features, bits, group size and symmetry (no
+// act-order) along the rows: [sum n_i, k], e.g. q/k/v or gate/up as one weight, so one W4 product
+// reads them in one launch. The codes, scales and zero points are copied, not requantized.
+Result<Tensor> concat_group_quant_rows(const std::vector<Tensor>& parts);
+
 // Code (0..15) of weight (row, col) read back from the layout.
 int w4_unpack_code(const W4Layout& l, int64_t row, int64_t col);
 // f16 bits of scale and zero of (row, group).

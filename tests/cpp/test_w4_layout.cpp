@@ -71,6 +71,30 @@ TEST(W4Layout, RoundTripsCodesAndParams) {
   }
 }
 
+TEST(W4Layout, ConcatRowsStacksCodesAndParams) {
+  for (const bool sym : {false, true}) {
+    auto a = w4_test::random_w4(70, 128, 64, sym, 21), b = w4_test::random_w4(5, 128, 64, sym, 22);
+    ASSERT_TRUE(a.ok() && b.ok());
+    auto c = concat_group_quant_rows({*a, *b});
+    ASSERT_TRUE(c.ok()) << c.status().to_string();
+    ASSERT_EQ(c->dim(0), 75);
+    ASSERT_EQ(c->dim(1), 128);
+    std::vector<float> want(128), got(128);
+    for (int64_t r = 0; r < 75; ++r) {
+      dequantize_tensor_row(r < 70 ? *a : *b, r < 70 ? r : r - 70, want.data());
+      dequantize_tensor_row(*c, r, got.data());
+      ASSERT_EQ(got, want) << "row " << r;
+    }
+  }
+  auto a = w4_test::random_w4(8, 128, 64, false, 23), other_group = w4_test::random_w4(8, 128, 128, false, 24);
+  auto sym = w4_test::random_w4(8, 128, 64, true, 25), other_k = w4_test::random_w4(8, 192, 64, false, 26);
+  ASSERT_TRUE(a.ok() && other_group.ok() && sym.ok() && other_k.ok());
+  EXPECT_EQ(concat_group_quant_rows({*a, *other_group}).status().code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(concat_group_quant_rows({*a, *sym}).status().code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(concat_group_quant_rows({*a, *other_k}).status().code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(concat_group_quant_rows({}).status().code(), StatusCode::kInvalidArgument);
+}
+
 TEST(W4Layout, RejectsWhatTheKernelsCannotRun) {
   auto k96 = w4_test::random_w4(8, 96, 32, false, 1);  // K not a multiple of 64
   ASSERT_TRUE(k96.ok());
