@@ -142,6 +142,50 @@ TEST_F(CudaW4, ClusterCaps) {
   }
 }
 
+// Decode steps are replayed from CUDA graphs: the cluster launch (4096 x 4096: 4 blocks along K)
+// and a multi-pass launch (M 20) captured once and replayed on new activations give the reference.
+TEST_F(CudaW4, GraphCaptureAndReplay) {
+  const int64_t n = 4096, k = 4096;
+  auto host_w = w4_test::random_w4(n, k, 128, false, gpu_test::seed(9100));
+  ASSERT_TRUE(host_w.ok());
+  NB_ASSERT_OK_AND_ASSIGN(const Tensor dev_w, cuda::upload_w4(*host_w, ctx()));
+  for (const int64_t m : {1, 20}) {
+    cuda::DeviceBuffer d_x = poisoned(static_cast<size_t>(m * k) * 2), d_y = poisoned(static_cast<size_t>(m * n) * 2);
+    NB_ASSERT_OK(ctx().synchronize());
+    MatmulParams p{dev_w, d_x.as<float>(), d_y.as<float>(), m};
+    p.act_dtype = DType::kF16;
+    const Status began = cuda::Graph::begin_capture(ctx().stream());
+    if (began.code() == StatusCode::kUnimplemented) GTEST_SKIP() << began.to_string();  // the CPU emulator
+    NB_ASSERT_OK(began);
+    const Status launched = cuda::matmul(p, ctx());
+    auto graph = cuda::Graph::end_capture(ctx().stream());
+    NB_ASSERT_OK(launched);
+    ASSERT_TRUE(graph.ok()) << graph.status().to_string();
+    for (uint32_t rep = 0; rep < 2; ++rep) {  // new inputs each replay, as decode steps
+      std::vector<float> x = random_normal(static_cast<size_t>(m * k), 9200 + 10 * static_cast<uint32_t>(m) + rep);
+      gpu_test::round_all(x, DType::kF16);
+      const std::vector<uint8_t> bytes = gpu_test::encode(x, DType::kF16);
+      NB_ASSERT_OK(cuda::copy_to_device(d_x.data(), bytes.data(), bytes.size(), ctx().stream()));
+      NB_ASSERT_OK(graph->launch(ctx().stream()));
+      const std::vector<float> got = download_act(d_y, static_cast<size_t>(m * n), DType::kF16);
+      std::vector<float> want(static_cast<size_t>(m * n)), mag(want.size());
+      cpu::ref::matmul_group({*host_w, x.data(), want.data(), m});
+      std::vector<float> wrow(static_cast<size_t>(k));
+      for (int64_t r = 0; r < n; ++r) {
+        dequantize_tensor_row(*host_w, r, wrow.data());
+        for (int64_t t = 0; t < m; ++t) {
+          double a = 0;
+          for (int64_t i = 0; i < k; ++i) a += std::fabs(static_cast<double>(x[t * k + i]) * wrow[i]);
+          mag[static_cast<size_t>(t * n + r)] = static_cast<float>(a);
+        }
+      }
+      gpu_test::Tol tol = gpu_test::act_tol(DType::kF16, 1.0 / 2048 + 1e-5);  // as check() above
+      tol.norm = 2e-3;
+      EXPECT_TRUE(all_close(got, want, tol, &mag)) << "m " << m << " replay " << rep;
+    }
+  }
+}
+
 // M > 64 with a workspace that holds only 128 rows of f16 weights: several dequantize + GEMM slabs.
 TEST_F(CudaW4, PrefillInSlabs) {
   auto small = cuda::Context::create(0, size_t{1} << 20);  // 1 MiB: 128 rows of K = 4096

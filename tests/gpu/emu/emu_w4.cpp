@@ -1,6 +1,7 @@
 // Used by tests/gpu/emu/run_w4.sh only: what the W4 tests call besides w4_matmul.cu, on the host.
 //   cuda::matmul / matmul_to_f32: the device-weight check of matmul.cpp, then w4_matmul (kQGroup
 //   weights only: the emulator does not run cuBLAS or the f16 GEMV).
+//   cuda::Graph: unimplemented (GraphCaptureAndReplay skips).
 //   cublasGemmEx: a plain host GEMM (op(A) = A^T, op(B) = B, f16/bf16/f32 element types, f32 sums) for
 //   the W4 prefill path's dequantize + GEMM slabs.
 #include <cublas_v2.h>
@@ -24,6 +25,13 @@ Status emu_matmul(const MatmulParams& p, Context& ctx, bool f32_out) {
 }  // namespace
 Status matmul(const MatmulParams& p, Context& ctx) { return emu_matmul(p, ctx, false); }
 Status matmul_to_f32(const MatmulParams& p, Context& ctx) { return emu_matmul(p, ctx, true); }
+// No CUDA graphs in the emulator: capture reports unimplemented (the graph test skips).
+Status Graph::begin_capture(void*) { return unimplemented("emu: no CUDA graphs"); }
+Result<Graph> Graph::end_capture(void*) { return unimplemented("emu: no CUDA graphs"); }
+Status Graph::launch(void*) const { return unimplemented("emu: no CUDA graphs"); }
+Graph::~Graph() = default;
+Graph::Graph(Graph&&) noexcept {}
+Graph& Graph::operator=(Graph&&) noexcept { return *this; }
 }  // namespace nb::cuda
 
 namespace {
