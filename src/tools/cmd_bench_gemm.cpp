@@ -136,6 +136,8 @@ Status run(const CliArgs& args) {
   std::printf("copy bandwidth   %.0f GB/s (device-to-device, read + write)\n", bw / 1e9);
   std::printf("W4A16 g%lld asymmetric vs f16, activations f16, f32 accumulation; median of %lld runs\n",
               static_cast<long long>(group), static_cast<long long>(runs));
+  std::printf("W4 paths: M <= 64 fused kernel (tensor cores, passes of 16 tokens), M > 64 dequantize + cuBLAS; "
+              "f16: GEMV for M <= 2, cuBLAS above\n");
   std::printf("%-8s %6s %6s %4s | %9s %7s %6s | %9s %7s %6s | %7s\n", "shape", "N", "K", "M", "W4 us", "GB/s",
               "%copy", "f16 us", "GB/s", "%copy", "speedup");
 
