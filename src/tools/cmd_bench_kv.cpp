@@ -4,18 +4,22 @@
 // of --query tokens each at the end of the context (1 = decode), f16 activations; the op is
 // cuda::batch_attention with cache_dtype f16 (the act-dtype cache), int8 or int4, timed alone (median
 // of -r runs of back-to-back calls). Also printed: the K/V bytes each call reads (metadata included)
-// and that over the time, and each format's time relative to f16. Cache contents are constant bytes
+// over the time, each format's time relative to f16, and the time of the kv_write that stores the
+// batch's new tokens (quantizing them for int8/int4). Cache contents are constant bytes
 // (finite f16 values and scales): attention's time does not depend on them.
 // The shape defaults to Llama-2-7B's attention (32 heads, 32 KV heads, head_dim 128, blocks of 16).
 #include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <functional>
 #include <memory>
+#include <random>
 #include <string>
 #include <vector>
 
 #include "backend/kv_format.h"
+#include "core/dtype.h"
 #include "tools/bench_commands.h"
 #include "tools/cli_args.h"
 #include "tools/commands.h"
@@ -50,19 +54,19 @@ struct BenchShape {
   int64_t heads, kv_heads, head_dim, block_size, context, query;
 };
 
-// Median seconds of one batch_attention call over `runs` timings of back-to-back calls.
-Result<double> time_attention(cuda::Context& ctx, const BatchAttentionParams& p, int runs) {
-  NB_RETURN_IF_ERROR(cuda::batch_attention(p, ctx));
+// Median seconds of one call of fn over `runs` timings of back-to-back calls.
+Result<double> time_call(cuda::Context& ctx, int runs, const std::function<Status()>& fn) {
+  NB_RETURN_IF_ERROR(fn());
   NB_RETURN_IF_ERROR(ctx.synchronize());
   auto t0 = std::chrono::steady_clock::now();
-  NB_RETURN_IF_ERROR(cuda::batch_attention(p, ctx));
+  NB_RETURN_IF_ERROR(fn());
   NB_RETURN_IF_ERROR(ctx.synchronize());
   const double once = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   const int reps = static_cast<int>(std::clamp(0.05 / std::max(once, 1e-7), 3.0, 2000.0));  // ~50 ms a run
   std::vector<double> t;
   for (int r = 0; r < runs; ++r) {
     t0 = std::chrono::steady_clock::now();
-    for (int i = 0; i < reps; ++i) NB_RETURN_IF_ERROR(cuda::batch_attention(p, ctx));
+    for (int i = 0; i < reps; ++i) NB_RETURN_IF_ERROR(fn());
     NB_RETURN_IF_ERROR(ctx.synchronize());
     t.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / reps);
   }
@@ -90,6 +94,22 @@ Status bench_batch(cuda::Context& ctx, const BenchShape& sh, int64_t batch, int 
   NB_RETURN_IF_ERROR(cuda::copy_to_device(d_qs.data(), query_start.data(), query_start.size() * 4, ctx.stream()));
   NB_RETURN_IF_ERROR(cuda::copy_to_device(d_sp.data(), start_pos.data(), start_pos.size() * 4, ctx.stream()));
   NB_RETURN_IF_ERROR(cuda::fill_bytes(d_q.data(), 0x2C, q_bytes, ctx.stream()));  // f16 0x2C2C = 0.069
+  // The new tokens' K and V rows (N(0,1) in f16: the int4 rule's work depends on the values) and
+  // their slots (the last --query positions of each sequence), for timing kv_write.
+  const int64_t new_rows = batch * sh.query, row = sh.kv_heads * sh.head_dim;
+  std::vector<uint16_t> kv_host(static_cast<size_t>(new_rows * row));
+  std::mt19937 rng(1234);
+  std::normal_distribution<float> nd;
+  for (uint16_t& h : kv_host) h = fp32_to_fp16(nd(rng));
+  std::vector<int64_t> slots;
+  for (int64_t s = 0; s < batch; ++s)
+    for (int64_t pos = sh.context - sh.query; pos < sh.context; ++pos)
+      slots.push_back(static_cast<int64_t>(tables[static_cast<size_t>(s * blocks_per_seq + pos / sh.block_size)]) *
+                          sh.block_size + pos % sh.block_size);
+  NB_ASSIGN_OR_RETURN(cuda::DeviceBuffer d_new, cuda::DeviceBuffer::allocate(kv_host.size() * 2));
+  NB_ASSIGN_OR_RETURN(cuda::DeviceBuffer d_slots, cuda::DeviceBuffer::allocate(slots.size() * 8));
+  NB_RETURN_IF_ERROR(cuda::copy_to_device(d_new.data(), kv_host.data(), kv_host.size() * 2, ctx.stream()));
+  NB_RETURN_IF_ERROR(cuda::copy_to_device(d_slots.data(), slots.data(), slots.size() * 8, ctx.stream()));
   double f16_time = 0;
   for (KvCacheDType kvt : {KvCacheDType::kF16, KvCacheDType::kInt8, KvCacheDType::kInt4}) {
     const KvBlockFormat f{kvt, sh.block_size, sh.kv_heads, sh.head_dim};
@@ -119,12 +139,17 @@ Status bench_batch(cuda::Context& ctx, const BenchShape& sh, int64_t batch, int 
     p.scale = 1.f / std::sqrt(static_cast<float>(sh.head_dim));
     p.act_dtype = DType::kF16;
     p.cache_dtype = kvt;
-    NB_ASSIGN_OR_RETURN(double t, time_attention(ctx, p, runs));
+    NB_ASSIGN_OR_RETURN(double t, time_call(ctx, runs, [&] { return cuda::batch_attention(p, ctx); }));
+    KvWriteParams w{d_new.as<float>(), d_new.as<float>(), k_pool.as<float>(), v_pool.as<float>(), d_slots.as<int64_t>(),
+                    new_rows, sh.kv_heads, sh.head_dim, DType::kF16};
+    w.cache_dtype = kvt;
+    w.cache_block_size = sh.block_size;
+    NB_ASSIGN_OR_RETURN(double t_write, time_call(ctx, runs, [&] { return cuda::kv_write(w, ctx); }));
     if (kvt == KvCacheDType::kF16) f16_time = t;
     // Bytes read: every sequence's K and V of every position, values and scales/zeros.
     const double bytes = 2.0 * static_cast<double>(batch * sh.context * sh.kv_heads * f.bytes_per_token_head());
-    std::printf("  %5lld  %-5s %10.1f %9.1f %8.2fx\n", static_cast<long long>(batch), kv_cache_dtype_name(kvt),
-                t * 1e6, bytes / t / 1e9, t / f16_time);
+    std::printf("  %5lld  %-5s %10.1f %9.1f %8.2fx %10.1f\n", static_cast<long long>(batch), kv_cache_dtype_name(kvt),
+                t * 1e6, bytes / t / 1e9, t / f16_time, t_write * 1e6);
   }
   return Status::Ok();
 }
@@ -162,7 +187,7 @@ int run_bench_kv_impl(int argc, char** argv) {
                 info.name.c_str(), static_cast<long long>(sh.heads), static_cast<long long>(sh.kv_heads),
                 static_cast<long long>(sh.head_dim), static_cast<long long>(sh.block_size),
                 static_cast<long long>(sh.context), static_cast<long long>(sh.query));
-    std::printf("  batch  kv      time(us)  KV GB/s  vs f16\n");
+    std::printf("  batch  kv    attention(us)  KV GB/s  vs f16  kv_write(us)\n");
     for (int64_t b : batches) NB_RETURN_IF_ERROR(bench_batch(*ctx, sh, b, static_cast<int>(runs)));
     return Status::Ok();
   };

@@ -11,8 +11,9 @@
 // updates each row's running max m and sum l (one warp per row); rescales and accumulates P.V in
 // registers. Shapes are compile-time per DMAX (head_dim rounded up to 64/128/256; padding is zero).
 //
-// Quantized caches (cache_dtype int8/int4, backend/kv_format.h): the tile load reads codes and the
-// key's f16 scale (and zero) and writes dequantized f32 to shared memory, q * s (int8, exact in f32)
+// Quantized caches (cache_dtype int8/int4, backend/kv_format.h): the tile load reads codes (32 bits
+// a thread when rows are aligned, else bytes) and the key's f16 scale (and zero) and writes
+// dequantized f32 to shared memory, q * s (int8, exact in f32)
 // or fmaf(q, s, z) (int4, one rounding), the values cpu::ref::kv_dequantize_head produces; the rest
 // of the kernel is unchanged. The cache format is a template parameter (kF32 = "in act dtype T").
 //
@@ -68,6 +69,7 @@ struct AttnArgs {
   float* part_out;   // [num_seqs, num_heads, max_splits, head_dim] normalized partial outputs
   float* part_ml;    // [num_seqs, num_heads, max_splits, 2] (running max, sum of exp) per split
   KvBlockFormat kvf; // the pools' format when quantized
+  bool word_loads;   // quantized: head_dim % 8 == 0 and 4-byte aligned rows, so 32-bit code loads
 };
 
 // A 2-byte f16 field of a pool at any byte offset.
@@ -156,7 +158,44 @@ __global__ void __launch_bounds__(kThreads) attention_kernel(const AttnArgs a) {
       }
     }
     __syncthreads();
-    for (int e = tid; e < kKeys * DMAX; e += kThreads) {
+    bool words = false;
+    if constexpr (kQuant) words = a.word_loads;
+    if constexpr (kQuant) {
+      if (words) {
+        // One 32-bit load a thread and step: 4 int8 codes or 8 int4 codes (element 2i in the low
+        // nibble of byte i, so element i of the word in bits [4i, 4i + 4)); dequantized as below.
+        constexpr int kPer = KV == KvCacheDType::kInt4 ? 8 : 4;
+        const uint8_t* kp = static_cast<const uint8_t*>(a.k_cache);
+        const uint8_t* vp = static_cast<const uint8_t*>(a.v_cache);
+        for (int e = tid; e < kKeys * DMAX / kPer; e += kThreads) {
+          const int j = e * kPer / DMAX, d = e * kPer % DMAX;
+          float kv[kPer], vv[kPer];
+#pragma unroll
+          for (int i = 0; i < kPer; ++i) kv[i] = vv[i] = 0.f;
+          if (j < num_keys && d < a.head_dim) {  // head_dim % 8 == 0: all kPer elements are in range
+            const int64_t at = slot_s[j] + d / (kPer / 4);
+            const uint32_t kw = *reinterpret_cast<const uint32_t*>(kp + at);
+            const uint32_t vw = *reinterpret_cast<const uint32_t*>(vp + at);
+#pragma unroll
+            for (int i = 0; i < kPer; ++i) {
+              if constexpr (KV == KvCacheDType::kInt8) {
+                kv[i] = static_cast<float>(static_cast<int8_t>((kw >> (8 * i)) & 0xFF)) * ks_s[j];
+                vv[i] = static_cast<float>(static_cast<int8_t>((vw >> (8 * i)) & 0xFF)) * vs_s[j];
+              } else {
+                kv[i] = fmaf(static_cast<float>((kw >> (4 * i)) & 15), ks_s[j], kz_s[j]);
+                vv[i] = fmaf(static_cast<float>((vw >> (4 * i)) & 15), vs_s[j], vz_s[j]);
+              }
+            }
+          }
+#pragma unroll
+          for (int i = 0; i < kPer; ++i) {
+            k_s[j][d + i] = kv[i];
+            v_s[j][d + i] = vv[i];
+          }
+        }
+      }
+    }
+    for (int e = words ? kKeys * DMAX : tid; e < kKeys * DMAX; e += kThreads) {  // element by element
       const int j = e / DMAX, d = e % DMAX;
       float kv = 0.f, vv = 0.f;
       // Keys past the range are never read: their slots may hold anything (NaN in the tests).
@@ -337,6 +376,9 @@ Status batch_attention(const BatchAttentionParams& p, Context& ctx) {
   }
   AttnArgs a{};
   a.kvf = KvBlockFormat{p.cache_dtype, p.block_size, p.num_kv_heads, p.head_dim};
+  // Every (slot, kv head) row then starts 4-byte aligned: block_bytes and head_bytes are multiples of 4.
+  a.word_loads = p.head_dim % 8 == 0 && a.kvf.block_bytes() % 4 == 0 &&
+                 reinterpret_cast<uintptr_t>(p.k_cache) % 4 == 0 && reinterpret_cast<uintptr_t>(p.v_cache) % 4 == 0;
   a.q = p.q;
   a.out = p.out;
   a.k_cache = p.k_cache;
