@@ -122,29 +122,18 @@ NB_HD inline float kv_int4_sq_error(int64_t d, const float* x, KvScaleZeroBits s
   }
   return e;
 }
-NB_HD inline KvScaleZeroBits kv_int4_choose_scale_zero(int64_t d, const float* x) {
-  float lo = x[0], hi = x[0];
-  for (int64_t i = 1; i < d; ++i) {
-    lo = fminf(lo, x[i]);
-    hi = fmaxf(hi, x[i]);
-  }
-  KvScaleZeroBits best = kv_int4_scale_zero_bits(lo, hi);
-  float best_err = kv_int4_sq_error(d, x, best);
+// Candidate c (0..15, c = 4 i + j) of the rule for a vector with range [lo, hi]: the range
+// [lo + i w / 25, hi - j w / 25], w = hi - lo, as stored; candidate 0 is min-max. Explicit fmaf (here
+// and in the refit): the same bits whether or not a compiler would contract a * b + c on its own
+// (nvcc does by default, g++ depends on -ffp-contract and the target).
+NB_HD inline KvScaleZeroBits kv_int4_candidate(float lo, float hi, int c) {
+  if (c == 0) return kv_int4_scale_zero_bits(lo, hi);
   const float w = hi - lo;
-  for (int i = 0; i < 4; ++i) {
-    for (int j = 0; j < 4; ++j) {
-      if (i == 0 && j == 0) continue;
-      // Explicit fmaf (here and in the refit): the same bits whether or not a compiler would contract
-      // a * b + c on its own (nvcc does by default, g++ depends on -ffp-contract and the target).
-      const KvScaleZeroBits c = kv_int4_scale_zero_bits(fmaf(w, static_cast<float>(i) / 25.f, lo),
-                                                        fmaf(-w, static_cast<float>(j) / 25.f, hi));
-      const float e = kv_int4_sq_error(d, x, c);
-      if (e < best_err) {
-        best_err = e;
-        best = c;
-      }
-    }
-  }
+  return kv_int4_scale_zero_bits(fmaf(w, static_cast<float>(c / 4) / 25.f, lo), fmaf(-w, static_cast<float>(c % 4) / 25.f, hi));
+}
+// The rule's last step: up to two least-squares refits of (scale, zero) to the codes of `best`
+// (whose error is best_err), each kept only if its error is lower.
+NB_HD inline KvScaleZeroBits kv_int4_refit(int64_t d, const float* x, KvScaleZeroBits best, float best_err) {
   for (int it = 0; it < 2; ++it) {  // (s, z) = argmin sum (x_i - s q_i - z)^2 for the best codes q
     const float s = kv_f16_value(best.scale), z = kv_f16_value(best.zero);
     double sq = 0.0, sx = 0.0, sqq = 0.0, sqx = 0.0;
@@ -166,6 +155,26 @@ NB_HD inline KvScaleZeroBits kv_int4_choose_scale_zero(int64_t d, const float* x
     best = c;
   }
   return best;
+}
+// The whole rule on one thread. (A kernel may evaluate the 16 candidates on 16 lanes and keep the
+// least error, the lowest c on ties — the same choice — then refit on one lane.)
+NB_HD inline KvScaleZeroBits kv_int4_choose_scale_zero(int64_t d, const float* x) {
+  float lo = x[0], hi = x[0];
+  for (int64_t i = 1; i < d; ++i) {
+    lo = fminf(lo, x[i]);
+    hi = fmaxf(hi, x[i]);
+  }
+  KvScaleZeroBits best = kv_int4_candidate(lo, hi, 0);
+  float best_err = kv_int4_sq_error(d, x, best);
+  for (int c = 1; c < 16; ++c) {
+    const KvScaleZeroBits cand = kv_int4_candidate(lo, hi, c);
+    const float e = kv_int4_sq_error(d, x, cand);
+    if (e < best_err) {
+      best_err = e;
+      best = cand;
+    }
+  }
+  return kv_int4_refit(d, x, best, best_err);
 }
 
 // Callable from kernels too (NB_HD).

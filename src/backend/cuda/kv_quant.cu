@@ -2,8 +2,8 @@
 // on write with the format's own rule (kv_int8_scale_bits / kv_int4_choose_scale_zero and the code
 // functions, shared with the CPU), and the Walsh-Hadamard rotation (HadamardParams) that the model
 // applies to q, k and v before the write and to the attention output after it, as on the CPU.
-// Both produce the CPU's bytes and floats exactly: the int8 absmax is exact in any order, the int4
-// rule runs sequentially on one lane as on the CPU, the divisions and rintf are IEEE on the device,
+// Both produce the CPU's bytes and floats exactly: the int8 absmax is exact in any order, every sum
+// of the int4 rule runs sequentially on one lane as on the CPU, the divisions and rintf are IEEE on the device,
 // and the butterflies run in the order of cpu::hadamard.
 #include <cuda_runtime.h>
 
@@ -30,6 +30,10 @@ __device__ __forceinline__ float warp_max(float v) {
   for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
   return v;
 }
+__device__ __forceinline__ float warp_min(float v) {
+  for (int o = 16; o > 0; o >>= 1) v = fminf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
 // Pool fields are 2-byte values at any byte offset (odd head_dim * heads can make them odd).
 __device__ __forceinline__ void store_u16(uint8_t* p, uint16_t v) {
   p[0] = static_cast<uint8_t>(v & 0xFF);
@@ -51,14 +55,35 @@ __device__ void quantize_vector_warp(const T* __restrict__ x, uint8_t* __restric
     for (int i = lane; i < d; i += 32) q[i] = static_cast<uint8_t>(static_cast<int8_t>(kv_int8_code(to_f32(x[i]), s)));
     return;
   }
-  // int4: the format's rule looks at the whole vector with sequential sums (kv_int4_choose_scale_zero),
-  // so lane 0 runs it on an f32 copy of the vector, as the CPU does, and the warp shares the result.
+  // int4: the format's rule (kv_int4_choose_scale_zero) on an f32 copy of the vector, with the same
+  // sequential sums as the CPU: lane c < 16 scores candidate c (kv_int4_sq_error over the whole
+  // vector), the warp keeps the least error (lowest c on ties, as the rule's in-order strict < does),
+  // and lane 0 runs the refit.
   __shared__ float stage[kVecWarps][kMaxInt4Dim];
   __shared__ KvScaleZeroBits chosen[kVecWarps];
   const int warp = threadIdx.x / 32;
-  for (int i = lane; i < d; i += 32) stage[warp][i] = to_f32(x[i]);
+  float lo = INFINITY, hi = -INFINITY;
+  for (int i = lane; i < d; i += 32) {
+    const float v = to_f32(x[i]);
+    stage[warp][i] = v;
+    lo = fminf(lo, v);
+    hi = fmaxf(hi, v);
+  }
+  lo = warp_min(lo);  // min and max are exact in any order
+  hi = warp_max(hi);
   __syncwarp();
-  if (lane == 0) chosen[warp] = kv_int4_choose_scale_zero(d, stage[warp]);
+  const KvScaleZeroBits cand = kv_int4_candidate(lo, hi, lane % 16);
+  float err = lane < 16 ? kv_int4_sq_error(d, stage[warp], cand) : INFINITY;
+  int best = lane;
+  for (int o = 16; o > 0; o >>= 1) {
+    const float e2 = __shfl_xor_sync(0xffffffffu, err, o);
+    const int b2 = static_cast<int>(__shfl_xor_sync(0xffffffffu, static_cast<float>(best), o));
+    if (e2 < err || (e2 == err && b2 < best)) {
+      err = e2;
+      best = b2;
+    }
+  }
+  if (lane == 0) chosen[warp] = kv_int4_refit(d, stage[warp], kv_int4_candidate(lo, hi, best), err);
   __syncwarp();
   const KvScaleZeroBits sz = chosen[warp];
   __syncwarp();  // every lane has read chosen[warp] and lane 0 is done with stage[warp] before a reuse
