@@ -19,6 +19,7 @@
 #                          decode vs roofline, prefill GEMM rate, batch sweep); hf = logits vs HF
 #                          transformers on that model; load = disk to first token (page cache warm);
 #                          serve = `nibble serve --device cuda` SmolLM2 + `nibble bench serve`;
+#                          7bab = decode batch 1 again with switches (NIBBLE_7B_AB: nopdl, unfused, gemvN);
 #                          spec = `nibble bench spec --device cuda` (n-gram drafting on a copy task, SmolLM2);
 #                          batching = `nibble bench batching --device cuda --compare batching` (SmolLM2)
 #   NIBBLE_SYNTH_DIR       where the 7B model is generated (default /tmp/nibble-synth)
@@ -149,6 +150,19 @@ if [ "${result[build]:-}" = ok ] && [ "$bench" != none ]; then
     "$nib" bench gpu -m "$m7" --device cuda --dtype f16 -p 512 -n 64 -r 5 >"$out/bench_7b.txt" 2>&1
     record bench_7b $?
   fi
+  if has 7bab; then  # decode batch 1 with switches, for comparison in the same run (NIBBLE_7B_AB lists them)
+    for ab in ${NIBBLE_7B_AB:-nopdl unfused gemv0 gemv4}; do
+      case $ab in
+        nopdl) envs=(NIBBLE_PDL=0);;
+        unfused) envs=(NIBBLE_PDL=0 NIBBLE_DECODE_FUSION=0);;
+        gemv*) envs=(NIBBLE_GEMV=${ab#gemv});;
+        *) continue;;
+      esac
+      env "${envs[@]}" "$nib" bench gpu -m "$m7" --device cuda --dtype f16 -p 512 -n 64 -r 5 --batches 1 \
+        >"$out/bench_7b_$ab.txt" 2>&1
+      record "bench_7b_$ab" $?
+    done
+  fi
   if has hf; then
     python3 scripts/gpu_hf_compare.py "$nib" "$m7" f16 64 >"$out/hf_compare.txt" 2>&1
     record hf_compare $?
@@ -205,6 +219,11 @@ fi
   printf '%-12s %s\n' "gpu tests" "$(head -1 <<<"$tests_line")${tests_s:+ in ${tests_s}s}"
   tail -n +2 <<<"$tests_line"
   for f in bench_7b.txt hf_compare.txt; do [ -f "$out/$f" ] && grep -E 'copy bandwidth|dense GEMM|prefill|decode batch 1|hf-compare' "$out/$f"; done
+  [ -f "$out/bench_7b.txt" ] && grep -A4 'decode linears' "$out/bench_7b.txt"
+  for f in $(cd "$out" && ls bench_7b_*.txt 2>/dev/null); do
+    echo "$f: $(grep -E 'decode batch 1' "$out/$f")"
+    case $f in *gemv*) grep -A4 'decode linears' "$out/$f" | tail -4;; esac
+  done
   [ -f "$out/load.txt" ] && grep -E 'first token' "$out/load.txt" | tail -2
   [ -f "$out/spec_gpu.txt" ] && tail -14 "$out/spec_gpu.txt"
   [ -f "$out/batching_gpu.txt" ] && grep -E 'continuous|static' "$out/batching_gpu.txt"

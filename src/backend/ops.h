@@ -172,4 +172,36 @@ struct EmbeddingParams {
   DType act_dtype = DType::kF32;  // of out
 };
 
+// A decoder layer's linear fused with what surrounds it, for decode batches (a few rows):
+//   xn = norm_weight ? x * rsqrt(mean(x^2) + norm_eps) * norm_weight : x     (f32, not rounded)
+//   r  = xn . W^T                                                            [m, N]
+//   kStore:   y = r
+//   kAddInto: y += r                      (y: the residual stream; o_proj and down_proj)
+//   kSwiglu:  y = silu(r) * (xn . W2^T)   (W = gate, W2 = up)
+//   kSplit:   columns [0, n0) of r -> y [m, n0], [n0, n0 + n1) -> y1 [m, n1], the rest -> y2
+//             [m, N - n0 - n1]            (q, k and v from one [q; k; v] weight)
+enum class LinearEpilogue { kStore, kAddInto, kSwiglu, kSplit };
+struct FusedLinearParams {
+  Tensor weight;                       // [N, K]
+  Tensor weight2;                      // [N, K], kSwiglu only
+  const float* x;                      // [m, K]
+  const float* norm_weight = nullptr;  // [K] f32, or null
+  float norm_eps = 0.f;
+  float* y;                            // see the epilogue
+  float* y1 = nullptr;                 // kSplit
+  float* y2 = nullptr;                 // kSplit
+  int64_t n0 = 0, n1 = 0;              // kSplit
+  int64_t m;
+  LinearEpilogue epilogue = LinearEpilogue::kStore;
+  DType act_dtype = DType::kF32;       // of x and every y
+};
+
+// RoPE on q and k (as RopeParams) and the rotated k with v written to the cache (as KvWriteParams,
+// act-dtype cache only), in one pass: the decode step's glue between the q/k/v projection and
+// attention. The CPU reference is rope then kv_write.
+struct RopeKvWriteParams {
+  RopeParams rope;
+  KvWriteParams kv;  // kv.k must be rope.k
+};
+
 }  // namespace nb

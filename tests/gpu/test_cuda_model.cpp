@@ -119,6 +119,9 @@ TEST_F(CudaModel, SmolLM2Greedy256MatchesCpuF32) {
   check_greedy("SmolLM2-135M-Instruct.Q4_1.gguf", 256, "f32", true);
 }
 TEST_F(CudaModel, SmolLM2Bf16CloseToCpu) { check_greedy("SmolLM2-135M-Instruct.Q4_1.gguf", 32, "bf16", false); }
+// f16 decode with graphs: the fused decode path (fused linears, rope + KV write, decode attention,
+// programmatic dependent launch inside the captured graph).
+TEST_F(CudaModel, SmolLM2F16GraphsCloseToCpu) { check_greedy("SmolLM2-135M-Instruct.Q4_1.gguf", 64, "f16", true); }
 
 // A speculative-verification shaped step (every sequence runs the same K + 1 tokens and wants all
 // their logits) replays a CUDA graph with padded sequences; its logits match the CPU's, and a

@@ -48,6 +48,9 @@ void kv_quantize_head(const KvBlockFormat& f, uint8_t* pool, int64_t slot, int64
 void kv_dequantize_head(const KvBlockFormat& f, const uint8_t* pool, int64_t slot, int64_t h, float* out);
 void hadamard(const HadamardParams& p);  // the matrix product, in double
 void argmax(const ArgmaxParams& p);  // reference_sampling.cpp
+// The CUDA backend's fused decode ops (reference_fused.cpp), defined by the plain ops above.
+void fused_linear(const FusedLinearParams& p);
+void rope_kv_write(const RopeKvWriteParams& p);
 }  // namespace ref
 
 }  // namespace nb::cpu

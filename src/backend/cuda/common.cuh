@@ -4,8 +4,11 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include <cuda_runtime.h>
+
 #include <cstdint>
 #include <string>
+#include <utility>
 
 #include "core/dtype.h"
 #include "core/status.h"
@@ -41,6 +44,43 @@ Status dispatch_act(DType t, const char* op, F&& f) {
       return unimplemented(std::string(op) + ": activations of dtype " + std::string(dtype_name(t)) +
                            " are not supported on CUDA; use f32, f16 or bf16");
   }
+}
+
+// Programmatic dependent launch (sm_90+). A kernel launched by launch_pdl may start while the kernel
+// before it in the stream is still running, once every block of that kernel has called
+// pdl_launch_dependents (or exited); it must call pdl_wait before it reads anything an earlier kernel
+// writes or writes anything an earlier kernel reads — only constant data (weights) may be touched
+// before. pdl_wait returns once the previous grid has completed and its writes are visible; since
+// that grid waited for its own predecessor, everything earlier in the stream is complete too. Both
+// are no-ops below sm_90 and for kernels launched without the attribute.
+__device__ __forceinline__ void pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void pdl_launch_dependents() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" :::);
+#endif
+}
+
+// Launches kernel<<<grid, block, 0, stream>>>(args...), with programmatic stream serialization
+// allowed when `pdl` (Context::pdl(): sm_90+ and not disabled by NIBBLE_PDL=0). Captured into CUDA
+// graphs as programmatic edges.
+template <typename... KArgs, typename... Args>
+cudaError_t launch_pdl(void (*kernel)(KArgs...), dim3 grid, dim3 block, cudaStream_t stream, bool pdl,
+                       Args&&... args) {
+  cudaLaunchConfig_t cfg{};
+  cfg.gridDim = grid;
+  cfg.blockDim = block;
+  cfg.dynamicSmemBytes = 0;
+  cfg.stream = stream;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cfg.attrs = pdl ? attr : nullptr;
+  cfg.numAttrs = pdl ? 1 : 0;
+  return cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...);
 }
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }

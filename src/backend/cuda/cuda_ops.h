@@ -48,6 +48,18 @@ Result<Tensor> upload_w4(const Tensor& qgroup, Context& ctx);
 // Device bytes upload_w4 allocates for such a weight (packed codes + f16 scale/zero per row group).
 int64_t w4_device_bytes(const Tensor& qgroup);
 
+// Decode-step fusions (gemv.cu, decode.cu); each checks with its *_applies whether it takes the Params.
+//   fused_linear     1..2 rows, f16/bf16 weights of the activation dtype, K % 8 == 0, 16-byte aligned.
+//   rope_kv_write    f16/bf16/f32, act-dtype cache.
+//   decode_attention one query token per sequence, head_dim 64 or 128, f16/bf16, act-dtype cache,
+//                    group <= 8; splits along the keys through ctx.workspace().
+// They launch with programmatic dependent launch when ctx.pdl().
+bool fused_linear_applies(const FusedLinearParams& p);
+Status fused_linear(const FusedLinearParams& p, Context& ctx);
+Status rope_kv_write(const RopeKvWriteParams& p, Context& ctx);
+bool decode_attention_applies(const BatchAttentionParams& p);
+Status decode_attention(const BatchAttentionParams& p, Context& ctx);
+
 // Workspace bytes a decode batch needs when split into `num_splits` key ranges.
 size_t attention_split_workspace_bytes(int64_t num_seqs, int64_t num_heads, int64_t head_dim, int64_t num_splits);
 

@@ -4,6 +4,7 @@
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 
+#include <cstdlib>
 #include <string>
 #include <utility>
 
@@ -144,6 +145,10 @@ Result<std::unique_ptr<Context>> Context::create(int ordinal, size_t workspace_b
   NB_ASSIGN_OR_RETURN(ctx->workspace_, DeviceBuffer::allocate(workspace_bytes));
   NB_ASSIGN_OR_RETURN(ctx->blas_workspace_, DeviceBuffer::allocate(32u << 20));
   NB_CUDA_RETURN_IF_ERROR(cublasSetWorkspace(handle, ctx->blas_workspace_.data(), ctx->blas_workspace_.size()));
+  NB_ASSIGN_OR_RETURN(ctx->sync_counters_, DeviceBuffer::allocate(kSyncCounters * sizeof(int32_t)));
+  NB_CUDA_RETURN_IF_ERROR(cudaMemset(ctx->sync_counters_.data(), 0, ctx->sync_counters_.size()));
+  const char* pdl_env = std::getenv("NIBBLE_PDL");
+  ctx->set_pdl(pdl_env == nullptr || std::string(pdl_env) != "0");
   return ctx;
 }
 

@@ -106,14 +106,26 @@ class Context {
   int64_t decode_split_keys() const { return decode_split_keys_; }
   void set_decode_split_keys(int64_t keys) { decode_split_keys_ = keys; }
 
+  // Whether kernels that support it are launched with programmatic dependent launch (overlapping
+  // their start with the previous kernel's tail): sm_90+ unless the environment sets NIBBLE_PDL=0.
+  bool pdl() const { return pdl_; }
+  void set_pdl(bool on) { pdl_ = on && info_.major >= 9; }
+
+  // kSyncCounters int32 counters, zero at creation, for kernels whose blocks count who finished last
+  // (decode attention's merge); such a kernel sets every counter it used back to 0 before it ends.
+  static constexpr int64_t kSyncCounters = 65536;
+  int32_t* sync_counters() const { return static_cast<int32_t*>(sync_counters_.data()); }
+
  private:
   Context() = default;
   DeviceInfo info_;
   void* stream_ = nullptr;
   void* blas_ = nullptr;
   DeviceBuffer workspace_;
+  DeviceBuffer sync_counters_;
   DeviceBuffer blas_workspace_;  // given to cuBLAS so it never allocates (required under graph capture)
   int64_t decode_split_keys_ = 0;
+  bool pdl_ = false;
 };
 
 // A CUDA graph captured from the work enqueued on a stream between begin_capture and end_capture

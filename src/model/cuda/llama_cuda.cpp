@@ -16,6 +16,8 @@
 // bounds every sequence by its own length read from device memory).
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <map>
 #include <string>
@@ -24,6 +26,7 @@
 
 #include "backend/cuda/cuda_ops.h"
 #include "backend/cuda/device.h"
+#include "core/group_quant.h"
 #include "model/forward_backend.h"
 #include "model/llama.h"
 
@@ -44,6 +47,7 @@ Result<DType> parse_dtype(const std::string& s) {
 size_t act_bytes(DType t) { return t == DType::kF32 ? 4 : 2; }
 
 struct DeviceLayer {
+  Tensor wqkv;  // [q_dim + 2 kv_dim, dim]: wq, wk, wv are its row ranges (one buffer, views)
   Tensor wq, wk, wv, wo, w_gate, w_up, w_down;
   const float* attn_norm = nullptr;
   const float* ffn_norm = nullptr;
@@ -90,6 +94,17 @@ class CudaLlama final : public ForwardBackend {
   CudaLlama(const ModelConfig& c, const CudaForwardOptions& o) : config_(c), options_(o) {}
   Status upload_weights(const ModelWeights& w);
   Result<Tensor> upload(const Tensor& t, DType target);
+  // A linear weight: 4-bit kQGroup packed for the W4A16 kernels when they take it, else as upload().
+  Result<Tensor> upload_linear(const Tensor& t);
+  bool w4_applies(const Tensor& t) const;
+  // Converts t to `target` into dst (rows() * cols() elements of target).
+  Status upload_into(const Tensor& t, DType target, void* dst);
+  // Enqueues one decoder layer the unfused way (any batch) or fused for a few rows (decode).
+  Status enqueue_layer(size_t l, const StepLayout& s, int64_t max_query_len, int64_t max_context_len, const KvPools& kv);
+  Status enqueue_layer_fused(size_t l, const StepLayout& s, int64_t max_query_len, int64_t max_context_len,
+                             const KvPools& kv);
+  Status attention(size_t l, const StepLayout& s, int64_t max_query_len, int64_t max_context_len, const KvPools& kv);
+  bool fused_applies(int64_t tokens) const;
   Result<const float*> upload_f32(const Tensor& t);
   Status allocate_scratch();
   // Enqueues the forward for the staged batch (no host synchronization; capturable).
@@ -118,9 +133,12 @@ class CudaLlama final : public ForwardBackend {
   int32_t* h_startpos_ = nullptr;
   int32_t* h_rows_ = nullptr;
   int32_t* h_tables_ = nullptr;
-  // Graphs by (bucket, tokens a sequence, logit rows a sequence, K pool of layer 0, block size, table stride).
+  // Graphs by (bucket, tokens a sequence, logit rows a sequence, K pool of layer 0, block size, table
+  // stride, context bucket).
   static constexpr int64_t kMaxGraphQuery = 16;
-  std::map<std::tuple<int64_t, int64_t, int64_t, const void*, int64_t, int64_t>, cuda::Graph> graphs_;
+  std::map<std::tuple<int64_t, int64_t, int64_t, const void*, int64_t, int64_t, int64_t>, cuda::Graph> graphs_;
+  bool w4_fallback_noted_ = false;
+  bool fusion_ = true;  // decode fusions (NIBBLE_DECODE_FUSION=0 turns them off, for comparison)
 };
 
 // Offsets (in int32 elements) of the staging regions.
@@ -148,6 +166,8 @@ Result<std::unique_ptr<CudaLlama>> CudaLlama::create(const ModelWeights& w, cons
   if (w.config.head_dim > 256) return unimplemented("CUDA attention supports head_dim <= 256");
   NB_RETURN_IF_ERROR(m->upload_weights(w));
   NB_RETURN_IF_ERROR(m->allocate_scratch());
+  const char* fusion = std::getenv("NIBBLE_DECODE_FUSION");
+  m->fusion_ = fusion == nullptr || std::string(fusion) != "0";
   return m;
 }
 
@@ -155,8 +175,21 @@ Result<Tensor> CudaLlama::upload(const Tensor& t, DType target) {
   const int64_t rows = t.rows(), cols = t.cols();
   const size_t out_row = static_cast<size_t>(cols) * act_bytes(target);
   NB_ASSIGN_OR_RETURN(DeviceBuffer buf, DeviceBuffer::allocate(static_cast<size_t>(rows) * out_row));
+  NB_RETURN_IF_ERROR(upload_into(t, target, buf.data()));
+  const int64_t shape[2] = {rows, cols};
+  Tensor out = Tensor::view(buf.data(), shape, 2, target, nullptr, Device::kCUDA);
+  owned_.push_back(std::move(buf));
+  return out;
+}
+
+Status CudaLlama::upload_into(const Tensor& t, DType target, void* dst) {
+  const int64_t rows = t.rows(), cols = t.cols();
+  const size_t out_row = static_cast<size_t>(cols) * act_bytes(target);
+  if (t.dtype() == DType::kQGroup && t.group_quant() != nullptr && t.group_quant()->act_int8) {
+    return unimplemented("CUDA: W8A8 weights (int8 activations) do not run on the GPU yet; use the CPU (--device cpu)");
+  }
   if (t.dtype() == target) {
-    NB_RETURN_IF_ERROR(cuda::copy_to_device(buf.data(), t.data(), t.nbytes(), ctx_->stream()));
+    NB_RETURN_IF_ERROR(cuda::copy_to_device(dst, t.data(), t.nbytes(), ctx_->stream()));
   } else {
     // Convert on the host through a pinned chunk (a few MiB at a time).
     const int64_t chunk_rows = std::max<int64_t>(1, (8 << 20) / static_cast<int64_t>(out_row));
@@ -166,27 +199,43 @@ Result<Tensor> CudaLlama::upload(const Tensor& t, DType target) {
       const int64_t n = std::min(chunk_rows, rows - r0);
       NB_RETURN_IF_ERROR(ctx_->synchronize());  // the previous chunk's copy is done with `pin`
       for (int64_t r = 0; r < n; ++r) {
-        dequantize_row(t.dtype(), t.row(r0 + r), row.data(), cols);
-        auto* dst = static_cast<uint8_t*>(pin.data()) + static_cast<size_t>(r) * out_row;
+        dequantize_tensor_row(t, r0 + r, row.data());  // GGUF blocks and kQGroup (GPTQ/AWQ) alike
+        auto* out = static_cast<uint8_t*>(pin.data()) + static_cast<size_t>(r) * out_row;
         for (int64_t c = 0; c < cols; ++c) {
           const float v = row[static_cast<size_t>(c)];
           if (target == DType::kF32) {
-            std::memcpy(dst + c * 4, &v, 4);
+            std::memcpy(out + c * 4, &v, 4);
           } else {
             const uint16_t h = target == DType::kF16 ? fp32_to_fp16(v) : fp32_to_bf16(v);
-            std::memcpy(dst + c * 2, &h, 2);
+            std::memcpy(out + c * 2, &h, 2);
           }
         }
       }
-      NB_RETURN_IF_ERROR(cuda::copy_to_device(static_cast<uint8_t*>(buf.data()) + static_cast<size_t>(r0) * out_row,
+      NB_RETURN_IF_ERROR(cuda::copy_to_device(static_cast<uint8_t*>(dst) + static_cast<size_t>(r0) * out_row,
                                               pin.data(), static_cast<size_t>(n) * out_row, ctx_->stream()));
     }
     NB_RETURN_IF_ERROR(ctx_->synchronize());
   }
-  const int64_t shape[2] = {rows, cols};
-  Tensor out = Tensor::view(buf.data(), shape, 2, target, nullptr, Device::kCUDA);
-  owned_.push_back(std::move(buf));
-  return out;
+  return Status::Ok();
+}
+
+bool CudaLlama::w4_applies(const Tensor& t) const {
+  const GroupQuant* g = t.dtype() == DType::kQGroup ? t.group_quant() : nullptr;
+  return g != nullptr && g->bits == 4 && !g->act_int8 && dtype_ != DType::kF32;
+}
+
+Result<Tensor> CudaLlama::upload_linear(const Tensor& t) {
+  if (w4_applies(t)) {
+    Result<Tensor> packed = cuda::upload_w4(t, *ctx_);
+    if (packed.ok()) return packed;
+    // Layouts the W4A16 kernels do not take (act-order, K % 64): dequantized to the device dtype.
+    if (!w4_fallback_noted_) {
+      std::fprintf(stderr, "nibble: 4-bit weights dequantized to %s on the GPU: %s\n", dtype_name(dtype_).data(),
+                   packed.status().to_string().c_str());
+      w4_fallback_noted_ = true;
+    }
+  }
+  return upload(t, dtype_);
 }
 
 Result<const float*> CudaLlama::upload_f32(const Tensor& t) {
@@ -215,13 +264,33 @@ Status CudaLlama::upload_weights(const ModelWeights& w) {
     DeviceLayer d;
     NB_ASSIGN_OR_RETURN(d.attn_norm, upload_f32(l.attn_norm));
     NB_ASSIGN_OR_RETURN(d.ffn_norm, upload_f32(l.ffn_norm));
-    NB_ASSIGN_OR_RETURN(d.wq, upload(l.wq, dtype_));
-    NB_ASSIGN_OR_RETURN(d.wk, upload(l.wk, dtype_));
-    NB_ASSIGN_OR_RETURN(d.wv, upload(l.wv, dtype_));
-    NB_ASSIGN_OR_RETURN(d.wo, upload(l.wo, dtype_));
-    NB_ASSIGN_OR_RETURN(d.w_gate, upload(l.w_gate, dtype_));
-    NB_ASSIGN_OR_RETURN(d.w_up, upload(l.w_up, dtype_));
-    NB_ASSIGN_OR_RETURN(d.w_down, upload(l.w_down, dtype_));
+    if (w4_applies(l.wq)) {  // 4-bit weights stay packed (W4A16 kernels); no fused q|k|v buffer
+      NB_ASSIGN_OR_RETURN(d.wq, upload_linear(l.wq));
+      NB_ASSIGN_OR_RETURN(d.wk, upload_linear(l.wk));
+      NB_ASSIGN_OR_RETURN(d.wv, upload_linear(l.wv));
+    } else {  // q, k and v in one buffer: the decode step projects all three with one fused linear
+      const int64_t rq = l.wq.rows(), rk = l.wk.rows(), rv = l.wv.rows(), cols = l.wq.cols();
+      if (l.wk.cols() != cols || l.wv.cols() != cols) return invalid_argument("CUDA upload: q/k/v widths differ");
+      const size_t row_bytes = static_cast<size_t>(cols) * act_bytes(dtype_);
+      NB_ASSIGN_OR_RETURN(DeviceBuffer buf, DeviceBuffer::allocate(static_cast<size_t>(rq + rk + rv) * row_bytes));
+      auto* base = static_cast<uint8_t*>(buf.data());
+      NB_RETURN_IF_ERROR(upload_into(l.wq, dtype_, base));
+      NB_RETURN_IF_ERROR(upload_into(l.wk, dtype_, base + static_cast<size_t>(rq) * row_bytes));
+      NB_RETURN_IF_ERROR(upload_into(l.wv, dtype_, base + static_cast<size_t>(rq + rk) * row_bytes));
+      const auto view = [&](size_t row0, int64_t rows) {
+        const int64_t shape[2] = {rows, cols};
+        return Tensor::view(base + row0 * row_bytes, shape, 2, dtype_, nullptr, Device::kCUDA);
+      };
+      d.wqkv = view(0, rq + rk + rv);
+      d.wq = view(0, rq);
+      d.wk = view(static_cast<size_t>(rq), rk);
+      d.wv = view(static_cast<size_t>(rq + rk), rv);
+      owned_.push_back(std::move(buf));
+    }
+    NB_ASSIGN_OR_RETURN(d.wo, upload_linear(l.wo));
+    NB_ASSIGN_OR_RETURN(d.w_gate, upload_linear(l.w_gate));
+    NB_ASSIGN_OR_RETURN(d.w_up, upload_linear(l.w_up));
+    NB_ASSIGN_OR_RETURN(d.w_down, upload_linear(l.w_down));
     layers_.push_back(d);
   }
   std::vector<float> inv(static_cast<size_t>(config_.head_dim / 2));
@@ -289,7 +358,55 @@ Status CudaLlama::stage(const StepLayout& s) {
   return cuda::copy_to_device(slots_d_.data(), slots_h_.data(), static_cast<size_t>(s.tokens) * 8, st);
 }
 
-Status CudaLlama::enqueue(const StepLayout& s, int64_t max_query_len, int64_t max_context_len, const KvPools& kv) {
+bool CudaLlama::fused_applies(int64_t tokens) const {
+  if (!fusion_ || layers_.empty()) return false;
+  // Every linear's shape and dtype must suit the kernel (K % 8: stories260K's hidden 172 does not;
+  // packed 4-bit weights go through matmul).
+  for (const DeviceLayer& w : layers_) {
+    for (const Tensor* t : {&w.wqkv, &w.wo, &w.w_gate, &w.w_up, &w.w_down}) {
+      FusedLinearParams f{};
+      f.weight = *t;
+      f.x = static_cast<const float*>(act(x_));
+      f.y = static_cast<float*>(act(q_));
+      f.m = tokens;
+      f.act_dtype = dtype_;
+      if (!cuda::fused_linear_applies(f)) return false;
+    }
+  }
+  return true;
+}
+
+Status CudaLlama::attention(size_t l, const StepLayout& s, int64_t max_query_len, int64_t max_context_len,
+                            const KvPools& kv) {
+  const ModelConfig& c = config_;
+  const IdxOffsets o = idx_offsets(max_tokens_, max_seqs_, max_rows_, max_table_);
+  const auto* di = idx_d_.as<int32_t>();
+  BatchAttentionParams ap{};
+  ap.q = static_cast<float*>(act(q_));
+  ap.out = static_cast<float*>(act(att_));
+  ap.k_cache = kv.k[l];
+  ap.v_cache = kv.v[l];
+  ap.block_tables = di + o.tables;
+  ap.query_start = di + o.qstart;
+  ap.start_pos = di + o.startpos;
+  ap.block_table_stride = s.stride;
+  ap.num_seqs = s.seqs;
+  ap.num_tokens = s.tokens;
+  ap.max_query_len = max_query_len;
+  ap.max_context_len = max_context_len;
+  ap.block_size = kv.block_size;
+  ap.num_heads = c.num_heads;
+  ap.num_kv_heads = c.num_kv_heads;
+  ap.head_dim = c.head_dim;
+  ap.scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
+  ap.act_dtype = dtype_;
+  // The decode kernel when it takes the batch and its split workspace fits; the general one otherwise.
+  if (fusion_ && cuda::decode_attention_applies(ap) && cuda::decode_attention(ap, *ctx_).ok()) return Status::Ok();
+  return cuda::batch_attention(ap, *ctx_);
+}
+
+Status CudaLlama::enqueue_layer(size_t l, const StepLayout& s, int64_t max_query_len, int64_t max_context_len,
+                                const KvPools& kv) {
   const ModelConfig& c = config_;
   Context& ctx = *ctx_;
   const IdxOffsets o = idx_offsets(max_tokens_, max_seqs_, max_rows_, max_table_);
@@ -305,47 +422,110 @@ Status CudaLlama::enqueue(const StepLayout& s, int64_t max_query_len, int64_t ma
   auto* hb = static_cast<float*>(act(hb_));
   auto* hb2 = static_cast<float*>(act(hb2_));
   const DType a = dtype_;
+  const DeviceLayer& w = layers_[l];
+  // xb = attn_norm(x) on entry (the previous layer's last op, or the first norm).
+  NB_RETURN_IF_ERROR(cuda::matmul({w.wq, xb, q, n, a}, ctx));
+  NB_RETURN_IF_ERROR(cuda::matmul({w.wk, xb, k, n, a}, ctx));
+  NB_RETURN_IF_ERROR(cuda::matmul({w.wv, xb, v, n, a}, ctx));
+  NB_RETURN_IF_ERROR(cuda::rope({q, k, di + o.positions, inv_freq_.as<float>(), n, c.num_heads, c.num_kv_heads,
+                                 c.head_dim, c.rope_style, a},
+                                ctx));
+  NB_RETURN_IF_ERROR(
+      cuda::kv_write({k, v, kv.k[l], kv.v[l], slots_d_.as<int64_t>(), n, c.num_kv_heads, c.head_dim, a}, ctx));
+  NB_RETURN_IF_ERROR(attention(l, s, max_query_len, max_context_len, kv));
+  NB_RETURN_IF_ERROR(cuda::matmul({w.wo, att, ob, n, a}, ctx));
+  NB_RETURN_IF_ERROR(cuda::add_rms_norm({x, ob, w.ffn_norm, xb, n, dim, c.norm_eps, a}, ctx));
+  NB_RETURN_IF_ERROR(cuda::matmul({w.w_gate, xb, hb, n, a}, ctx));
+  NB_RETURN_IF_ERROR(cuda::matmul({w.w_up, xb, hb2, n, a}, ctx));
+  NB_RETURN_IF_ERROR(cuda::swiglu({hb, hb2, hb, n * c.hidden_dim, a}, ctx));
+  NB_RETURN_IF_ERROR(cuda::matmul({w.w_down, hb, ob, n, a}, ctx));
+  const float* next_norm = l + 1 < layers_.size() ? layers_[l + 1].attn_norm : final_norm_;
+  return cuda::add_rms_norm({x, ob, next_norm, xb, n, dim, c.norm_eps, a}, ctx);
+}
+
+// Five launches a layer: [norm -> q|k|v], rope + KV write, attention, [o_proj -> += x],
+// [norm -> gate, up -> SwiGLU], [down_proj -> += x]. x is the residual stream throughout; the norms
+// happen inside the linears that consume them.
+Status CudaLlama::enqueue_layer_fused(size_t l, const StepLayout& s, int64_t max_query_len, int64_t max_context_len,
+                                      const KvPools& kv) {
+  const ModelConfig& c = config_;
+  Context& ctx = *ctx_;
+  const IdxOffsets o = idx_offsets(max_tokens_, max_seqs_, max_rows_, max_table_);
+  const auto* di = idx_d_.as<int32_t>();
+  const int64_t n = s.tokens;
+  auto* x = static_cast<float*>(act(x_));
+  auto* q = static_cast<float*>(act(q_));
+  auto* k = static_cast<float*>(act(k_));
+  auto* v = static_cast<float*>(act(v_));
+  auto* att = static_cast<float*>(act(att_));
+  auto* hb = static_cast<float*>(act(hb_));
+  const DType a = dtype_;
+  const DeviceLayer& w = layers_[l];
+  FusedLinearParams f{};
+  f.weight = w.wqkv;
+  f.x = x;
+  f.norm_weight = w.attn_norm;
+  f.norm_eps = c.norm_eps;
+  f.y = q;
+  f.y1 = k;
+  f.y2 = v;
+  f.n0 = w.wq.rows();
+  f.n1 = w.wk.rows();
+  f.m = n;
+  f.epilogue = LinearEpilogue::kSplit;
+  f.act_dtype = a;
+  NB_RETURN_IF_ERROR(cuda::fused_linear(f, ctx));
+  const RopeParams rp{q, k, di + o.positions, inv_freq_.as<float>(), n, c.num_heads, c.num_kv_heads,
+                      c.head_dim, c.rope_style, a};
+  const KvWriteParams kp{k, v, kv.k[l], kv.v[l], slots_d_.as<int64_t>(), n, c.num_kv_heads, c.head_dim, a};
+  NB_RETURN_IF_ERROR(cuda::rope_kv_write({rp, kp}, ctx));
+  NB_RETURN_IF_ERROR(attention(l, s, max_query_len, max_context_len, kv));
+  f = FusedLinearParams{};
+  f.weight = w.wo;
+  f.x = att;
+  f.y = x;
+  f.m = n;
+  f.epilogue = LinearEpilogue::kAddInto;
+  f.act_dtype = a;
+  NB_RETURN_IF_ERROR(cuda::fused_linear(f, ctx));
+  f = FusedLinearParams{};
+  f.weight = w.w_gate;
+  f.weight2 = w.w_up;
+  f.x = x;
+  f.norm_weight = w.ffn_norm;
+  f.norm_eps = c.norm_eps;
+  f.y = hb;
+  f.m = n;
+  f.epilogue = LinearEpilogue::kSwiglu;
+  f.act_dtype = a;
+  NB_RETURN_IF_ERROR(cuda::fused_linear(f, ctx));
+  f = FusedLinearParams{};
+  f.weight = w.w_down;
+  f.x = hb;
+  f.y = x;
+  f.m = n;
+  f.epilogue = LinearEpilogue::kAddInto;
+  f.act_dtype = a;
+  return cuda::fused_linear(f, ctx);
+}
+
+Status CudaLlama::enqueue(const StepLayout& s, int64_t max_query_len, int64_t max_context_len, const KvPools& kv) {
+  const ModelConfig& c = config_;
+  Context& ctx = *ctx_;
+  const IdxOffsets o = idx_offsets(max_tokens_, max_seqs_, max_rows_, max_table_);
+  const auto* di = idx_d_.as<int32_t>();
+  const int64_t n = s.tokens, dim = c.dim;
+  auto* x = static_cast<float*>(act(x_));
+  auto* xb = static_cast<float*>(act(xb_));
+  const DType a = dtype_;
 
   NB_RETURN_IF_ERROR(cuda::embedding({embed_, di + o.tokens, x, n, a}, ctx));
-  NB_RETURN_IF_ERROR(cuda::rms_norm({x, layers_[0].attn_norm, xb, n, dim, c.norm_eps, a}, ctx));
-  for (size_t l = 0; l < layers_.size(); ++l) {
-    const DeviceLayer& w = layers_[l];
-    NB_RETURN_IF_ERROR(cuda::matmul({w.wq, xb, q, n, a}, ctx));
-    NB_RETURN_IF_ERROR(cuda::matmul({w.wk, xb, k, n, a}, ctx));
-    NB_RETURN_IF_ERROR(cuda::matmul({w.wv, xb, v, n, a}, ctx));
-    NB_RETURN_IF_ERROR(cuda::rope({q, k, di + o.positions, inv_freq_.as<float>(), n, c.num_heads, c.num_kv_heads,
-                                   c.head_dim, c.rope_style, a},
-                                  ctx));
-    NB_RETURN_IF_ERROR(cuda::kv_write(
-        {k, v, kv.k[l], kv.v[l], slots_d_.as<int64_t>(), n, c.num_kv_heads, c.head_dim, a}, ctx));
-    BatchAttentionParams ap{};
-    ap.q = q;
-    ap.out = att;
-    ap.k_cache = kv.k[l];
-    ap.v_cache = kv.v[l];
-    ap.block_tables = di + o.tables;
-    ap.query_start = di + o.qstart;
-    ap.start_pos = di + o.startpos;
-    ap.block_table_stride = s.stride;
-    ap.num_seqs = s.seqs;
-    ap.num_tokens = n;
-    ap.max_query_len = max_query_len;
-    ap.max_context_len = max_context_len;
-    ap.block_size = kv.block_size;
-    ap.num_heads = c.num_heads;
-    ap.num_kv_heads = c.num_kv_heads;
-    ap.head_dim = c.head_dim;
-    ap.scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
-    ap.act_dtype = a;
-    NB_RETURN_IF_ERROR(cuda::batch_attention(ap, ctx));
-    NB_RETURN_IF_ERROR(cuda::matmul({w.wo, att, ob, n, a}, ctx));
-    NB_RETURN_IF_ERROR(cuda::add_rms_norm({x, ob, w.ffn_norm, xb, n, dim, c.norm_eps, a}, ctx));
-    NB_RETURN_IF_ERROR(cuda::matmul({w.w_gate, xb, hb, n, a}, ctx));
-    NB_RETURN_IF_ERROR(cuda::matmul({w.w_up, xb, hb2, n, a}, ctx));
-    NB_RETURN_IF_ERROR(cuda::swiglu({hb, hb2, hb, n * c.hidden_dim, a}, ctx));
-    NB_RETURN_IF_ERROR(cuda::matmul({w.w_down, hb, ob, n, a}, ctx));
-    const float* next_norm = l + 1 < layers_.size() ? layers_[l + 1].attn_norm : final_norm_;
-    NB_RETURN_IF_ERROR(cuda::add_rms_norm({x, ob, next_norm, xb, n, dim, c.norm_eps, a}, ctx));
+  if (fused_applies(n)) {
+    for (size_t l = 0; l < layers_.size(); ++l) NB_RETURN_IF_ERROR(enqueue_layer_fused(l, s, max_query_len, max_context_len, kv));
+    NB_RETURN_IF_ERROR(cuda::rms_norm({x, final_norm_, xb, n, dim, c.norm_eps, a}, ctx));
+  } else {
+    NB_RETURN_IF_ERROR(cuda::rms_norm({x, layers_[0].attn_norm, xb, n, dim, c.norm_eps, a}, ctx));
+    for (size_t l = 0; l < layers_.size(); ++l) NB_RETURN_IF_ERROR(enqueue_layer(l, s, max_query_len, max_context_len, kv));
   }
   if (s.rows == 0) return Status::Ok();
   // xb holds every row's final-normed hidden state; gather the rows that want logits.
@@ -434,12 +614,18 @@ Status CudaLlama::forward(const ForwardBatch& batch, const KvPools& kv, float* l
     s.tokens = bucket * q;
     s.rows = rows;
     NB_RETURN_IF_ERROR(stage(s));
-    const auto key = std::make_tuple(bucket, q, rows_per_seq, static_cast<const void*>(kv.k[0]), kv.block_size, s.stride);
+    // Attention is planned for a context bucket (a power of two from 512, at most max_seq_len): a
+    // plan for max_seq_len would launch mostly empty key splits for short contexts.
+    int64_t ctx_bucket = 512;
+    while (ctx_bucket < max_ctx) ctx_bucket *= 2;
+    ctx_bucket = std::min(ctx_bucket, std::max(c.max_seq_len, max_ctx));
+    const auto key = std::make_tuple(bucket, q, rows_per_seq, static_cast<const void*>(kv.k[0]), kv.block_size, s.stride,
+                                     ctx_bucket);
     auto it = graphs_.find(key);
     if (it == graphs_.end()) {
       NB_RETURN_IF_ERROR(ctx_->synchronize());
       NB_RETURN_IF_ERROR(cuda::Graph::begin_capture(ctx_->stream()));
-      const Status enq = enqueue(s, q, c.max_seq_len, kv);
+      const Status enq = enqueue(s, q, ctx_bucket, kv);
       Result<cuda::Graph> g = cuda::Graph::end_capture(ctx_->stream());
       NB_RETURN_IF_ERROR(enq);
       if (!g.ok()) return g.status();
