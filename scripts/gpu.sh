@@ -20,6 +20,8 @@
 #                          transformers on that model; load = disk to first token (page cache warm);
 #                          serve = `nibble serve --device cuda` SmolLM2 + `nibble bench serve`;
 #                          7bab = decode batch 1 again with switches (NIBBLE_7B_AB: nopdl, unfused, gemvN);
+#                          7bw4 = the 7B quantized RTN W4 g128 here, `bench gpu` on it (W4A16 kernels);
+#                          gemm, kv, w8a8 = `nibble bench gemm|kv|w8a8` (kernel level, issue 6);
 #                          spec = `nibble bench spec --device cuda` (n-gram drafting on a copy task, SmolLM2);
 #                          batching = `nibble bench batching --device cuda --compare batching` (SmolLM2)
 #   NIBBLE_SYNTH_DIR       where the 7B model is generated (default /tmp/nibble-synth)
@@ -163,6 +165,20 @@ if [ "${result[build]:-}" = ok ] && [ "$bench" != none ]; then
       record "bench_7b_$ab" $?
     done
   fi
+  if has 7bw4; then  # RTN W4 g128 of the synthesized 7B (quantized here), decode vs its own roofline
+    m7q=$synth/llama-2-7b-w4g128
+    if [ ! -f "$m7q/done" ]; then
+      "$nib" quantize -m "$m7" -o "$m7q" --method rtn --wbits 4 --group-size 128 -t "$(nproc)" >"$out/quantize_7b.log" 2>&1 \
+        && touch "$m7q/done"
+      record quantize_7b $?
+    fi
+    "$nib" bench gpu -m "$m7q" --device cuda --dtype f16 -p 512 -n 64 -r 5 --batches 1,2,4,8,16,32 \
+      >"$out/bench_7b_w4.txt" 2>&1
+    record bench_7b_w4 $?
+  fi
+  for b in gemm kv w8a8; do  # kernel-level benchmarks (bench gemm: W4A16 vs f16; kv: int8/int4 KV attention)
+    if has $b; then "$nib" bench $b >"$out/bench_$b.txt" 2>&1; record "bench_$b" $?; fi
+  done
   if has hf; then
     python3 scripts/gpu_hf_compare.py "$nib" "$m7" f16 64 >"$out/hf_compare.txt" 2>&1
     record hf_compare $?
@@ -224,6 +240,8 @@ fi
     echo "$f: $(grep -E 'decode batch 1' "$out/$f")"
     case $f in *gemv*) grep -A4 'decode linears' "$out/$f" | tail -4;; esac
   done
+  [ -f "$out/bench_7b_w4.txt" ] && grep -E -A7 'decode batch 1|batch sweep' "$out/bench_7b_w4.txt" | grep -v '^--$'
+  for b in gemm kv w8a8; do [ -f "$out/bench_$b.txt" ] && { echo "== bench $b"; tail -25 "$out/bench_$b.txt"; }; done
   [ -f "$out/load.txt" ] && grep -E 'first token' "$out/load.txt" | tail -2
   [ -f "$out/spec_gpu.txt" ] && tail -14 "$out/spec_gpu.txt"
   [ -f "$out/batching_gpu.txt" ] && grep -E 'continuous|static' "$out/batching_gpu.txt"
