@@ -21,6 +21,7 @@
 
 #include "core/group_quant.h"
 #include "tools/bench_commands.h"
+#include "tools/bench_cuda.h"
 #include "tools/cli_args.h"
 #include "tools/commands.h"
 #ifdef NIBBLE_HAVE_CUDA
@@ -45,34 +46,6 @@ const GemmShape kShapes[] = {{"qkv", 12288, 4096},
                              {"down", 4096, 11008},
                              {"lm_head", 32000, 4096}};
 
-// Median over `runs` of the mean seconds of one fn() call in a burst of `reps` (CUDA events).
-Result<double> time_events(cuda::Context& ctx, int runs, int reps, const std::function<Status(int)>& fn) {
-  cudaStream_t stream = static_cast<cudaStream_t>(ctx.stream());
-  struct Events {
-    cudaEvent_t e0 = nullptr, e1 = nullptr;
-    ~Events() {
-      if (e0 != nullptr) cudaEventDestroy(e0);
-      if (e1 != nullptr) cudaEventDestroy(e1);
-    }
-  } ev;
-  if (cudaEventCreate(&ev.e0) != cudaSuccess || cudaEventCreate(&ev.e1) != cudaSuccess) {
-    return internal_error("bench gemm: cudaEventCreate failed");
-  }
-  cudaEvent_t e0 = ev.e0, e1 = ev.e1;
-  for (int i = 0; i < reps; ++i) NB_RETURN_IF_ERROR(fn(i));  // warm-up (and first-call setup)
-  NB_RETURN_IF_ERROR(ctx.synchronize());
-  std::vector<double> t;
-  for (int r = 0; r < runs; ++r) {
-    cudaEventRecord(e0, stream);
-    for (int i = 0; i < reps; ++i) NB_RETURN_IF_ERROR(fn(i));
-    cudaEventRecord(e1, stream);
-    if (cudaEventSynchronize(e1) != cudaSuccess) return internal_error("bench gemm: a timed call failed on the GPU");
-    float ms = 0.f;
-    cudaEventElapsedTime(&ms, e0, e1);
-    t.push_back(ms * 1e-3 / reps);
-  }
-  return median(t);
-}
 
 // A 4-bit g`group` asymmetric weight [n, k] with pseudo-random codes, scales and zero points.
 Result<Tensor> synthetic_w4(int64_t n, int64_t k, int64_t group, uint32_t seed) {
@@ -127,7 +100,7 @@ Status run(const CliArgs& args) {
   {
     NB_ASSIGN_OR_RETURN(cuda::DeviceBuffer a, cuda::DeviceBuffer::allocate(copy_bytes));
     NB_ASSIGN_OR_RETURN(cuda::DeviceBuffer b, cuda::DeviceBuffer::allocate(copy_bytes));
-    NB_ASSIGN_OR_RETURN(double t, time_events(*ctx, static_cast<int>(runs), 5, [&](int) {
+    NB_ASSIGN_OR_RETURN(double t, time_gpu(*ctx, static_cast<int>(runs), 5, [&](int) {
       return cuda::copy_on_device(b.data(), a.data(), copy_bytes, ctx->stream());
     }));
     bw = 2.0 * static_cast<double>(copy_bytes) / t;
@@ -170,11 +143,11 @@ Status run(const CliArgs& args) {
     NB_RETURN_IF_ERROR(cuda::fill_bytes(f16_all.data(), 0x1C, f16_all.size(), ctx->stream()));  // f16 0.0039
     for (size_t mi = 0; mi < ms.size(); ++mi) {
       const int64_t m = ms[mi];
-      NB_ASSIGN_OR_RETURN(const double t4, time_events(*ctx, static_cast<int>(runs), 2 * w4_copies, [&](int i) {
+      NB_ASSIGN_OR_RETURN(const double t4, time_gpu(*ctx, static_cast<int>(runs), 2 * w4_copies, [&](int i) {
         return cuda::matmul({w4s[static_cast<size_t>(i % w4_copies)], x.as<float>(), y.as<float>(), m, DType::kF16},
                             *ctx);
       }));
-      NB_ASSIGN_OR_RETURN(const double t16, time_events(*ctx, static_cast<int>(runs), 2 * f16_copies, [&](int i) {
+      NB_ASSIGN_OR_RETURN(const double t16, time_gpu(*ctx, static_cast<int>(runs), 2 * f16_copies, [&](int i) {
         const int64_t shape[2] = {sh.n, sh.k};
         void* w = static_cast<uint8_t*>(f16_all.data()) + static_cast<size_t>(i % f16_copies) * f16_bytes;
         return cuda::matmul({Tensor::view(w, shape, 2, DType::kF16, nullptr, Device::kCUDA), x.as<float>(),

@@ -7,7 +7,7 @@
 //                    bandwidth, bytes = every linear weight + the output head + one embedding row
 //                    + the K/V read by attention at that position
 //   batch sweep      decode steps of B sequences at context C (KV contents do not matter for time)
-// Medians of -r runs; CUDA graphs as the engine uses them.
+// Medians of -r runs (kernel timings: tools/bench_cuda.h); CUDA graphs as the engine uses them.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -20,6 +20,7 @@
 #include "model/forward_backend.h"
 #include "model/llama.h"
 #include "tools/bench_commands.h"
+#include "tools/bench_cuda.h"
 #include "tools/cli_args.h"
 #include "tools/cli_device.h"
 #include "tools/commands.h"
@@ -32,20 +33,6 @@ namespace nb::tools {
 namespace {
 
 #ifdef NIBBLE_HAVE_CUDA
-// Median seconds of one call of fn (synchronized), over `runs` timings of `reps` calls each.
-Result<double> time_it(cuda::Context& ctx, int runs, int reps, const std::function<Status()>& fn) {
-  NB_RETURN_IF_ERROR(fn());
-  NB_RETURN_IF_ERROR(ctx.synchronize());
-  std::vector<double> t;
-  for (int r = 0; r < runs; ++r) {
-    const auto t0 = std::chrono::steady_clock::now();
-    for (int i = 0; i < reps; ++i) NB_RETURN_IF_ERROR(fn());
-    NB_RETURN_IF_ERROR(ctx.synchronize());
-    t.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / reps);
-  }
-  return median(t);
-}
-
 struct Shape {
   int64_t n, k;
 };
@@ -67,7 +54,7 @@ Result<double> gemm_seconds(cuda::Context& ctx, DType dt, int64_t m, const std::
   for (const Shape& s : shapes) {
     const int64_t shape[2] = {s.n, s.k};
     const Tensor wt = Tensor::view(w.data(), shape, 2, dt, nullptr, Device::kCUDA);
-    NB_ASSIGN_OR_RETURN(double t, time_it(ctx, runs, 10, [&] {
+    NB_ASSIGN_OR_RETURN(double t, time_gpu(ctx, runs, 10, [&](int) {
       return cuda::matmul({wt, x.as<float>(), y.as<float>(), m, dt}, ctx);
     }));
     total += t;
@@ -105,7 +92,7 @@ Status print_linear_rates(cuda::Context& ctx, DType dt, const ModelConfig& c, in
     NB_RETURN_IF_ERROR(cuda::fill_bytes(y.data(), 0, y.size(), ctx.stream()));
     NB_RETURN_IF_ERROR(cuda::fill_bytes(nw.data(), 0, nw.size(), ctx.stream()));
     int next = 0;
-    NB_ASSIGN_OR_RETURN(double t, time_it(ctx, runs, 2 * copies, [&]() -> Status {
+    NB_ASSIGN_OR_RETURN(double t, time_gpu(ctx, runs, 2 * copies, [&](int) -> Status {
       auto* base = static_cast<uint8_t*>(w.data()) + static_cast<size_t>(next) * bytes * mats;
       next = (next + 1) % copies;
       const int64_t shape[2] = {cs.n, cs.k};
@@ -182,7 +169,7 @@ int run_bench_gpu(int argc, char** argv) {
     const size_t copy_bytes = size_t{1} << 30;
     NB_ASSIGN_OR_RETURN(cuda::DeviceBuffer a, cuda::DeviceBuffer::allocate(copy_bytes));
     NB_ASSIGN_OR_RETURN(cuda::DeviceBuffer b, cuda::DeviceBuffer::allocate(copy_bytes));
-    NB_ASSIGN_OR_RETURN(double t_copy, time_it(*ctx, runs, 10, [&] {
+    NB_ASSIGN_OR_RETURN(double t_copy, time_gpu(*ctx, runs, 10, [&](int) {
       return cuda::copy_on_device(b.data(), a.data(), copy_bytes, ctx->stream());
     }));
     const double bw = 2.0 * static_cast<double>(copy_bytes) / t_copy;

@@ -21,6 +21,7 @@
 #include "backend/kv_format.h"
 #include "core/dtype.h"
 #include "tools/bench_commands.h"
+#include "tools/bench_cuda.h"
 #include "tools/cli_args.h"
 #include "tools/commands.h"
 #ifdef NIBBLE_HAVE_CUDA
@@ -54,24 +55,6 @@ struct BenchShape {
   int64_t heads, kv_heads, head_dim, block_size, context, query;
 };
 
-// Median seconds of one call of fn over `runs` timings of back-to-back calls.
-Result<double> time_call(cuda::Context& ctx, int runs, const std::function<Status()>& fn) {
-  NB_RETURN_IF_ERROR(fn());
-  NB_RETURN_IF_ERROR(ctx.synchronize());
-  auto t0 = std::chrono::steady_clock::now();
-  NB_RETURN_IF_ERROR(fn());
-  NB_RETURN_IF_ERROR(ctx.synchronize());
-  const double once = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  const int reps = static_cast<int>(std::clamp(0.05 / std::max(once, 1e-7), 3.0, 2000.0));  // ~50 ms a run
-  std::vector<double> t;
-  for (int r = 0; r < runs; ++r) {
-    t0 = std::chrono::steady_clock::now();
-    for (int i = 0; i < reps; ++i) NB_RETURN_IF_ERROR(fn());
-    NB_RETURN_IF_ERROR(ctx.synchronize());
-    t.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / reps);
-  }
-  return median(t);
-}
 
 // One batch size: every format on the same shape; prints one line a format.
 Status bench_batch(cuda::Context& ctx, const BenchShape& sh, int64_t batch, int runs) {
@@ -139,12 +122,12 @@ Status bench_batch(cuda::Context& ctx, const BenchShape& sh, int64_t batch, int 
     p.scale = 1.f / std::sqrt(static_cast<float>(sh.head_dim));
     p.act_dtype = DType::kF16;
     p.cache_dtype = kvt;
-    NB_ASSIGN_OR_RETURN(double t, time_call(ctx, runs, [&] { return cuda::batch_attention(p, ctx); }));
+    NB_ASSIGN_OR_RETURN(double t, time_gpu(ctx, runs, 0, [&](int) { return cuda::batch_attention(p, ctx); }));
     KvWriteParams w{d_new.as<float>(), d_new.as<float>(), k_pool.as<float>(), v_pool.as<float>(), d_slots.as<int64_t>(),
                     new_rows, sh.kv_heads, sh.head_dim, DType::kF16};
     w.cache_dtype = kvt;
     w.cache_block_size = sh.block_size;
-    NB_ASSIGN_OR_RETURN(double t_write, time_call(ctx, runs, [&] { return cuda::kv_write(w, ctx); }));
+    NB_ASSIGN_OR_RETURN(double t_write, time_gpu(ctx, runs, 0, [&](int) { return cuda::kv_write(w, ctx); }));
     if (kvt == KvCacheDType::kF16) f16_time = t;
     // Bytes read: every sequence's K and V of every position, values and scales/zeros.
     const double bytes = 2.0 * static_cast<double>(batch * sh.context * sh.kv_heads * f.bytes_per_token_head());

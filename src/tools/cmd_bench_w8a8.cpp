@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "tools/bench_commands.h"
+#include "tools/bench_cuda.h"
 #include "tools/cli_args.h"
 #include "tools/commands.h"
 #ifdef NIBBLE_HAVE_CUDA
@@ -29,24 +30,6 @@ namespace {
 constexpr const char* kCmd = "bench w8a8";
 
 #ifdef NIBBLE_HAVE_CUDA
-// Median seconds of one call over `runs` timings of back-to-back calls (~50 ms each).
-Result<double> time_call(cuda::Context& ctx, int runs, const std::function<Status()>& fn) {
-  NB_RETURN_IF_ERROR(fn());
-  NB_RETURN_IF_ERROR(ctx.synchronize());
-  auto t0 = std::chrono::steady_clock::now();
-  NB_RETURN_IF_ERROR(fn());
-  NB_RETURN_IF_ERROR(ctx.synchronize());
-  const double once = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  const int reps = static_cast<int>(std::clamp(0.05 / std::max(once, 1e-7), 3.0, 1000.0));
-  std::vector<double> t;
-  for (int r = 0; r < runs; ++r) {
-    t0 = std::chrono::steady_clock::now();
-    for (int i = 0; i < reps; ++i) NB_RETURN_IF_ERROR(fn());
-    NB_RETURN_IF_ERROR(ctx.synchronize());
-    t.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / reps);
-  }
-  return median(t);
-}
 
 struct Linear {
   const char* name;
@@ -78,13 +61,13 @@ Status bench_m(cuda::Context& ctx, int64_t m, int runs) {
     gq->act_int8 = true;
     gq->num_groups = 1;
     tq.set_group_quant(gq);
-    NB_ASSIGN_OR_RETURN(double t_f16, time_call(ctx, runs, [&] {
+    NB_ASSIGN_OR_RETURN(double t_f16, time_gpu(ctx, runs, 0, [&](int) {
       return cuda::matmul({tf16, x.as<float>(), y.as<float>(), m, DType::kF16}, ctx);
     }));
-    NB_ASSIGN_OR_RETURN(double t_w8, time_call(ctx, runs, [&] {
+    NB_ASSIGN_OR_RETURN(double t_w8, time_gpu(ctx, runs, 0, [&](int) {
       return cuda::matmul_w8a8({tq, x.as<float>(), y.as<float>(), m, DType::kF16}, ctx);
     }));
-    NB_ASSIGN_OR_RETURN(double t_q, time_call(ctx, runs, [&] {
+    NB_ASSIGN_OR_RETURN(double t_q, time_gpu(ctx, runs, 0, [&](int) {
       return cuda::quantize_act_int8(x.as<float>(), m, l.k, DType::kF16, xq.as<int8_t>(), d.as<float>(), ctx);
     }));
     const double flops = 2.0 * static_cast<double>(m) * static_cast<double>(l.n) * static_cast<double>(l.k);

@@ -22,6 +22,7 @@
 #include "backend/cpu/cpu_ops.h"
 #include "backend/cuda/cuda_ops.h"
 #include "gpu_test_util.h"
+#include "paged_layout.h"
 
 namespace nb {
 namespace {
@@ -32,60 +33,27 @@ using gpu_test::random_normal;
 
 constexpr DType kActs[] = {DType::kF32, DType::kF16, DType::kBF16};
 
-struct Shape {
-  int64_t heads, kv_heads, head_dim, block_size;
-};
+using Shape = gpu_test::PagedShape;
 
-// A batch of sequences over one shared, shuffled block pool. Host-side f32 copies (already rounded
-// to the activation dtype) feed the reference; the same values go to the device.
-struct PagedBatch {
-  Shape shape;
-  std::vector<int64_t> num_tokens, start_pos;
-  std::vector<int32_t> query_start, start_pos32, tables;
-  int64_t stride = 0, total_tokens = 0, max_query = 0, max_context = 0;
+// A batch of sequences over one shared, shuffled block pool (gpu_test::PagedLayout). Host-side f32
+// copies (already rounded to the activation dtype) feed the reference; the same values go to the
+// device. Slots no sequence owns (spare blocks, table padding) hold NaN.
+struct PagedBatch : gpu_test::PagedLayout {
   std::vector<float> q, k_cache, v_cache;
 };
 
 PagedBatch make_batch(const Shape& sh, const std::vector<int64_t>& tokens, const std::vector<int64_t>& start,
                       DType act, uint32_t s) {
   PagedBatch b;
-  b.shape = sh;
-  b.num_tokens = tokens;
-  b.start_pos = start;
-  const size_t num_seqs = tokens.size();
-  std::vector<int64_t> blocks(num_seqs);
-  int64_t total_blocks = 0;
-  b.query_start.push_back(0);
-  for (size_t i = 0; i < num_seqs; ++i) {
-    const int64_t ctx_len = start[i] + tokens[i];
-    blocks[i] = (ctx_len + sh.block_size - 1) / sh.block_size;
-    total_blocks += blocks[i];
-    b.stride = std::max(b.stride, blocks[i] + 2);  // padding entries past each table's end
-    b.total_tokens += tokens[i];
-    b.max_query = std::max(b.max_query, tokens[i]);
-    b.max_context = std::max(b.max_context, ctx_len);
-    b.query_start.push_back(static_cast<int32_t>(b.total_tokens));
-    b.start_pos32.push_back(static_cast<int32_t>(start[i]));
-  }
-  const int64_t pool = total_blocks + 3;  // spare blocks stay NaN
-  std::vector<int32_t> ids(static_cast<size_t>(pool));
-  std::iota(ids.begin(), ids.end(), 0);
-  std::mt19937 rng(gpu_test::seed(s));
-  std::shuffle(ids.begin(), ids.end(), rng);
-  const int32_t spare = ids.back();  // never assigned: padding entries point at NaN
-  b.tables.assign(num_seqs * static_cast<size_t>(b.stride), spare);
-  size_t next = 0;
-  for (size_t i = 0; i < num_seqs; ++i)
-    for (int64_t j = 0; j < blocks[i]; ++j) b.tables[i * static_cast<size_t>(b.stride) + static_cast<size_t>(j)] = ids[next++];
-
+  static_cast<gpu_test::PagedLayout&>(b) = gpu_test::make_paged_layout(sh, tokens, start, s);
   const int64_t row = sh.kv_heads * sh.head_dim;
-  b.k_cache.assign(static_cast<size_t>(pool * sh.block_size * row), NAN);
+  b.k_cache.assign(static_cast<size_t>(b.pool_blocks * sh.block_size * row), NAN);
   b.v_cache = b.k_cache;
+  std::mt19937 rng(gpu_test::seed(s + 7));
   std::normal_distribution<float> nd;
-  for (size_t i = 0; i < num_seqs; ++i)
+  for (size_t i = 0; i < tokens.size(); ++i)
     for (int64_t pos = 0; pos < start[i] + tokens[i]; ++pos) {
-      const int64_t block = b.tables[i * static_cast<size_t>(b.stride) + static_cast<size_t>(pos / sh.block_size)];
-      const int64_t slot = block * sh.block_size + pos % sh.block_size;
+      const int64_t slot = gpu_test::paged_slot(b, i, pos);
       for (int64_t e = 0; e < row; ++e) {
         b.k_cache[static_cast<size_t>(slot * row + e)] = gpu_test::round_to(act, nd(rng));
         b.v_cache[static_cast<size_t>(slot * row + e)] = gpu_test::round_to(act, nd(rng));
@@ -97,20 +65,7 @@ PagedBatch make_batch(const Shape& sh, const std::vector<int64_t>& tokens, const
   return b;
 }
 
-BatchAttentionParams params_for(const PagedBatch& b) {
-  BatchAttentionParams p{};
-  p.block_table_stride = b.stride;
-  p.num_seqs = static_cast<int64_t>(b.num_tokens.size());
-  p.num_tokens = b.total_tokens;
-  p.max_query_len = b.max_query;
-  p.max_context_len = b.max_context;
-  p.block_size = b.shape.block_size;
-  p.num_heads = b.shape.heads;
-  p.num_kv_heads = b.shape.kv_heads;
-  p.head_dim = b.shape.head_dim;
-  p.scale = 1.f / std::sqrt(static_cast<float>(b.shape.head_dim));
-  return p;
-}
+BatchAttentionParams params_for(const PagedBatch& b) { return gpu_test::paged_params(b); }
 
 std::string describe(const PagedBatch& b, DType act, int64_t split) {
   std::string s = "heads ";

@@ -21,6 +21,7 @@
 #include "backend/cpu/cpu_ops.h"
 #include "backend/cuda/cuda_ops.h"
 #include "gpu_test_util.h"
+#include "paged_layout.h"
 
 namespace nb {
 namespace {
@@ -220,49 +221,31 @@ TEST_F(CudaDecode, DecodeAttentionMatchesReference) {
     if (c.contexts.empty())
       for (int i = 0; i < 13; ++i) c.contexts.push_back(1 + static_cast<int64_t>(rng() % 900));
     const int64_t seqs = static_cast<int64_t>(c.contexts.size()), row = c.kv_heads * c.hd;
-    int64_t stride = 0, total_blocks = 0, max_ctx = 0;
-    for (int64_t len : c.contexts) {
-      stride = std::max(stride, (len + c.block_size - 1) / c.block_size + 1);
-      total_blocks += (len + c.block_size - 1) / c.block_size;
-      max_ctx = std::max(max_ctx, len);
-    }
-    std::vector<int32_t> ids(static_cast<size_t>(total_blocks + 2));
-    std::iota(ids.begin(), ids.end(), 0);
-    std::shuffle(ids.begin(), ids.end(), rng);
-    std::vector<int32_t> tables(static_cast<size_t>(seqs * stride), ids.back()), qs(1, 0), sp;
-    std::vector<float> kc(ids.size() * static_cast<size_t>(c.block_size * row), NAN), vc = kc;
+    std::vector<int64_t> ones(c.contexts.size(), 1), start;
+    for (int64_t len : c.contexts) start.push_back(len - 1);
+    const gpu_test::PagedLayout layout =
+        gpu_test::make_paged_layout({c.heads, c.kv_heads, c.hd, c.block_size}, ones, start, s++);
+    const std::vector<int32_t>& tables = layout.tables;
+    const std::vector<int32_t>& qs = layout.query_start;
+    const std::vector<int32_t>& sp = layout.start_pos32;
+    const int64_t max_ctx = layout.max_context;
+    std::vector<float> kc(static_cast<size_t>(layout.pool_blocks * c.block_size * row), NAN), vc = kc;
     std::normal_distribution<float> nd;
-    size_t next = 0;
-    for (int64_t i = 0; i < seqs; ++i) {
-      const int64_t len = c.contexts[static_cast<size_t>(i)];
-      for (int64_t b = 0; b < (len + c.block_size - 1) / c.block_size; ++b) tables[static_cast<size_t>(i * stride + b)] = ids[next++];
-      for (int64_t pos = 0; pos < len; ++pos) {
-        const int64_t slot = tables[static_cast<size_t>(i * stride + pos / c.block_size)] * c.block_size + pos % c.block_size;
+    for (size_t i = 0; i < c.contexts.size(); ++i)
+      for (int64_t pos = 0; pos < c.contexts[i]; ++pos) {
+        const int64_t slot = gpu_test::paged_slot(layout, i, pos);
         for (int64_t e = 0; e < row; ++e) {
           kc[static_cast<size_t>(slot * row + e)] = nd(rng);
           vc[static_cast<size_t>(slot * row + e)] = nd(rng);
         }
       }
-      qs.push_back(static_cast<int32_t>(i + 1));
-      sp.push_back(static_cast<int32_t>(len - 1));
-    }
     for (DType t : kHalfActs) {
       std::vector<float> q = random_normal(static_cast<size_t>(seqs * c.heads * c.hd), s++, 2.f);
       std::vector<float> kr = kc, vr = vc;
       gpu_test::round_all(q, t);
       gpu_test::round_all(kr, t);
       gpu_test::round_all(vr, t);
-      BatchAttentionParams p{};
-      p.block_table_stride = stride;
-      p.num_seqs = seqs;
-      p.num_tokens = seqs;
-      p.max_query_len = 1;
-      p.max_context_len = max_ctx;
-      p.block_size = c.block_size;
-      p.num_heads = c.heads;
-      p.num_kv_heads = c.kv_heads;
-      p.head_dim = c.hd;
-      p.scale = 1.f / std::sqrt(static_cast<float>(c.hd));
+      BatchAttentionParams p = gpu_test::paged_params(layout);
       std::vector<float> want(q.size());
       BatchAttentionParams hp = p;
       hp.q = q.data();

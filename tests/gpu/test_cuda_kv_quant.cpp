@@ -33,6 +33,7 @@
 #include "backend/cuda/cuda_ops.h"
 #include "backend/kv_format.h"
 #include "gpu_test_util.h"
+#include "paged_layout.h"
 
 namespace nb {
 namespace {
@@ -142,19 +143,13 @@ TEST_F(CudaKvQuant, HadamardMatchesCpu) {
   EXPECT_EQ(cuda::hadamard(bad, ctx()).code(), StatusCode::kInvalidArgument);
 }
 
-struct Shape {
-  int64_t heads, kv_heads, head_dim, block_size;
-};
+using Shape = gpu_test::PagedShape;
 
 // A batch of sequences whose K/V sit in one shuffled pool of the quantized format, written there by
 // cpu::ref::kv_write (the same bytes cuda::kv_write writes, by the test above). Blocks no sequence
 // owns, including holes between owned blocks and the tables' padding entries, stay 0xFF.
-struct QuantBatch {
-  Shape shape;
+struct QuantBatch : gpu_test::PagedLayout {
   KvCacheDType kvt;
-  std::vector<int64_t> num_tokens, start_pos;
-  std::vector<int32_t> query_start, start_pos32, tables;
-  int64_t stride = 0, total_tokens = 0, max_query = 0, max_context = 0;
   std::vector<float> q;
   std::vector<uint8_t> k_pool, v_pool;
 };
@@ -162,47 +157,14 @@ struct QuantBatch {
 QuantBatch make_batch(const Shape& sh, KvCacheDType kvt, const std::vector<int64_t>& tokens,
                       const std::vector<int64_t>& start, DType act, uint32_t s) {
   QuantBatch b;
-  b.shape = sh;
+  static_cast<gpu_test::PagedLayout&>(b) = gpu_test::make_paged_layout(sh, tokens, start, s, /*spread=*/2);
   b.kvt = kvt;
-  b.num_tokens = tokens;
-  b.start_pos = start;
-  const size_t num_seqs = tokens.size();
-  std::vector<int64_t> blocks(num_seqs);
-  int64_t total_blocks = 0;
-  b.query_start.push_back(0);
-  for (size_t i = 0; i < num_seqs; ++i) {
-    const int64_t ctx_len = start[i] + tokens[i];
-    blocks[i] = (ctx_len + sh.block_size - 1) / sh.block_size;
-    total_blocks += blocks[i];
-    b.stride = std::max(b.stride, blocks[i] + 2);
-    b.total_tokens += tokens[i];
-    b.max_query = std::max(b.max_query, tokens[i]);
-    b.max_context = std::max(b.max_context, ctx_len);
-    b.query_start.push_back(static_cast<int32_t>(b.total_tokens));
-    b.start_pos32.push_back(static_cast<int32_t>(start[i]));
-  }
-  const int64_t pool = 2 * total_blocks + 3;  // about half the blocks are holes nobody owns
-  std::vector<int32_t> ids(static_cast<size_t>(pool));
-  std::iota(ids.begin(), ids.end(), 0);
-  std::mt19937 rng(gpu_test::seed(s));
-  std::shuffle(ids.begin(), ids.end(), rng);
-  const int32_t spare = ids.back();
-  b.tables.assign(num_seqs * static_cast<size_t>(b.stride), spare);
-  size_t next = 0;
-  for (size_t i = 0; i < num_seqs; ++i)
-    for (int64_t j = 0; j < blocks[i]; ++j) {
-      b.tables[i * static_cast<size_t>(b.stride) + static_cast<size_t>(j)] = ids[next];
-      next += 2;
-    }
   const KvBlockFormat f{kvt, sh.block_size, sh.kv_heads, sh.head_dim};
-  b.k_pool.assign(static_cast<size_t>(pool * f.block_bytes()), 0xFF);
+  b.k_pool.assign(static_cast<size_t>(b.pool_blocks * f.block_bytes()), 0xFF);
   b.v_pool = b.k_pool;
   std::vector<int64_t> slots;
-  for (size_t i = 0; i < num_seqs; ++i)
-    for (int64_t pos = 0; pos < start[i] + tokens[i]; ++pos) {
-      const int64_t block = b.tables[i * static_cast<size_t>(b.stride) + static_cast<size_t>(pos / sh.block_size)];
-      slots.push_back(block * sh.block_size + pos % sh.block_size);
-    }
+  for (size_t i = 0; i < tokens.size(); ++i)
+    for (int64_t pos = 0; pos < start[i] + tokens[i]; ++pos) slots.push_back(gpu_test::paged_slot(b, i, pos));
   const int64_t n = static_cast<int64_t>(slots.size());
   const std::vector<float> k = random_normal(static_cast<size_t>(n * sh.kv_heads * sh.head_dim), s + 1);
   const std::vector<float> v = random_normal(static_cast<size_t>(n * sh.kv_heads * sh.head_dim), s + 2);
@@ -218,17 +180,7 @@ QuantBatch make_batch(const Shape& sh, KvCacheDType kvt, const std::vector<int64
 }
 
 BatchAttentionParams params_for(const QuantBatch& b) {
-  BatchAttentionParams p{};
-  p.block_table_stride = b.stride;
-  p.num_seqs = static_cast<int64_t>(b.num_tokens.size());
-  p.num_tokens = b.total_tokens;
-  p.max_query_len = b.max_query;
-  p.max_context_len = b.max_context;
-  p.block_size = b.shape.block_size;
-  p.num_heads = b.shape.heads;
-  p.num_kv_heads = b.shape.kv_heads;
-  p.head_dim = b.shape.head_dim;
-  p.scale = 1.f / std::sqrt(static_cast<float>(b.shape.head_dim));
+  BatchAttentionParams p = gpu_test::paged_params(b);
   p.cache_dtype = b.kvt;
   return p;
 }

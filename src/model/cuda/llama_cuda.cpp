@@ -24,18 +24,11 @@
 #include <tuple>
 #include <vector>
 
-#include "backend/cuda/cuda_ops.h"
-#include "backend/cuda/device.h"
 #include "core/group_quant.h"
-#include "model/forward_backend.h"
-#include "model/llama.h"
+#include "model/cuda/llama_cuda_internal.h"
 
-namespace nb {
+namespace nb::cuda_model {
 namespace {
-
-using cuda::Context;
-using cuda::DeviceBuffer;
-using cuda::PinnedBuffer;
 
 Result<DType> parse_dtype(const std::string& s) {
   if (s == "f16" || s == "float16") return DType::kF16;
@@ -44,118 +37,7 @@ Result<DType> parse_dtype(const std::string& s) {
   return invalid_argument("--dtype must be f16, bf16 or f32 on CUDA; got '" + s + "'");
 }
 
-size_t act_bytes(DType t) { return t == DType::kF32 ? 4 : 2; }
-
-struct DeviceLayer {
-  Tensor wqkv;  // [q_dim + 2 kv_dim, dim]: wq, wk, wv are its row ranges (one buffer, views)
-  Tensor wq, wk, wv, wo, w_gate, w_up, w_down;
-  const float* attn_norm = nullptr;
-  const float* ffn_norm = nullptr;
-};
-
-// Batch description as the kernels read it; the device copy lives at fixed addresses.
-struct StepLayout {
-  int64_t tokens = 0, seqs = 0, rows = 0, stride = 0;
-};
-
-class CudaLlama final : public ForwardBackend {
- public:
-  static Result<std::unique_ptr<CudaLlama>> create(const ModelWeights& w, const CudaForwardOptions& o);
-
-  Result<std::shared_ptr<void>> allocate_kv(int64_t nbytes) override {
-    NB_RETURN_IF_ERROR(cuda::set_device(options_.ordinal));
-    NB_ASSIGN_OR_RETURN(DeviceBuffer buf, DeviceBuffer::allocate(static_cast<size_t>(std::max<int64_t>(nbytes, 1))));
-    NB_RETURN_IF_ERROR(cuda::fill_bytes(buf.data(), 0, buf.size(), ctx_->stream()));
-    NB_RETURN_IF_ERROR(ctx_->synchronize());
-    auto holder = std::make_shared<DeviceBuffer>(std::move(buf));
-    return std::shared_ptr<void>(holder, holder->data());
-  }
-
-  Status copy_kv(void* dst, const void* src, int64_t nbytes) override {
-    return cuda::copy_on_device(dst, src, static_cast<size_t>(nbytes), ctx_->stream());
-  }
-
-  Status forward(const ForwardBatch& batch, const KvPools& kv, float* logits) override;
-
-  int64_t kv_element_bytes() const override { return static_cast<int64_t>(act_bytes(dtype_)); }
-
-  int64_t free_memory_bytes() const override {
-    size_t free_b = 0, total_b = 0;
-    if (!cuda::memory_info(&free_b, &total_b).ok()) return 0;
-    return static_cast<int64_t>(free_b);
-  }
-
-  std::string describe() const override {
-    return "cuda:" + std::to_string(options_.ordinal) + " " + ctx_->info().name + ", " +
-           std::string(dtype_name(dtype_));
-  }
-
- private:
-  CudaLlama(const ModelConfig& c, const CudaForwardOptions& o) : config_(c), options_(o) {}
-  Status upload_weights(const ModelWeights& w);
-  Result<Tensor> upload(const Tensor& t, DType target);
-  // A linear weight: 4-bit kQGroup packed for the W4A16 kernels when they take it, else as upload().
-  Result<Tensor> upload_linear(const Tensor& t);
-  bool w4_applies(const Tensor& t) const;
-  // Converts t to `target` into dst (rows() * cols() elements of target).
-  Status upload_into(const Tensor& t, DType target, void* dst);
-  // Enqueues one decoder layer the unfused way (any batch) or fused for a few rows (decode).
-  Status enqueue_layer(size_t l, const StepLayout& s, int64_t max_query_len, int64_t max_context_len, const KvPools& kv);
-  Status enqueue_layer_fused(size_t l, const StepLayout& s, int64_t max_query_len, int64_t max_context_len,
-                             const KvPools& kv);
-  Status attention(size_t l, const StepLayout& s, int64_t max_query_len, int64_t max_context_len, const KvPools& kv);
-  bool fused_applies(int64_t tokens) const;
-  Result<const float*> upload_f32(const Tensor& t);
-  Status allocate_scratch();
-  // Enqueues the forward for the staged batch (no host synchronization; capturable).
-  Status enqueue(const StepLayout& s, int64_t max_query_len, int64_t max_context_len, const KvPools& kv);
-  Status stage(const StepLayout& s);
-  void* act(const DeviceBuffer& b) const { return b.data(); }
-
-  ModelConfig config_;
-  CudaForwardOptions options_;
-  DType dtype_ = DType::kF16;
-  std::unique_ptr<Context> ctx_;
-  std::vector<DeviceBuffer> owned_;  // weights
-  Tensor embed_, output_;
-  const float* final_norm_ = nullptr;
-  std::vector<DeviceLayer> layers_;
-  DeviceBuffer inv_freq_;
-  // Activations for up to max_batch_tokens rows.
-  DeviceBuffer x_, xb_, q_, k_, v_, att_, ob_, hb_, hb2_, xg_, logits_d_;
-  // Staging: int32 [tokens | positions | query_start | start_pos | rows | block tables], int64 slots.
-  int64_t max_tokens_ = 0, max_seqs_ = 0, max_rows_ = 0, max_table_ = 0;
-  DeviceBuffer idx_d_, slots_d_, greedy_d_;
-  PinnedBuffer idx_h_, slots_h_, logits_h_, greedy_h_;
-  int32_t* h_tokens_ = nullptr;
-  int32_t* h_positions_ = nullptr;
-  int32_t* h_qstart_ = nullptr;
-  int32_t* h_startpos_ = nullptr;
-  int32_t* h_rows_ = nullptr;
-  int32_t* h_tables_ = nullptr;
-  // Graphs by (bucket, tokens a sequence, logit rows a sequence, K pool of layer 0, block size, table
-  // stride, context bucket).
-  static constexpr int64_t kMaxGraphQuery = 16;
-  std::map<std::tuple<int64_t, int64_t, int64_t, const void*, int64_t, int64_t, int64_t>, cuda::Graph> graphs_;
-  bool w4_fallback_noted_ = false;
-  bool fusion_ = true;  // decode fusions (NIBBLE_DECODE_FUSION=0 turns them off, for comparison)
-};
-
-// Offsets (in int32 elements) of the staging regions.
-struct IdxOffsets {
-  int64_t tokens, positions, qstart, startpos, rows, tables, total;
-};
-IdxOffsets idx_offsets(int64_t max_tokens, int64_t max_seqs, int64_t max_rows, int64_t max_table) {
-  IdxOffsets o{};
-  o.tokens = 0;
-  o.positions = o.tokens + max_tokens;
-  o.qstart = o.positions + max_tokens;
-  o.startpos = o.qstart + max_seqs + 1;
-  o.rows = o.startpos + max_seqs;
-  o.tables = o.rows + max_rows;
-  o.total = o.tables + max_table;
-  return o;
-}
+}  // namespace
 
 Result<std::unique_ptr<CudaLlama>> CudaLlama::create(const ModelWeights& w, const CudaForwardOptions& o) {
   NB_RETURN_IF_ERROR(w.config.validate());
@@ -358,184 +240,6 @@ Status CudaLlama::stage(const StepLayout& s) {
   return cuda::copy_to_device(slots_d_.data(), slots_h_.data(), static_cast<size_t>(s.tokens) * 8, st);
 }
 
-bool CudaLlama::fused_applies(int64_t tokens) const {
-  if (!fusion_ || layers_.empty()) return false;
-  // Every linear's shape and dtype must suit the kernel (K % 8: stories260K's hidden 172 does not;
-  // packed 4-bit weights go through matmul).
-  for (const DeviceLayer& w : layers_) {
-    for (const Tensor* t : {&w.wqkv, &w.wo, &w.w_gate, &w.w_up, &w.w_down}) {
-      FusedLinearParams f{};
-      f.weight = *t;
-      f.x = static_cast<const float*>(act(x_));
-      f.y = static_cast<float*>(act(q_));
-      f.m = tokens;
-      f.act_dtype = dtype_;
-      if (!cuda::fused_linear_applies(f)) return false;
-    }
-  }
-  return true;
-}
-
-Status CudaLlama::attention(size_t l, const StepLayout& s, int64_t max_query_len, int64_t max_context_len,
-                            const KvPools& kv) {
-  const ModelConfig& c = config_;
-  const IdxOffsets o = idx_offsets(max_tokens_, max_seqs_, max_rows_, max_table_);
-  const auto* di = idx_d_.as<int32_t>();
-  BatchAttentionParams ap{};
-  ap.q = static_cast<float*>(act(q_));
-  ap.out = static_cast<float*>(act(att_));
-  ap.k_cache = kv.k[l];
-  ap.v_cache = kv.v[l];
-  ap.block_tables = di + o.tables;
-  ap.query_start = di + o.qstart;
-  ap.start_pos = di + o.startpos;
-  ap.block_table_stride = s.stride;
-  ap.num_seqs = s.seqs;
-  ap.num_tokens = s.tokens;
-  ap.max_query_len = max_query_len;
-  ap.max_context_len = max_context_len;
-  ap.block_size = kv.block_size;
-  ap.num_heads = c.num_heads;
-  ap.num_kv_heads = c.num_kv_heads;
-  ap.head_dim = c.head_dim;
-  ap.scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
-  ap.act_dtype = dtype_;
-  // The decode kernel when it takes the batch and its split workspace fits; the general one otherwise.
-  if (fusion_ && cuda::decode_attention_applies(ap) && cuda::decode_attention(ap, *ctx_).ok()) return Status::Ok();
-  return cuda::batch_attention(ap, *ctx_);
-}
-
-Status CudaLlama::enqueue_layer(size_t l, const StepLayout& s, int64_t max_query_len, int64_t max_context_len,
-                                const KvPools& kv) {
-  const ModelConfig& c = config_;
-  Context& ctx = *ctx_;
-  const IdxOffsets o = idx_offsets(max_tokens_, max_seqs_, max_rows_, max_table_);
-  const auto* di = idx_d_.as<int32_t>();
-  const int64_t n = s.tokens, dim = c.dim;
-  auto* x = static_cast<float*>(act(x_));
-  auto* xb = static_cast<float*>(act(xb_));
-  auto* q = static_cast<float*>(act(q_));
-  auto* k = static_cast<float*>(act(k_));
-  auto* v = static_cast<float*>(act(v_));
-  auto* att = static_cast<float*>(act(att_));
-  auto* ob = static_cast<float*>(act(ob_));
-  auto* hb = static_cast<float*>(act(hb_));
-  auto* hb2 = static_cast<float*>(act(hb2_));
-  const DType a = dtype_;
-  const DeviceLayer& w = layers_[l];
-  // xb = attn_norm(x) on entry (the previous layer's last op, or the first norm).
-  NB_RETURN_IF_ERROR(cuda::matmul({w.wq, xb, q, n, a}, ctx));
-  NB_RETURN_IF_ERROR(cuda::matmul({w.wk, xb, k, n, a}, ctx));
-  NB_RETURN_IF_ERROR(cuda::matmul({w.wv, xb, v, n, a}, ctx));
-  NB_RETURN_IF_ERROR(cuda::rope({q, k, di + o.positions, inv_freq_.as<float>(), n, c.num_heads, c.num_kv_heads,
-                                 c.head_dim, c.rope_style, a},
-                                ctx));
-  NB_RETURN_IF_ERROR(
-      cuda::kv_write({k, v, kv.k[l], kv.v[l], slots_d_.as<int64_t>(), n, c.num_kv_heads, c.head_dim, a}, ctx));
-  NB_RETURN_IF_ERROR(attention(l, s, max_query_len, max_context_len, kv));
-  NB_RETURN_IF_ERROR(cuda::matmul({w.wo, att, ob, n, a}, ctx));
-  NB_RETURN_IF_ERROR(cuda::add_rms_norm({x, ob, w.ffn_norm, xb, n, dim, c.norm_eps, a}, ctx));
-  NB_RETURN_IF_ERROR(cuda::matmul({w.w_gate, xb, hb, n, a}, ctx));
-  NB_RETURN_IF_ERROR(cuda::matmul({w.w_up, xb, hb2, n, a}, ctx));
-  NB_RETURN_IF_ERROR(cuda::swiglu({hb, hb2, hb, n * c.hidden_dim, a}, ctx));
-  NB_RETURN_IF_ERROR(cuda::matmul({w.w_down, hb, ob, n, a}, ctx));
-  const float* next_norm = l + 1 < layers_.size() ? layers_[l + 1].attn_norm : final_norm_;
-  return cuda::add_rms_norm({x, ob, next_norm, xb, n, dim, c.norm_eps, a}, ctx);
-}
-
-// Five launches a layer: [norm -> q|k|v], rope + KV write, attention, [o_proj -> += x],
-// [norm -> gate, up -> SwiGLU], [down_proj -> += x]. x is the residual stream throughout; the norms
-// happen inside the linears that consume them.
-Status CudaLlama::enqueue_layer_fused(size_t l, const StepLayout& s, int64_t max_query_len, int64_t max_context_len,
-                                      const KvPools& kv) {
-  const ModelConfig& c = config_;
-  Context& ctx = *ctx_;
-  const IdxOffsets o = idx_offsets(max_tokens_, max_seqs_, max_rows_, max_table_);
-  const auto* di = idx_d_.as<int32_t>();
-  const int64_t n = s.tokens;
-  auto* x = static_cast<float*>(act(x_));
-  auto* q = static_cast<float*>(act(q_));
-  auto* k = static_cast<float*>(act(k_));
-  auto* v = static_cast<float*>(act(v_));
-  auto* att = static_cast<float*>(act(att_));
-  auto* hb = static_cast<float*>(act(hb_));
-  const DType a = dtype_;
-  const DeviceLayer& w = layers_[l];
-  FusedLinearParams f{};
-  f.weight = w.wqkv;
-  f.x = x;
-  f.norm_weight = w.attn_norm;
-  f.norm_eps = c.norm_eps;
-  f.y = q;
-  f.y1 = k;
-  f.y2 = v;
-  f.n0 = w.wq.rows();
-  f.n1 = w.wk.rows();
-  f.m = n;
-  f.epilogue = LinearEpilogue::kSplit;
-  f.act_dtype = a;
-  NB_RETURN_IF_ERROR(cuda::fused_linear(f, ctx));
-  const RopeParams rp{q, k, di + o.positions, inv_freq_.as<float>(), n, c.num_heads, c.num_kv_heads,
-                      c.head_dim, c.rope_style, a};
-  const KvWriteParams kp{k, v, kv.k[l], kv.v[l], slots_d_.as<int64_t>(), n, c.num_kv_heads, c.head_dim, a};
-  NB_RETURN_IF_ERROR(cuda::rope_kv_write({rp, kp}, ctx));
-  NB_RETURN_IF_ERROR(attention(l, s, max_query_len, max_context_len, kv));
-  f = FusedLinearParams{};
-  f.weight = w.wo;
-  f.x = att;
-  f.y = x;
-  f.m = n;
-  f.epilogue = LinearEpilogue::kAddInto;
-  f.act_dtype = a;
-  NB_RETURN_IF_ERROR(cuda::fused_linear(f, ctx));
-  f = FusedLinearParams{};
-  f.weight = w.w_gate;
-  f.weight2 = w.w_up;
-  f.x = x;
-  f.norm_weight = w.ffn_norm;
-  f.norm_eps = c.norm_eps;
-  f.y = hb;
-  f.m = n;
-  f.epilogue = LinearEpilogue::kSwiglu;
-  f.act_dtype = a;
-  NB_RETURN_IF_ERROR(cuda::fused_linear(f, ctx));
-  f = FusedLinearParams{};
-  f.weight = w.w_down;
-  f.x = hb;
-  f.y = x;
-  f.m = n;
-  f.epilogue = LinearEpilogue::kAddInto;
-  f.act_dtype = a;
-  return cuda::fused_linear(f, ctx);
-}
-
-Status CudaLlama::enqueue(const StepLayout& s, int64_t max_query_len, int64_t max_context_len, const KvPools& kv) {
-  const ModelConfig& c = config_;
-  Context& ctx = *ctx_;
-  const IdxOffsets o = idx_offsets(max_tokens_, max_seqs_, max_rows_, max_table_);
-  const auto* di = idx_d_.as<int32_t>();
-  const int64_t n = s.tokens, dim = c.dim;
-  auto* x = static_cast<float*>(act(x_));
-  auto* xb = static_cast<float*>(act(xb_));
-  const DType a = dtype_;
-
-  NB_RETURN_IF_ERROR(cuda::embedding({embed_, di + o.tokens, x, n, a}, ctx));
-  if (fused_applies(n)) {
-    for (size_t l = 0; l < layers_.size(); ++l) NB_RETURN_IF_ERROR(enqueue_layer_fused(l, s, max_query_len, max_context_len, kv));
-    NB_RETURN_IF_ERROR(cuda::rms_norm({x, final_norm_, xb, n, dim, c.norm_eps, a}, ctx));
-  } else {
-    NB_RETURN_IF_ERROR(cuda::rms_norm({x, layers_[0].attn_norm, xb, n, dim, c.norm_eps, a}, ctx));
-    for (size_t l = 0; l < layers_.size(); ++l) NB_RETURN_IF_ERROR(enqueue_layer(l, s, max_query_len, max_context_len, kv));
-  }
-  if (s.rows == 0) return Status::Ok();
-  // xb holds every row's final-normed hidden state; gather the rows that want logits.
-  const int64_t shape[2] = {n, dim};
-  const Tensor normed = Tensor::view(xb, shape, 2, a, nullptr, Device::kCUDA);
-  auto* xg = static_cast<float*>(act(xg_));
-  NB_RETURN_IF_ERROR(cuda::embedding({normed, di + o.rows, xg, s.rows, a}, ctx));
-  return cuda::matmul_to_f32({output_, xg, logits_d_.as<float>(), s.rows, a}, ctx);
-}
-
 Status CudaLlama::forward(const ForwardBatch& batch, const KvPools& kv, float* logits) {
   const ModelConfig& c = config_;
   NB_RETURN_IF_ERROR(cuda::set_device(options_.ordinal));
@@ -652,11 +356,13 @@ Status CudaLlama::forward(const ForwardBatch& batch, const KvPools& kv, float* l
   return Status::Ok();
 }
 
-}  // namespace
+}  // namespace nb::cuda_model
+
+namespace nb {
 
 Result<std::unique_ptr<ForwardBackend>> create_cuda_forward(const ModelWeights& weights,
                                                             const CudaForwardOptions& options) {
-  NB_ASSIGN_OR_RETURN(std::unique_ptr<CudaLlama> m, CudaLlama::create(weights, options));
+  NB_ASSIGN_OR_RETURN(std::unique_ptr<cuda_model::CudaLlama> m, cuda_model::CudaLlama::create(weights, options));
   return std::unique_ptr<ForwardBackend>(std::move(m));
 }
 

@@ -1,0 +1,176 @@
+// The layers of one CUDA forward step (CudaLlama::enqueue): the general path (any batch: cuBLAS
+// GEMMs, or the GEMV / W4A16 kernels through cuda::matmul, and separate glue ops) and the fused
+// decode path for one or two rows (cuda::fused_linear, rope_kv_write, decode_attention; five
+// launches a layer).
+#include <cmath>
+
+#include "model/cuda/llama_cuda_internal.h"
+
+namespace nb::cuda_model {
+
+bool CudaLlama::fused_applies(int64_t tokens) const {
+  if (!fusion_ || layers_.empty()) return false;
+  // Every linear's shape and dtype must suit the kernel (K % 8: stories260K's hidden 172 does not;
+  // packed 4-bit weights go through matmul).
+  for (const DeviceLayer& w : layers_) {
+    for (const Tensor* t : {&w.wqkv, &w.wo, &w.w_gate, &w.w_up, &w.w_down}) {
+      FusedLinearParams f{};
+      f.weight = *t;
+      f.x = acts().x;
+      f.y = acts().q;
+      f.m = tokens;
+      f.act_dtype = dtype_;
+      if (!cuda::fused_linear_applies(f)) return false;
+    }
+  }
+  return true;
+}
+
+Status CudaLlama::attention(size_t l, const StepLayout& s, int64_t max_query_len, int64_t max_context_len,
+                            const KvPools& kv) {
+  const ModelConfig& c = config_;
+  const IdxOffsets o = idx_offsets(max_tokens_, max_seqs_, max_rows_, max_table_);
+  const auto* di = idx_d_.as<int32_t>();
+  BatchAttentionParams ap{};
+  ap.q = acts().q;
+  ap.out = acts().att;
+  ap.k_cache = kv.k[l];
+  ap.v_cache = kv.v[l];
+  ap.block_tables = di + o.tables;
+  ap.query_start = di + o.qstart;
+  ap.start_pos = di + o.startpos;
+  ap.block_table_stride = s.stride;
+  ap.num_seqs = s.seqs;
+  ap.num_tokens = s.tokens;
+  ap.max_query_len = max_query_len;
+  ap.max_context_len = max_context_len;
+  ap.block_size = kv.block_size;
+  ap.num_heads = c.num_heads;
+  ap.num_kv_heads = c.num_kv_heads;
+  ap.head_dim = c.head_dim;
+  ap.scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
+  ap.act_dtype = dtype_;
+  // The decode kernel when it takes the batch and its split workspace fits; the general one otherwise.
+  if (fusion_ && cuda::decode_attention_applies(ap) && cuda::decode_attention(ap, *ctx_).ok()) return Status::Ok();
+  return cuda::batch_attention(ap, *ctx_);
+}
+
+Status CudaLlama::enqueue_layer(size_t l, const StepLayout& s, int64_t max_query_len, int64_t max_context_len,
+                                const KvPools& kv) {
+  const ModelConfig& c = config_;
+  Context& ctx = *ctx_;
+  const IdxOffsets o = idx_offsets(max_tokens_, max_seqs_, max_rows_, max_table_);
+  const auto* di = idx_d_.as<int32_t>();
+  const int64_t n = s.tokens, dim = c.dim;
+  const auto [x, xb, q, k, v, att, ob, hb, hb2] = acts();
+  const DType a = dtype_;
+  const DeviceLayer& w = layers_[l];
+  // xb = attn_norm(x) on entry (the previous layer's last op, or the first norm).
+  NB_RETURN_IF_ERROR(cuda::matmul({w.wq, xb, q, n, a}, ctx));
+  NB_RETURN_IF_ERROR(cuda::matmul({w.wk, xb, k, n, a}, ctx));
+  NB_RETURN_IF_ERROR(cuda::matmul({w.wv, xb, v, n, a}, ctx));
+  NB_RETURN_IF_ERROR(cuda::rope({q, k, di + o.positions, inv_freq_.as<float>(), n, c.num_heads, c.num_kv_heads,
+                                 c.head_dim, c.rope_style, a},
+                                ctx));
+  NB_RETURN_IF_ERROR(
+      cuda::kv_write({k, v, kv.k[l], kv.v[l], slots_d_.as<int64_t>(), n, c.num_kv_heads, c.head_dim, a}, ctx));
+  NB_RETURN_IF_ERROR(attention(l, s, max_query_len, max_context_len, kv));
+  NB_RETURN_IF_ERROR(cuda::matmul({w.wo, att, ob, n, a}, ctx));
+  NB_RETURN_IF_ERROR(cuda::add_rms_norm({x, ob, w.ffn_norm, xb, n, dim, c.norm_eps, a}, ctx));
+  NB_RETURN_IF_ERROR(cuda::matmul({w.w_gate, xb, hb, n, a}, ctx));
+  NB_RETURN_IF_ERROR(cuda::matmul({w.w_up, xb, hb2, n, a}, ctx));
+  NB_RETURN_IF_ERROR(cuda::swiglu({hb, hb2, hb, n * c.hidden_dim, a}, ctx));
+  NB_RETURN_IF_ERROR(cuda::matmul({w.w_down, hb, ob, n, a}, ctx));
+  const float* next_norm = l + 1 < layers_.size() ? layers_[l + 1].attn_norm : final_norm_;
+  return cuda::add_rms_norm({x, ob, next_norm, xb, n, dim, c.norm_eps, a}, ctx);
+}
+
+// Five launches a layer: [norm -> q|k|v], rope + KV write, attention, [o_proj -> += x],
+// [norm -> gate, up -> SwiGLU], [down_proj -> += x]. x is the residual stream throughout; the norms
+// happen inside the linears that consume them.
+Status CudaLlama::enqueue_layer_fused(size_t l, const StepLayout& s, int64_t max_query_len, int64_t max_context_len,
+                                      const KvPools& kv) {
+  const ModelConfig& c = config_;
+  Context& ctx = *ctx_;
+  const IdxOffsets o = idx_offsets(max_tokens_, max_seqs_, max_rows_, max_table_);
+  const auto* di = idx_d_.as<int32_t>();
+  const int64_t n = s.tokens;
+  const auto [x, xb, q, k, v, att, ob, hb, hb2] = acts();
+  const DType a = dtype_;
+  const DeviceLayer& w = layers_[l];
+  FusedLinearParams f{};
+  f.weight = w.wqkv;
+  f.x = x;
+  f.norm_weight = w.attn_norm;
+  f.norm_eps = c.norm_eps;
+  f.y = q;
+  f.y1 = k;
+  f.y2 = v;
+  f.n0 = w.wq.rows();
+  f.n1 = w.wk.rows();
+  f.m = n;
+  f.epilogue = LinearEpilogue::kSplit;
+  f.act_dtype = a;
+  NB_RETURN_IF_ERROR(cuda::fused_linear(f, ctx));
+  const RopeParams rp{q, k, di + o.positions, inv_freq_.as<float>(), n, c.num_heads, c.num_kv_heads,
+                      c.head_dim, c.rope_style, a};
+  const KvWriteParams kp{k, v, kv.k[l], kv.v[l], slots_d_.as<int64_t>(), n, c.num_kv_heads, c.head_dim, a};
+  NB_RETURN_IF_ERROR(cuda::rope_kv_write({rp, kp}, ctx));
+  NB_RETURN_IF_ERROR(attention(l, s, max_query_len, max_context_len, kv));
+  f = FusedLinearParams{};
+  f.weight = w.wo;
+  f.x = att;
+  f.y = x;
+  f.m = n;
+  f.epilogue = LinearEpilogue::kAddInto;
+  f.act_dtype = a;
+  NB_RETURN_IF_ERROR(cuda::fused_linear(f, ctx));
+  f = FusedLinearParams{};
+  f.weight = w.w_gate;
+  f.weight2 = w.w_up;
+  f.x = x;
+  f.norm_weight = w.ffn_norm;
+  f.norm_eps = c.norm_eps;
+  f.y = hb;
+  f.m = n;
+  f.epilogue = LinearEpilogue::kSwiglu;
+  f.act_dtype = a;
+  NB_RETURN_IF_ERROR(cuda::fused_linear(f, ctx));
+  f = FusedLinearParams{};
+  f.weight = w.w_down;
+  f.x = hb;
+  f.y = x;
+  f.m = n;
+  f.epilogue = LinearEpilogue::kAddInto;
+  f.act_dtype = a;
+  return cuda::fused_linear(f, ctx);
+}
+
+Status CudaLlama::enqueue(const StepLayout& s, int64_t max_query_len, int64_t max_context_len, const KvPools& kv) {
+  const ModelConfig& c = config_;
+  Context& ctx = *ctx_;
+  const IdxOffsets o = idx_offsets(max_tokens_, max_seqs_, max_rows_, max_table_);
+  const auto* di = idx_d_.as<int32_t>();
+  const int64_t n = s.tokens, dim = c.dim;
+  float* x = acts().x;
+  float* xb = acts().xb;
+  const DType a = dtype_;
+
+  NB_RETURN_IF_ERROR(cuda::embedding({embed_, di + o.tokens, x, n, a}, ctx));
+  if (fused_applies(n)) {
+    for (size_t l = 0; l < layers_.size(); ++l) NB_RETURN_IF_ERROR(enqueue_layer_fused(l, s, max_query_len, max_context_len, kv));
+    NB_RETURN_IF_ERROR(cuda::rms_norm({x, final_norm_, xb, n, dim, c.norm_eps, a}, ctx));
+  } else {
+    NB_RETURN_IF_ERROR(cuda::rms_norm({x, layers_[0].attn_norm, xb, n, dim, c.norm_eps, a}, ctx));
+    for (size_t l = 0; l < layers_.size(); ++l) NB_RETURN_IF_ERROR(enqueue_layer(l, s, max_query_len, max_context_len, kv));
+  }
+  if (s.rows == 0) return Status::Ok();
+  // xb holds every row's final-normed hidden state; gather the rows that want logits.
+  const int64_t shape[2] = {n, dim};
+  const Tensor normed = Tensor::view(xb, shape, 2, a, nullptr, Device::kCUDA);
+  auto* xg = static_cast<float*>(act(xg_));
+  NB_RETURN_IF_ERROR(cuda::embedding({normed, di + o.rows, xg, s.rows, a}, ctx));
+  return cuda::matmul_to_f32({output_, xg, logits_d_.as<float>(), s.rows, a}, ctx);
+}
+
+}  // namespace nb::cuda_model
