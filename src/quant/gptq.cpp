@@ -164,9 +164,11 @@ Result<QuantizedLinear> gptq_quantize(const float* w_in, int64_t out, int64_t in
   for (int64_t o = 0; o < out; ++o) {
     for (int64_t i = 0; i < in; ++i) q.q[static_cast<size_t>(o * in + perm[i])] = codes[static_cast<size_t>(o * in + i)];
   }
-  if (options.act_order) {
+  // Per-channel (one group a row): every column is in group 0 whatever the order, so no g_idx (the
+  // checkpoint is a plain per-channel one; g_idx with group size -1 is rejected by GroupQuant).
+  if (options.act_order && spec.group_size >= 0) {
     q.g_idx.resize(un);
-    for (int64_t i = 0; i < in; ++i) q.g_idx[static_cast<size_t>(perm[i])] = static_cast<int32_t>(spec.group_size < 0 ? 0 : i / gs);
+    for (int64_t i = 0; i < in; ++i) q.g_idx[static_cast<size_t>(perm[i])] = static_cast<int32_t>(i / gs);
   }
   return q;
 }
