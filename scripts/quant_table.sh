@@ -140,11 +140,11 @@ done
 
 # Share of RTN's perplexity increase over base that AWQ and GPTQ recover, per configuration.
 echo
-echo "| config | RTN dppl | AWQ recovery | GPTQ recovery |"
-echo "|---|---|---|---|"
+echo "| config | RTN dppl | AWQ recovery | AWQ duo-scaling recovery | GPTQ (act-order) recovery |"
+echo "|---|---|---|---|---|"
 for cfg in w4g64 w4pc w3g64; do
   [ -f "$out/base.json" ] && [ -f "$out/rtn_$cfg.json" ] || continue
   b=$(jq -r .ppl "$out/base.json"); r=$(jq -r .ppl "$out/rtn_$cfg.json")
-  rec() { [ -f "$out/$1_$cfg.json" ] && awk -v b="$b" -v r="$r" -v m="$(jq -r .ppl "$out/$1_$cfg.json")" 'BEGIN{printf "%.1f%%", 100*(r-m)/(r-b)}' || echo -; }
-  echo "| $cfg | $(awk -v b="$b" -v r="$r" 'BEGIN{printf "%+.3f", r-b}') | $(rec awq) | $(rec gptq) |"
+  rec() { [ -f "$out/$1.json" ] && awk -v b="$b" -v r="$r" -v m="$(jq -r .ppl "$out/$1.json")" 'BEGIN{printf "%.1f%%", 100*(r-m)/(r-b)}' || echo -; }
+  echo "| $cfg | $(awk -v b="$b" -v r="$r" 'BEGIN{printf "%+.3f", r-b}') | $(rec "awq_$cfg") | $(rec "awq_${cfg}_duo") | $(rec "gptq_$cfg") |"
 done
