@@ -24,6 +24,23 @@ double median(std::vector<double> v) {
   return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
 
+Result<std::vector<int64_t>> parse_sizes(const std::string& list, const std::string& opt, int64_t max_value) {
+  std::vector<int64_t> out;
+  for (size_t i = 0; i < list.size();) {
+    const size_t j = std::min(list.find(',', i), list.size());
+    const std::string item = list.substr(i, j - i);
+    if (item.empty() || item.find_first_not_of("0123456789") != std::string::npos || item.size() > 18 ||
+        std::stoll(item) < 1 || std::stoll(item) > max_value) {
+      return invalid_argument(opt + " takes comma-separated sizes in [1, " + std::to_string(max_value) +
+                              "] like 1,2,4; got '" + list + "'");
+    }
+    out.push_back(std::stoll(item));
+    i = j + 1;
+  }
+  if (out.empty()) return invalid_argument(opt + " is empty");
+  return out;
+}
+
 namespace {
 
 std::string join(const std::vector<double>& v) {

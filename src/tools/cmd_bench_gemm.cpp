@@ -78,19 +78,7 @@ struct Row {
 Status run(const CliArgs& args) {
   NB_ASSIGN_OR_RETURN(const int64_t runs, args.get_int("-r", 1, 1000));
   NB_ASSIGN_OR_RETURN(const int64_t group, args.get_int("--group", -1, 4096));
-  std::vector<int64_t> ms;
-  const std::string list = args.get("--batches");
-  for (size_t i = 0; i < list.size();) {
-    const size_t j = std::min(list.find(',', i), list.size());
-    const std::string item = list.substr(i, j - i);
-    if (item.empty() || item.find_first_not_of("0123456789") != std::string::npos || item.size() > 5) {
-      return invalid_argument("--batches takes comma-separated token counts like 1,2,4; got '" + list + "'");
-    }
-    ms.push_back(std::stoll(item));
-    if (ms.back() < 1) return invalid_argument("--batches: counts must be >= 1");
-    i = j + 1;
-  }
-  if (ms.empty()) return invalid_argument("--batches is empty");
+  NB_ASSIGN_OR_RETURN(const std::vector<int64_t> ms, parse_sizes(args.get("--batches"), "--batches", 99999));
   const int64_t max_m = *std::max_element(ms.begin(), ms.end());
 
   if (cuda::device_count() == 0) return failed_precondition("bench gemm needs a CUDA device");

@@ -137,19 +137,7 @@ int run_bench_gpu(int argc, char** argv) {
     NB_ASSIGN_OR_RETURN(int64_t runs64, args.get_int("-r", 1, 100));
     NB_ASSIGN_OR_RETURN(int64_t sweep_ctx, args.get_int("--sweep-context", 1, 1 << 16));
     const int runs = static_cast<int>(runs64);
-    std::vector<int64_t> batches;
-    const std::string list = args.get("--batches");
-    for (size_t i = 0; i < list.size();) {
-      const size_t j = std::min(list.find(',', i), list.size());
-      const std::string item = list.substr(i, j - i);
-      if (item.empty() || item.find_first_not_of("0123456789") != std::string::npos || item.size() > 6) {
-        return invalid_argument("--batches takes comma-separated sizes like 1,2,4; got '" + list + "'");
-      }
-      batches.push_back(std::stoll(item));
-      if (batches.back() < 1) return invalid_argument("--batches: sizes must be >= 1");
-      i = j + 1;
-    }
-    if (batches.empty()) return invalid_argument("--batches is empty");
+    NB_ASSIGN_OR_RETURN(const std::vector<int64_t> batches, parse_sizes(args.get("--batches"), "--batches", 999999));
     const int64_t max_b = *std::max_element(batches.begin(), batches.end());
 
     const auto t_load = std::chrono::steady_clock::now();

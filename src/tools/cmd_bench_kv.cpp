@@ -34,22 +34,6 @@ namespace {
 
 constexpr const char* kCmd = "bench kv";
 
-[[maybe_unused]] Result<std::vector<int64_t>> parse_list(const std::string& list, const char* opt) {
-  std::vector<int64_t> out;
-  for (size_t i = 0; i < list.size();) {
-    const size_t j = std::min(list.find(',', i), list.size());
-    const std::string item = list.substr(i, j - i);
-    if (item.empty() || item.find_first_not_of("0123456789") != std::string::npos || item.size() > 6 ||
-        std::stoll(item) < 1) {
-      return invalid_argument(std::string(opt) + " takes comma-separated positive sizes like 1,8,32; got '" + list + "'");
-    }
-    out.push_back(std::stoll(item));
-    i = j + 1;
-  }
-  if (out.empty()) return invalid_argument(std::string(opt) + " is empty");
-  return out;
-}
-
 #ifdef NIBBLE_HAVE_CUDA
 struct BenchShape {
   int64_t heads, kv_heads, head_dim, block_size, context, query;
@@ -163,7 +147,7 @@ int run_bench_kv_impl(int argc, char** argv) {
     NB_ASSIGN_OR_RETURN(sh.head_dim, args.get_int("--head-dim", 2, 256));
     NB_ASSIGN_OR_RETURN(sh.block_size, args.get_int("--block-size", 1, 1024));
     NB_ASSIGN_OR_RETURN(int64_t runs, args.get_int("-r", 1, 100));
-    NB_ASSIGN_OR_RETURN(std::vector<int64_t> batches, parse_list(args.get("--batches"), "--batches"));
+    NB_ASSIGN_OR_RETURN(std::vector<int64_t> batches, parse_sizes(args.get("--batches"), "--batches", 999999));
     NB_ASSIGN_OR_RETURN(cuda::DeviceInfo info, cuda::device_info(0));
     NB_ASSIGN_OR_RETURN(std::unique_ptr<cuda::Context> ctx, cuda::Context::create(0));
     std::printf("device %s; heads %lld/%lld, head_dim %lld, block %lld, context %lld, query %lld, act f16\n",

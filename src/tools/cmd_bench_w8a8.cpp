@@ -97,19 +97,7 @@ int run_bench_w8a8_impl(int argc, char** argv) {
 #ifdef NIBBLE_HAVE_CUDA
   auto run = [&]() -> Status {
     NB_ASSIGN_OR_RETURN(int64_t runs, args.get_int("-r", 1, 100));
-    std::vector<int64_t> ms;
-    const std::string list = args.get("--m");
-    for (size_t i = 0; i < list.size();) {
-      const size_t j = std::min(list.find(',', i), list.size());
-      const std::string item = list.substr(i, j - i);
-      if (item.empty() || item.find_first_not_of("0123456789") != std::string::npos || item.size() > 6 ||
-          std::stoll(item) < 1) {
-        return invalid_argument("--m takes comma-separated positive sizes like 1024,2048; got '" + list + "'");
-      }
-      ms.push_back(std::stoll(item));
-      i = j + 1;
-    }
-    if (ms.empty()) return invalid_argument("--m is empty");
+    NB_ASSIGN_OR_RETURN(const std::vector<int64_t> ms, parse_sizes(args.get("--m"), "--m", 999999));
     const int64_t max_m = *std::max_element(ms.begin(), ms.end());
     NB_ASSIGN_OR_RETURN(cuda::DeviceInfo info, cuda::device_info(0));
     // Workspace for the largest M unchunked: cuBLASLt scratch + codes + scales + int32 products.

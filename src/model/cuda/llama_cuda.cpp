@@ -50,6 +50,7 @@ Result<std::unique_ptr<CudaLlama>> CudaLlama::create(const ModelWeights& w, cons
   NB_RETURN_IF_ERROR(m->allocate_scratch());
   const char* fusion = std::getenv("NIBBLE_DECODE_FUSION");
   m->fusion_ = fusion == nullptr || std::string(fusion) != "0";
+  m->fused_weights_ = m->fused_weights_ok();
   return m;
 }
 

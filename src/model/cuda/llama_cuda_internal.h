@@ -82,6 +82,10 @@ class CudaLlama final : public ForwardBackend {
                              const KvPools& kv);
   Status attention(size_t l, const StepLayout& s, int64_t max_query_len, int64_t max_context_len, const KvPools& kv);
   bool fused_applies(int64_t tokens) const;
+  bool fused_weights_ok() const;
+  // FusedLinearParams for weight w, input x, output y, `rows` rows (the rest as the epilogue needs).
+  FusedLinearParams fused_params(const Tensor& w, const float* x, float* y, int64_t rows,
+                                 LinearEpilogue e = LinearEpilogue::kStore) const;
   Result<const float*> upload_f32(const Tensor& t);
   Status allocate_scratch();
   // Enqueues the forward for the staged batch (no host synchronization; capturable).
@@ -124,6 +128,7 @@ class CudaLlama final : public ForwardBackend {
   static constexpr int64_t kMaxGraphQuery = 16;
   std::map<std::tuple<int64_t, int64_t, int64_t, const void*, int64_t, int64_t, int64_t>, cuda::Graph> graphs_;
   bool w4_fallback_noted_ = false;
+  bool fused_weights_ = false;  // fused_weights_ok(), once after the upload
   bool fusion_ = true;  // decode fusions (NIBBLE_DECODE_FUSION=0 turns them off, for comparison)
 };
 

@@ -8,22 +8,32 @@
 
 namespace nb::cuda_model {
 
-bool CudaLlama::fused_applies(int64_t tokens) const {
-  if (!fusion_ || layers_.empty()) return false;
+bool CudaLlama::fused_weights_ok() const {
   // Every linear's shape and dtype must suit the kernel (K % 8: stories260K's hidden 172 does not;
-  // packed 4-bit weights go through matmul).
+  // packed 4-bit weights go through matmul). Checked once, after the upload.
   for (const DeviceLayer& w : layers_) {
     for (const Tensor* t : {&w.wqkv, &w.wo, &w.w_gate, &w.w_up, &w.w_down}) {
-      FusedLinearParams f{};
-      f.weight = *t;
-      f.x = acts().x;
-      f.y = acts().q;
-      f.m = tokens;
-      f.act_dtype = dtype_;
-      if (!cuda::fused_linear_applies(f)) return false;
+      if (!cuda::fused_linear_applies(fused_params(*t, acts().x, acts().q, 1))) return false;
     }
   }
-  return true;
+  return !layers_.empty();
+}
+
+bool CudaLlama::fused_applies(int64_t tokens) const {
+  // The weights passed at creation; what is left to check is the number of rows.
+  return fusion_ && fused_weights_ && cuda::fused_linear_applies(fused_params(layers_[0].wqkv, acts().x, acts().q, tokens));
+}
+
+FusedLinearParams CudaLlama::fused_params(const Tensor& w, const float* x, float* y, int64_t rows,
+                                          LinearEpilogue e) const {
+  FusedLinearParams f{};
+  f.weight = w;
+  f.x = x;
+  f.y = y;
+  f.m = rows;
+  f.epilogue = e;
+  f.act_dtype = dtype_;
+  return f;
 }
 
 Status CudaLlama::attention(size_t l, const StepLayout& s, int64_t max_query_len, int64_t max_context_len,
@@ -98,52 +108,26 @@ Status CudaLlama::enqueue_layer_fused(size_t l, const StepLayout& s, int64_t max
   const auto [x, xb, q, k, v, att, ob, hb, hb2] = acts();
   const DType a = dtype_;
   const DeviceLayer& w = layers_[l];
-  FusedLinearParams f{};
-  f.weight = w.wqkv;
-  f.x = x;
+  FusedLinearParams f = fused_params(w.wqkv, x, q, n, LinearEpilogue::kSplit);
   f.norm_weight = w.attn_norm;
   f.norm_eps = c.norm_eps;
-  f.y = q;
   f.y1 = k;
   f.y2 = v;
   f.n0 = w.wq.rows();
   f.n1 = w.wk.rows();
-  f.m = n;
-  f.epilogue = LinearEpilogue::kSplit;
-  f.act_dtype = a;
   NB_RETURN_IF_ERROR(cuda::fused_linear(f, ctx));
   const RopeParams rp{q, k, di + o.positions, inv_freq_.as<float>(), n, c.num_heads, c.num_kv_heads,
                       c.head_dim, c.rope_style, a};
   const KvWriteParams kp{k, v, kv.k[l], kv.v[l], slots_d_.as<int64_t>(), n, c.num_kv_heads, c.head_dim, a};
   NB_RETURN_IF_ERROR(cuda::rope_kv_write({rp, kp}, ctx));
   NB_RETURN_IF_ERROR(attention(l, s, max_query_len, max_context_len, kv));
-  f = FusedLinearParams{};
-  f.weight = w.wo;
-  f.x = att;
-  f.y = x;
-  f.m = n;
-  f.epilogue = LinearEpilogue::kAddInto;
-  f.act_dtype = a;
-  NB_RETURN_IF_ERROR(cuda::fused_linear(f, ctx));
-  f = FusedLinearParams{};
-  f.weight = w.w_gate;
+  NB_RETURN_IF_ERROR(cuda::fused_linear(fused_params(w.wo, att, x, n, LinearEpilogue::kAddInto), ctx));
+  f = fused_params(w.w_gate, x, hb, n, LinearEpilogue::kSwiglu);
   f.weight2 = w.w_up;
-  f.x = x;
   f.norm_weight = w.ffn_norm;
   f.norm_eps = c.norm_eps;
-  f.y = hb;
-  f.m = n;
-  f.epilogue = LinearEpilogue::kSwiglu;
-  f.act_dtype = a;
   NB_RETURN_IF_ERROR(cuda::fused_linear(f, ctx));
-  f = FusedLinearParams{};
-  f.weight = w.w_down;
-  f.x = hb;
-  f.y = x;
-  f.m = n;
-  f.epilogue = LinearEpilogue::kAddInto;
-  f.act_dtype = a;
-  return cuda::fused_linear(f, ctx);
+  return cuda::fused_linear(fused_params(w.w_down, hb, x, n, LinearEpilogue::kAddInto), ctx);
 }
 
 Status CudaLlama::enqueue(const StepLayout& s, int64_t max_query_len, int64_t max_context_len, const KvPools& kv) {
