@@ -19,8 +19,7 @@
 #                          decode vs roofline, prefill GEMM rate, batch sweep); hf = logits vs HF
 #                          transformers on that model; load = disk to first token (page cache warm);
 #                          serve = `nibble serve --device cuda` SmolLM2 + `nibble bench serve`;
-#                          7bab = decode batch 1 again with switches (NIBBLE_7B_AB: nopdl, unfused, gemvN,
-#                          pfN = NIBBLE_L2_PREFETCH=N, mbN = NIBBLE_L2_PREFETCH_MB=N);
+#                          7bab = decode batch 1 again with switches (NIBBLE_7B_AB: nopdl, unfused, gemvN);
 #                          7bw4 = the 7B quantized RTN W4 g128 here, `bench gpu` on it (W4A16 kernels);
 #                          gemm, kv, w8a8 = `nibble bench gemm|kv|w8a8` (kernel level, issue 6);
 #                          spec = `nibble bench spec --device cuda` (n-gram drafting on a copy task, SmolLM2);
@@ -159,8 +158,6 @@ if [ "${result[build]:-}" = ok ] && [ "$bench" != none ]; then
         nopdl) envs=(NIBBLE_PDL=0);;
         unfused) envs=(NIBBLE_PDL=0 NIBBLE_DECODE_FUSION=0);;
         gemv*) envs=(NIBBLE_GEMV=${ab#gemv});;
-        pf*) envs=(NIBBLE_L2_PREFETCH=${ab#pf});;        # pf0: no L2 prefetch hints; pf2: linears issue them first
-        mb*) envs=(NIBBLE_L2_PREFETCH_MB=${ab#mb});;     # the prefetch cap in MiB
         *) continue;;
       esac
       env "${envs[@]}" "$nib" bench gpu -m "$m7" --device cuda --dtype f16 -p 512 -n 64 -r 5 --batches 1 \
@@ -241,7 +238,7 @@ fi
   [ -f "$out/bench_7b.txt" ] && grep -A4 'decode linears' "$out/bench_7b.txt"
   for f in $(cd "$out" && ls bench_7b_*.txt 2>/dev/null); do
     echo "$f: $(grep -E 'decode batch 1' "$out/$f")"
-    case $f in *gemv*|*pf*|*mb*) grep -A4 'decode linears' "$out/$f" | tail -4;; esac
+    case $f in *gemv*) grep -A4 'decode linears' "$out/$f" | tail -4;; esac
   done
   [ -f "$out/bench_7b_w4.txt" ] && grep -E -A7 'decode batch 1|batch sweep' "$out/bench_7b_w4.txt" | grep -v '^--$'
   for b in gemm kv w8a8; do [ -f "$out/bench_$b.txt" ] && { echo "== bench $b"; tail -25 "$out/bench_$b.txt"; }; done

@@ -114,15 +114,6 @@ struct AttentionParams {
   KvCacheDType cache_dtype = KvCacheDType::kF32;
 };
 
-// A hint to device backends: memory the ops after this one will read (their weights), to pull
-// into the GPU's L2 cache while this op runs, so the memory system does not idle between kernels.
-// It never changes a result; CPU ops ignore it. Spans must be 16-byte aligned (bytes are rounded
-// down to a multiple of 16).
-struct PrefetchHint {
-  const void* ptr[2] = {nullptr, nullptr};
-  int64_t bytes[2] = {0, 0};
-};
-
 // Attention for a batch of sequences at once (the GPU path: one launch for the whole batch).
 // Sequence s owns query rows [query_start[s], query_start[s + 1]); those rows sit at positions
 // start_pos[s] + i and see [0, start_pos[s] + i] (causal), through block table row s. It is exactly
@@ -151,7 +142,6 @@ struct BatchAttentionParams {
   // As AttentionParams::cache_dtype (pools of block_size tokens a block). CUDA: int8 and int4 (and
   // f16 with f16 activations); f32 there means "in act_dtype".
   KvCacheDType cache_dtype = KvCacheDType::kF32;
-  PrefetchHint prefetch;  // CUDA decode kernel only
 };
 
 // out[r] = the index of row r's largest value, ties to the lowest index (the sampler's greedy rule);
@@ -204,7 +194,6 @@ struct FusedLinearParams {
   int64_t m;
   LinearEpilogue epilogue = LinearEpilogue::kStore;
   DType act_dtype = DType::kF32;       // of x and every y
-  PrefetchHint prefetch;               // issued once this op's own weights are read
 };
 
 // RoPE on q and k (as RopeParams) and the rotated k with v written to the cache (as KvWriteParams,
@@ -213,7 +202,6 @@ struct FusedLinearParams {
 struct RopeKvWriteParams {
   RopeParams rope;
   KvWriteParams kv;  // kv.k must be rope.k
-  PrefetchHint prefetch;
 };
 
 }  // namespace nb

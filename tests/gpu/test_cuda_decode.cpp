@@ -89,12 +89,6 @@ class CudaDecode : public gpu_test::CudaTest {
     p.y1 = d_y1.as<float>();
     p.y2 = d_y2.as<float>();
     p.act_dtype = t;
-    // An L2 prefetch hint (of a weight, as the model gives one) must not change the result; an odd
-    // length is rounded down, an unaligned pointer dropped.
-    p.prefetch.ptr[0] = kw2.data();
-    p.prefetch.bytes[0] = static_cast<int64_t>(kw2.size()) - 3;
-    p.prefetch.ptr[1] = static_cast<const char*>(kw.data()) + 8;
-    p.prefetch.bytes[1] = 4096;
     ASSERT_TRUE(cuda::fused_linear_applies(p)) << what;
     const Status st = cuda::fused_linear(p, ctx());
     ASSERT_TRUE(st.ok()) << what << ": " << st.to_string();
@@ -276,8 +270,6 @@ TEST_F(CudaDecode, DecodeAttentionMatchesReference) {
           p.start_pos = d_sp.as<int32_t>();
           p.max_context_len = max_ctx + extra;
           p.act_dtype = t;
-          p.prefetch.ptr[0] = d_k.data();  // must not change the result
-          p.prefetch.bytes[0] = static_cast<int64_t>(d_k.size());
           ctx().set_decode_split_keys(split);
           const std::string what = "heads " + std::to_string(c.heads) + "/" + std::to_string(c.kv_heads) + " hd " +
                                    std::to_string(c.hd) + " " + std::string(dtype_name(t)) + " split " + std::to_string(split) +

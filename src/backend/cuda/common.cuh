@@ -7,11 +7,9 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
-#include <cstdlib>
 #include <string>
 #include <utility>
 
-#include "backend/ops.h"
 #include "core/dtype.h"
 #include "core/status.h"
 
@@ -64,55 +62,6 @@ __device__ __forceinline__ void pdl_launch_dependents() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm volatile("griddepcontrol.launch_dependents;" :::);
 #endif
-}
-
-// Pulls this block's share of a PrefetchHint's spans into L2 (cp.async.bulk.prefetch: no registers,
-// no waiting). Block b of the grid's B blocks takes bytes [b * per, (b + 1) * per) of each span, in
-// 16 KB pieces issued by the lanes of warp 0. The host side (prefetch_sanitized) has made every
-// pointer 16-byte aligned and every length a multiple of 16. A no-op below sm_90.
-__device__ __forceinline__ void l2_prefetch_share(const PrefetchHint& h) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  if (threadIdx.x >= 32) return;
-  const int64_t nb = static_cast<int64_t>(gridDim.x) * gridDim.y * gridDim.z;
-  const int64_t b = (static_cast<int64_t>(blockIdx.z) * gridDim.y + blockIdx.y) * gridDim.x + blockIdx.x;
-  constexpr int64_t kPiece = 16384;
-#pragma unroll
-  for (int s = 0; s < 2; ++s) {
-    const int64_t bytes = h.bytes[s];
-    if (bytes <= 0) continue;
-    const int64_t per = ((bytes + nb - 1) / nb + 15) / 16 * 16;
-    const int64_t lo = b * per, hi = min(bytes, lo + per);
-    const char* base = static_cast<const char*>(h.ptr[s]);
-    for (int64_t off = lo + threadIdx.x * kPiece; off < hi; off += 32 * kPiece) {
-      const unsigned size = static_cast<unsigned>(min(kPiece, hi - off));
-      asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(base + off), "r"(size) : "memory");
-    }
-  }
-#endif
-}
-
-// NIBBLE_L2_PREFETCH (read once; for measurement): 0 ignores PrefetchHints; 1 (default) a linear
-// issues its hint after its own weights, the glue kernels at their start; 2 linears at their start too.
-inline int prefetch_mode() {
-  static const int m = [] {
-    const char* e = std::getenv("NIBBLE_L2_PREFETCH");
-    if (e == nullptr) return 1;
-    const int v = std::atoi(e);
-    return v == 0 || v == 2 ? v : 1;
-  }();
-  return m;
-}
-
-// The hint with unaligned spans dropped and lengths rounded down to a multiple of 16.
-inline PrefetchHint prefetch_sanitized(const PrefetchHint& h) {
-  PrefetchHint o;
-  if (prefetch_mode() == 0) return o;
-  for (int s = 0; s < 2; ++s) {
-    if (h.ptr[s] == nullptr || h.bytes[s] < 16 || reinterpret_cast<uintptr_t>(h.ptr[s]) % 16 != 0) continue;
-    o.ptr[s] = h.ptr[s];
-    o.bytes[s] = h.bytes[s] / 16 * 16;
-  }
-  return o;
 }
 
 // Launches kernel<<<grid, block, 0, stream>>>(args...), with programmatic stream serialization

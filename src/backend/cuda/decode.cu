@@ -46,10 +46,8 @@ template <typename T>
 __global__ void rope_kv_write_kernel(T* q, T* k, const T* __restrict__ v, T* __restrict__ k_cache,
                                      T* __restrict__ v_cache, const int64_t* __restrict__ slots,
                                      const int32_t* __restrict__ positions, const float* __restrict__ inv_freq,
-                                     int num_heads, int num_kv_heads, int head_dim, bool interleaved,
-                                     const PrefetchHint pf) {
+                                     int num_heads, int num_kv_heads, int head_dim, bool interleaved) {
   pdl_launch_dependents();
-  detail::l2_prefetch_share(pf);  // weights only: allowed before the wait
   pdl_wait();
   const int64_t t = blockIdx.y;
   const int h = blockIdx.x;
@@ -100,7 +98,6 @@ struct DecArgs {
   float* part_out;  // [num_seqs, num_heads, max_splits, HD]
   float* part_ml;   // [num_seqs, num_heads, max_splits, 2]
   int32_t* counters;  // [num_seqs * num_kv_heads] finished splits, 0 between launches
-  PrefetchHint pf;    // the next ops' weights, into L2 (sanitized)
 };
 
 template <typename T, int HD, int G>
@@ -112,7 +109,6 @@ __global__ void __launch_bounds__(kThreads) decode_attention_kernel(const DecArg
   __shared__ float o_s[G][HD];
   __shared__ float m_s[G], l_s[G];
   pdl_launch_dependents();
-  detail::l2_prefetch_share(a.pf);  // weights only: allowed before the wait
   pdl_wait();
   const int seq = blockIdx.y / a.num_kv_heads, kvh = blockIdx.y % a.num_kv_heads;
   const int num_keys = a.start_pos[seq] + 1;
@@ -317,7 +313,7 @@ Status rope_kv_write(const RopeKvWriteParams& p, Context& ctx) {
         reinterpret_cast<T*>(r.q), reinterpret_cast<T*>(r.k), reinterpret_cast<const T*>(kv.v),
         reinterpret_cast<T*>(kv.k_cache), reinterpret_cast<T*>(kv.v_cache), kv.slot_mapping, r.positions, r.inv_freq,
         static_cast<int>(r.num_heads), static_cast<int>(r.num_kv_heads), static_cast<int>(r.head_dim),
-        r.style == RopeStyle::kInterleaved, detail::prefetch_sanitized(p.prefetch)));
+        r.style == RopeStyle::kInterleaved));
     return Status::Ok();
   });
 }
@@ -367,7 +363,6 @@ Status decode_attention(const BatchAttentionParams& p, Context& ctx) {
   a.part_out = static_cast<float*>(ctx.workspace());
   a.part_ml = a.part_out + p.num_seqs * p.num_heads * splits * p.head_dim;
   a.counters = ctx.sync_counters();
-  a.pf = detail::prefetch_sanitized(p.prefetch);
   const int sp = static_cast<int>(splits);
   if (p.act_dtype == DType::kF16) {
     return p.head_dim == 64 ? launch_group<__half, 64>(a, p.num_seqs, sp, ctx) : launch_group<__half, 128>(a, p.num_seqs, sp, ctx);

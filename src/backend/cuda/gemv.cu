@@ -44,8 +44,6 @@ struct LinArgs {
   void* y2;
   int n0, n1;
   int n, k, m;
-  PrefetchHint pf;  // the next ops' weights, into L2 (sanitized)
-  bool pf_start;    // at the kernel's start instead of after its own weights
 };
 
 template <typename T>
@@ -157,7 +155,6 @@ __global__ void __launch_bounds__(kWarps * 32) linear_kernel(const LinArgs a) {
     }
   };
   load(wv, lo + lane);  // weights are constant: start streaming before the previous kernel is done
-  if (a.pf_start) detail::l2_prefetch_share(a.pf);
   pdl_wait();
   float acc[R][MAXM];
   float ss[MAXM];
@@ -214,7 +211,6 @@ __global__ void __launch_bounds__(kWarps * 32) linear_kernel(const LinArgs a) {
         for (int r = 0; r < R; ++r) wv[r][u] = nx[r][u];
     }
   }
-  if (!a.pf_start) detail::l2_prefetch_share(a.pf);
   finish<T, OutT, MAXM, E, NORM, S, R>(a, acc, ss, part_s, warp, lane, row, piece, active);
 }
 
@@ -298,8 +294,6 @@ LinArgs args_of(const FusedLinearParams& p) {
   a.n = static_cast<int>(p.weight.dim(0));
   a.k = static_cast<int>(p.weight.dim(1));
   a.m = static_cast<int>(p.m);
-  a.pf = detail::prefetch_sanitized(p.prefetch);
-  a.pf_start = detail::prefetch_mode() == 2;
   return a;
 }
 

@@ -51,9 +51,6 @@ Result<std::unique_ptr<CudaLlama>> CudaLlama::create(const ModelWeights& w, cons
   const char* fusion = std::getenv("NIBBLE_DECODE_FUSION");
   m->fusion_ = fusion == nullptr || std::string(fusion) != "0";
   m->fused_weights_ = m->fused_weights_ok();
-  const char* pf_mb = std::getenv("NIBBLE_L2_PREFETCH_MB");
-  m->prefetch_cap_ = pf_mb != nullptr ? int64_t{std::atoi(pf_mb)} << 20
-                                      : static_cast<int64_t>(m->ctx_->info().l2_bytes) * 6 / 10;
   return m;
 }
 

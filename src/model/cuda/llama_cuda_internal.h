@@ -86,8 +86,6 @@ class CudaLlama final : public ForwardBackend {
   // FusedLinearParams for weight w, input x, output y, `rows` rows (the rest as the epilogue needs).
   FusedLinearParams fused_params(const Tensor& w, const float* x, float* y, int64_t rows,
                                  LinearEpilogue e = LinearEpilogue::kStore) const;
-  // A PrefetchHint for the start of weight a (and b: half the cap each).
-  PrefetchHint prefetch_of(const Tensor& a, const Tensor* b = nullptr) const;
   Result<const float*> upload_f32(const Tensor& t);
   Status allocate_scratch();
   // Enqueues the forward for the staged batch (no host synchronization; capturable).
@@ -131,9 +129,6 @@ class CudaLlama final : public ForwardBackend {
   std::map<std::tuple<int64_t, int64_t, int64_t, const void*, int64_t, int64_t, int64_t>, cuda::Graph> graphs_;
   bool w4_fallback_noted_ = false;
   bool fused_weights_ = false;  // fused_weights_ok(), once after the upload
-  // Bytes of the next linear's weights a fused decode kernel pulls into L2: 60% of the L2, or
-  // NIBBLE_L2_PREFETCH_MB; 0 turns the hints off.
-  int64_t prefetch_cap_ = 0;
   bool fusion_ = true;  // decode fusions (NIBBLE_DECODE_FUSION=0 turns them off, for comparison)
 };
 

@@ -2,7 +2,6 @@
 // GEMMs, or the GEMV / W4A16 kernels through cuda::matmul, and separate glue ops) and the fused
 // decode path for one or two rows (cuda::fused_linear, rope_kv_write, decode_attention; five
 // launches a layer).
-#include <algorithm>
 #include <cmath>
 
 #include "model/cuda/llama_cuda_internal.h"
@@ -96,24 +95,9 @@ Status CudaLlama::enqueue_layer(size_t l, const StepLayout& s, int64_t max_query
   return cuda::add_rms_norm({x, ob, next_norm, xb, n, dim, c.norm_eps, a}, ctx);
 }
 
-PrefetchHint CudaLlama::prefetch_of(const Tensor& a, const Tensor* b) const {
-  // The first bytes of each (the rows the next kernel's first blocks read), at most prefetch_cap_ in all.
-  PrefetchHint h;
-  const int64_t cap = b != nullptr ? prefetch_cap_ / 2 : prefetch_cap_;
-  h.ptr[0] = a.data();
-  h.bytes[0] = std::min<int64_t>(static_cast<int64_t>(a.nbytes()), cap);
-  if (b != nullptr) {
-    h.ptr[1] = b->data();
-    h.bytes[1] = std::min<int64_t>(static_cast<int64_t>(b->nbytes()), cap);
-  }
-  return h;
-}
-
 // Five launches a layer: [norm -> q|k|v], rope + KV write, attention, [o_proj -> += x],
 // [norm -> gate, up -> SwiGLU], [down_proj -> += x]. x is the residual stream throughout; the norms
-// happen inside the linears that consume them. Each linear, once it has read its own weights, pulls
-// the start of the next linear's weights into L2 (PrefetchHint), so that the memory keeps streaming
-// while the kernels between them drain, launch and wait (prefetch_cap_ 0: off).
+// happen inside the linears that consume them.
 Status CudaLlama::enqueue_layer_fused(size_t l, const StepLayout& s, int64_t max_query_len, int64_t max_context_len,
                                       const KvPools& kv) {
   const ModelConfig& c = config_;
@@ -124,7 +108,6 @@ Status CudaLlama::enqueue_layer_fused(size_t l, const StepLayout& s, int64_t max
   const auto [x, xb, q, k, v, att, ob, hb, hb2] = acts();
   const DType a = dtype_;
   const DeviceLayer& w = layers_[l];
-  const bool pf = prefetch_cap_ > 0;
   FusedLinearParams f = fused_params(w.wqkv, x, q, n, LinearEpilogue::kSplit);
   f.norm_weight = w.attn_norm;
   f.norm_eps = c.norm_eps;
@@ -132,25 +115,19 @@ Status CudaLlama::enqueue_layer_fused(size_t l, const StepLayout& s, int64_t max
   f.y2 = v;
   f.n0 = w.wq.rows();
   f.n1 = w.wk.rows();
-  if (pf) f.prefetch = prefetch_of(w.wo);
   NB_RETURN_IF_ERROR(cuda::fused_linear(f, ctx));
   const RopeParams rp{q, k, di + o.positions, inv_freq_.as<float>(), n, c.num_heads, c.num_kv_heads,
                       c.head_dim, c.rope_style, a};
   const KvWriteParams kp{k, v, kv.k[l], kv.v[l], slots_d_.as<int64_t>(), n, c.num_kv_heads, c.head_dim, a};
-  NB_RETURN_IF_ERROR(cuda::rope_kv_write({rp, kp, {}}, ctx));
+  NB_RETURN_IF_ERROR(cuda::rope_kv_write({rp, kp}, ctx));
   NB_RETURN_IF_ERROR(attention(l, s, max_query_len, max_context_len, kv));
-  f = fused_params(w.wo, att, x, n, LinearEpilogue::kAddInto);
-  if (pf) f.prefetch = prefetch_of(w.w_gate, &w.w_up);
-  NB_RETURN_IF_ERROR(cuda::fused_linear(f, ctx));
+  NB_RETURN_IF_ERROR(cuda::fused_linear(fused_params(w.wo, att, x, n, LinearEpilogue::kAddInto), ctx));
   f = fused_params(w.w_gate, x, hb, n, LinearEpilogue::kSwiglu);
   f.weight2 = w.w_up;
   f.norm_weight = w.ffn_norm;
   f.norm_eps = c.norm_eps;
-  if (pf) f.prefetch = prefetch_of(w.w_down);
   NB_RETURN_IF_ERROR(cuda::fused_linear(f, ctx));
-  f = fused_params(w.w_down, hb, x, n, LinearEpilogue::kAddInto);
-  if (pf) f.prefetch = prefetch_of(l + 1 < layers_.size() ? layers_[l + 1].wqkv : output_);
-  return cuda::fused_linear(f, ctx);
+  return cuda::fused_linear(fused_params(w.w_down, hb, x, n, LinearEpilogue::kAddInto), ctx);
 }
 
 Status CudaLlama::enqueue(const StepLayout& s, int64_t max_query_len, int64_t max_context_len, const KvPools& kv) {
