@@ -45,18 +45,22 @@ void scale_gram(std::vector<float>& gram, int64_t in, const std::vector<float>& 
   }
 }
 
-double awq_output_error(const std::vector<float>& w, int64_t out, int64_t in, const std::vector<float>& s_full,
-                        const std::vector<float>& gram, const QuantSpec& spec, ThreadPool& pool) {
+std::vector<float> awq_scaled_fake_quant(const std::vector<float>& w, int64_t out, int64_t in,
+                                         const std::vector<float>& s_full, const QuantSpec& spec) {
   std::vector<float> wq = w;
   if (!s_full.empty()) scale_input_channels(wq, out, in, s_full);
   fake_quantize_rows(wq.data(), out, in, spec);
-  std::vector<float> d(w.size());
+  if (s_full.empty()) return wq;
   for (int64_t o = 0; o < out; ++o) {
-    for (int64_t j = 0; j < in; ++j) {
-      const auto k = static_cast<size_t>(o * in + j);
-      d[k] = w[k] - (s_full.empty() ? wq[k] : wq[k] / s_full[static_cast<size_t>(j)]);
-    }
+    for (int64_t j = 0; j < in; ++j) wq[static_cast<size_t>(o * in + j)] /= s_full[static_cast<size_t>(j)];
   }
+  return wq;
+}
+
+double awq_output_error(const std::vector<float>& w, int64_t out, int64_t in, const std::vector<float>& s_full,
+                        const std::vector<float>& gram, const QuantSpec& spec, ThreadPool& pool) {
+  std::vector<float> d = awq_scaled_fake_quant(w, out, in, s_full, spec);
+  for (size_t k = 0; k < d.size(); ++k) d[k] = w[k] - d[k];
   double e = 0.0;
   for (double v : row_quadratic_forms(d, out, in, gram.data(), pool)) e += v;
   return e;
@@ -101,6 +105,11 @@ AwqScaleResult awq_search_scales(const AwqScaleProblem& p, const QuantSpec& spec
   best.error = std::numeric_limits<double>::infinity();
   std::vector<float> s(num_scales), s_full(static_cast<size_t>(p.in));
   auto error_of = [&](const std::vector<float>& sf) {
+    if (p.block_loss) {
+      std::vector<std::vector<float>> candidates;
+      for (size_t k = 0; k < p.weights.size(); ++k) candidates.push_back(awq_scaled_fake_quant(*p.weights[k], p.out_features[k], p.in, sf, spec));
+      return p.block_loss(candidates);
+    }
     double err = 0.0;
     for (size_t k = 0; k < p.weights.size(); ++k) err += awq_output_error(*p.weights[k], p.out_features[k], p.in, sf, *p.gram, spec, pool);
     return err;

@@ -9,10 +9,13 @@
 // tokens, computed from the Gram matrix G = sum_t x_t x_t^T of their input:
 //   sum_t ||x_t (W - W')^T||^2 = sum_o d_o^T G d_o,   d_o = row o of W - W'.
 // (AutoAWQ measures the same error on the tokens themselves; with G it costs in^2 per row instead of
-// one pass over all tokens per grid point.) The output error is taken at the group's linears (q/k/v
-// together; gate/up together; o; down), not after the attention or MLP that follows them.
+// one pass over all tokens per grid point.) By default the output error is taken at the group's
+// linears (q/k/v together; gate/up together; o; down). A problem may instead carry a block loss
+// (AutoAWQ's "module2inspect": the error after the attention or the MLP that follows the linears,
+// quant/awq_block.h); the search then minimises that.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <vector>
 
 #include "core/thread_pool.h"
@@ -39,13 +42,16 @@ struct AwqScaleProblem {
   // Input channel j is scaled by s[channel_map[j]]; empty = identity (num_scales == in). Lets one
   // scale of a v_proj output channel cover the o_proj inputs of every query head sharing it (GQA).
   std::vector<int32_t> channel_map;
+  // Optional block loss of the candidate weights W'_k = Q(W_k diag(s)) diag(s)^-1, one per entry of
+  // `weights`, in that order. When set, the search minimises it instead of the Gram error.
+  std::function<double(const std::vector<std::vector<float>>& candidates)> block_loss;
 };
 
 struct AwqScaleResult {
   std::vector<float> scales;  // [num_scales]
   double alpha = 0.0;         // the chosen exponent
-  double error = 0.0;         // output error with these scales
-  double rtn_error = 0.0;     // output error at a = 0 (plain RTN)
+  double error = 0.0;         // output error (or block loss) with these scales
+  double rtn_error = 0.0;     // the same at a = 0 (plain RTN)
 };
 
 AwqScaleResult awq_search_scales(const AwqScaleProblem& problem, const QuantSpec& spec, const AwqOptions& options,
@@ -61,6 +67,11 @@ double awq_output_error(const std::vector<float>& w, int64_t out, int64_t in, co
 // to it in place. Returns the total output error after clipping.
 double awq_search_clip(std::vector<float>& w, int64_t out, int64_t in, const std::vector<float>& gram,
                        const QuantSpec& spec, const AwqOptions& options, ThreadPool& pool);
+
+// fake_quant(W diag(s)) diag(s)^-1 for W [out, in], s_full [in] (empty = no scaling): what the
+// scaled, quantized linear computes on the unscaled input.
+std::vector<float> awq_scaled_fake_quant(const std::vector<float>& w, int64_t out, int64_t in,
+                                         const std::vector<float>& s_full, const QuantSpec& spec);
 
 // Multiplies input channel j of w [out, in] by s[j].
 void scale_input_channels(std::vector<float>& w, int64_t out, int64_t in, const std::vector<float>& s);

@@ -130,15 +130,28 @@ void LayerRunner::matmul(const std::vector<float>& w, int64_t out, int64_t in, c
 
 void LayerRunner::forward(const DenseLayer& layer, float* x, const Observer& observe) {
   const ModelConfig& c = config_;
-  const int64_t n = seq_len_, dim = c.dim, hd = c.head_dim;
-  const int64_t q_dim = c.num_heads * hd, kv_dim = c.num_kv_heads * hd;
+  const int64_t n = seq_len_, dim = c.dim;
   auto w = [&](LinearKind k) -> const std::vector<float>& { return layer.w[static_cast<size_t>(k)]; };
 
   cpu::rms_norm({x, layer.attn_norm.data(), xb_.data(), n, dim, c.norm_eps});
   if (observe) observe(InputSite::kAttnIn, xb_.data(), n);
-  matmul(w(LinearKind::kQ), q_dim, dim, xb_.data(), q_.data());
-  matmul(w(LinearKind::kK), kv_dim, dim, xb_.data(), k_.data());
-  matmul(w(LinearKind::kV), kv_dim, dim, xb_.data(), v_.data());
+  attention_block(w(LinearKind::kQ), w(LinearKind::kK), w(LinearKind::kV), w(LinearKind::kO), xb_.data(), xb_.data(), observe);
+  for (int64_t i = 0; i < n * dim; ++i) x[i] += xb_[static_cast<size_t>(i)];
+
+  cpu::rms_norm({x, layer.ffn_norm.data(), xb_.data(), n, dim, c.norm_eps});
+  if (observe) observe(InputSite::kFfnIn, xb_.data(), n);
+  mlp_block(w(LinearKind::kGate), w(LinearKind::kUp), w(LinearKind::kDown), xb_.data(), xb_.data(), observe);
+  for (int64_t i = 0; i < n * dim; ++i) x[i] += xb_[static_cast<size_t>(i)];
+}
+
+void LayerRunner::attention_block(const std::vector<float>& wq, const std::vector<float>& wk, const std::vector<float>& wv,
+                                  const std::vector<float>& wo, const float* xn, float* out, const Observer& observe) {
+  const ModelConfig& c = config_;
+  const int64_t n = seq_len_, dim = c.dim, hd = c.head_dim;
+  const int64_t q_dim = c.num_heads * hd, kv_dim = c.num_kv_heads * hd;
+  matmul(wq, q_dim, dim, xn, q_.data());
+  matmul(wk, kv_dim, dim, xn, k_.data());
+  matmul(wv, kv_dim, dim, xn, v_.data());
   cpu::rope({q_.data(), k_.data(), positions_.data(), inv_freq_.data(), n, c.num_heads, c.num_kv_heads, hd, c.rope_style});
   // k_/v_ [n, kv_heads, head_dim] are already a contiguous cache: one block of n slots.
   const int32_t block = 0;
@@ -157,17 +170,18 @@ void LayerRunner::forward(const DenseLayer& layer, float* x, const Observer& obs
   ap.scale = 1.0f / std::sqrt(static_cast<float>(hd));
   cpu::attention(ap, pool_);
   if (observe) observe(InputSite::kAttnOut, att_.data(), n);
-  matmul(w(LinearKind::kO), dim, q_dim, att_.data(), xb_.data());
-  for (int64_t i = 0; i < n * dim; ++i) x[i] += xb_[static_cast<size_t>(i)];
+  matmul(wo, dim, q_dim, att_.data(), out);
+}
 
-  cpu::rms_norm({x, layer.ffn_norm.data(), xb_.data(), n, dim, c.norm_eps});
-  if (observe) observe(InputSite::kFfnIn, xb_.data(), n);
-  matmul(w(LinearKind::kGate), c.hidden_dim, dim, xb_.data(), hb_.data());
-  matmul(w(LinearKind::kUp), c.hidden_dim, dim, xb_.data(), hb2_.data());
+void LayerRunner::mlp_block(const std::vector<float>& w_gate, const std::vector<float>& w_up, const std::vector<float>& w_down,
+                            const float* xn, float* out, const Observer& observe) {
+  const ModelConfig& c = config_;
+  const int64_t n = seq_len_;
+  matmul(w_gate, c.hidden_dim, c.dim, xn, hb_.data());
+  matmul(w_up, c.hidden_dim, c.dim, xn, hb2_.data());
   cpu::swiglu({hb_.data(), hb2_.data(), hb_.data(), n * c.hidden_dim});
   if (observe) observe(InputSite::kFfnMid, hb_.data(), n);
-  matmul(w(LinearKind::kDown), dim, c.hidden_dim, hb_.data(), xb_.data());
-  for (int64_t i = 0; i < n * dim; ++i) x[i] += xb_[static_cast<size_t>(i)];
+  matmul(w_down, c.dim, c.hidden_dim, hb_.data(), out);
 }
 
 void LayerRunner::accumulate(SiteStats& s, const float* x, int64_t tokens, bool with_gram) {

@@ -61,6 +61,16 @@ class LayerRunner {
   // each site's input [seq_len, site dim].
   void forward(const DenseLayer& layer, float* x, const Observer& observe);
 
+  // The two sub-blocks of forward, on the normed input xn [seq_len, dim]; out [seq_len, dim] may
+  // alias xn. attention_block: o_proj(attention(rope(xn Wq^T), rope(xn Wk^T), xn Wv^T)), causal,
+  // positions 0..seq_len-1 (observe sees kAttnOut); mlp_block: (silu(xn Wg^T) * xn Wu^T) Wd^T
+  // (observe sees kFfnMid). Weights [out, in] as in DenseLayer.
+  void attention_block(const std::vector<float>& wq, const std::vector<float>& wk, const std::vector<float>& wv,
+                       const std::vector<float>& wo, const float* xn, float* out, const Observer& observe);
+  void mlp_block(const std::vector<float>& w_gate, const std::vector<float>& w_up, const std::vector<float>& w_down,
+                 const float* xn, float* out, const Observer& observe);
+  int64_t seq_len() const { return seq_len_; }
+
   // Adds x [tokens, dim] to stats (gram only when with_gram).
   void accumulate(SiteStats& stats, const float* x, int64_t tokens, bool with_gram);
 

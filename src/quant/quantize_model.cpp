@@ -2,10 +2,14 @@
 
 #include <algorithm>
 #include <cmath>
+#include <functional>
+#include <memory>
 #include <numeric>
+#include <string>
 
 #include "backend/cpu/cpu_ops.h"
 #include "core/thread_pool.h"
+#include "quant/awq_block.h"
 #include "quant/calib.h"
 #include "quant/smoothquant.h"
 
@@ -17,6 +21,12 @@ Result<QuantMethod> parse_quant_method(const std::string& name) {
   if (name == "awq") return QuantMethod::kAwq;
   if (name == "gptq") return QuantMethod::kGptq;
   return invalid_argument("unknown quantization method '" + name + "'; expected one of: rtn, smoothquant, awq, gptq");
+}
+
+Result<AwqLoss> parse_awq_loss(const std::string& name) {
+  if (name == "linear") return AwqLoss::kLinear;
+  if (name == "block") return AwqLoss::kBlock;
+  return invalid_argument("unknown AWQ loss '" + name + "'; expected one of: linear, block");
 }
 
 const char* quant_method_name(QuantMethod m) {
@@ -52,17 +62,31 @@ std::vector<float> mean_abs(const SiteStats& s) {
   return m;
 }
 
-// AWQ: scale search for the four groups, folding, clipping.
-Status awq_layer(DenseLayer& d, std::vector<SiteStats>& stats, const LayerContext& cx, LayerReport& rep) {
+// AWQ: scale search for the four groups, folding, clipping. block_inputs: the norm outputs of the
+// sampled sequences when the q/k/v and gate/up searches use the block loss (else null).
+Status awq_layer(DenseLayer& d, std::vector<SiteStats>& stats, const LayerContext& cx, LayerReport& rep,
+                 AwqBlockInputs* block_inputs) {
   const ModelConfig& c = cx.config;
   const QuantSpec& spec = cx.options.spec;
   AwqOptions opt;
   opt.duo_scaling = cx.options.awq_duo_scaling;
+  std::unique_ptr<AwqBlockLoss> block;
+  if (block_inputs != nullptr) {
+    NB_ASSIGN_OR_RETURN(AwqBlockLoss b, AwqBlockLoss::create(c, d, std::move(*block_inputs), cx.options.calib_seqlen, cx.pool));
+    block = std::make_unique<AwqBlockLoss>(std::move(b));
+  }
+  using BlockLossFn = std::function<double(const std::vector<std::vector<float>>&)>;
+  BlockLossFn attn_loss, mlp_loss;
+  if (block) {
+    attn_loss = [&](const std::vector<std::vector<float>>& w) { return block->attention_loss(w[0], w[1], w[2]); };
+    mlp_loss = [&](const std::vector<std::vector<float>>& w) { return block->mlp_loss(w[0], w[1]); };
+  }
   std::vector<std::vector<float>> grams(kNumInputSites);
   for (int s = 0; s < kNumInputSites; ++s) grams[static_cast<size_t>(s)] = stats[static_cast<size_t>(s)].gram_f32();
   auto search = [&](std::initializer_list<int> kinds, InputSite site, std::vector<float> x_mean,
-                    std::vector<int32_t> channel_map) {
+                    std::vector<int32_t> channel_map, BlockLossFn block_loss = {}) {
     AwqScaleProblem p;
+    p.block_loss = std::move(block_loss);
     for (int k : kinds) {
       p.weights.push_back(&d.w[static_cast<size_t>(k)]);
       p.out_features.push_back(cx.out(k));
@@ -78,7 +102,7 @@ Status awq_layer(DenseLayer& d, std::vector<SiteStats>& stats, const LayerContex
   };
   const auto at = [](InputSite s) { return static_cast<size_t>(s); };
   // The four searches all use the float layer's inputs (scaling is exact in float), as AutoAWQ.
-  const std::vector<float> s_qkv = search({kQ, kK, kV}, InputSite::kAttnIn, mean_abs(stats[at(InputSite::kAttnIn)]), {});
+  const std::vector<float> s_qkv = search({kQ, kK, kV}, InputSite::kAttnIn, mean_abs(stats[at(InputSite::kAttnIn)]), {}, attn_loss);
   // v -> o: one scale per v_proj output channel; o_proj input channel (h, i) uses kv head h / group.
   const int64_t hd = c.head_dim, group = c.num_heads / c.num_kv_heads, kv_dim = c.num_kv_heads * hd;
   std::vector<int32_t> o_map(static_cast<size_t>(c.num_heads * hd));
@@ -89,7 +113,7 @@ Status awq_layer(DenseLayer& d, std::vector<SiteStats>& stats, const LayerContex
   std::vector<float> v_mean(static_cast<size_t>(kv_dim), 0.f);
   for (size_t j = 0; j < o_map.size(); ++j) v_mean[static_cast<size_t>(o_map[j])] += o_mean[j] / static_cast<float>(group);
   const std::vector<float> s_vo = search({kO}, InputSite::kAttnOut, v_mean, o_map);
-  const std::vector<float> s_ffn = search({kGate, kUp}, InputSite::kFfnIn, mean_abs(stats[at(InputSite::kFfnIn)]), {});
+  const std::vector<float> s_ffn = search({kGate, kUp}, InputSite::kFfnIn, mean_abs(stats[at(InputSite::kFfnIn)]), {}, mlp_loss);
   const std::vector<float> s_down = search({kDown}, InputSite::kFfnMid, mean_abs(stats[at(InputSite::kFfnMid)]), {});
 
   // Fold: 1/s into the producer, s into the consumers' input channels; the Grams follow the inputs.
@@ -129,8 +153,9 @@ std::vector<double> hessian_of(const SiteStats& s) {
   return h;
 }
 
-Status quantize_layer(DenseLayer& d, std::vector<SiteStats>& stats, const SmoothSiteSamples& samples, const LayerContext& cx,
-                      std::array<QuantizedLinear, kNumLinearKinds>& out, LayerReport& rep) {
+Status quantize_layer(DenseLayer& d, std::vector<SiteStats>& stats, const SmoothSiteSamples& samples,
+                      AwqBlockInputs* block_inputs, const LayerContext& cx, std::array<QuantizedLinear, kNumLinearKinds>& out,
+                      LayerReport& rep) {
   const QuantizeOptions& o = cx.options;
   if (o.method == QuantMethod::kSmoothQuant) {
     std::array<const std::vector<float>*, kNumInputSites> amax{};
@@ -144,7 +169,7 @@ Status quantize_layer(DenseLayer& d, std::vector<SiteStats>& stats, const Smooth
     rep.smooth.assign(sites.begin(), sites.end());
     rep.smooth_alpha.assign(alpha.begin(), alpha.end());
   } else if (o.method == QuantMethod::kAwq) {
-    NB_RETURN_IF_ERROR(awq_layer(d, stats, cx, rep));
+    NB_RETURN_IF_ERROR(awq_layer(d, stats, cx, rep, block_inputs));
   }
   for (int k = 0; k < kNumLinearKinds; ++k) {
     const auto& w = d.w[static_cast<size_t>(k)];
@@ -204,6 +229,12 @@ Result<QuantizedModel> quantize_model(ModelWeights weights, const Tokenizer* tok
     NB_RETURN_IF_ERROR(validate_quant_spec(opt.spec, linear_in_features(c, static_cast<LinearKind>(k)),
                                            linear_name(static_cast<LinearKind>(k))));
   }
+  const bool awq_block = opt.method == QuantMethod::kAwq && opt.awq_loss == AwqLoss::kBlock;
+  if (awq_block && (opt.awq_block_samples < 1 || opt.awq_block_samples > opt.calib_samples)) {
+    return invalid_argument("the AWQ block loss is measured on " + std::to_string(opt.awq_block_samples) +
+                            " calibration sequences; give between 1 and --calib-samples (" + std::to_string(opt.calib_samples) + ")");
+  }
+  const bool float_inputs = opt.method == QuantMethod::kAwq && opt.awq_float_inputs;
   ThreadPool pool(opt.num_threads);
   const bool calibrate = opt.method != QuantMethod::kRtn;
   const bool need_gram = opt.method == QuantMethod::kAwq || opt.method == QuantMethod::kGptq;
@@ -240,26 +271,40 @@ Result<QuantizedModel> quantize_model(ModelWeights weights, const Tokenizer* tok
     const bool sample = opt.method == QuantMethod::kSmoothQuant && opt.alpha_search;
     const int64_t total = static_cast<int64_t>(hidden.size()) * opt.calib_seqlen;
     const int64_t stride = std::max<int64_t>(1, total / std::max<int64_t>(1, opt.alpha_search_tokens));
+    // AWQ block loss: the norm outputs of awq_block_samples sequences spread evenly over the samples.
+    AwqBlockInputs block_inputs;
+    const auto num_hidden = static_cast<int64_t>(hidden.size());
+    auto in_block_sample = [&](int64_t i) {
+      const int64_t m = opt.awq_block_samples;
+      return awq_block && (i * m) % num_hidden < m;  // i = ceil(k * n / m) for k = 0..m-1
+    };
     if (calibrate) {
       std::vector<float> x(static_cast<size_t>(opt.calib_seqlen * c.dim));
       for (size_t i = 0; i < hidden.size(); ++i) {
-        x = hidden[i];  // the float layer's output is not needed: only its inputs
+        x = hidden[i];  // the float layer's output is not needed (unless awq_float_inputs): only its inputs
+        const bool keep = in_block_sample(static_cast<int64_t>(i));
+        if (keep) ++block_inputs.num_seqs;
         runner.forward(d, x.data(), [&](InputSite site, const float* a, int64_t tokens) {
           runner.accumulate(stats[static_cast<size_t>(site)], a, tokens, need_gram);
+          if (keep && (site == InputSite::kAttnIn || site == InputSite::kFfnIn)) {
+            auto& buf = site == InputSite::kAttnIn ? block_inputs.attn_in : block_inputs.ffn_in;
+            buf.insert(buf.end(), a, a + tokens * c.dim);
+          }
           if (!sample) return;
           const int64_t dim = stats[static_cast<size_t>(site)].dim;
           auto& buf = samples.x[static_cast<size_t>(site)];
           for (int64_t t = static_cast<int64_t>(i) % stride; t < tokens; t += stride) buf.insert(buf.end(), a + t * dim, a + (t + 1) * dim);
         });
+        if (float_inputs) hidden[i] = x;
       }
       if (sample) samples.tokens = static_cast<int64_t>(samples.x[0].size()) / c.dim;
     }
     LayerReport rep;
     rep.layer = l;
     auto& ql = qm.layers[static_cast<size_t>(l)];
-    NB_RETURN_IF_ERROR(quantize_layer(d, stats, samples, cx, ql, rep));
+    NB_RETURN_IF_ERROR(quantize_layer(d, stats, samples, awq_block ? &block_inputs : nullptr, cx, ql, rep));
     if (opt.method == QuantMethod::kGptq) rep.relative_error = relative_layer_error(d, ql, stats, pool);
-    if (calibrate) {
+    if (calibrate && !float_inputs) {
       // The next layer sees what the quantized layer computes (norms with folded scales included).
       for (int k = 0; k < kNumLinearKinds; ++k) d.w[static_cast<size_t>(k)] = dequantize(ql[static_cast<size_t>(k)]);
       for (auto& h : hidden) runner.forward(d, h.data(), {});

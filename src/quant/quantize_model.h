@@ -24,6 +24,13 @@ enum class QuantMethod { kRtn, kSmoothQuant, kAwq, kGptq };
 Result<QuantMethod> parse_quant_method(const std::string& name);
 const char* quant_method_name(QuantMethod m);
 
+// What AWQ's scale search for q/k/v and gate/up minimises: the output error of the linears (exact,
+// from the Gram matrix of all calibration tokens) or of the attention / MLP block after them
+// (AutoAWQ's module2inspect, on awq_block_samples sequences; quant/awq_block.h).
+enum class AwqLoss { kLinear, kBlock };
+Result<AwqLoss> parse_awq_loss(const std::string& name);
+constexpr int64_t kAwqBlockSamples = 8;  // default calibration sequences the block loss is measured on
+
 struct QuantizeOptions {
   QuantMethod method = QuantMethod::kRtn;
   QuantSpec spec;                 // smoothquant forces 8 bits, symmetric, per channel
@@ -35,6 +42,10 @@ struct QuantizeOptions {
   int64_t alpha_search_tokens = 512;  // calibration tokens (spread over the samples) the search measures on
   bool act_order = false;         // gptq
   bool awq_duo_scaling = false;   // awq: AutoAWQ's duo scaling (AwqOptions::duo_scaling)
+  AwqLoss awq_loss = AwqLoss::kLinear;
+  int64_t awq_block_samples = kAwqBlockSamples;  // awq block loss: sequences (spread over the samples), <= calib_samples
+  // awq: calibrate layer i + 1 on the FLOAT layer i's output (AutoAWQ) instead of the quantized one.
+  bool awq_float_inputs = false;
   std::string calib_path;
   int64_t calib_samples = 32;
   int64_t calib_seqlen = 512;

@@ -81,6 +81,12 @@ Status run(const CliArgs& args) {
   o.act_order = args.has("--act-order");
   o.awq_duo_scaling = args.has("--awq-duo-scaling");
   if (o.awq_duo_scaling && o.method != quant::QuantMethod::kAwq) return invalid_argument("--awq-duo-scaling is an AWQ option");
+  NB_ASSIGN_OR_RETURN(o.awq_loss, quant::parse_awq_loss(args.get("--awq-loss")));
+  NB_ASSIGN_OR_RETURN(o.awq_block_samples, args.get_int("--awq-block-samples", 1, 1 << 20));
+  o.awq_float_inputs = args.has("--awq-float-inputs");
+  if ((args.has("--awq-loss") || args.has("--awq-block-samples") || o.awq_float_inputs) && o.method != quant::QuantMethod::kAwq) {
+    return invalid_argument("--awq-loss, --awq-block-samples and --awq-float-inputs are AWQ options");
+  }
   o.calib_path = args.has("--calib") ? args.get("--calib") : std::string(kDefaultCalib);
   NB_ASSIGN_OR_RETURN(o.calib_samples, args.get_int("--calib-samples", 1, 1 << 20));
   NB_ASSIGN_OR_RETURN(o.calib_seqlen, args.get_int("--calib-seqlen", 8, 1 << 20));
@@ -144,6 +150,11 @@ int run_quantize(int argc, char** argv) {
               "      alpha in 0.3..0.95 with the least W8A8 output error on 512 calibration tokens", "0.5");
   args.option("--alpha-sites", "SmoothQuant: one strength per input A,B,C,D (q/k/v, o_proj, gate/up, down_proj); overrides --alpha");
   args.flag("--awq-duo-scaling", "AWQ: s = s_X^a / s_W^(1-a) as AutoAWQ's duo_scaling (s_W: mean normalized |w| per input channel)");
+  args.option("--awq-loss", "AWQ: what the q/k/v and gate/up scale search minimises: 'linear' (the linears' output error,\n"
+              "      exact on all calibration tokens) or 'block' (the attention / MLP output after them, AutoAWQ's)", "linear");
+  args.option("--awq-block-samples", "AWQ block loss: calibration sequences it is measured on (spread evenly)",
+              std::to_string(quant::kAwqBlockSamples));
+  args.flag("--awq-float-inputs", "AWQ: calibrate each layer on the float previous layer's output (AutoAWQ) instead of the quantized one");
   args.flag("--act-order", "GPTQ: quantize columns by decreasing Hessian diagonal (writes g_idx)");
   args.option("--calib", std::string("calibration text file (default ") + kDefaultCalib + ")");
   args.option("--calib-samples", "calibration windows", "32");
