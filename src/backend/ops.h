@@ -6,6 +6,7 @@
 // are reinterpreted; the CPU ops require f32). Shapes are written on the fields.
 #pragma once
 #include <cstdint>
+#include <vector>
 
 #include "core/status.h"
 #include "backend/kv_format.h"
@@ -202,6 +203,42 @@ struct FusedLinearParams {
 struct RopeKvWriteParams {
   RopeParams rope;
   KvWriteParams kv;  // kv.k must be rope.k
+};
+
+// A whole decode step of a Llama stack for ONE sequence and ONE token, layer after layer:
+//   [attn_norm -> q|k|v] (FusedLinearParams kSplit), RoPE + KV write (RopeKvWriteParams), attention
+//   over the sequence's cached keys (BatchAttentionParams, one sequence), [o_proj -> x +=],
+//   [ffn_norm -> gate, up -> SwiGLU], [down_proj -> x +=].
+// x is the residual stream (in and out); q, k, v, att and hb are scratch. The CPU reference runs
+// exactly those ops in turn; the CUDA backend runs the whole stack as one persistent kernel (grid
+// barriers between the stages instead of kernel boundaries).
+struct DecodeStepLayer {
+  Tensor wqkv;           // [q_dim + 2 kv_dim, dim]: q rows, then k, then v
+  Tensor wo;             // [dim, q_dim]
+  Tensor w_gate, w_up;   // [hidden, dim]
+  Tensor w_down;         // [dim, hidden]
+  const float* attn_norm = nullptr;  // [dim] f32
+  const float* ffn_norm = nullptr;   // [dim] f32
+  float* k_cache = nullptr;          // [num_blocks, block_size, num_kv_heads, head_dim], act dtype
+  float* v_cache = nullptr;
+};
+struct DecodeStepParams {
+  static constexpr int kMaxLayers = 40;  // the CUDA kernel takes every layer's pointers by value
+  std::vector<DecodeStepLayer> layers;
+  float* x;                                  // [dim]
+  float *q, *k, *v, *att, *hb;               // [q_dim], [kv_dim], [kv_dim], [q_dim], [hidden]
+  const int32_t* block_table;                // the sequence's block ids
+  const int32_t* start_pos;                  // [1]: tokens already cached (the new token's position)
+  const int32_t* position;                   // [1]: the RoPE position
+  const int64_t* slot;                       // [1]: the cache slot the new token's k/v go to
+  const float* inv_freq;                     // [head_dim / 2]
+  int64_t block_size = 0;
+  int64_t num_heads = 0, num_kv_heads = 0, head_dim = 0;
+  int64_t max_context_len = 0;               // host value: >= start_pos + 1 (plans the workspace)
+  float norm_eps = 0.f;
+  float scale = 0.f;                         // attention scale
+  RopeStyle rope_style = RopeStyle::kHalf;
+  DType act_dtype = DType::kF32;
 };
 
 }  // namespace nb

@@ -51,6 +51,7 @@ void argmax(const ArgmaxParams& p);  // reference_sampling.cpp
 // The CUDA backend's fused decode ops (reference_fused.cpp), defined by the plain ops above.
 void fused_linear(const FusedLinearParams& p);
 void rope_kv_write(const RopeKvWriteParams& p);
+void decode_step(const DecodeStepParams& p);  // host pointers; f32 caches
 }  // namespace ref
 
 }  // namespace nb::cpu

@@ -1,4 +1,5 @@
-// References for the fused decode ops of the CUDA backend (FusedLinearParams, RopeKvWriteParams),
+// References for the fused decode ops of the CUDA backend (FusedLinearParams, RopeKvWriteParams,
+// DecodeStepParams: the ops in turn),
 // defined through the plain references: the norm in double, the products by ref::matmul, the
 // epilogue in f32 — the GPU kernels differ only in accumulation order (and keep the normed input in
 // f32 where the unfused path rounds it to the activation dtype).
@@ -53,6 +54,72 @@ void fused_linear(const FusedLinearParams& p) {
 void rope_kv_write(const RopeKvWriteParams& p) {
   rope(p.rope);
   kv_write(p.kv);
+}
+
+void decode_step(const DecodeStepParams& p) {
+  const int64_t q_dim = p.num_heads * p.head_dim, kv_dim = p.num_kv_heads * p.head_dim;
+  const int32_t query_start[2] = {0, 1};
+  for (const DecodeStepLayer& l : p.layers) {
+    FusedLinearParams f{};
+    f.weight = l.wqkv;
+    f.x = p.x;
+    f.norm_weight = l.attn_norm;
+    f.norm_eps = p.norm_eps;
+    f.y = p.q;
+    f.y1 = p.k;
+    f.y2 = p.v;
+    f.n0 = q_dim;
+    f.n1 = kv_dim;
+    f.m = 1;
+    f.epilogue = LinearEpilogue::kSplit;
+    fused_linear(f);
+    const RopeParams rp{p.q, p.k, p.position, p.inv_freq, 1, p.num_heads, p.num_kv_heads, p.head_dim, p.rope_style};
+    const KvWriteParams kp{p.k, p.v, l.k_cache, l.v_cache, p.slot, 1, p.num_kv_heads, p.head_dim};
+    rope_kv_write({rp, kp});
+    BatchAttentionParams ap{};
+    ap.q = p.q;
+    ap.out = p.att;
+    ap.k_cache = l.k_cache;
+    ap.v_cache = l.v_cache;
+    ap.block_tables = p.block_table;
+    ap.query_start = query_start;
+    ap.start_pos = p.start_pos;
+    ap.block_table_stride = (p.max_context_len + p.block_size - 1) / p.block_size;
+    ap.num_seqs = 1;
+    ap.num_tokens = 1;
+    ap.max_query_len = 1;
+    ap.max_context_len = p.max_context_len;
+    ap.block_size = p.block_size;
+    ap.num_heads = p.num_heads;
+    ap.num_kv_heads = p.num_kv_heads;
+    ap.head_dim = p.head_dim;
+    ap.scale = p.scale;
+    batch_attention(ap);
+    f = FusedLinearParams{};
+    f.weight = l.wo;
+    f.x = p.att;
+    f.y = p.x;
+    f.m = 1;
+    f.epilogue = LinearEpilogue::kAddInto;
+    fused_linear(f);
+    f = FusedLinearParams{};
+    f.weight = l.w_gate;
+    f.weight2 = l.w_up;
+    f.x = p.x;
+    f.norm_weight = l.ffn_norm;
+    f.norm_eps = p.norm_eps;
+    f.y = p.hb;
+    f.m = 1;
+    f.epilogue = LinearEpilogue::kSwiglu;
+    fused_linear(f);
+    f = FusedLinearParams{};
+    f.weight = l.w_down;
+    f.x = p.hb;
+    f.y = p.x;
+    f.m = 1;
+    f.epilogue = LinearEpilogue::kAddInto;
+    fused_linear(f);
+  }
 }
 
 }  // namespace nb::cpu::ref

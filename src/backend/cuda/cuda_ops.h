@@ -60,6 +60,12 @@ Status rope_kv_write(const RopeKvWriteParams& p, Context& ctx);
 bool decode_attention_applies(const BatchAttentionParams& p);
 Status decode_attention(const BatchAttentionParams& p, Context& ctx);
 
+// The whole decode step of one sequence and one token as one persistent kernel (decode_step.cu):
+// f16/bf16, head_dim 64 or 128, act-dtype cache, at most DecodeStepParams::kMaxLayers layers.
+bool decode_step_applies(const DecodeStepParams& p, const Context& ctx);
+Status decode_step(const DecodeStepParams& p, Context& ctx);
+size_t decode_step_workspace_bytes(const DecodeStepParams& p);
+
 // Workspace bytes a decode batch needs when split into `num_splits` key ranges.
 size_t attention_split_workspace_bytes(int64_t num_seqs, int64_t num_heads, int64_t head_dim, int64_t num_splits);
 

@@ -50,6 +50,8 @@ Result<std::unique_ptr<CudaLlama>> CudaLlama::create(const ModelWeights& w, cons
   NB_RETURN_IF_ERROR(m->allocate_scratch());
   const char* fusion = std::getenv("NIBBLE_DECODE_FUSION");
   m->fusion_ = fusion == nullptr || std::string(fusion) != "0";
+  const char* step = std::getenv("NIBBLE_DECODE_STEP");
+  m->decode_step_ = m->fusion_ && (step == nullptr || std::string(step) != "0");
   m->fused_weights_ = m->fused_weights_ok();
   return m;
 }

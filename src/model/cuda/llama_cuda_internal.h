@@ -82,6 +82,8 @@ class CudaLlama final : public ForwardBackend {
                              const KvPools& kv);
   Status attention(size_t l, const StepLayout& s, int64_t max_query_len, int64_t max_context_len, const KvPools& kv);
   bool fused_applies(int64_t tokens) const;
+  // Fills the persistent decode step's params; false when that kernel does not take this step.
+  bool decode_step_params(const StepLayout& s, int64_t max_context_len, const KvPools& kv, DecodeStepParams* out) const;
   bool fused_weights_ok() const;
   // FusedLinearParams for weight w, input x, output y, `rows` rows (the rest as the epilogue needs).
   FusedLinearParams fused_params(const Tensor& w, const float* x, float* y, int64_t rows,
@@ -130,6 +132,7 @@ class CudaLlama final : public ForwardBackend {
   bool w4_fallback_noted_ = false;
   bool fused_weights_ = false;  // fused_weights_ok(), once after the upload
   bool fusion_ = true;  // decode fusions (NIBBLE_DECODE_FUSION=0 turns them off, for comparison)
+  bool decode_step_ = true;  // the persistent decode-step kernel (NIBBLE_DECODE_STEP=0 turns it off)
 };
 
 // Offsets (in int32 elements) of the staging regions.

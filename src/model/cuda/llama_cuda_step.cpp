@@ -130,6 +130,44 @@ Status CudaLlama::enqueue_layer_fused(size_t l, const StepLayout& s, int64_t max
   return cuda::fused_linear(fused_params(w.w_down, hb, x, n, LinearEpilogue::kAddInto), ctx);
 }
 
+// One sequence, one token, act-dtype cache: the whole step as one persistent kernel (decode_step.cu).
+bool CudaLlama::decode_step_params(const StepLayout& s, int64_t max_context_len, const KvPools& kv,
+                                   DecodeStepParams* out) const {
+  if (!decode_step_ || s.tokens != 1 || s.seqs != 1 || !fused_applies(1)) return false;
+  if (kv.dtype != KvCacheDType::kF32 && kv.dtype != KvCacheDType::kF16) return false;
+  const ModelConfig& c = config_;
+  const IdxOffsets o = idx_offsets(max_tokens_, max_seqs_, max_rows_, max_table_);
+  const auto* di = idx_d_.as<int32_t>();
+  const auto [x, xb, q, k, v, att, ob, hb, hb2] = acts();
+  DecodeStepParams& p = *out;
+  p.layers.clear();
+  for (size_t l = 0; l < layers_.size(); ++l) {
+    const DeviceLayer& w = layers_[l];
+    p.layers.push_back({w.wqkv, w.wo, w.w_gate, w.w_up, w.w_down, w.attn_norm, w.ffn_norm, kv.k[l], kv.v[l]});
+  }
+  p.x = x;
+  p.q = q;
+  p.k = k;
+  p.v = v;
+  p.att = att;
+  p.hb = hb;
+  p.block_table = di + o.tables;
+  p.start_pos = di + o.startpos;
+  p.position = di + o.positions;
+  p.slot = slots_d_.as<int64_t>();
+  p.inv_freq = inv_freq_.as<float>();
+  p.block_size = kv.block_size;
+  p.num_heads = c.num_heads;
+  p.num_kv_heads = c.num_kv_heads;
+  p.head_dim = c.head_dim;
+  p.max_context_len = max_context_len;
+  p.norm_eps = c.norm_eps;
+  p.scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
+  p.rope_style = c.rope_style;
+  p.act_dtype = dtype_;
+  return cuda::decode_step_applies(p, *ctx_);
+}
+
 Status CudaLlama::enqueue(const StepLayout& s, int64_t max_query_len, int64_t max_context_len, const KvPools& kv) {
   const ModelConfig& c = config_;
   Context& ctx = *ctx_;
@@ -141,7 +179,11 @@ Status CudaLlama::enqueue(const StepLayout& s, int64_t max_query_len, int64_t ma
   const DType a = dtype_;
 
   NB_RETURN_IF_ERROR(cuda::embedding({embed_, di + o.tokens, x, n, a}, ctx));
-  if (fused_applies(n)) {
+  DecodeStepParams dp;
+  if (decode_step_params(s, max_context_len, kv, &dp)) {
+    NB_RETURN_IF_ERROR(cuda::decode_step(dp, ctx));
+    NB_RETURN_IF_ERROR(cuda::rms_norm({x, final_norm_, xb, n, dim, c.norm_eps, a}, ctx));
+  } else if (fused_applies(n)) {
     for (size_t l = 0; l < layers_.size(); ++l) NB_RETURN_IF_ERROR(enqueue_layer_fused(l, s, max_query_len, max_context_len, kv));
     NB_RETURN_IF_ERROR(cuda::rms_norm({x, final_norm_, xb, n, dim, c.norm_eps, a}, ctx));
   } else {

@@ -1,0 +1,569 @@
+// The whole decode step of a Llama stack for one sequence and one token as ONE persistent kernel
+// (DecodeStepParams; the CPU reference runs the fused ops in turn). Batch-1 decode reads every
+// weight once per token, so its floor is bytes / bandwidth; with one kernel per op (~190 a 7B token)
+// each kernel's launch, ramp-up and drain left the memory idle for ~0.9 ms of a 4.5 ms token.
+// Here the grid (every SM, two blocks each) stays resident for the whole step and moves from stage
+// to stage through grid barriers; before a linear stage waits at its barrier, every warp has
+// already issued the loads of its first weights (weights never depend on the step), so the weight
+// stream runs on across stage boundaries.
+//
+// Stages of a layer (a grid barrier before each):
+//   1. q|k|v = W_qkv . rmsnorm(x)        warp per row; x normed into shared memory once per block
+//   2. attention                          warp per (query head, key split of 8+ keys); RoPE of q and of the new
+//                                         key applied in registers, the new k/v written to the cache
+//                                         by the first query head of its group; the last split of a
+//                                         head to finish merges the splits (no extra barrier)
+//   3. x += W_o . att
+//   4. hb = silu(W_gate . n) * (W_up . n), n = rmsnorm(x)
+//   5. x += W_down . hb
+// Everything a stage reads that an earlier stage of this kernel wrote is read through L2 (ld.cg):
+// L1 is not coherent between SMs. Roundings are those of the fused ops: q, k, v, att, hb and x are
+// stored in the activation dtype; the norm scale and the products stay f32.
+//
+// The grid barrier is a counter in Context::sync_counters (the last two): arrive with a release
+// (fence + atomic add), wait with acquire loads until it reaches (barriers so far) x (blocks); the
+// last block to leave the kernel sets it back to 0. Every block must be resident at once: the grid
+// is sized from the occupancy calculator and launched as a cooperative kernel.
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <climits>
+#include <cstdint>
+#include <string>
+
+#include "backend/cuda/common.cuh"
+#include "backend/cuda/cuda_check.h"
+#include "backend/cuda/cuda_ops.h"
+
+namespace nb::cuda {
+
+using detail::from_f32;
+using detail::to_f32;
+
+namespace {
+
+constexpr int kWarpsB = 8;
+constexpr int kThreadsB = kWarpsB * 32;
+constexpr int kChunkSteps = 4;  // key steps of an attention warp loaded before any is used (8 spills)
+// Keys per attention split: one chunk (HD / 8 lanes a key: 8 keys at head_dim 128, 16 at 64), or a
+// multiple of it when there are more (head, split) items than warps. Workspace is planned for the
+// smallest.
+template <int HD>
+__host__ __device__ constexpr int split_unit() { return 32 / (HD / 8) * kChunkSteps; }
+constexpr int kMinSplitUnit = 8;
+
+struct LayerPtrs {
+  const uint4 *wqkv, *wo, *wg, *wu, *wd;
+  const float *attn_norm, *ffn_norm;
+  void *k_cache, *v_cache;
+};
+
+struct StepArgs {
+  LayerPtrs layers[DecodeStepParams::kMaxLayers];
+  int num_layers;
+  int dim, hidden, q_dim, kv_dim;
+  int num_heads, num_kv_heads, group, block_size;
+  int max_splits;
+  float eps, scale;
+  bool interleaved;
+  void *x, *q, *k, *v, *att, *hb;
+  const int32_t* block_table;
+  const int32_t* start_pos;
+  const int32_t* position;
+  const int64_t* slot;
+  const float* inv_freq;
+  float* part_o;          // [num_heads, max_splits, HD]
+  float* part_ml;         // [num_heads, max_splits, 2]
+  int32_t* head_counters; // [num_heads], 0 between launches
+  unsigned* barrier;      // [2]: arrivals, exits; 0 between launches
+};
+
+__device__ __forceinline__ unsigned ld_acquire(const unsigned* p) {
+  unsigned v;
+  asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
+  return v;
+}
+
+// Grid barrier: every block calls sync() the same number of times.
+struct GridBarrier {
+  unsigned* count;
+  unsigned target;
+  __device__ void sync() {
+    __syncthreads();
+    if (threadIdx.x == 0) {
+      target += gridDim.x;
+      __threadfence();
+      atomicAdd(count, 1u);
+      while (ld_acquire(count) < target) {
+      }
+      __threadfence();
+    }
+    __syncthreads();
+  }
+};
+
+template <typename T>
+__device__ __forceinline__ void unpack8(const uint4& v, float* f) {
+  const T* h = reinterpret_cast<const T*>(&v);
+#pragma unroll
+  for (int j = 0; j < 8; ++j) f[j] = to_f32(h[j]);
+}
+
+template <typename T>
+__device__ __forceinline__ uint4 pack8(const float* f) {
+  uint4 v;
+  T* h = reinterpret_cast<T*>(&v);
+#pragma unroll
+  for (int j = 0; j < 8; ++j) h[j] = from_f32<T>(f[j]);
+  return v;
+}
+
+enum class Epi { kSplit, kAdd, kSwiglu };
+
+// One linear stage: rows gw, gw + W, ... of the weight(s), each a warp streaming the row with U
+// 16-byte loads per lane in flight (double-buffered over the flattened (row, step) sequence, so the
+// next row's loads go out before the current one ends). The first loads are issued before the
+// stage's grid barrier. The input (normed when nw) is staged in shared memory as f32 by each block.
+template <typename T, Epi E>
+__device__ void linear_stage(const StepArgs& a, const uint4* w, const uint4* w2, const float* nw, const void* xin,
+                             int n, int k, float* xs, float* red, GridBarrier& bar) {
+  constexpr int R = E == Epi::kSwiglu ? 2 : 1;
+  constexpr int U = 4 / R;
+  const int lane = threadIdx.x % 32;
+  const int W = gridDim.x * kWarpsB, gw = blockIdx.x * kWarpsB + threadIdx.x / 32;
+  const int k8 = k / 8;
+  const int steps = (k8 + 32 * U - 1) / (32 * U);
+  const int rows = gw < n ? (n - gw + W - 1) / W : 0;
+  const int total = rows * steps;
+  const uint4* wr[R];
+  wr[0] = w;
+  if constexpr (R == 2) wr[1] = w2;
+  uint4 wv[R][U], nx[R][U];
+  auto load = [&](uint4 (&dst)[R][U], int c) {
+    const int i = c / steps, st = c - i * steps;
+    const size_t base = static_cast<size_t>(gw + i * W) * k8;
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int idx = st * 32 * U + u * 32 + lane;
+#pragma unroll
+      for (int r = 0; r < R; ++r) dst[r][u] = c < total && idx < k8 ? __ldcs(wr[r] + base + idx) : make_uint4(0, 0, 0, 0);
+    }
+  };
+  load(wv, 0);
+  bar.sync();
+  // Stage the input: xs = x * nw (f32) and the block's sum of x^2 -> the norm's scale.
+  const T* x = static_cast<const T*>(xin);
+  float ss = 0.f;
+  for (int i = threadIdx.x; i < k8; i += kThreadsB) {
+    float f[8];
+    unpack8<T>(__ldcg(reinterpret_cast<const uint4*>(x) + i), f);
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+      if (nw != nullptr) {
+        ss = fmaf(f[j], f[j], ss);
+        f[j] *= __ldg(nw + 8 * i + j);
+      }
+      xs[8 * i + j] = f[j];
+    }
+  }
+  float inv = 1.f;
+  if (nw != nullptr) {
+    for (int off = 16; off > 0; off /= 2) ss += __shfl_xor_sync(0xffffffffu, ss, off);
+    if (lane == 0) red[threadIdx.x / 32] = ss;
+  }
+  __syncthreads();
+  if (nw != nullptr) {
+    float t = 0.f;
+#pragma unroll
+    for (int i = 0; i < kWarpsB; ++i) t += red[i];
+    inv = rsqrtf(t / static_cast<float>(k) + a.eps);
+  }
+  const float4* xs4 = reinterpret_cast<const float4*>(xs);
+  float acc[R];
+#pragma unroll
+  for (int r = 0; r < R; ++r) acc[r] = 0.f;
+  for (int c = 0; c < total; ++c) {
+    if (c + 1 < total) load(nx, c + 1);
+    const int i = c / steps, st = c - i * steps;
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int idx = st * 32 * U + u * 32 + lane;
+      if (idx < k8) {
+        const float4 x0 = xs4[2 * idx], x1 = xs4[2 * idx + 1];
+        const float xf[8] = {x0.x, x0.y, x0.z, x0.w, x1.x, x1.y, x1.z, x1.w};
+#pragma unroll
+        for (int r = 0; r < R; ++r) {
+          float wf[8];
+          unpack8<T>(wv[r][u], wf);
+#pragma unroll
+          for (int j = 0; j < 8; ++j) acc[r] = fmaf(wf[j], xf[j], acc[r]);
+        }
+      }
+    }
+    if (st == steps - 1) {
+#pragma unroll
+      for (int r = 0; r < R; ++r)
+        for (int off = 16; off > 0; off /= 2) acc[r] += __shfl_xor_sync(0xffffffffu, acc[r], off);
+      const int row = gw + i * W;
+      if (lane == 0) {
+        if constexpr (E == Epi::kSplit) {
+          const float v = acc[0] * inv;
+          if (row < a.q_dim) static_cast<T*>(a.q)[row] = from_f32<T>(v);
+          else if (row < a.q_dim + a.kv_dim) static_cast<T*>(a.k)[row - a.q_dim] = from_f32<T>(v);
+          else static_cast<T*>(a.v)[row - a.q_dim - a.kv_dim] = from_f32<T>(v);
+        } else if constexpr (E == Epi::kAdd) {
+          T* y = static_cast<T*>(a.x) + row;
+          *y = from_f32<T>(to_f32(__ldcg(y)) + acc[0]);
+        } else {
+          const float g = acc[0] * inv, up = acc[R - 1] * inv;
+          static_cast<T*>(a.hb)[row] = from_f32<T>(g / (1.f + expf(-g)) * up);
+        }
+      }
+#pragma unroll
+      for (int r = 0; r < R; ++r) acc[r] = 0.f;
+    }
+#pragma unroll
+    for (int u = 0; u < U; ++u)
+#pragma unroll
+      for (int r = 0; r < R; ++r) wv[r][u] = nx[r][u];
+  }
+}
+
+// RoPE of this lane's 8 dimensions [8 dl, 8 dl + 8) of a head vector (f32 in, rounded to T out, as
+// the rope kernels store it). Half style pairs (i, i + HD/2): the partner lane is dl ^ (LPK / 2).
+// Every lane of the warp must call it (shuffles).
+template <typename T, int HD>
+__device__ __forceinline__ void rope8(float* f, int dl, const float* cs, const float* sn, bool interleaved) {
+  constexpr int LPK = HD / 8;
+  float other[8];
+#pragma unroll
+  for (int j = 0; j < 8; ++j) other[j] = __shfl_xor_sync(0xffffffffu, f[j], LPK / 2, LPK);
+  float r[8];
+  if (interleaved) {
+#pragma unroll
+    for (int j = 0; j < 8; j += 2) {
+      r[j] = f[j] * cs[j] - f[j + 1] * sn[j];  // cs[j] == cs[j + 1]: one frequency a pair
+      r[j + 1] = f[j] * sn[j] + f[j + 1] * cs[j];
+    }
+  } else {
+    const bool lo = dl < LPK / 2;
+#pragma unroll
+    for (int j = 0; j < 8; ++j) r[j] = lo ? f[j] * cs[j] - other[j] * sn[j] : other[j] * sn[j] + f[j] * cs[j];
+  }
+#pragma unroll
+  for (int j = 0; j < 8; ++j) f[j] = to_f32(from_f32<T>(r[j]));
+}
+
+// Attention: warp items (query head h, key split s). Lanes: LPK = HD / 8 lanes per key (8 dims
+// each), KPW = 32 / LPK keys per step; online softmax over steps.
+template <typename T, int HD>
+__device__ void attention_stage(const StepArgs& a, int layer) {
+  constexpr int LPK = HD / 8, KPW = 32 / LPK;
+  const int lane = threadIdx.x % 32, sub = lane / LPK, dl = lane % LPK;
+  const int W = gridDim.x * kWarpsB, gw = blockIdx.x * kWarpsB + threadIdx.x / 32;
+  const LayerPtrs& L = a.layers[layer];
+  const int pos_new = a.start_pos[0];  // the new token's index among the keys
+  const int num_keys = pos_new + 1;
+  constexpr int unit = split_unit<HD>();
+  const int units = (num_keys + unit - 1) / unit;
+  const int per = (units * a.num_heads + W - 1) / W;  // split units per item when there are too many
+  const int split = unit * max(per, 1);
+  const int nsplits = (num_keys + split - 1) / split;
+  const int64_t kv_row = static_cast<int64_t>(a.num_kv_heads) * HD;
+  // RoPE angles of this lane's dimensions (double, as the rope kernels).
+  float cs[8], sn[8];
+  {
+    const double p = static_cast<double>(a.position[0]);
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+      const int d = 8 * dl + j;
+      const int fi = a.interleaved ? d / 2 : d % (HD / 2);
+      double s, c;
+      sincos(p * static_cast<double>(a.inv_freq[fi]), &s, &c);
+      cs[j] = static_cast<float>(c);
+      sn[j] = static_cast<float>(s);
+    }
+  }
+  const int64_t slot = a.slot[0];
+  for (int item = gw; item < a.num_heads * nsplits; item += W) {
+    const int h = item / nsplits, s = item - h * nsplits;
+    const int kvh = h / a.group;
+    const int key_lo = s * split, key_hi = min(num_keys, key_lo + split);
+    float qf[8];
+    unpack8<T>(__ldcg(reinterpret_cast<const uint4*>(static_cast<const T*>(a.q) + h * HD) + dl), qf);
+    rope8<T, HD>(qf, dl, cs, sn, a.interleaved);
+#pragma unroll
+    for (int j = 0; j < 8; ++j) qf[j] *= a.scale;
+    // Cached keys [key_lo, main_hi); the new key (index pos_new, when in this split) comes last, from
+    // the fresh k (roped here) and v, which the group's first head also writes to the cache.
+    const bool has_new = key_hi == num_keys;  // warp-uniform
+    const int main_hi = has_new ? pos_new : key_hi;
+    float kn[8];  // roped before the loop: the angles need not stay live through it
+    if (has_new) {
+      unpack8<T>(__ldcg(reinterpret_cast<const uint4*>(static_cast<const T*>(a.k) + kvh * HD) + dl), kn);
+      rope8<T, HD>(kn, dl, cs, sn, a.interleaved);
+    }
+    float m = -INFINITY, l = 0.f, o[8];
+#pragma unroll
+    for (int j = 0; j < 8; ++j) o[j] = 0.f;
+    for (int base = key_lo; base < main_hi; base += KPW * kChunkSteps) {
+      uint4 kv[kChunkSteps], vv[kChunkSteps];
+#pragma unroll
+      for (int u = 0; u < kChunkSteps; ++u) {
+        const int j = base + u * KPW + sub;
+        if (j < main_hi) {
+          const int64_t blk = a.block_table[j / a.block_size];
+          const int64_t off = (blk * a.block_size + j % a.block_size) * kv_row + static_cast<int64_t>(kvh) * HD + 8 * dl;
+          kv[u] = *reinterpret_cast<const uint4*>(static_cast<const T*>(L.k_cache) + off);
+          vv[u] = *reinterpret_cast<const uint4*>(static_cast<const T*>(L.v_cache) + off);
+        } else {
+          kv[u] = vv[u] = make_uint4(0, 0, 0, 0);
+        }
+      }
+      float sc[kChunkSteps];
+      float cmax = -INFINITY;
+#pragma unroll
+      for (int u = 0; u < kChunkSteps; ++u) {
+        float kf[8];
+        unpack8<T>(kv[u], kf);
+        float d = 0.f;
+#pragma unroll
+        for (int t = 0; t < 8; ++t) d = fmaf(qf[t], kf[t], d);
+#pragma unroll
+        for (int off = LPK / 2; off > 0; off /= 2) d += __shfl_xor_sync(0xffffffffu, d, off);
+        sc[u] = base + u * KPW + sub < main_hi ? d : -INFINITY;
+        cmax = fmaxf(cmax, sc[u]);
+      }
+#pragma unroll
+      for (int off = LPK; off < 32; off *= 2) cmax = fmaxf(cmax, __shfl_xor_sync(0xffffffffu, cmax, off));
+      const float mnew = fmaxf(m, cmax);
+      const float corr = expf(m - mnew);  // m = -inf at first: 0
+      l *= corr;
+#pragma unroll
+      for (int t = 0; t < 8; ++t) o[t] *= corr;
+#pragma unroll
+      for (int u = 0; u < kChunkSteps; ++u) {
+        if (base + u * KPW + sub >= main_hi) continue;
+        const float p = expf(sc[u] - mnew);
+        l += p;
+        float vf[8];
+        unpack8<T>(vv[u], vf);
+#pragma unroll
+        for (int t = 0; t < 8; ++t) o[t] = fmaf(p, vf[t], o[t]);
+      }
+      m = mnew;
+    }
+    if (has_new) {
+      float vn[8];
+      unpack8<T>(__ldcg(reinterpret_cast<const uint4*>(static_cast<const T*>(a.v) + kvh * HD) + dl), vn);
+      if (h % a.group == 0 && sub == 0 && slot >= 0) {
+        const int64_t off = slot * kv_row + static_cast<int64_t>(kvh) * HD + 8 * dl;
+        reinterpret_cast<uint4*>(static_cast<T*>(L.k_cache) + off)[0] = pack8<T>(kn);
+        reinterpret_cast<uint4*>(static_cast<T*>(L.v_cache) + off)[0] = pack8<T>(vn);
+      }
+      float d = 0.f;
+#pragma unroll
+      for (int t = 0; t < 8; ++t) d = fmaf(qf[t], kn[t], d);
+#pragma unroll
+      for (int off = LPK / 2; off > 0; off /= 2) d += __shfl_xor_sync(0xffffffffu, d, off);
+      // Every key lane group computed the same score; the first adds the key, the others rescale.
+      const float mnew = fmaxf(m, d);
+      const float corr = expf(m - mnew), p = sub == 0 ? expf(d - mnew) : 0.f;
+      l = l * corr + p;
+#pragma unroll
+      for (int t = 0; t < 8; ++t) o[t] = fmaf(p, vn[t], o[t] * corr);
+      m = mnew;
+    }
+    // Combine the KPW key lanes (same m everywhere).
+#pragma unroll
+    for (int off = LPK; off < 32; off *= 2) {
+      l += __shfl_xor_sync(0xffffffffu, l, off);
+#pragma unroll
+      for (int t = 0; t < 8; ++t) o[t] += __shfl_xor_sync(0xffffffffu, o[t], off);
+    }
+    T* att = static_cast<T*>(a.att) + h * HD;
+    if (nsplits == 1) {
+      if (sub == 0) {
+        float r[8];
+#pragma unroll
+        for (int t = 0; t < 8; ++t) r[t] = o[t] / l;
+        reinterpret_cast<uint4*>(att)[dl] = pack8<T>(r);
+      }
+      continue;
+    }
+    float* po = a.part_o + (static_cast<int64_t>(h) * a.max_splits + s) * HD;
+    if (sub == 0) {  // normalized, as decode_attention's partials: merged with weights l exp(m - max)
+#pragma unroll
+      for (int t = 0; t < 8; ++t) po[8 * dl + t] = o[t] / l;
+    }
+    if (lane == 0) {
+      a.part_ml[(static_cast<int64_t>(h) * a.max_splits + s) * 2] = m;
+      a.part_ml[(static_cast<int64_t>(h) * a.max_splits + s) * 2 + 1] = l;
+    }
+    __threadfence();
+    __syncwarp();
+    int last = 0;
+    if (lane == 0) last = atomicAdd(a.head_counters + h, 1) == nsplits - 1;
+    last = __shfl_sync(0xffffffffu, last, 0);
+    if (!last) continue;
+    __threadfence();
+    const float* ml = a.part_ml + static_cast<int64_t>(h) * a.max_splits * 2;
+    const float* pp = a.part_o + static_cast<int64_t>(h) * a.max_splits * HD;
+    float mx = -INFINITY;
+    for (int i = 0; i < nsplits; ++i) mx = fmaxf(mx, __ldcg(ml + 2 * i));
+    for (int d = lane; d < HD; d += 32) {
+      float total = 0.f, v = 0.f;
+      for (int i = 0; i < nsplits; ++i) {
+        const float wgt = __ldcg(ml + 2 * i + 1) * expf(__ldcg(ml + 2 * i) - mx);
+        total += wgt;
+        v += wgt * __ldcg(pp + i * HD + d);
+      }
+      att[d] = from_f32<T>(v / total);
+    }
+    if (lane == 0) a.head_counters[h] = 0;
+  }
+}
+
+template <typename T, int HD>
+__global__ void __launch_bounds__(kThreadsB, 2) decode_step_kernel(const __grid_constant__ StepArgs a) {
+  extern __shared__ float xs[];  // [max(dim, hidden, q_dim)]
+  __shared__ float red[kWarpsB];
+  GridBarrier bar{a.barrier, 0};
+  for (int l = 0; l < a.num_layers; ++l) {
+    const LayerPtrs& L = a.layers[l];
+    linear_stage<T, Epi::kSplit>(a, L.wqkv, nullptr, L.attn_norm, a.x, a.q_dim + 2 * a.kv_dim, a.dim, xs, red, bar);
+    bar.sync();
+    attention_stage<T, HD>(a, l);
+    linear_stage<T, Epi::kAdd>(a, L.wo, nullptr, nullptr, a.att, a.dim, a.q_dim, xs, red, bar);
+    linear_stage<T, Epi::kSwiglu>(a, L.wg, L.wu, L.ffn_norm, a.x, a.hidden, a.dim, xs, red, bar);
+    linear_stage<T, Epi::kAdd>(a, L.wd, nullptr, nullptr, a.hb, a.dim, a.hidden, xs, red, bar);
+  }
+  // The last block out resets the barrier for the next launch (every block has passed every
+  // barrier once the exit count is complete).
+  if (threadIdx.x == 0) {
+    __threadfence();
+    if (atomicAdd(a.barrier + 1, 1u) == gridDim.x - 1) {
+      atomicExch(a.barrier, 0u);
+      atomicExch(a.barrier + 1, 0u);
+    }
+  }
+}
+
+bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+
+bool weight_ok(const Tensor& w, int64_t n, int64_t k, DType act) {
+  return w.ndim() == 2 && w.device() == Device::kCUDA && w.dtype() == act && w.dim(0) == n && w.dim(1) == k &&
+         aligned16(w.data());
+}
+
+size_t smem_bytes(const DecodeStepParams& p, int64_t hidden, int64_t dim) {
+  return static_cast<size_t>(std::max({dim, hidden, p.num_heads * p.head_dim})) * sizeof(float);
+}
+
+template <typename T, int HD>
+Status launch(const StepArgs& a, size_t smem, Context& ctx) {
+  auto kernel = decode_step_kernel<T, HD>;
+  NB_CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+  int per_sm = 0;
+  NB_CUDA_RETURN_IF_ERROR(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreadsB, smem));
+  if (per_sm < 1) return resource_exhausted("decode_step: the kernel does not fit an SM");
+  StepArgs args = a;
+  const int blocks = std::min(per_sm, 2) * ctx.info().num_sms;
+  cudaLaunchConfig_t cfg{};
+  cfg.gridDim = dim3(static_cast<unsigned>(blocks));
+  cfg.blockDim = dim3(kThreadsB);
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = detail::as_stream(ctx.stream());
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeCooperative;
+  attr[0].val.cooperative = 1;
+  cfg.attrs = attr;
+  cfg.numAttrs = 1;
+  NB_CUDA_RETURN_IF_ERROR(cudaLaunchKernelEx(&cfg, kernel, args));
+  return Status::Ok();
+}
+
+}  // namespace
+
+size_t decode_step_workspace_bytes(const DecodeStepParams& p) {
+  const int64_t splits = (std::max<int64_t>(p.max_context_len, 1) + kMinSplitUnit - 1) / kMinSplitUnit;
+  return static_cast<size_t>(p.num_heads * splits * (p.head_dim + 2)) * sizeof(float);
+}
+
+bool decode_step_applies(const DecodeStepParams& p, const Context& ctx) {
+  if (p.layers.empty() || p.layers.size() > DecodeStepParams::kMaxLayers) return false;
+  if (p.act_dtype != DType::kF16 && p.act_dtype != DType::kBF16) return false;
+  if (p.head_dim != 64 && p.head_dim != 128) return false;
+  if (p.num_kv_heads <= 0 || p.num_heads % p.num_kv_heads != 0 || p.block_size <= 0) return false;
+  if (p.max_context_len < 1 || p.max_context_len > INT_MAX / 2) return false;
+  const int64_t q_dim = p.num_heads * p.head_dim, kv_dim = p.num_kv_heads * p.head_dim;
+  const DecodeStepLayer& l0 = p.layers[0];
+  const int64_t dim = l0.wqkv.ndim() == 2 ? l0.wqkv.dim(1) : 0, hidden = l0.w_gate.ndim() == 2 ? l0.w_gate.dim(0) : 0;
+  if (dim % 8 != 0 || hidden % 8 != 0 || q_dim % 8 != 0 || dim <= 0 || hidden <= 0) return false;
+  if (smem_bytes(p, hidden, dim) > ctx.info().shared_per_block_optin / 2) return false;
+  if (decode_step_workspace_bytes(p) > ctx.workspace_bytes()) return false;
+  for (const DecodeStepLayer& l : p.layers) {
+    if (!weight_ok(l.wqkv, q_dim + 2 * kv_dim, dim, p.act_dtype) || !weight_ok(l.wo, dim, q_dim, p.act_dtype) ||
+        !weight_ok(l.w_gate, hidden, dim, p.act_dtype) || !weight_ok(l.w_up, hidden, dim, p.act_dtype) ||
+        !weight_ok(l.w_down, dim, hidden, p.act_dtype) || l.attn_norm == nullptr || l.ffn_norm == nullptr ||
+        l.k_cache == nullptr || l.v_cache == nullptr) {
+      return false;
+    }
+  }
+  for (const void* ptr : {static_cast<const void*>(p.x), static_cast<const void*>(p.q), static_cast<const void*>(p.k),
+                          static_cast<const void*>(p.v), static_cast<const void*>(p.att), static_cast<const void*>(p.hb)}) {
+    if (!aligned16(ptr)) return false;
+  }
+  return true;
+}
+
+Status decode_step(const DecodeStepParams& p, Context& ctx) {
+  if (!decode_step_applies(p, ctx)) {
+    return invalid_argument("decode_step: needs 1.." + std::to_string(DecodeStepParams::kMaxLayers) +
+                            " layers of f16/bf16 device weights in the activation dtype (K % 8 == 0), head_dim 64 or "
+                            "128, 16-byte aligned buffers and enough workspace; run the fused ops layer by layer");
+  }
+  const DecodeStepLayer& l0 = p.layers[0];
+  StepArgs a{};
+  for (size_t i = 0; i < p.layers.size(); ++i) {
+    const DecodeStepLayer& l = p.layers[i];
+    a.layers[i] = {static_cast<const uint4*>(l.wqkv.data()), static_cast<const uint4*>(l.wo.data()),
+                   static_cast<const uint4*>(l.w_gate.data()), static_cast<const uint4*>(l.w_up.data()),
+                   static_cast<const uint4*>(l.w_down.data()), l.attn_norm, l.ffn_norm, l.k_cache, l.v_cache};
+  }
+  a.num_layers = static_cast<int>(p.layers.size());
+  a.dim = static_cast<int>(l0.wqkv.dim(1));
+  a.hidden = static_cast<int>(l0.w_gate.dim(0));
+  a.q_dim = static_cast<int>(p.num_heads * p.head_dim);
+  a.kv_dim = static_cast<int>(p.num_kv_heads * p.head_dim);
+  a.num_heads = static_cast<int>(p.num_heads);
+  a.num_kv_heads = static_cast<int>(p.num_kv_heads);
+  a.group = static_cast<int>(p.num_heads / p.num_kv_heads);
+  a.block_size = static_cast<int>(p.block_size);
+  a.max_splits = static_cast<int>((p.max_context_len + kMinSplitUnit - 1) / kMinSplitUnit);
+  a.eps = p.norm_eps;
+  a.scale = p.scale;
+  a.interleaved = p.rope_style == RopeStyle::kInterleaved;
+  a.x = p.x;
+  a.q = p.q;
+  a.k = p.k;
+  a.v = p.v;
+  a.att = p.att;
+  a.hb = p.hb;
+  a.block_table = p.block_table;
+  a.start_pos = p.start_pos;
+  a.position = p.position;
+  a.slot = p.slot;
+  a.inv_freq = p.inv_freq;
+  a.part_o = static_cast<float*>(ctx.workspace());
+  a.part_ml = a.part_o + p.num_heads * a.max_splits * p.head_dim;
+  a.head_counters = ctx.sync_counters();
+  a.barrier = reinterpret_cast<unsigned*>(ctx.sync_counters() + Context::kSyncCounters - 2);
+  const size_t smem = smem_bytes(p, a.hidden, a.dim);
+  if (p.act_dtype == DType::kF16) {
+    return p.head_dim == 64 ? launch<__half, 64>(a, smem, ctx) : launch<__half, 128>(a, smem, ctx);
+  }
+  return p.head_dim == 64 ? launch<__nv_bfloat16, 64>(a, smem, ctx) : launch<__nv_bfloat16, 128>(a, smem, ctx);
+}
+
+}  // namespace nb::cuda
