@@ -120,15 +120,15 @@ __device__ __forceinline__ uint4 pack8(const float* f) {
 
 enum class Epi { kSplit, kAdd, kSwiglu };
 
-// One linear stage: rows gw, gw + W, ... of the weight(s), each a warp streaming the row with U
-// 16-byte loads per lane in flight (double-buffered over the flattened (row, step) sequence, so the
-// next row's loads go out before the current one ends). The first loads are issued before the
-// stage's grid barrier. The input (normed when nw) is staged in shared memory as f32 by each block.
+// One linear stage: rows gw, gw + W, ... of the weight(s), each a warp streaming the row in chunks
+// of U 16-byte loads per lane, over the flattened (row, step) sequence so that the next row's
+// loads go out before the current one ends. The first two chunks are issued before the stage's
+// grid barrier. The input (normed when nw) is staged in shared memory as f32 by each block.
 template <typename T, Epi E>
 __device__ void linear_stage(const StepArgs& a, const uint4* w, const uint4* w2, const float* nw, const void* xin,
                              int n, int k, float* xs, float* red, GridBarrier& bar) {
   constexpr int R = E == Epi::kSwiglu ? 2 : 1;
-  constexpr int U = 4 / R;
+  constexpr int U = 8 / R;
   const int lane = threadIdx.x % 32;
   const int W = gridDim.x * kWarpsB, gw = blockIdx.x * kWarpsB + threadIdx.x / 32;
   const int k8 = k / 8;
@@ -138,7 +138,9 @@ __device__ void linear_stage(const StepArgs& a, const uint4* w, const uint4* w2,
   const uint4* wr[R];
   wr[0] = w;
   if constexpr (R == 2) wr[1] = w2;
-  uint4 wv[R][U], nx[R][U];
+  // Two chunk buffers in ping-pong: a chunk's loads go out two chunks ahead of its use, so each
+  // warp keeps 1-2 chunks (4-8 KB) in flight; both are issued before the barrier.
+  uint4 ba[R][U], bb[R][U];
   auto load = [&](uint4 (&dst)[R][U], int c) {
     const int i = c / steps, st = c - i * steps;
     const size_t base = static_cast<size_t>(gw + i * W) * k8;
@@ -149,11 +151,13 @@ __device__ void linear_stage(const StepArgs& a, const uint4* w, const uint4* w2,
       for (int r = 0; r < R; ++r) dst[r][u] = c < total && idx < k8 ? __ldcs(wr[r] + base + idx) : make_uint4(0, 0, 0, 0);
     }
   };
-  load(wv, 0);
+  load(ba, 0);
+  load(bb, 1);
   bar.sync();
   // Stage the input: xs = x * nw (f32) and the block's sum of x^2 -> the norm's scale.
   const T* x = static_cast<const T*>(xin);
   float ss = 0.f;
+#pragma unroll 4
   for (int i = threadIdx.x; i < k8; i += kThreadsB) {
     float f[8];
     unpack8<T>(__ldcg(reinterpret_cast<const uint4*>(x) + i), f);
@@ -182,8 +186,7 @@ __device__ void linear_stage(const StepArgs& a, const uint4* w, const uint4* w2,
   float acc[R];
 #pragma unroll
   for (int r = 0; r < R; ++r) acc[r] = 0.f;
-  for (int c = 0; c < total; ++c) {
-    if (c + 1 < total) load(nx, c + 1);
+  auto compute = [&](const uint4 (&wv)[R][U], int c) {
     const int i = c / steps, st = c - i * steps;
 #pragma unroll
     for (int u = 0; u < U; ++u) {
@@ -200,32 +203,34 @@ __device__ void linear_stage(const StepArgs& a, const uint4* w, const uint4* w2,
         }
       }
     }
-    if (st == steps - 1) {
+    if (st != steps - 1) return;
 #pragma unroll
-      for (int r = 0; r < R; ++r)
-        for (int off = 16; off > 0; off /= 2) acc[r] += __shfl_xor_sync(0xffffffffu, acc[r], off);
-      const int row = gw + i * W;
-      if (lane == 0) {
-        if constexpr (E == Epi::kSplit) {
-          const float v = acc[0] * inv;
-          if (row < a.q_dim) static_cast<T*>(a.q)[row] = from_f32<T>(v);
-          else if (row < a.q_dim + a.kv_dim) static_cast<T*>(a.k)[row - a.q_dim] = from_f32<T>(v);
-          else static_cast<T*>(a.v)[row - a.q_dim - a.kv_dim] = from_f32<T>(v);
-        } else if constexpr (E == Epi::kAdd) {
-          T* y = static_cast<T*>(a.x) + row;
-          *y = from_f32<T>(to_f32(__ldcg(y)) + acc[0]);
-        } else {
-          const float g = acc[0] * inv, up = acc[R - 1] * inv;
-          static_cast<T*>(a.hb)[row] = from_f32<T>(g / (1.f + expf(-g)) * up);
-        }
+    for (int r = 0; r < R; ++r)
+      for (int off = 16; off > 0; off /= 2) acc[r] += __shfl_xor_sync(0xffffffffu, acc[r], off);
+    const int row = gw + i * W;
+    if (lane == 0) {
+      if constexpr (E == Epi::kSplit) {
+        const float v = acc[0] * inv;
+        if (row < a.q_dim) static_cast<T*>(a.q)[row] = from_f32<T>(v);
+        else if (row < a.q_dim + a.kv_dim) static_cast<T*>(a.k)[row - a.q_dim] = from_f32<T>(v);
+        else static_cast<T*>(a.v)[row - a.q_dim - a.kv_dim] = from_f32<T>(v);
+      } else if constexpr (E == Epi::kAdd) {
+        T* y = static_cast<T*>(a.x) + row;
+        *y = from_f32<T>(to_f32(__ldcg(y)) + acc[0]);
+      } else {
+        const float g = acc[0] * inv, up = acc[R - 1] * inv;
+        static_cast<T*>(a.hb)[row] = from_f32<T>(g / (1.f + expf(-g)) * up);
       }
-#pragma unroll
-      for (int r = 0; r < R; ++r) acc[r] = 0.f;
     }
 #pragma unroll
-    for (int u = 0; u < U; ++u)
-#pragma unroll
-      for (int r = 0; r < R; ++r) wv[r][u] = nx[r][u];
+    for (int r = 0; r < R; ++r) acc[r] = 0.f;
+  };
+  for (int c = 0; c < total; c += 2) {
+    compute(ba, c);
+    if (c + 2 < total) load(ba, c + 2);
+    if (c + 1 >= total) break;
+    compute(bb, c + 1);
+    if (c + 3 < total) load(bb, c + 3);
   }
 }
 
