@@ -28,6 +28,8 @@ class ForwardBackend {
   virtual int64_t kv_element_bytes() const = 0;
   // Device memory still free after the weights and scratch (sizes the KV pool); 0 if unknown.
   virtual int64_t free_memory_bytes() const = 0;
+  // The device's whole memory (what --gpu-memory-utilization is a fraction of); 0 if unknown.
+  virtual int64_t total_memory_bytes() const = 0;
   virtual std::string describe() const = 0;  // "cuda:0 NVIDIA H100 80GB HBM3, f16"
 };
 

@@ -111,7 +111,7 @@ int run_bench_batching(int argc, char** argv) {
   args.option("--prompt-len", "prompt tokens per request", "64");
   args.option("--output-len-range", "target output lengths, uniform a:b", "16:512");
   args.option("--max-tokens", "max_tokens of every request", "2048");
-  args.option("--kv-cache-memory", "KV cache size: bytes or e.g. 512MiB, 2GiB", "512MiB");
+  add_kv_memory_options(args, "512MiB");
   args.option("--request-rate", "Poisson arrivals for the batching comparison, requests/s", "4");
   args.option("--max-batched-tokens", "tokens per engine step", "512");
   args.option("--seed", "workload seed", "1");
@@ -137,9 +137,6 @@ int run_bench_batching(int argc, char** argv) {
                   reinterpret_cast<long long*>(&hi)) != 2 || lo < 1 || hi < lo) {
     return fail("bench batching", invalid_argument("--output-len-range must be a:b with 1 <= a <= b"));
   }
-  auto kv_size = args.get_bytes("--kv-cache-memory");
-  if (!kv_size.ok()) return fail("bench batching", kv_size.status());
-  const int64_t kv_bytes = *kv_size;
   const std::string compare = args.get("--compare");
 
   auto loaded = load_model(args.get("-m"));
@@ -149,6 +146,9 @@ int run_bench_batching(int argc, char** argv) {
   LlamaModel& m = **model;
   if (Status s = attach_device(args, m, *budget); !s.ok()) return fail("bench batching", s);
   if (Status s = apply_kv_cache_options(args, m); !s.ok()) return fail("bench batching", s);
+  auto kv_size = kv_cache_bytes_from(args, m, EngineConfig{}.block_size);  // each engine is gone before the next
+  if (!kv_size.ok()) return fail("bench batching", kv_size.status());
+  const int64_t kv_bytes = *kv_size;
 
   // The workload: fixed by the seed; uniform draws from raw generator bits.
   std::mt19937_64 rng(static_cast<uint64_t>(*seed));

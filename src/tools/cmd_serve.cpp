@@ -13,6 +13,7 @@
 #include "engine/engine.h"
 #include "server/http_server.h"
 #include "server/openai_server.h"
+#include "tools/cli_device.h"
 #include "tools/cli_model.h"
 #include "tools/cli_spec.h"
 #include "tools/commands.h"
@@ -34,7 +35,7 @@ int run_serve(int argc, char** argv) {
   args.option("--port", "TCP port; 0 picks a free one (printed when ready)", "8080");
   args.option("--api-key", "require 'Authorization: Bearer KEY' on /v1/ routes");
   args.option("--served-model-name", "the model id clients send (default: the model file's stem)");
-  args.option("--kv-cache-memory", "KV cache size: bytes or e.g. 512MiB, 2GiB", "256MiB");
+  add_kv_memory_options(args, "256MiB");
   args.option("--block-size", "tokens per KV block", "16");
   args.option("--max-num-seqs", "sequences running at once at most", "256");
   args.option("--max-batched-tokens", "tokens per engine step (chunked-prefill budget)", "512");
@@ -52,11 +53,9 @@ int run_serve(int argc, char** argv) {
   auto block = args.get_int("--block-size", 1, 1024);
   auto seqs = args.get_int("--max-num-seqs", 1, 1 << 20);
   auto budget = args.get_int("--max-batched-tokens", 1, 1 << 16);
-  auto kv = args.get_bytes("--kv-cache-memory");
-  for (const Status* s : {&port.status(), &block.status(), &seqs.status(), &budget.status(), &kv.status()}) {
+  for (const Status* s : {&port.status(), &block.status(), &seqs.status(), &budget.status()}) {
     if (!s->ok()) return fail("serve", *s);
   }
-  cfg.kv_cache_bytes = *kv;
   cfg.block_size = *block;
   cfg.max_num_seqs = *seqs;
   cfg.max_batched_tokens = *budget;
@@ -83,6 +82,9 @@ int run_serve(int argc, char** argv) {
   auto loaded = load_cli_model(args, cfg.max_batched_tokens);
   if (!loaded.ok()) return fail("serve", loaded.status());
   CliModel& cm = *loaded;
+  auto kv = kv_cache_bytes_from(args, *cm.model, cfg.block_size);  // after the weights are on the device
+  if (!kv.ok()) return fail("serve", kv.status());
+  cfg.kv_cache_bytes = *kv;
   auto spec = load_speculative(args, *cm.model);  // outlives the engine (declared first)
   if (!spec.ok()) return fail("serve", spec.status());
   spec->apply(cfg);

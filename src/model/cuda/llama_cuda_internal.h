@@ -61,6 +61,12 @@ class CudaLlama final : public ForwardBackend {
     if (!cuda::memory_info(&free_b, &total_b).ok()) return 0;
     return static_cast<int64_t>(free_b);
   }
+  int64_t total_memory_bytes() const override {
+    size_t free_b = 0, total_b = 0;
+    if (!cuda::memory_info(&free_b, &total_b).ok()) return 0;
+    return static_cast<int64_t>(total_b);
+  }
+
 
   std::string describe() const override {
     return "cuda:" + std::to_string(options_.ordinal) + " " + ctx_->info().name + ", " +
