@@ -2,7 +2,7 @@
 // (DecodeStepParams; the CPU reference runs the fused ops in turn). Batch-1 decode reads every
 // weight once per token, so its floor is bytes / bandwidth; with one kernel per op (~190 a 7B token)
 // each kernel's launch, ramp-up and drain left the memory idle for ~0.9 ms of a 4.5 ms token.
-// Here the grid (every SM, two blocks each) stays resident for the whole step and moves from stage
+// Here the grid (one block of 16 warps an SM) stays resident for the whole step and moves from stage
 // to stage through grid barriers; before a linear stage waits at its barrier, every warp has
 // already issued the loads of its first weights (weights never depend on the step), so the weight
 // stream runs on across stage boundaries.
@@ -42,7 +42,7 @@ using detail::to_f32;
 
 namespace {
 
-constexpr int kWarpsB = 8;
+constexpr int kWarpsB = 16;  // one block an SM: one staging of the input and half the barrier arrivals of 2 x 8
 constexpr int kThreadsB = kWarpsB * 32;
 constexpr int kChunkSteps = 4;  // key steps of an attention warp loaded before any is used (8 spills)
 // Keys per attention split: one chunk (HD / 8 lanes a key: 8 keys at head_dim 128, 16 at 64), or a
@@ -430,7 +430,7 @@ __device__ void attention_stage(const StepArgs& a, int layer) {
 }
 
 template <typename T, int HD>
-__global__ void __launch_bounds__(kThreadsB, 2) decode_step_kernel(const __grid_constant__ StepArgs a) {
+__global__ void __launch_bounds__(kThreadsB, 1) decode_step_kernel(const __grid_constant__ StepArgs a) {
   extern __shared__ float xs[];  // [max(dim, hidden, q_dim)]
   __shared__ float red[kWarpsB];
   GridBarrier bar{a.barrier, 0};
@@ -473,7 +473,7 @@ Status launch(const StepArgs& a, size_t smem, Context& ctx) {
   NB_CUDA_RETURN_IF_ERROR(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreadsB, smem));
   if (per_sm < 1) return resource_exhausted("decode_step: the kernel does not fit an SM");
   StepArgs args = a;
-  const int blocks = std::min(per_sm, 2) * ctx.info().num_sms;
+  const int blocks = ctx.info().num_sms;  // one a SM (per_sm >= 1 checked)
   cudaLaunchConfig_t cfg{};
   cfg.gridDim = dim3(static_cast<unsigned>(blocks));
   cfg.blockDim = dim3(kThreadsB);
