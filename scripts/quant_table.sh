@@ -8,8 +8,8 @@
 # --max-windows N: only the first N windows (the same N for every row); default 0 = the full test split.
 # --metric kld (default): `nibble eval kld --ref base` (perplexity, KL divergence vs base, top-1 agreement;
 #   runs the base model too, so twice the time); ppl: `nibble eval ppl` only.
-# --device: where the evaluations run. Rows whose arithmetic the CUDA backend does not reproduce
-#   always run on the CPU: W8A8 (per-token INT8 activations) and the KV INT8/INT4 rows (CPU only).
+# --device: where every row's evaluation runs (W8A8 with per-token INT8 activations and the KV INT8/INT4
+#   caches too: the CUDA backend runs them as the CPU does, with --dtype f16 activations around them).
 #   The CUDA backend dequantizes W4/W3 weights to f16, which is the same W4A16 arithmetic.
 # --rows REGEX: only the rows whose name matches (e.g. 'base|kv_'; the base model is always made);
 #   the table lists every row that has a result in DIR. A model that exists in DIR is not made again, a result that exists is not recomputed
@@ -60,12 +60,12 @@ rows=(
   "awq_w3g64_duo|quantize|--method awq --wbits 3 --group-size 64 --awq-duo-scaling|"
   "awq_w3g64_block|quantize|--method awq --wbits 3 --group-size 64 --awq-loss block|"
   "gptq_w3g64|quantize|--method gptq --wbits 3 --group-size 64 --act-order|"
-  "naive_w8a8|quantize|--method rtn --wbits 8 --group-size -1 --sym --act-int8|cpu"
-  "sq_a0.5|quantize|--method smoothquant --alpha 0.5 --calib-samples 16|cpu"
-  "sq_a0.8|quantize|--method smoothquant --alpha 0.8 --calib-samples 16|cpu"
-  "sq_search|quantize|--method smoothquant --alpha search --calib-samples 16|cpu"
-  "kv_int8|kv|int8|cpu"
-  "kv_int4|kv|int4|cpu"
+  "naive_w8a8|quantize|--method rtn --wbits 8 --group-size -1 --sym --act-int8|"
+  "sq_a0.5|quantize|--method smoothquant --alpha 0.5 --calib-samples 16|"
+  "sq_a0.8|quantize|--method smoothquant --alpha 0.8 --calib-samples 16|"
+  "sq_search|quantize|--method smoothquant --alpha search --calib-samples 16|"
+  "kv_int8|kv|int8|"
+  "kv_int4|kv|int4|"
 )
 
 log() { echo "[$(date -u +%H:%M:%S)] $*" >&2; }

@@ -56,9 +56,9 @@ Status LlamaModel::validate(const ForwardBatch& batch, const KvPools& kv) const 
     return invalid_argument("forward takes 1.." + std::to_string(max_batch_tokens_) + " tokens, got " +
                             std::to_string(n));
   }
-  if (backend_ && kv.dtype != KvCacheDType::kF32) {
-    return failed_precondition(std::string("a ") + kv_cache_dtype_name(kv.dtype) +
-                               " KV cache runs on the CPU only; use --kv-cache-dtype f32 with a GPU device");
+  if (backend_ && kv.dtype == KvCacheDType::kF16) {
+    return failed_precondition("an f16 KV cache is a CPU format; on a GPU the default cache is already in the device "
+                               "dtype (--dtype), and int8 / int4 run there too");
   }
   int64_t covered = 0;
   for (const SeqForward& sq : batch.seqs) {
@@ -89,9 +89,9 @@ Status LlamaModel::validate(const ForwardBatch& batch, const KvPools& kv) const 
 }
 
 Status LlamaModel::set_kv_cache_dtype(KvCacheDType t) {
-  if (t != KvCacheDType::kF32 && backend_) {
-    return invalid_argument(std::string("--kv-cache-dtype ") + kv_cache_dtype_name(t) +
-                            " runs on the CPU only; leave it at f32 with a GPU device");
+  if (t == KvCacheDType::kF16 && backend_) {
+    return invalid_argument("--kv-cache-dtype f16 is a CPU format; with a GPU device leave it at f32 (the cache is then "
+                            "in the device dtype, --dtype) or use int8 / int4");
   }
   kv_dtype_ = t;
   return Status::Ok();
@@ -99,8 +99,10 @@ Status LlamaModel::set_kv_cache_dtype(KvCacheDType t) {
 
 KvBlockFormat LlamaModel::kv_block_format(int64_t block_size) const {
   const ModelConfig& c = weights_.config;
-  // A device pool holds elements of the device dtype in the f32 layout: f16 (or bf16, same size).
-  const KvCacheDType t = backend_ ? (backend_->kv_element_bytes() == 2 ? KvCacheDType::kF16 : KvCacheDType::kF32) : kv_dtype_;
+  // The default device pool holds elements of the device dtype in the f32 layout: f16 (or bf16, same
+  // size). The int8 / int4 formats are the same bytes on every backend.
+  KvCacheDType t = kv_dtype_;
+  if (backend_ && t == KvCacheDType::kF32) t = backend_->kv_element_bytes() == 2 ? KvCacheDType::kF16 : KvCacheDType::kF32;
   return {t, block_size, c.num_kv_heads, c.head_dim};
 }
 

@@ -18,7 +18,7 @@ namespace nb {
 // Where the forward writes and reads K/V: per layer, a pool of blocks
 // [num_blocks, block_size, num_kv_heads, head_dim] f32. The engine owns the memory (a contiguous cache
 // is one block per sequence; the paged cache shares the pools between sequences).
-// With another dtype (CPU only) each pool holds num_blocks blocks in that format
+// With another dtype (f16: CPU only; int8, int4: CPU and GPU) each pool holds num_blocks blocks in that format
 // (backend/kv_format.h: values, then scales and zeros, per block) and k/v point to their first byte.
 struct KvPools {
   std::vector<float*> k;  // [num_layers]
@@ -75,8 +75,9 @@ class LlamaModel {
   const ModelConfig& config() const { return weights_.config; }
   const ModelWeights& weights() const { return weights_; }
   ThreadPool& pool() { return pool_; }
-  // The format of the KV caches made for this model (--kv-cache-dtype; f32 by default). Other
-  // formats are CPU only: an error once a device backend is set.
+  // The format of the KV caches made for this model (--kv-cache-dtype; f32 by default, which on a
+  // GPU means the device dtype). int8 and int4 run on the CPU and the GPU; f16 is CPU only (an
+  // error once a device backend is set).
   Status set_kv_cache_dtype(KvCacheDType t);
   KvCacheDType kv_cache_dtype() const { return kv_dtype_; }
   // The layout of one block of one layer's K (or V) pool in the KV caches made for this model.

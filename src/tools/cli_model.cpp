@@ -17,7 +17,7 @@ void add_model_options(CliArgs& args) {
 
 void add_kv_cache_options(CliArgs& args) {
   args.option("--kv-cache-dtype",
-              "KV cache element format: f32, f16, int8 (per token-head scale) or int4 (scale + zero); CPU only",
+              "KV cache element format: f32 (the device dtype on a GPU), f16 (CPU only), int8 (per token-head scale) or int4 (scale + zero)",
               "f32");
 }
 

@@ -8,8 +8,9 @@
 //   embedding   table f32/f16/bf16/q8_0/q4_0/q4_1 (a device tensor, Device::kCUDA)
 //   matmul      cuBLAS GEMM (f32 accumulation, no TF32): weight dtype == act dtype for f16/bf16, or
 //               f32 weights with f32 activations. 4-bit kQGroup weights (W4A16) once uploaded with
-//               upload_w4, with f16/bf16 activations (w4_matmul.cu). Other quantized weights:
-//               unimplemented.
+//               upload_w4, with f16/bf16 activations (w4_matmul.cu). W8A8 kQGroup weights (act_int8)
+//               in w8a8.h's device layout, with f32/f16/bf16 activations (matmul_w8a8; not
+//               matmul_to_f32). Other quantized weights: unimplemented.
 //   kv_write    cache in act_dtype (cache_dtype f32, or f16 with f16 activations), or int8/int4 pools
 //               (backend/kv_format.h; cache_block_size set), quantized on write as the CPU does.
 //   hadamard    dim a power of two <= 1024, in act_dtype (the int8/int4 caches' rotation).

@@ -8,6 +8,8 @@
 
 #include "backend/cuda/cuda_check.h"
 #include "backend/cuda/cuda_ops.h"
+#include "backend/cuda/w8a8.h"
+#include "core/group_quant.h"
 
 namespace nb::cuda {
 
@@ -33,6 +35,11 @@ Status gemm(const MatmulParams& p, Context& ctx, bool f32_out) {
   const Tensor& w = p.weight;
   if (w.ndim() != 2 || w.device() != Device::kCUDA) {
     return invalid_argument("matmul: the weight must be a 2-D device tensor (Device::kCUDA); got " + w.describe());
+  }
+  if (w.dtype() == DType::kQGroup && w.group_quant() != nullptr && w.group_quant()->act_int8) {
+    // W8A8 device weights (w8a8.h): y in act_dtype only.
+    if (f32_out) return unimplemented("matmul_to_f32: W8A8 weights write act_dtype outputs; use matmul");
+    return matmul_w8a8(p, ctx);
   }
   if (w.dtype() == DType::kQGroup) return w4_matmul(p, ctx, f32_out);
   NB_ASSIGN_OR_RETURN(const cudaDataType_t type, blas_type(w.dtype(), p.act_dtype));

@@ -3,8 +3,12 @@
 //
 // Weights are uploaded once in the device dtype (f16, bf16 or f32; block-quantized GGUF tensors are
 // dequantized on the host first; the embedding table stays in its stored dtype, the embedding kernel
-// reads every GGUF block type). Norm weights and RoPE frequencies stay f32. Activations and the KV
-// cache are in the device dtype; logits come back as f32.
+// reads every GGUF block type), except packed linears: 4-bit kQGroup weights in the W4A16 layout
+// (upload_w4) and W8A8 weights (kQGroup with int8 activations) in backend/cuda/w8a8.h's layout, run by
+// cuda::matmul with the CPU's arithmetic. Norm weights and RoPE frequencies stay f32. Activations are
+// in the device dtype; logits come back as f32. The KV cache is in the device dtype by default, or
+// int8 / int4 pools (--kv-cache-dtype, backend/kv_format.h: the same bytes as the CPU's, written and
+// read with the same Hadamard rotation of q, k, v and of the attention output).
 //
 // A step: the host writes the batch description (tokens, positions, slots, sequence starts, block
 // tables, logit rows) into pinned staging and copies it to device buffers at fixed addresses; the
@@ -24,6 +28,7 @@
 #include <tuple>
 #include <vector>
 
+#include "backend/cuda/w8a8.h"
 #include "core/group_quant.h"
 #include "model/cuda/llama_cuda_internal.h"
 
@@ -70,9 +75,7 @@ Result<Tensor> CudaLlama::upload(const Tensor& t, DType target) {
 Status CudaLlama::upload_into(const Tensor& t, DType target, void* dst) {
   const int64_t rows = t.rows(), cols = t.cols();
   const size_t out_row = static_cast<size_t>(cols) * act_bytes(target);
-  if (t.dtype() == DType::kQGroup && t.group_quant() != nullptr && t.group_quant()->act_int8) {
-    return unimplemented("CUDA: W8A8 weights (int8 activations) do not run on the GPU yet; use the CPU (--device cpu)");
-  }
+  if (is_w8a8(t)) return internal_error("CUDA upload: a W8A8 weight goes through upload_w8a8 (its int8 layout)");
   if (t.dtype() == target) {
     NB_RETURN_IF_ERROR(cuda::copy_to_device(dst, t.data(), t.nbytes(), ctx_->stream()));
   } else {
@@ -109,7 +112,37 @@ bool CudaLlama::w4_applies(const Tensor& t) const {
   return g != nullptr && g->bits == 4 && !g->act_int8 && dtype_ != DType::kF32;
 }
 
+bool CudaLlama::is_w8a8(const Tensor& t) {
+  return t.dtype() == DType::kQGroup && t.group_quant() != nullptr && t.group_quant()->act_int8;
+}
+
+Result<Tensor> CudaLlama::upload_w8a8(const Tensor& t) {
+  // No dequantized fallback: f16 weights with f16 activations would not be the W8A8 arithmetic the
+  // model was quantized (and is evaluated on the CPU) for.
+  if (Status st = cuda::w8a8_check(t); !st.ok()) {
+    return Status(st.code(), "CUDA: " + st.message() + "; requantize it that way or run it on the CPU (--device cpu)");
+  }
+  NB_ASSIGN_OR_RETURN(const std::vector<uint8_t> bytes, cuda::w8a8_repack(t));
+  NB_ASSIGN_OR_RETURN(DeviceBuffer buf, DeviceBuffer::allocate(bytes.size()));
+  NB_RETURN_IF_ERROR(cuda::copy_to_device(buf.data(), bytes.data(), bytes.size(), ctx_->stream()));
+  NB_RETURN_IF_ERROR(ctx_->synchronize());  // `bytes` goes away on return
+  // The device view says what the weight is (w8a8_check reads it); its scales live in the buffer.
+  const GroupQuant& src = *t.group_quant();
+  auto q = std::make_shared<GroupQuant>();
+  q->bits = src.bits;
+  q->group_size = src.group_size;
+  q->symmetric = src.symmetric;
+  q->act_int8 = true;
+  q->num_groups = src.num_groups;
+  const int64_t shape[2] = {t.rows(), t.cols()};
+  Tensor out = Tensor::view(buf.data(), shape, 2, DType::kQGroup, nullptr, Device::kCUDA);
+  out.set_group_quant(std::move(q));
+  owned_.push_back(std::move(buf));
+  return out;
+}
+
 Result<Tensor> CudaLlama::upload_linear(const Tensor& t) {
+  if (is_w8a8(t)) return upload_w8a8(t);
   if (w4_applies(t)) {
     Result<Tensor> packed = cuda::upload_w4(t, *ctx_);
     if (packed.ok()) return packed;
@@ -149,7 +182,8 @@ Status CudaLlama::upload_weights(const ModelWeights& w) {
     DeviceLayer d;
     NB_ASSIGN_OR_RETURN(d.attn_norm, upload_f32(l.attn_norm));
     NB_ASSIGN_OR_RETURN(d.ffn_norm, upload_f32(l.ffn_norm));
-    if (w4_applies(l.wq)) {  // 4-bit weights stay packed (W4A16 kernels); no fused q|k|v buffer
+    if (w4_applies(l.wq) || is_w8a8(l.wq) || is_w8a8(l.wk) || is_w8a8(l.wv)) {
+      // 4-bit (W4A16) and W8A8 weights stay packed for their matmul kernels; no fused q|k|v buffer
       NB_ASSIGN_OR_RETURN(d.wq, upload_linear(l.wq));
       NB_ASSIGN_OR_RETURN(d.wk, upload_linear(l.wk));
       NB_ASSIGN_OR_RETURN(d.wv, upload_linear(l.wv));

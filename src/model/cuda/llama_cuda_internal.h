@@ -110,6 +110,19 @@ class CudaLlama final : public ForwardBackend {
   }
   const int32_t* staged(int64_t offset) const { return idx_d_.as<int32_t>() + offset; }
 
+  // Quantized paths: int8/int4 KV pools (backend/kv_format.h) and W8A8 weights (backend/cuda/w8a8.h).
+  // rope on q and k; for a rotated cache format (kv_cache_rotated) the Hadamard rotation of q, k and v;
+  // the new K/V into the pools in kv.dtype; attention into att, rotated back: the CPU forward's
+  // sequence (LlamaModel::layer_forward). The unfused layer's glue for every cache format, and the
+  // fused layer's for the formats its decode kernels do not read (anything but the act-dtype cache).
+  Status rope_kv_attention(size_t l, const StepLayout& s, int64_t max_query_len, int64_t max_context_len,
+                           const KvPools& kv);
+  // kQGroup with int8 activations (what `nibble quantize --act-int8` / smoothquant make).
+  static bool is_w8a8(const Tensor& t);
+  // Such a weight (cuda::w8a8_check must pass, else the error says why) in its device layout
+  // (w8a8_repack), as the kQGroup device view cuda::matmul runs through matmul_w8a8.
+  Result<Tensor> upload_w8a8(const Tensor& t);
+
   ModelConfig config_;
   CudaForwardOptions options_;
   DType dtype_ = DType::kF16;

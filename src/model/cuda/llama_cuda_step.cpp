@@ -1,7 +1,8 @@
 // The layers of one CUDA forward step (CudaLlama::enqueue): the general path (any batch: cuBLAS
-// GEMMs, or the GEMV / W4A16 kernels through cuda::matmul, and separate glue ops) and the fused
-// decode path for one or two rows (cuda::fused_linear, rope_kv_write, decode_attention; five
-// launches a layer).
+// GEMMs, or the GEMV / W4A16 / W8A8 kernels through cuda::matmul, and separate glue ops) and the
+// fused decode path for one or two rows (cuda::fused_linear, rope_kv_write, decode_attention; five
+// launches a layer; with an int8/int4 KV cache the general glue replaces rope_kv_write and
+// decode_attention, which read only the act-dtype cache).
 #include <cmath>
 
 #include "model/cuda/llama_cuda_internal.h"
@@ -10,9 +11,10 @@ namespace nb::cuda_model {
 
 bool CudaLlama::fused_weights_ok() const {
   // Every linear's shape and dtype must suit the kernel (K % 8: stories260K's hidden 172 does not;
-  // packed 4-bit weights go through matmul). Checked once, after the upload.
+  // packed W4A16 and W8A8 weights go through matmul). Checked once, after the upload.
   for (const DeviceLayer& w : layers_) {
     for (const Tensor* t : {&w.wqkv, &w.wo, &w.w_gate, &w.w_up, &w.w_down}) {
+      if (t->dtype() == DType::kQGroup) return false;
       if (!cuda::fused_linear_applies(fused_params(*t, acts().x, acts().q, 1))) return false;
     }
   }
@@ -60,17 +62,45 @@ Status CudaLlama::attention(size_t l, const StepLayout& s, int64_t max_query_len
   ap.head_dim = c.head_dim;
   ap.scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
   ap.act_dtype = dtype_;
+  ap.cache_dtype = kv.dtype;  // f32: the act-dtype cache; int8/int4: pools (decode_attention declines them)
   // The decode kernel when it takes the batch and its split workspace fits; the general one otherwise.
   if (fusion_ && cuda::decode_attention_applies(ap) && cuda::decode_attention(ap, *ctx_).ok()) return Status::Ok();
   return cuda::batch_attention(ap, *ctx_);
+}
+
+Status CudaLlama::rope_kv_attention(size_t l, const StepLayout& s, int64_t max_query_len, int64_t max_context_len,
+                                    const KvPools& kv) {
+  const ModelConfig& c = config_;
+  Context& ctx = *ctx_;
+  const IdxOffsets o = idx_offsets(max_tokens_, max_seqs_, max_rows_, max_table_);
+  const auto* di = idx_d_.as<int32_t>();
+  const int64_t n = s.tokens, hd = c.head_dim;
+  const auto [x, xb, q, k, v, att, ob, hb, hb2] = acts();
+  const DType a = dtype_;
+  NB_RETURN_IF_ERROR(
+      cuda::rope({q, k, di + o.positions, inv_freq_.as<float>(), n, c.num_heads, c.num_kv_heads, hd, c.rope_style, a},
+                 ctx));
+  // Quantized caches keep K and V rotated (backend/kv_format.h): q, k and v rotated alike here, the
+  // attention output back below, as LlamaModel::layer_forward does.
+  const bool rotated = kv_cache_rotated(kv.dtype, hd);
+  if (rotated) {
+    NB_RETURN_IF_ERROR(cuda::hadamard({q, n * c.num_heads, hd, a}, ctx));
+    NB_RETURN_IF_ERROR(cuda::hadamard({k, n * c.num_kv_heads, hd, a}, ctx));
+    NB_RETURN_IF_ERROR(cuda::hadamard({v, n * c.num_kv_heads, hd, a}, ctx));
+  }
+  KvWriteParams wp{k, v, kv.k[l], kv.v[l], slots_d_.as<int64_t>(), n, c.num_kv_heads, hd, a};
+  wp.cache_dtype = kv.dtype;  // f32: the act-dtype cache
+  wp.cache_block_size = kv.block_size;
+  NB_RETURN_IF_ERROR(cuda::kv_write(wp, ctx));
+  NB_RETURN_IF_ERROR(attention(l, s, max_query_len, max_context_len, kv));
+  if (rotated) NB_RETURN_IF_ERROR(cuda::hadamard({att, n * c.num_heads, hd, a}, ctx));
+  return Status::Ok();
 }
 
 Status CudaLlama::enqueue_layer(size_t l, const StepLayout& s, int64_t max_query_len, int64_t max_context_len,
                                 const KvPools& kv) {
   const ModelConfig& c = config_;
   Context& ctx = *ctx_;
-  const IdxOffsets o = idx_offsets(max_tokens_, max_seqs_, max_rows_, max_table_);
-  const auto* di = idx_d_.as<int32_t>();
   const int64_t n = s.tokens, dim = c.dim;
   const auto [x, xb, q, k, v, att, ob, hb, hb2] = acts();
   const DType a = dtype_;
@@ -79,12 +109,7 @@ Status CudaLlama::enqueue_layer(size_t l, const StepLayout& s, int64_t max_query
   NB_RETURN_IF_ERROR(cuda::matmul({w.wq, xb, q, n, a}, ctx));
   NB_RETURN_IF_ERROR(cuda::matmul({w.wk, xb, k, n, a}, ctx));
   NB_RETURN_IF_ERROR(cuda::matmul({w.wv, xb, v, n, a}, ctx));
-  NB_RETURN_IF_ERROR(cuda::rope({q, k, di + o.positions, inv_freq_.as<float>(), n, c.num_heads, c.num_kv_heads,
-                                 c.head_dim, c.rope_style, a},
-                                ctx));
-  NB_RETURN_IF_ERROR(
-      cuda::kv_write({k, v, kv.k[l], kv.v[l], slots_d_.as<int64_t>(), n, c.num_kv_heads, c.head_dim, a}, ctx));
-  NB_RETURN_IF_ERROR(attention(l, s, max_query_len, max_context_len, kv));
+  NB_RETURN_IF_ERROR(rope_kv_attention(l, s, max_query_len, max_context_len, kv));
   NB_RETURN_IF_ERROR(cuda::matmul({w.wo, att, ob, n, a}, ctx));
   NB_RETURN_IF_ERROR(cuda::add_rms_norm({x, ob, w.ffn_norm, xb, n, dim, c.norm_eps, a}, ctx));
   NB_RETURN_IF_ERROR(cuda::matmul({w.w_gate, xb, hb, n, a}, ctx));
@@ -116,11 +141,15 @@ Status CudaLlama::enqueue_layer_fused(size_t l, const StepLayout& s, int64_t max
   f.n0 = w.wq.rows();
   f.n1 = w.wk.rows();
   NB_RETURN_IF_ERROR(cuda::fused_linear(f, ctx));
-  const RopeParams rp{q, k, di + o.positions, inv_freq_.as<float>(), n, c.num_heads, c.num_kv_heads,
-                      c.head_dim, c.rope_style, a};
-  const KvWriteParams kp{k, v, kv.k[l], kv.v[l], slots_d_.as<int64_t>(), n, c.num_kv_heads, c.head_dim, a};
-  NB_RETURN_IF_ERROR(cuda::rope_kv_write({rp, kp}, ctx));
-  NB_RETURN_IF_ERROR(attention(l, s, max_query_len, max_context_len, kv));
+  if (kv.dtype == KvCacheDType::kF32) {  // the act-dtype cache: rope + KV write in one pass
+    const RopeParams rp{q, k, di + o.positions, inv_freq_.as<float>(), n, c.num_heads, c.num_kv_heads,
+                        c.head_dim, c.rope_style, a};
+    const KvWriteParams kp{k, v, kv.k[l], kv.v[l], slots_d_.as<int64_t>(), n, c.num_kv_heads, c.head_dim, a};
+    NB_RETURN_IF_ERROR(cuda::rope_kv_write({rp, kp}, ctx));
+    NB_RETURN_IF_ERROR(attention(l, s, max_query_len, max_context_len, kv));
+  } else {  // int8/int4 pools: the general glue (rope_kv_write and decode_attention read act-dtype caches only)
+    NB_RETURN_IF_ERROR(rope_kv_attention(l, s, max_query_len, max_context_len, kv));
+  }
   NB_RETURN_IF_ERROR(cuda::fused_linear(fused_params(w.wo, att, x, n, LinearEpilogue::kAddInto), ctx));
   f = fused_params(w.w_gate, x, hb, n, LinearEpilogue::kSwiglu);
   f.weight2 = w.w_up;
