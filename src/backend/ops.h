@@ -154,6 +154,38 @@ struct ArgmaxParams {
   int64_t cols;
 };
 
+// out[r] = the token the engine's Sampler (engine/sampler.h) draws from row r of x with rows[r]'s
+// settings when its RNG gives rows[r].uniform: the inverse CDF, in id order, of the distribution
+// Sampler::distribution() computes (no penalties). Exactly:
+//   z_i = x_i * (1.0f / temperature) in f32 (z = x when temperature == 1); m = max z;
+//   w_i = sampling_exp(z_i - m) (backend/sampling_exp.h; 0 below -87, so the top token weighs 1);
+//   order: z descending, ties by ascending id;
+//   top-k (0 < k < vocab): keep the first k in that order;
+//   top-p (< 1): of those, keep the shortest prefix in that order whose weight reaches
+//     top_p x their total weight (the token crossing the threshold is kept; at least one);
+//   min-p (> 0): drop kept tokens with w_i < min_p (relative to the top token's weight, 1);
+//   draw: the first kept id, walking ids upward, at which the running sum of kept weights
+//     exceeds uniform x (their total), sums in double.
+// temperature 0 is greedy: the first maximum of x (uniform unused), as the Sampler.
+// A row with a NaN or +inf logit, or only -inf, gets -1 (the Sampler's error cases).
+// Sums are in double in an order of the backend's choosing, so backends may pick a neighbouring
+// token only when uniform x total lies within rounding of a bucket edge (or the top-p mass of a
+// prefix within rounding of its target).
+struct SampleRowParams {
+  float temperature = 1.0f;  // >= 0
+  int32_t top_k = 0;         // 0 = off
+  float top_p = 1.0f;        // (0, 1]; 1 = off
+  float min_p = 0.0f;        // [0, 1]; 0 = off
+  double uniform = 0.0;      // [0, 1): the draw
+};
+struct SampleRowsParams {
+  const float* x;               // [num_rows, vocab] f32 logits
+  const SampleRowParams* rows;  // [num_rows]
+  int32_t* out;                 // [num_rows]
+  int64_t num_rows;
+  int64_t vocab;
+};
+
 // x[v] = H x[v], in place, for num_vectors vectors of dim floats (dim a power of two), where H is the
 // orthonormal Walsh-Hadamard matrix H[i][j] = (-1)^popcount(i & j) / sqrt(dim); H = H^T = H^-1.
 // The int8/int4 KV caches store rotated K and V (see backend/kv_format.h).

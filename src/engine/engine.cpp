@@ -9,6 +9,7 @@
 #include <unordered_set>
 
 #include "engine/contiguous_kv.h"
+#include "engine/device_sampling.h"
 #include "engine/kv/block_manager.h"
 #include "engine/scheduler.h"
 #include "engine/sequence.h"
@@ -33,6 +34,7 @@ struct Engine::Impl {
   LlamaModel& model;
   EngineConfig config;
   int32_t pad_block = 0;  // the KV block after the pool's last: static batching's padding rows write there
+  bool device_sampling = false;  // device_sampling_enabled(model), read at creation
   KvStorage kv;
   const KvPools& pools;  // kv.pools()
   BlockManager blocks;
@@ -106,6 +108,7 @@ Result<std::unique_ptr<Engine>> Engine::create(LlamaModel& model, const EngineCo
   e->impl_ = std::make_unique<Impl>(model, config, num_blocks, std::move(storage));
   Impl& im = *e->impl_;
   im.pad_block = static_cast<int32_t>(num_blocks);
+  im.device_sampling = device_sampling_enabled(model);
   im.logits.resize(static_cast<size_t>(config.max_num_seqs * c.vocab_size));
   im.stats.num_blocks_total = num_blocks;
   im.stats.num_blocks_free = num_blocks;
@@ -414,6 +417,22 @@ void Engine::Impl::step() {
     greedy.resize(static_cast<size_t>(num_rows));
     batch.greedy_tokens = greedy.data();
   }
+  // Otherwise, on a device, the rows' tokens may be drawn there (engine/device_sampling.h).
+  bool on_device = !all_greedy && num_rows > 0 && device_sampling;
+  for (const ScheduledSeq& s : sched.batch) {
+    on_device = on_device && (!s.samples || (s.seq->num_draft == 0 &&
+                                             device_sampling_supports(s.seq->request.sampling, s.seq->request.logprobs)));
+  }
+  std::vector<SampleRowParams> sample_rows;
+  std::vector<int32_t> drawn;
+  if (on_device) {
+    for (const ScheduledSeq& s : sched.batch) {
+      if (s.samples) sample_rows.push_back(device_sample_row(s.seq->sampler));
+    }
+    drawn.resize(static_cast<size_t>(num_rows));
+    batch.sample_rows = sample_rows.data();
+    batch.sampled_tokens = drawn.data();
+  }
   const Status st = copied.ok() ? model.forward(batch, pools, logits.data()) : copied;
   if (!st.ok()) {
     for (const ScheduledSeq& s : sched.batch) finish(s.seq, FinishReason::kError, st.message());
@@ -432,6 +451,13 @@ void Engine::Impl::step() {
     std::vector<SampleOutput> lps;
     if (all_greedy && seq->num_draft == 0) {
       next.push_back(greedy[static_cast<size_t>(first_row)]);
+    } else if (on_device) {
+      const int32_t t = drawn[static_cast<size_t>(first_row)];
+      if (Status st = device_sample_status(t); !st.ok()) {
+        finish(seq, FinishReason::kError, st.message());
+        continue;
+      }
+      next.push_back(t);
     } else if (Status st = next_tokens(seq, rows, &next, &lps, all_greedy ? greedy.data() + first_row : nullptr);
                !st.ok()) {
       finish(seq, FinishReason::kError, st.message());

@@ -4,6 +4,8 @@
 #include <chrono>
 #include <string>
 
+#include "engine/device_sampling.h"
+
 namespace nb {
 
 namespace {
@@ -30,6 +32,11 @@ SequenceRunner::SequenceRunner(LlamaModel& model, int64_t capacity)
 }
 
 Result<std::span<const float>> SequenceRunner::evaluate(std::span<const int32_t> context) {
+  return evaluate_drawing(context, nullptr, nullptr);
+}
+
+Result<std::span<const float>> SequenceRunner::evaluate_drawing(std::span<const int32_t> context,
+                                                                const SampleRowParams* row, int32_t* token) {
   if (context.empty()) return invalid_argument("the prompt is empty; give at least one token");
   if (!kv_.ok()) return kv_.status();
   if (static_cast<int64_t>(context.size()) > capacity_) {
@@ -46,8 +53,12 @@ Result<std::span<const float>> SequenceRunner::evaluate(std::span<const int32_t>
   const auto total = static_cast<int64_t>(context.size());
   while (num_cached_ < total) {
     const int64_t n = std::min(model_.max_batch_tokens(), total - num_cached_);
-    const ForwardBatch b = ForwardBatch::single(
+    ForwardBatch b = ForwardBatch::single(
         context.subspan(static_cast<size_t>(num_cached_), static_cast<size_t>(n)), num_cached_, kv_->block_table());
+    if (num_cached_ + n == total) {  // the last chunk's row is the one sampled
+      b.sample_rows = row;
+      b.sampled_tokens = token;
+    }
     NB_RETURN_IF_ERROR(model_.forward(b, kv_->pools(), logits_.data()));
     num_cached_ += n;
   }
@@ -60,13 +71,25 @@ Result<GenerateStats> SequenceRunner::generate(std::span<const int32_t> context,
   GenerateStats stats;
   stats.num_prompt_tokens = static_cast<int64_t>(context.size());
   auto t0 = std::chrono::steady_clock::now();
-  NB_ASSIGN_OR_RETURN(std::span<const float> logits, evaluate(context));
+  // On a device the token may be drawn there (engine/device_sampling.h); `row` and `drawn` are then
+  // the settings and result of each forward's draw, and the logits are not copied back.
+  const bool on_device = device_sampling_enabled(model_) && device_sampling_supports(sampler.params(), false);
+  SampleRowParams row;
+  int32_t drawn = -1;
+  if (on_device) row = device_sample_row(sampler);
+  NB_ASSIGN_OR_RETURN(std::span<const float> logits,
+                      evaluate_drawing(context, on_device ? &row : nullptr, on_device ? &drawn : nullptr));
   stats.num_reused_tokens = last_reused_;
   stats.prefill_seconds = seconds_since(t0);
   t0 = std::chrono::steady_clock::now();
   const auto num_prompt = static_cast<size_t>(context.size());
   for (;;) {
-    NB_ASSIGN_OR_RETURN(int32_t next, sampler.sample(logits, TokenHistory{tokens_, num_prompt}));
+    int32_t next = drawn;
+    if (on_device) {
+      NB_RETURN_IF_ERROR(device_sample_status(drawn));
+    } else {
+      NB_ASSIGN_OR_RETURN(next, sampler.sample(logits, TokenHistory{tokens_, num_prompt}));
+    }
     if (std::find(options.stop_ids.begin(), options.stop_ids.end(), next) != options.stop_ids.end()) {
       stats.stop = StopReason::kStopToken;
       break;
@@ -85,8 +108,12 @@ Result<GenerateStats> SequenceRunner::generate(std::span<const int32_t> context,
       stats.stop = StopReason::kContextFull;
       break;
     }
-    const ForwardBatch b =
-        ForwardBatch::single(std::span<const int32_t>(&tokens_.back(), 1), num_cached_, kv_->block_table());
+    ForwardBatch b = ForwardBatch::single(std::span<const int32_t>(&tokens_.back(), 1), num_cached_, kv_->block_table());
+    if (on_device) {
+      row = device_sample_row(sampler);
+      b.sample_rows = &row;
+      b.sampled_tokens = &drawn;
+    }
     NB_RETURN_IF_ERROR(model_.forward(b, kv_->pools(), logits_.data()));
     ++num_cached_;
     logits = logits_;

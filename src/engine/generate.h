@@ -44,6 +44,8 @@ class SequenceRunner {
   // Computes K/V for all tokens and returns the last token's logits (used by generate and bench).
   Result<std::span<const float>> evaluate(std::span<const int32_t> context);
 
+  // generate() draws on the model's device when engine/device_sampling.h allows (NIBBLE_GPU_SAMPLING=0: never).
+
   const std::vector<int32_t>& tokens() const { return tokens_; }
   int64_t capacity() const { return capacity_; }
   void reset() { tokens_.clear(); num_cached_ = 0; }
@@ -56,6 +58,10 @@ class SequenceRunner {
   int64_t num_cached_ = 0;
   int64_t last_reused_ = 0;  // tokens the last evaluate() found already cached
   std::vector<float> logits_;
+
+  // evaluate(), with the last token's row drawn on the device when `row` is set (into *token).
+  Result<std::span<const float>> evaluate_drawing(std::span<const int32_t> context, const SampleRowParams* row,
+                                                  int32_t* token);
 };
 
 }  // namespace nb

@@ -9,6 +9,8 @@
 #include <numeric>
 #include <string>
 
+#include "backend/sampling_exp.h"
+
 namespace nb {
 namespace {
 
@@ -102,27 +104,9 @@ Status Sampler::apply_penalties(std::span<float> logits, TokenHistory history) {
 
 namespace {
 
-// exp(x) for x <= 0, to ~2 ulp (the Cephes expf polynomial). Written as plain arithmetic so the
-// compiler vectorizes the loops that call it; std::exp is a scalar libm call, and the exp pass is
-// most of a sampling step's time at vocab 128k. Inputs below -87 (incl. -inf, masked tokens)
-// give exactly 0, so such tokens can never be drawn.
-inline float exp_nonpos(float x) {
-  const bool underflow = x < -87.0f;
-  const float xc = underflow ? -87.0f : x;
-  // Round to nearest by adding and removing 1.5 * 2^23 (std::floor would block vectorization
-  // under the default -ftrapping-math).
-  const float n = (xc * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
-  const float r = xc - n * 0.693359375f + n * 2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
-  const float scale = std::bit_cast<float>(static_cast<int32_t>(static_cast<int32_t>(n) + 127) << 23);
-  return underflow ? 0.0f : p * scale;
-}
+// exp(x) for x <= 0 (backend/sampling_exp.h, shared with the device sampling op so that both
+// weigh tokens alike); exactly 0 below -87 (incl. -inf, masked tokens), so such tokens can never be drawn.
+inline float exp_nonpos(float x) { return sampling_exp(x); }
 
 constexpr size_t kLanes = 16;  // independent accumulators, so reductions vectorize without -ffast-math
 
@@ -435,15 +419,33 @@ int32_t Sampler::draw_from_vocab(double total) {
 }
 
 int32_t Sampler::draw_from_candidates(double total) {
+  // Walks the candidates in id order, as draw_from_vocab does (the inverse CDF of distribution(),
+  // which the device op sample_rows computes too), whatever order truncate() left them in: their
+  // weight per kBlock ids finds the block holding the target, and only that block's few
+  // candidates are sorted.
   const double target = next_uniform() * total;
+  cand_block_sums_.assign(block_sums_.size(), 0.0);
+  for (int32_t t : cand_) cand_block_sums_[static_cast<size_t>(t) / kBlock] += probs_[t];
   double cum = 0.0;
+  size_t b = 0;
+  while (b + 1 < cand_block_sums_.size() && target >= cum + cand_block_sums_[b]) cum += cand_block_sums_[b++];
+  ties_.clear();
   for (int32_t t : cand_) {
+    if (static_cast<size_t>(t) / kBlock == b) ties_.push_back(t);
+  }
+  std::sort(ties_.begin(), ties_.end());
+  for (int32_t t : ties_) {
+    if (probs_[t] == 0.0f) continue;
     cum += probs_[t];
     if (target < cum) return t;
   }
-  for (size_t i = cand_.size(); i-- > 0;)  // rounding fallback, as above
-    if (probs_[cand_[i]] > 0.0f) return cand_[i];
-  return cand_.front();
+  // Rounding fallback, as in draw_from_vocab: the last drawable candidate of the block, else of all.
+  for (size_t i = ties_.size(); i-- > 0;)
+    if (probs_[ties_[i]] > 0.0f) return ties_[i];
+  int32_t last = -1;
+  for (int32_t t : cand_)
+    if (probs_[t] > 0.0f && t > last) last = t;
+  return last >= 0 ? last : cand_.front();
 }
 
 Result<float> Sampler::prepare(std::span<const float> logits, TokenHistory history) {

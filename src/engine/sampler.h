@@ -3,6 +3,9 @@
 // Processing order (the one vLLM and llama.cpp use):
 //   penalties -> temperature -> top-k -> top-p -> min-p -> draw
 // temperature 0 means greedy: the argmax of the penalised logits, ties going to the lowest id.
+// The draw is the inverse CDF of distribution() in id order: a uniform u in [0, 1) picks the first
+// surviving id, walking ids upward, whose running weight exceeds u x the total. The device op
+// sample_rows (backend/ops.h) states the same rule; its CPU reference is checked against sample().
 //
 // Determinism: each Sampler owns a std::mt19937_64 seeded with SamplingParams::seed. The engine's
 // output is fully specified by the C++ standard, and uniforms are made from its raw bits here (not
@@ -131,7 +134,8 @@ class Sampler {
   std::vector<double> block_sums_;  // [ceil(vocab / kBlock)] sums of probs_
   double total_weight_ = 0.0;       // sum of probs_ before truncation (the logprob normaliser)
   std::vector<int32_t> cand_;     // surviving candidate ids
-  std::vector<int32_t> ties_;     // tokens in the top-p threshold band
+  std::vector<int32_t> ties_;     // tokens in the top-p threshold band; the draw's block of candidates
+  std::vector<double> cand_block_sums_;  // [ceil(vocab / kBlock)] candidate weight per block (the draw)
   std::vector<int32_t> counts_;   // sorted history ids, for counting
 };
 

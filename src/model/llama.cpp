@@ -151,6 +151,7 @@ Status LlamaModel::forward(const ForwardBatch& batch, const KvPools& kv, float* 
   cpu::rms_norm({out_rows_.data(), weights_.final_norm.ptr<float>(), out_rows_.data(), rows, c.dim, c.norm_eps});
   matmul({weights_.output, out_rows_.data(), logits, rows});
   if (batch.greedy_tokens != nullptr) cpu::ref::argmax({logits, batch.greedy_tokens, rows, c.vocab_size});
+  if (batch.sample_rows != nullptr) cpu::ref::sample_rows({logits, batch.sample_rows, batch.sampled_tokens, rows, c.vocab_size});
   return Status::Ok();
 }
 

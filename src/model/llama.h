@@ -52,6 +52,12 @@ struct ForwardBatch {
   // sampler's greedy rule), and a device backend may then skip copying the logits to the host
   // (their contents are unspecified). Greedy decoding without penalties or logprobs uses it.
   int32_t* greedy_tokens = nullptr;
+  // When set (greedy_tokens unset): forward also draws each logits row's token by the op
+  // sample_rows (backend/ops.h) with sample_rows[r]'s settings and uniform, into sampled_tokens[r]
+  // (-1: NaN/+inf or all -inf logits), and a device backend may skip copying the logits to the host
+  // (their contents are then unspecified). engine/device_sampling.h says when the engine uses it.
+  const SampleRowParams* sample_rows = nullptr;  // [rows]
+  int32_t* sampled_tokens = nullptr;             // [rows]
 
   static ForwardBatch single(std::span<const int32_t> tokens, int64_t start_pos, std::span<const int32_t> block_table,
                              bool all_logits = false) {

@@ -40,6 +40,9 @@ Status matmul(const MatmulParams& p, Context& ctx);
 Status matmul_to_f32(const MatmulParams& p, Context& ctx);
 
 Status argmax(const ArgmaxParams& p, Context& ctx);
+// One block a row; top-k and top-p thresholds by bisection over the order (no sort), double sums
+// in a fixed order (deterministic). Vocab < 2^31.
+Status sample_rows(const SampleRowsParams& p, Context& ctx);
 
 // W4A16 (w4_matmul.cu): repacks a host kQGroup weight (bits 4, weight-only, no act-order, K and the
 // group size multiples of 64; backend/w4_layout.h) into one device buffer and returns a device

@@ -386,10 +386,31 @@ Status CudaLlama::forward(const ForwardBatch& batch, const KvPools& kv, float* l
     std::memcpy(batch.greedy_tokens, greedy_h_.data(), static_cast<size_t>(real_rows) * 4);
     return Status::Ok();
   }
+  if (batch.sample_rows != nullptr) return sample_on_device(batch, real_rows);
   const size_t bytes = static_cast<size_t>(real_rows * c.vocab_size) * 4;
   NB_RETURN_IF_ERROR(cuda::copy_to_host(logits_h_.data(), logits_d_.data(), bytes, ctx_->stream()));
   NB_RETURN_IF_ERROR(ctx_->synchronize());
   if (bytes > 0) std::memcpy(logits, logits_h_.data(), bytes);
+  return Status::Ok();
+}
+
+Status CudaLlama::sample_on_device(const ForwardBatch& batch, int64_t rows) {
+  // The rows' settings go up, the drawn ids (4 bytes a row) come back; the logits stay on the device.
+  const size_t params_bytes = static_cast<size_t>(max_rows_) * sizeof(SampleRowParams);
+  if (sample_rows_d_.size() < params_bytes) {
+    NB_ASSIGN_OR_RETURN(sample_rows_d_, DeviceBuffer::allocate(params_bytes));
+    NB_ASSIGN_OR_RETURN(sample_rows_h_, PinnedBuffer::allocate(params_bytes));
+  }
+  const size_t n = static_cast<size_t>(rows);
+  std::memcpy(sample_rows_h_.data(), batch.sample_rows, n * sizeof(SampleRowParams));
+  NB_RETURN_IF_ERROR(cuda::copy_to_device(sample_rows_d_.data(), sample_rows_h_.data(), n * sizeof(SampleRowParams),
+                                          ctx_->stream()));
+  NB_RETURN_IF_ERROR(cuda::sample_rows({logits_d_.as<float>(), sample_rows_d_.as<SampleRowParams>(),
+                                        greedy_d_.as<int32_t>(), rows, config_.vocab_size},
+                                       *ctx_));
+  NB_RETURN_IF_ERROR(cuda::copy_to_host(greedy_h_.data(), greedy_d_.data(), n * 4, ctx_->stream()));
+  NB_RETURN_IF_ERROR(ctx_->synchronize());
+  std::memcpy(batch.sampled_tokens, greedy_h_.data(), n * 4);
   return Status::Ok();
 }
 

@@ -61,13 +61,19 @@ class CudaLlama final : public ForwardBackend {
     if (!cuda::memory_info(&free_b, &total_b).ok()) return 0;
     return static_cast<int64_t>(free_b);
   }
+
   int64_t total_memory_bytes() const override {
     size_t free_b = 0, total_b = 0;
     if (!cuda::memory_info(&free_b, &total_b).ok()) return 0;
     return static_cast<int64_t>(total_b);
   }
 
+ private:  // ForwardBatch::sample_rows on the device (llama_cuda.cpp, forward()); allocated on first use
+  Status sample_on_device(const ForwardBatch& batch, int64_t rows);
+  DeviceBuffer sample_rows_d_;   // [max_rows] SampleRowParams
+  PinnedBuffer sample_rows_h_;   // its staging
 
+ public:
   std::string describe() const override {
     return "cuda:" + std::to_string(options_.ordinal) + " " + ctx_->info().name + ", " +
            std::string(dtype_name(dtype_));
