@@ -20,7 +20,7 @@
 #                          transformers on that model; load = disk to first token (page cache warm);
 #                          serve = `nibble serve --device cuda` SmolLM2 + `nibble bench serve`;
 #                          7bab = decode batch 1 again with switches (NIBBLE_7B_AB: nopdl, unfused, gemvN,
-#                          step0);
+#                          step1 = the persistent decode step);
 #                          7bw4 = the 7B quantized RTN W4 g128 here, `bench gpu` on it (W4A16 kernels);
 #                          gemm, kv, w8a8 = `nibble bench gemm|kv|w8a8` (kernel level, issue 6);
 #                          spec = `nibble bench spec --device cuda` (n-gram drafting on a copy task, SmolLM2);
@@ -159,7 +159,7 @@ if [ "${result[build]:-}" = ok ] && [ "$bench" != none ]; then
         nopdl) envs=(NIBBLE_PDL=0);;
         unfused) envs=(NIBBLE_PDL=0 NIBBLE_DECODE_FUSION=0);;
         gemv*) envs=(NIBBLE_GEMV=${ab#gemv});;
-        step0) envs=(NIBBLE_DECODE_STEP=0);;  # layer-by-layer fused kernels instead of the persistent step
+        step1) envs=(NIBBLE_DECODE_STEP=1);;  # the persistent decode-step kernel (opt-in)
         *) continue;;
       esac
       env "${envs[@]}" "$nib" bench gpu -m "$m7" --device cuda --dtype f16 -p 512 -n 64 -r 5 --batches 1 \

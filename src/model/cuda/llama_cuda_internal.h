@@ -157,7 +157,7 @@ class CudaLlama final : public ForwardBackend {
   bool w4_fallback_noted_ = false;
   bool fused_weights_ = false;  // fused_weights_ok(), once after the upload
   bool fusion_ = true;  // decode fusions (NIBBLE_DECODE_FUSION=0 turns them off, for comparison)
-  bool decode_step_ = true;  // the persistent decode-step kernel (NIBBLE_DECODE_STEP=0 turns it off)
+  bool decode_step_ = false;  // the persistent decode-step kernel (opt-in: NIBBLE_DECODE_STEP=1)
 };
 
 // Offsets (in int32 elements) of the staging regions.
