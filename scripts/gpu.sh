@@ -145,7 +145,7 @@ has() { [[ ",$bench," == *",$1,"* ]]; }
 nib=$build/nibble
 if [ "${result[build]:-}" = ok ] && [ "$bench" != none ]; then
   m7=$synth/llama-2-7b
-  if { has 7b || has hf || has load; } && [ ! -f "$m7/config.json.done" ]; then
+  if { has 7b || has 7bab || has hf || has load; } && [ ! -f "$m7/config.json.done" ]; then
     "$nib" synth --config llama-2-7b -o "$m7" --force >"$out/synth.log" 2>&1 && touch "$m7/config.json.done"
     record synth_7b $?
   fi
@@ -160,6 +160,7 @@ if [ "${result[build]:-}" = ok ] && [ "$bench" != none ]; then
         unfused) envs=(NIBBLE_PDL=0 NIBBLE_DECODE_FUSION=0);;
         gemv*) envs=(NIBBLE_GEMV=${ab#gemv});;
         step1) envs=(NIBBLE_DECODE_STEP=1);;  # the persistent decode-step kernel (opt-in)
+        prof) envs=(NIBBLE_DECODE_STEP=1 NIBBLE_DECODE_STEP_PROFILE=1);;  # + its stage times
         *) continue;;
       esac
       env "${envs[@]}" "$nib" bench gpu -m "$m7" --device cuda --dtype f16 -p 512 -n 64 -r 5 --batches 1 \
@@ -240,6 +241,7 @@ fi
   [ -f "$out/bench_7b.txt" ] && grep -A4 'decode linears' "$out/bench_7b.txt"
   for f in $(cd "$out" && ls bench_7b_*.txt 2>/dev/null); do
     echo "$f: $(grep -E 'decode batch 1' "$out/$f")"
+    grep -E 'decode_step profile' "$out/$f" | tail -1
     case $f in *gemv*) grep -A4 'decode linears' "$out/$f" | tail -4;; esac
   done
   [ -f "$out/bench_7b_w4.txt" ] && grep -E -A7 'decode batch 1|batch sweep' "$out/bench_7b_w4.txt" | grep -v '^--$'

@@ -271,6 +271,9 @@ struct DecodeStepParams {
   float scale = 0.f;                         // attention scale
   RopeStyle rope_style = RopeStyle::kHalf;
   DType act_dtype = DType::kF32;
+  // Diagnostics (CUDA): null, or [5 num_layers + 1] device u64s that receive the time (ns) at which
+  // each stage starts (q|k|v, attention, o_proj, gate/up, down of every layer) and the step ends.
+  uint64_t* profile = nullptr;
 };
 
 }  // namespace nb

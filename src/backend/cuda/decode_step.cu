@@ -84,7 +84,14 @@ struct StepArgs {
   float* part_ml;         // [num_heads, max_splits, 2]
   int32_t* head_counters; // [num_heads], 0 between launches
   unsigned* barrier;      // [2]: arrivals, exits; 0 between launches
+  unsigned long long* profile;  // null, or [5 num_layers + 1] stage start times (DecodeStepParams)
 };
+
+__device__ __forceinline__ unsigned long long global_ns() {
+  unsigned long long t;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+  return t;
+}
 
 __device__ __forceinline__ unsigned ld_acquire(const unsigned* p) {
   unsigned v;
@@ -93,9 +100,12 @@ __device__ __forceinline__ unsigned ld_acquire(const unsigned* p) {
 }
 
 // Grid barrier: every block calls sync() the same number of times.
+// With a profile buffer, block 0 records the time it leaves each barrier.
 struct GridBarrier {
   unsigned* count;
   unsigned target;
+  unsigned long long* profile;
+  int passed;
   __device__ void sync() {
     __syncthreads();
     if (threadIdx.x == 0) {
@@ -105,6 +115,8 @@ struct GridBarrier {
       while (ld_acquire(count) < target) {
       }
       __threadfence();
+      if (profile != nullptr && blockIdx.x == 0) profile[passed] = global_ns();
+      ++passed;
     }
     __syncthreads();
   }
@@ -441,7 +453,7 @@ template <typename T, int HD>
 __global__ void __launch_bounds__(kThreadsB, 1) decode_step_kernel(const __grid_constant__ StepArgs a) {
   extern __shared__ float xs[];  // [max(dim, hidden, q_dim)]
   __shared__ float red[kWarpsB];
-  GridBarrier bar{a.barrier, 0};
+  GridBarrier bar{a.barrier, 0, a.profile, 0};
   for (int l = 0; l < a.num_layers; ++l) {
     const LayerPtrs& L = a.layers[l];
     linear_stage<T, Epi::kSplit>(a, L.wqkv, nullptr, L.attn_norm, a.x, a.q_dim + 2 * a.kv_dim, a.dim, xs, red, bar);
@@ -454,6 +466,7 @@ __global__ void __launch_bounds__(kThreadsB, 1) decode_step_kernel(const __grid_
   // The last block out resets the barrier for the next launch (every block has passed every
   // barrier once the exit count is complete).
   if (threadIdx.x == 0) {
+    if (a.profile != nullptr && blockIdx.x == 0) a.profile[5 * a.num_layers] = global_ns();
     __threadfence();
     if (atomicAdd(a.barrier + 1, 1u) == gridDim.x - 1) {
       atomicExch(a.barrier, 0u);
@@ -572,6 +585,7 @@ Status decode_step(const DecodeStepParams& p, Context& ctx) {
   a.part_ml = a.part_o + p.num_heads * a.max_splits * p.head_dim;
   a.head_counters = ctx.sync_counters();
   a.barrier = reinterpret_cast<unsigned*>(ctx.sync_counters() + Context::kSyncCounters - 2);
+  a.profile = reinterpret_cast<unsigned long long*>(p.profile);
   const size_t smem = smem_bytes(p, a.hidden, a.dim);
   if (p.act_dtype == DType::kF16) {
     return p.head_dim == 64 ? launch<__half, 64>(a, smem, ctx) : launch<__half, 128>(a, smem, ctx);

@@ -59,6 +59,7 @@ Result<std::unique_ptr<CudaLlama>> CudaLlama::create(const ModelWeights& w, cons
   // Opt-in (NIBBLE_DECODE_STEP=1): on H200 the persistent step is still slower than the fused layers
   // (7B batch 1: 4.78 ms vs 4.51 ms a token; bench/results/gpu-h200-decode-2026-11-27.md).
   m->decode_step_ = m->fusion_ && step != nullptr && std::string(step) == "1";
+  m->step_profile_ = m->decode_step_ && std::getenv("NIBBLE_DECODE_STEP_PROFILE") != nullptr;
   m->fused_weights_ = m->fused_weights_ok();
   return m;
 }
@@ -379,6 +380,7 @@ Status CudaLlama::forward(const ForwardBatch& batch, const KvPools& kv, float* l
     NB_RETURN_IF_ERROR(stage(s));
     NB_RETURN_IF_ERROR(enqueue(s, max_q, max_ctx, kv));
   }
+  if (step_profile_ && s.tokens == 1) NB_RETURN_IF_ERROR(report_step_profile());
   if (batch.greedy_tokens != nullptr) {
     // Greedy: only the argmax ids come back (4 bytes a row instead of 4 x vocab).
     NB_RETURN_IF_ERROR(cuda::argmax({logits_d_.as<float>(), greedy_d_.as<int32_t>(), real_rows, c.vocab_size}, *ctx_));
@@ -393,6 +395,25 @@ Status CudaLlama::forward(const ForwardBatch& batch, const KvPools& kv, float* l
   NB_RETURN_IF_ERROR(cuda::copy_to_host(logits_h_.data(), logits_d_.data(), bytes, ctx_->stream()));
   NB_RETURN_IF_ERROR(ctx_->synchronize());
   if (bytes > 0) std::memcpy(logits, logits_h_.data(), bytes);
+  return Status::Ok();
+}
+
+Status CudaLlama::report_step_profile() {
+  const size_t n = layers_.size() * 5 + 1;
+  std::vector<uint64_t> t(n);
+  NB_RETURN_IF_ERROR(cuda::copy_to_host(t.data(), profile_buffer(), n * 8, ctx_->stream()));
+  NB_RETURN_IF_ERROR(ctx_->synchronize());
+  if (t[n - 1] == prof_last_end_) return Status::Ok();  // this step did not run the step kernel
+  prof_last_end_ = t[n - 1];
+  prof_sum_.resize(5, 0.0);
+  for (size_t i = 0; i + 1 < n; ++i) prof_sum_[i % 5] += static_cast<double>(t[i + 1] - t[i]);
+  if (++prof_steps_ % 64 != 0) return Status::Ok();
+  const double per = 1e-3 / static_cast<double>(prof_steps_ * static_cast<int64_t>(layers_.size()));
+  std::fprintf(stderr,
+               "decode_step profile (%lld steps, us a layer): q|k|v %.2f  attention %.2f  o_proj %.2f  gate/up %.2f  "
+               "down %.2f  (each to the next stage's barrier)\n",
+               static_cast<long long>(prof_steps_), prof_sum_[0] * per, prof_sum_[1] * per, prof_sum_[2] * per,
+               prof_sum_[3] * per, prof_sum_[4] * per);
   return Status::Ok();
 }
 

@@ -158,6 +158,16 @@ class CudaLlama final : public ForwardBackend {
   bool fused_weights_ = false;  // fused_weights_ok(), once after the upload
   bool fusion_ = true;  // decode fusions (NIBBLE_DECODE_FUSION=0 turns them off, for comparison)
   bool decode_step_ = false;  // the persistent decode-step kernel (opt-in: NIBBLE_DECODE_STEP=1)
+  // NIBBLE_DECODE_STEP_PROFILE=1 (diagnostics): the step kernel's stage times, summed per stage over
+  // the layers, printed to stderr every 64 steps (report_step_profile, after each batch-1 step).
+  bool step_profile_ = false;
+  std::vector<double> prof_sum_;
+  int64_t prof_steps_ = 0;
+  uint64_t prof_last_end_ = 0;
+  uint64_t* profile_buffer() const {
+    return reinterpret_cast<uint64_t*>(ctx_->sync_counters() + Context::kSyncCounters / 2);
+  }
+  Status report_step_profile();
 };
 
 // Offsets (in int32 elements) of the staging regions.
