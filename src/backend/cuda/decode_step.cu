@@ -72,6 +72,7 @@ struct StepArgs {
   int dim, hidden, q_dim, kv_dim;
   int num_heads, num_kv_heads, group, block_size;
   int max_splits;
+  int xs_floats;      // floats of the linear stages' input buffer in shared memory
   float eps, scale;
   bool interleaved;
   void *x, *q, *k, *v, *att, *hb;
@@ -255,8 +256,8 @@ __device__ void linear_stage(const StepArgs& a, const uint4* w, const uint4* w2,
 }
 
 // RoPE of this lane's 8 dimensions [8 dl, 8 dl + 8) of a head vector (f32 in, rounded to T out, as
-// the rope kernels store it). Half style pairs (i, i + HD/2): the partner lane is dl ^ (LPK / 2).
-// Every lane of the warp must call it (shuffles).
+// the rope kernels store it), with the step's angles cs/sn [HD / 2] (shared memory). Half style
+// pairs (i, i + HD/2): the partner lane is dl ^ (LPK / 2). Every lane of the warp must call it.
 template <typename T, int HD>
 __device__ __forceinline__ void rope8(float* f, int dl, const float* cs, const float* sn, bool interleaved) {
   constexpr int LPK = HD / 8;
@@ -267,13 +268,17 @@ __device__ __forceinline__ void rope8(float* f, int dl, const float* cs, const f
   if (interleaved) {
 #pragma unroll
     for (int j = 0; j < 8; j += 2) {
-      r[j] = f[j] * cs[j] - f[j + 1] * sn[j];  // cs[j] == cs[j + 1]: one frequency a pair
-      r[j + 1] = f[j] * sn[j] + f[j + 1] * cs[j];
+      const int fi = (8 * dl + j) / 2;
+      r[j] = f[j] * cs[fi] - f[j + 1] * sn[fi];
+      r[j + 1] = f[j] * sn[fi] + f[j + 1] * cs[fi];
     }
   } else {
     const bool lo = dl < LPK / 2;
 #pragma unroll
-    for (int j = 0; j < 8; ++j) r[j] = lo ? f[j] * cs[j] - other[j] * sn[j] : other[j] * sn[j] + f[j] * cs[j];
+    for (int j = 0; j < 8; ++j) {
+      const int fi = (8 * dl + j) % (HD / 2);
+      r[j] = lo ? f[j] * cs[fi] - other[j] * sn[fi] : other[j] * sn[fi] + f[j] * cs[fi];
+    }
   }
 #pragma unroll
   for (int j = 0; j < 8; ++j) f[j] = to_f32(from_f32<T>(r[j]));
@@ -282,7 +287,7 @@ __device__ __forceinline__ void rope8(float* f, int dl, const float* cs, const f
 // Attention: warp items (query head h, key split s). Lanes: LPK = HD / 8 lanes per key (8 dims
 // each), KPW = 32 / LPK keys per step; online softmax over steps.
 template <typename T, int HD>
-__device__ void attention_stage(const StepArgs& a, int layer) {
+__device__ void attention_stage(const StepArgs& a, int layer, const float* cs, const float* sn, const int32_t* table) {
   constexpr int LPK = HD / 8, KPW = 32 / LPK;
   const int lane = threadIdx.x % 32, sub = lane / LPK, dl = lane % LPK;
   const int W = gridDim.x * kWarpsB, gw = blockIdx.x * kWarpsB + threadIdx.x / 32;
@@ -295,38 +300,36 @@ __device__ void attention_stage(const StepArgs& a, int layer) {
   const int split = unit * max(per, 1);
   const int nsplits = (num_keys + split - 1) / split;
   const int64_t kv_row = static_cast<int64_t>(a.num_kv_heads) * HD;
-  // RoPE angles of this lane's dimensions (double, as the rope kernels).
-  float cs[8], sn[8];
-  {
-    const double p = static_cast<double>(a.position[0]);
-#pragma unroll
-    for (int j = 0; j < 8; ++j) {
-      const int d = 8 * dl + j;
-      const int fi = a.interleaved ? d / 2 : d % (HD / 2);
-      double s, c;
-      sincos(p * static_cast<double>(a.inv_freq[fi]), &s, &c);
-      cs[j] = static_cast<float>(c);
-      sn[j] = static_cast<float>(s);
-    }
-  }
   const int64_t slot = a.slot[0];
   for (int item = gw; item < a.num_heads * nsplits; item += W) {
     const int h = item / nsplits, s = item - h * nsplits;
     const int kvh = h / a.group;
     const int key_lo = s * split, key_hi = min(num_keys, key_lo + split);
+    // Cached keys [key_lo, main_hi); the new key (index pos_new, when in this split) comes last, from
+    // the fresh k (roped here) and v, which the group's first head also writes to the cache. q and
+    // the new k/v are loaded together.
+    const bool has_new = key_hi == num_keys;  // warp-uniform
+    const int main_hi = has_new ? pos_new : key_hi;
+    const uint4 qraw = __ldcg(reinterpret_cast<const uint4*>(static_cast<const T*>(a.q) + h * HD) + dl);
+    uint4 kraw = make_uint4(0, 0, 0, 0), vraw = make_uint4(0, 0, 0, 0);
+    if (has_new) {
+      kraw = __ldcg(reinterpret_cast<const uint4*>(static_cast<const T*>(a.k) + kvh * HD) + dl);
+      vraw = __ldcg(reinterpret_cast<const uint4*>(static_cast<const T*>(a.v) + kvh * HD) + dl);
+    }
     float qf[8];
-    unpack8<T>(__ldcg(reinterpret_cast<const uint4*>(static_cast<const T*>(a.q) + h * HD) + dl), qf);
+    unpack8<T>(qraw, qf);
     rope8<T, HD>(qf, dl, cs, sn, a.interleaved);
 #pragma unroll
     for (int j = 0; j < 8; ++j) qf[j] *= a.scale;
-    // Cached keys [key_lo, main_hi); the new key (index pos_new, when in this split) comes last, from
-    // the fresh k (roped here) and v, which the group's first head also writes to the cache.
-    const bool has_new = key_hi == num_keys;  // warp-uniform
-    const int main_hi = has_new ? pos_new : key_hi;
-    float kn[8];  // roped before the loop: the angles need not stay live through it
+    float kn[8];
     if (has_new) {
-      unpack8<T>(__ldcg(reinterpret_cast<const uint4*>(static_cast<const T*>(a.k) + kvh * HD) + dl), kn);
+      unpack8<T>(kraw, kn);
       rope8<T, HD>(kn, dl, cs, sn, a.interleaved);
+      if (h % a.group == 0 && sub == 0 && slot >= 0) {
+        const int64_t off = slot * kv_row + static_cast<int64_t>(kvh) * HD + 8 * dl;
+        reinterpret_cast<uint4*>(static_cast<T*>(L.k_cache) + off)[0] = pack8<T>(kn);
+        reinterpret_cast<uint4*>(static_cast<T*>(L.v_cache) + off)[0] = vraw;
+      }
     }
     float m = -INFINITY, l = 0.f, o[8];
 #pragma unroll
@@ -337,7 +340,7 @@ __device__ void attention_stage(const StepArgs& a, int layer) {
       for (int u = 0; u < kChunkSteps; ++u) {
         const int j = base + u * KPW + sub;
         if (j < main_hi) {
-          const int64_t blk = a.block_table[j / a.block_size];
+          const int64_t blk = table[j / a.block_size];
           const int64_t off = (blk * a.block_size + j % a.block_size) * kv_row + static_cast<int64_t>(kvh) * HD + 8 * dl;
           kv[u] = *reinterpret_cast<const uint4*>(static_cast<const T*>(L.k_cache) + off);
           vv[u] = *reinterpret_cast<const uint4*>(static_cast<const T*>(L.v_cache) + off);
@@ -380,12 +383,7 @@ __device__ void attention_stage(const StepArgs& a, int layer) {
     }
     if (has_new) {
       float vn[8];
-      unpack8<T>(__ldcg(reinterpret_cast<const uint4*>(static_cast<const T*>(a.v) + kvh * HD) + dl), vn);
-      if (h % a.group == 0 && sub == 0 && slot >= 0) {
-        const int64_t off = slot * kv_row + static_cast<int64_t>(kvh) * HD + 8 * dl;
-        reinterpret_cast<uint4*>(static_cast<T*>(L.k_cache) + off)[0] = pack8<T>(kn);
-        reinterpret_cast<uint4*>(static_cast<T*>(L.v_cache) + off)[0] = pack8<T>(vn);
-      }
+      unpack8<T>(vraw, vn);
       float d = 0.f;
 #pragma unroll
       for (int t = 0; t < 8; ++t) d = fmaf(qf[t], kn[t], d);
@@ -432,33 +430,62 @@ __device__ void attention_stage(const StepArgs& a, int layer) {
     last = __shfl_sync(0xffffffffu, last, 0);
     if (!last) continue;
     __threadfence();
+    // Merge: lanes over splits for the weights w_i = l_i exp(m_i - max), then lanes over dimensions
+    // with every split's partial loaded independently (no load waits on another).
     const float* ml = a.part_ml + static_cast<int64_t>(h) * a.max_splits * 2;
     const float* pp = a.part_o + static_cast<int64_t>(h) * a.max_splits * HD;
     float mx = -INFINITY;
-    for (int i = 0; i < nsplits; ++i) mx = fmaxf(mx, __ldcg(ml + 2 * i));
-    for (int d = lane; d < HD; d += 32) {
-      float total = 0.f, v = 0.f;
-      for (int i = 0; i < nsplits; ++i) {
-        const float wgt = __ldcg(ml + 2 * i + 1) * expf(__ldcg(ml + 2 * i) - mx);
-        total += wgt;
-        v += wgt * __ldcg(pp + i * HD + d);
+    for (int i = lane; i < nsplits; i += 32) mx = fmaxf(mx, __ldcg(ml + 2 * i));
+    for (int off = 16; off > 0; off /= 2) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
+    float total = 0.f;
+    float acc[HD / 32];
+#pragma unroll
+    for (int t = 0; t < HD / 32; ++t) acc[t] = 0.f;
+    for (int i0 = 0; i0 < nsplits; i0 += 32) {
+      const int i = i0 + lane;
+      const float wi = i < nsplits ? __ldcg(ml + 2 * i + 1) * expf(__ldcg(ml + 2 * i) - mx) : 0.f;
+      total += wi;
+      const int cnt = min(32, nsplits - i0);
+#pragma unroll 8
+      for (int j = 0; j < cnt; ++j) {
+        const float w = __shfl_sync(0xffffffffu, wi, j);
+#pragma unroll
+        for (int t = 0; t < HD / 32; ++t) acc[t] = fmaf(w, __ldcg(pp + (i0 + j) * HD + lane + 32 * t), acc[t]);
       }
-      att[d] = from_f32<T>(v / total);
     }
+    for (int off = 16; off > 0; off /= 2) total += __shfl_xor_sync(0xffffffffu, total, off);
+#pragma unroll
+    for (int t = 0; t < HD / 32; ++t) att[lane + 32 * t] = from_f32<T>(acc[t] / total);
     if (lane == 0) a.head_counters[h] = 0;
   }
 }
 
 template <typename T, int HD>
 __global__ void __launch_bounds__(kThreadsB, 1) decode_step_kernel(const __grid_constant__ StepArgs a) {
-  extern __shared__ float xs[];  // [max(dim, hidden, q_dim)]
+  // Dynamic shared memory: xs [xs_floats] (a linear stage's input), the step's RoPE angles cos and
+  // sin [HD / 2] each, the sequence's block table [table_entries] (constant through the step).
+  extern __shared__ float xs[];
   __shared__ float red[kWarpsB];
-  GridBarrier bar{a.barrier, 0, a.profile, 0};
+  float* cs = xs + a.xs_floats;
+  float* sn = cs + HD / 2;
+  int32_t* table = reinterpret_cast<int32_t*>(sn + HD / 2);
+  {
+    const double pos = static_cast<double>(a.position[0]);
+    for (int i = threadIdx.x; i < HD / 2; i += kThreadsB) {
+      double sv, cv;
+      sincos(pos * static_cast<double>(a.inv_freq[i]), &sv, &cv);  // as the rope kernels
+      cs[i] = static_cast<float>(cv);
+      sn[i] = static_cast<float>(sv);
+    }
+    const int entries = (a.start_pos[0] + a.block_size) / a.block_size;  // blocks holding keys 0..start_pos
+    for (int i = threadIdx.x; i < entries; i += kThreadsB) table[i] = a.block_table[i];
+  }
+  GridBarrier bar{a.barrier, 0, a.profile, 0};  // its first sync orders the fills above
   for (int l = 0; l < a.num_layers; ++l) {
     const LayerPtrs& L = a.layers[l];
     linear_stage<T, Epi::kSplit>(a, L.wqkv, nullptr, L.attn_norm, a.x, a.q_dim + 2 * a.kv_dim, a.dim, xs, red, bar);
     bar.sync();
-    attention_stage<T, HD>(a, l);
+    attention_stage<T, HD>(a, l, cs, sn, table);
     linear_stage<T, Epi::kAdd>(a, L.wo, nullptr, nullptr, a.att, a.dim, a.q_dim, xs, red, bar);
     linear_stage<T, Epi::kSwiglu>(a, L.wg, L.wu, L.ffn_norm, a.x, a.hidden, a.dim, xs, red, bar);
     linear_stage<T, Epi::kAdd>(a, L.wd, nullptr, nullptr, a.hb, a.dim, a.hidden, xs, red, bar);
@@ -482,8 +509,13 @@ bool weight_ok(const Tensor& w, int64_t n, int64_t k, DType act) {
          aligned16(w.data());
 }
 
+int64_t xs_floats(const DecodeStepParams& p, int64_t hidden, int64_t dim) {
+  return std::max({dim, hidden, p.num_heads * p.head_dim});
+}
+int64_t table_entries(const DecodeStepParams& p) { return (p.max_context_len + p.block_size - 1) / p.block_size; }
+// xs, the RoPE angles and the block table (see the kernel).
 size_t smem_bytes(const DecodeStepParams& p, int64_t hidden, int64_t dim) {
-  return static_cast<size_t>(std::max({dim, hidden, p.num_heads * p.head_dim})) * sizeof(float);
+  return static_cast<size_t>(xs_floats(p, hidden, dim) + p.head_dim + table_entries(p)) * 4;
 }
 
 template <typename T, int HD>
@@ -526,7 +558,7 @@ bool decode_step_applies(const DecodeStepParams& p, const Context& ctx) {
   const DecodeStepLayer& l0 = p.layers[0];
   const int64_t dim = l0.wqkv.ndim() == 2 ? l0.wqkv.dim(1) : 0, hidden = l0.w_gate.ndim() == 2 ? l0.w_gate.dim(0) : 0;
   if (dim % 8 != 0 || hidden % 8 != 0 || q_dim % 8 != 0 || dim <= 0 || hidden <= 0) return false;
-  if (smem_bytes(p, hidden, dim) > ctx.info().shared_per_block_optin / 2) return false;
+  if (smem_bytes(p, hidden, dim) > ctx.info().shared_per_block_optin) return false;
   if (decode_step_workspace_bytes(p) > ctx.workspace_bytes()) return false;
   for (const DecodeStepLayer& l : p.layers) {
     if (!weight_ok(l.wqkv, q_dim + 2 * kv_dim, dim, p.act_dtype) || !weight_ok(l.wo, dim, q_dim, p.act_dtype) ||
@@ -567,6 +599,7 @@ Status decode_step(const DecodeStepParams& p, Context& ctx) {
   a.group = static_cast<int>(p.num_heads / p.num_kv_heads);
   a.block_size = static_cast<int>(p.block_size);
   a.max_splits = static_cast<int>((p.max_context_len + kMinSplitUnit - 1) / kMinSplitUnit);
+  a.xs_floats = static_cast<int>(xs_floats(p, l0.w_gate.dim(0), l0.wqkv.dim(1)));
   a.eps = p.norm_eps;
   a.scale = p.scale;
   a.interleaved = p.rope_style == RopeStyle::kInterleaved;
