@@ -112,7 +112,13 @@ Status awq_layer(DenseLayer& d, std::vector<SiteStats>& stats, const LayerContex
   const std::vector<float> o_mean = mean_abs(stats[at(InputSite::kAttnOut)]);
   std::vector<float> v_mean(static_cast<size_t>(kv_dim), 0.f);
   for (size_t j = 0; j < o_map.size(); ++j) v_mean[static_cast<size_t>(o_map[j])] += o_mean[j] / static_cast<float>(group);
-  const std::vector<float> s_vo = search({kO}, InputSite::kAttnOut, v_mean, o_map);
+  std::vector<float> s_vo(static_cast<size_t>(kv_dim), 1.f);  // awq_skip_vo: no v -> o scaling (AutoAWQ under GQA)
+  if (cx.options.awq_skip_vo) {
+    rep.awq_alpha.push_back(-1.0);
+    rep.awq_gain.push_back(1.0);
+  } else {
+    s_vo = search({kO}, InputSite::kAttnOut, v_mean, o_map);
+  }
   const std::vector<float> s_ffn = search({kGate, kUp}, InputSite::kFfnIn, mean_abs(stats[at(InputSite::kFfnIn)]), {}, mlp_loss);
   const std::vector<float> s_down = search({kDown}, InputSite::kFfnMid, mean_abs(stats[at(InputSite::kFfnMid)]), {});
 

@@ -46,6 +46,8 @@ struct QuantizeOptions {
   int64_t awq_block_samples = kAwqBlockSamples;  // awq block loss: sequences (spread over the samples), <= calib_samples
   // awq: calibrate layer i + 1 on the FLOAT layer i's output (AutoAWQ) instead of the quantized one.
   bool awq_float_inputs = false;
+  // awq: no v -> o scaling (AutoAWQ leaves it out when v_proj and o_proj differ in shape, i.e. GQA).
+  bool awq_skip_vo = false;
   std::string calib_path;
   int64_t calib_samples = 32;
   int64_t calib_seqlen = 512;
