@@ -141,3 +141,10 @@ def test_errors(nibble_bin, tmp_path):
     r = quantize(nibble_bin, tmp_path / "c", "--method", "awq", "--wbits", "8", "--group-size", "-1",
                  "--calib", str(short), check=False)
     assert r.returncode != 0 and "tokens but 32 samples" in r.stderr
+    r = quantize(nibble_bin, tmp_path / "d", "--method", "awq", "--awq-loss", "blok", check=False)
+    assert r.returncode != 0 and "unknown AWQ loss 'blok'; expected one of: linear, block" in r.stderr
+    r = quantize(nibble_bin, tmp_path / "e", "--method", "gptq", "--awq-loss", "block", check=False)
+    assert r.returncode != 0 and "are AWQ options" in r.stderr
+    r = quantize(nibble_bin, tmp_path / "f", "--method", "awq", "--wbits", "8", "--group-size", "-1", "--awq-loss", "block",
+                 "--calib-samples", "4", "--awq-block-samples", "5", check=False)
+    assert r.returncode != 0 and "give between 1 and --calib-samples (4)" in r.stderr
