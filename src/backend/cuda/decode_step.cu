@@ -207,8 +207,12 @@ __device__ void linear_stage(const StepArgs& a, const uint4* w, const uint4* w2,
   float acc[R];
 #pragma unroll
   for (int r = 0; r < R; ++r) acc[r] = 0.f;
+  float resid = 0.f;  // kAdd: y[row], loaded by lane 0 when the row starts (not after its last chunk)
   auto compute = [&](const uint4 (&wv)[R][U], int c) {
     const int i = c / steps, st = c - i * steps;
+    if constexpr (E == Epi::kAdd) {
+      if (st == 0 && lane == 0) resid = to_f32(__ldcg(static_cast<const T*>(a.x) + gw + i * W));
+    }
 #pragma unroll
     for (int u = 0; u < U; ++u) {
       const int idx = st * 32 * U + u * 32 + lane;
@@ -236,8 +240,7 @@ __device__ void linear_stage(const StepArgs& a, const uint4* w, const uint4* w2,
         else if (row < a.q_dim + a.kv_dim) static_cast<T*>(a.k)[row - a.q_dim] = from_f32<T>(v);
         else static_cast<T*>(a.v)[row - a.q_dim - a.kv_dim] = from_f32<T>(v);
       } else if constexpr (E == Epi::kAdd) {
-        T* y = static_cast<T*>(a.x) + row;
-        *y = from_f32<T>(to_f32(__ldcg(y)) + acc[0]);
+        static_cast<T*>(a.x)[row] = from_f32<T>(resid + acc[0]);
       } else {
         const float g = acc[0] * inv, up = acc[R - 1] * inv;
         static_cast<T*>(a.hb)[row] = from_f32<T>(g / (1.f + expf(-g)) * up);
@@ -290,7 +293,9 @@ template <typename T, int HD>
 __device__ void attention_stage(const StepArgs& a, int layer, const float* cs, const float* sn, const int32_t* table) {
   constexpr int LPK = HD / 8, KPW = 32 / LPK;
   const int lane = threadIdx.x % 32, sub = lane / LPK, dl = lane % LPK;
-  const int W = gridDim.x * kWarpsB, gw = blockIdx.x * kWarpsB + threadIdx.x / 32;
+  // Items go round the blocks first (warp w of block b is item b + w * blocks), so every SM shares
+  // the key/value reads and the merges even when there are fewer items than warps.
+  const int W = gridDim.x * kWarpsB, gw = (threadIdx.x / 32) * gridDim.x + blockIdx.x;
   const LayerPtrs& L = a.layers[layer];
   const int pos_new = a.start_pos[0];  // the new token's index among the keys
   const int num_keys = pos_new + 1;
@@ -446,7 +451,7 @@ __device__ void attention_stage(const StepArgs& a, int layer, const float* cs, c
       const float wi = i < nsplits ? __ldcg(ml + 2 * i + 1) * expf(__ldcg(ml + 2 * i) - mx) : 0.f;
       total += wi;
       const int cnt = min(32, nsplits - i0);
-#pragma unroll 8
+#pragma unroll 16
       for (int j = 0; j < cnt; ++j) {
         const float w = __shfl_sync(0xffffffffu, wi, j);
 #pragma unroll
