@@ -159,8 +159,9 @@ if [ "${result[build]:-}" = ok ] && [ "$bench" != none ]; then
         nopdl) envs=(NIBBLE_PDL=0);;
         unfused) envs=(NIBBLE_PDL=0 NIBBLE_DECODE_FUSION=0);;
         gemv*) envs=(NIBBLE_GEMV=${ab#gemv});;
-        base) envs=(NIBBLE_DECODE_STEP=0);;  # the default path, for a same-run reference
-        step1) envs=(NIBBLE_DECODE_STEP=1);;  # the persistent decode-step kernel (opt-in)
+        base) envs=(NIBBLE_DECODE_STEP=0);;  # the layer-by-layer fused kernels, for a same-run reference
+        step1) envs=(NIBBLE_DECODE_STEP=1);;
+        sp*) envs=(NIBBLE_DECODE_STEP=1 NIBBLE_DECODE_STEP_SPLIT=${ab#sp});;  # attention splits >= N keys  # the persistent decode-step kernel (opt-in)
         prof) envs=(NIBBLE_DECODE_STEP=1 NIBBLE_DECODE_STEP_PROFILE=1);;  # + its stage times
         *) continue;;
       esac

@@ -7,36 +7,18 @@
 // already issued the loads of its first weights (weights never depend on the step), so the weight
 // stream runs on across stage boundaries.
 //
-// Status: correct (tests/gpu/test_cuda_decode_step.cpp) but not yet faster. On H200, 7B f16 batch 1:
-// 4.78 ms a token against 4.51 ms for the fused layer-by-layer kernels (66% vs 70% of the roofline),
-// so the model uses it only with NIBBLE_DECODE_STEP=1. The ~160 grid barriers a token (each ~2-3
-// us: arrival, polling, then staging the input) cost more than the kernel boundaries they replace,
-// because only two chunks (8 KB) a warp are in flight across a barrier. Next: stage the first
-// weights of each warp's next rows into shared memory with bulk copies (TMA) before the barrier,
-// so that HBM keeps streaming through it.
-//
-// Stages of a layer (a grid barrier before each):
-//   1. q|k|v = W_qkv . rmsnorm(x)        warp per row; x normed into shared memory once per block
-//   2. attention                          warp per (query head, key split of 8+ keys); RoPE of q and of the new
-//                                         key applied in registers, the new k/v written to the cache
-//                                         by the first query head of its group; the last split of a
-//                                         head to finish merges the splits (no extra barrier)
-//   3. x += W_o . att
-//   4. hb = silu(W_gate . n) * (W_up . n), n = rmsnorm(x)
-//   5. x += W_down . hb
-// Everything a stage reads that an earlier stage of this kernel wrote is read through L2 (ld.cg):
-// L1 is not coherent between SMs. Roundings are those of the fused ops: q, k, v, att, hb and x are
-// stored in the activation dtype; the norm scale and the products stay f32.
-//
-// The grid barrier is a counter in Context::sync_counters (the last two): arrive with a release
-// (fence + atomic add), wait with acquire loads until it reaches (barriers so far) x (blocks); the
-// last block to leave the kernel sets it back to 0. Every block must be resident at once: the grid
-// is sized from the occupancy calculator and launched as a cooperative kernel.
+// Measured (H200, 7B f16 batch 1, bench/results/gpu-h200-decode-2026-11-27.md): 4.16 ms a token
+// against 4.46 ms for the layer-by-layer fused kernels in the same run (76.5% vs 71.3% of the
+// roofline). NIBBLE_DECODE_STEP_PROFILE=1 prints where a layer's time goes: the stages stream at
+// 89-90% of the copy bandwidth (q|k|v, gate/up) but attention (~15 us a layer: q/k/v loads, two
+// key chunks, publishing the partials, the merge) and the barriers+staging of the short stages
+// (o_proj, down: 3-4 us each) are what is left to 85%.
 #include <cuda_runtime.h>
 
 #include <algorithm>
 #include <climits>
 #include <cstdint>
+#include <cstdlib>
 #include <string>
 
 #include "backend/cuda/common.cuh"
@@ -73,6 +55,7 @@ struct StepArgs {
   int num_heads, num_kv_heads, group, block_size;
   int max_splits;
   int xs_floats;      // floats of the linear stages' input buffer in shared memory
+  int min_split;      // keys: attention splits at least this long (NIBBLE_DECODE_STEP_SPLIT, for measurement)
   float eps, scale;
   bool interleaved;
   void *x, *q, *k, *v, *att, *hb;
@@ -302,7 +285,7 @@ __device__ void attention_stage(const StepArgs& a, int layer, const float* cs, c
   constexpr int unit = split_unit<HD>();
   const int units = (num_keys + unit - 1) / unit;
   const int per = (units * a.num_heads + W - 1) / W;  // split units per item when there are too many
-  const int split = unit * max(per, 1);
+  const int split = max(unit * max(per, 1), a.min_split);
   const int nsplits = (num_keys + split - 1) / split;
   const int64_t kv_row = static_cast<int64_t>(a.num_kv_heads) * HD;
   const int64_t slot = a.slot[0];
@@ -605,6 +588,11 @@ Status decode_step(const DecodeStepParams& p, Context& ctx) {
   a.block_size = static_cast<int>(p.block_size);
   a.max_splits = static_cast<int>((p.max_context_len + kMinSplitUnit - 1) / kMinSplitUnit);
   a.xs_floats = static_cast<int>(xs_floats(p, l0.w_gate.dim(0), l0.wqkv.dim(1)));
+  static const int min_split = [] {
+    const char* e = std::getenv("NIBBLE_DECODE_STEP_SPLIT");
+    return e != nullptr ? std::max(0, std::min(std::atoi(e), 4096)) : 0;
+  }();
+  a.min_split = min_split;
   a.eps = p.norm_eps;
   a.scale = p.scale;
   a.interleaved = p.rope_style == RopeStyle::kInterleaved;

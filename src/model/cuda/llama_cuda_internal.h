@@ -157,7 +157,7 @@ class CudaLlama final : public ForwardBackend {
   bool w4_fallback_noted_ = false;
   bool fused_weights_ = false;  // fused_weights_ok(), once after the upload
   bool fusion_ = true;  // decode fusions (NIBBLE_DECODE_FUSION=0 turns them off, for comparison)
-  bool decode_step_ = false;  // the persistent decode-step kernel (opt-in: NIBBLE_DECODE_STEP=1)
+  bool decode_step_ = true;  // the persistent decode-step kernel (NIBBLE_DECODE_STEP=0 turns it off)
   // NIBBLE_DECODE_STEP_PROFILE=1 (diagnostics): the step kernel's stage times, summed per stage over
   // the layers, printed to stderr every 64 steps (report_step_profile, after each batch-1 step).
   bool step_profile_ = false;
