@@ -35,12 +35,7 @@ namespace {
 constexpr int kWarpsB = 16;  // one block an SM: one staging of the input and half the barrier arrivals of 2 x 8
 constexpr int kThreadsB = kWarpsB * 32;
 constexpr int kChunkSteps = 4;  // key steps of an attention warp loaded before any is used (8 spills)
-// Keys per attention split: one chunk (HD / 8 lanes a key: 8 keys at head_dim 128, 16 at 64), or a
-// multiple of it when there are more (head, split) items than warps. Workspace is planned for the
-// smallest.
-template <int HD>
-__host__ __device__ constexpr int split_unit() { return 32 / (HD / 8) * kChunkSteps; }
-constexpr int kMinSplitUnit = 8;
+constexpr int kMaxBlocks = 1024;  // partials a head can have (one a block); plans the workspace
 
 struct LayerPtrs {
   const uint4 *wqkv, *wo, *wg, *wu, *wd;
@@ -53,9 +48,8 @@ struct StepArgs {
   int num_layers;
   int dim, hidden, q_dim, kv_dim;
   int num_heads, num_kv_heads, group, block_size;
-  int max_splits;
+  int max_splits;     // partials a head (the grid's blocks)
   int xs_floats;      // floats of the linear stages' input buffer in shared memory
-  int min_split;      // keys: attention splits at least this long (NIBBLE_DECODE_STEP_SPLIT, for measurement)
   float eps, scale;
   bool interleaved;
   void *x, *q, *k, *v, *att, *hb;
@@ -64,7 +58,7 @@ struct StepArgs {
   const int32_t* position;
   const int64_t* slot;
   const float* inv_freq;
-  float* part_o;          // [num_heads, max_splits, HD]
+  float* part_o;          // [num_heads, max_splits, HD]  (attention partials, one a block)
   float* part_ml;         // [num_heads, max_splits, 2]
   int32_t* head_counters; // [num_heads], 0 between launches
   unsigned* barrier;      // [2]: arrivals, exits; 0 between launches
@@ -270,37 +264,41 @@ __device__ __forceinline__ void rope8(float* f, int dl, const float* cs, const f
   for (int j = 0; j < 8; ++j) f[j] = to_f32(from_f32<T>(r[j]));
 }
 
-// Attention: warp items (query head h, key split s). Lanes: LPK = HD / 8 lanes per key (8 dims
-// each), KPW = 32 / LPK keys per step; online softmax over steps.
+// Attention: each head gets Bh = blocks / heads blocks (at least 1; blocks loop over heads when
+// there are more heads than blocks), block j of a head takes the j-th contiguous range of keys, and
+// its 16 warps take that range's chunks of KPW x kChunkSteps keys in turn (online softmax in
+// registers; LPK = HD / 8 lanes a key, 8 dimensions a lane). The warps' partials meet in shared
+// memory; a head split over several blocks publishes one partial a block and the last block to
+// finish merges them (head_counters). RoPE of q and of the new key is applied in registers; the new
+// key/value are written to the cache by the first head of their group.
 template <typename T, int HD>
-__device__ void attention_stage(const StepArgs& a, int layer, const float* cs, const float* sn, const int32_t* table) {
-  constexpr int LPK = HD / 8, KPW = 32 / LPK;
-  const int lane = threadIdx.x % 32, sub = lane / LPK, dl = lane % LPK;
-  // Items go round the blocks first (warp w of block b is item b + w * blocks), so every SM shares
-  // the key/value reads and the merges even when there are fewer items than warps.
-  const int W = gridDim.x * kWarpsB, gw = (threadIdx.x / 32) * gridDim.x + blockIdx.x;
+__device__ void attention_stage(const StepArgs& a, int layer, const float* cs, const float* sn, const int32_t* table,
+                                float* sm) {
+  constexpr int LPK = HD / 8, KPW = 32 / LPK, CK = KPW * kChunkSteps;
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, sub = lane / LPK, dl = lane % LPK;
   const LayerPtrs& L = a.layers[layer];
   const int pos_new = a.start_pos[0];  // the new token's index among the keys
   const int num_keys = pos_new + 1;
-  constexpr int unit = split_unit<HD>();
-  const int units = (num_keys + unit - 1) / unit;
-  const int per = (units * a.num_heads + W - 1) / W;  // split units per item when there are too many
-  const int split = max(unit * max(per, 1), a.min_split);
-  const int nsplits = (num_keys + split - 1) / split;
   const int64_t kv_row = static_cast<int64_t>(a.num_kv_heads) * HD;
   const int64_t slot = a.slot[0];
-  for (int item = gw; item < a.num_heads * nsplits; item += W) {
-    const int h = item / nsplits, s = item - h * nsplits;
+  const int bh_all = max(1, static_cast<int>(gridDim.x) / a.num_heads);
+  const int bh = min(bh_all, (num_keys + CK - 1) / CK);  // blocks a head actually uses
+  const int range = (num_keys + bh - 1) / bh;
+  const int j = blockIdx.x % bh_all;
+  float* sm_o = sm;                      // [kWarpsB][HD]
+  float* sm_m = sm + kWarpsB * HD;       // [kWarpsB]
+  float* sm_l = sm_m + kWarpsB;          // [kWarpsB]
+  __shared__ int last_s;
+  for (int h = blockIdx.x / bh_all; h < a.num_heads; h += gridDim.x / bh_all) {
+    if (j >= bh) break;  // uniform over the block
     const int kvh = h / a.group;
-    const int key_lo = s * split, key_hi = min(num_keys, key_lo + split);
-    // Cached keys [key_lo, main_hi); the new key (index pos_new, when in this split) comes last, from
-    // the fresh k (roped here) and v, which the group's first head also writes to the cache. q and
-    // the new k/v are loaded together.
-    const bool has_new = key_hi == num_keys;  // warp-uniform
+    const int key_lo = j * range, key_hi = min(num_keys, key_lo + range);
+    const bool has_new = key_hi == num_keys;  // this block's range ends with the new key
     const int main_hi = has_new ? pos_new : key_hi;
     const uint4 qraw = __ldcg(reinterpret_cast<const uint4*>(static_cast<const T*>(a.q) + h * HD) + dl);
     uint4 kraw = make_uint4(0, 0, 0, 0), vraw = make_uint4(0, 0, 0, 0);
-    if (has_new) {
+    const bool new_here = has_new && warp == 0;  // warp 0 adds the new key
+    if (new_here) {
       kraw = __ldcg(reinterpret_cast<const uint4*>(static_cast<const T*>(a.k) + kvh * HD) + dl);
       vraw = __ldcg(reinterpret_cast<const uint4*>(static_cast<const T*>(a.v) + kvh * HD) + dl);
     }
@@ -308,28 +306,18 @@ __device__ void attention_stage(const StepArgs& a, int layer, const float* cs, c
     unpack8<T>(qraw, qf);
     rope8<T, HD>(qf, dl, cs, sn, a.interleaved);
 #pragma unroll
-    for (int j = 0; j < 8; ++j) qf[j] *= a.scale;
-    float kn[8];
-    if (has_new) {
-      unpack8<T>(kraw, kn);
-      rope8<T, HD>(kn, dl, cs, sn, a.interleaved);
-      if (h % a.group == 0 && sub == 0 && slot >= 0) {
-        const int64_t off = slot * kv_row + static_cast<int64_t>(kvh) * HD + 8 * dl;
-        reinterpret_cast<uint4*>(static_cast<T*>(L.k_cache) + off)[0] = pack8<T>(kn);
-        reinterpret_cast<uint4*>(static_cast<T*>(L.v_cache) + off)[0] = vraw;
-      }
-    }
+    for (int t = 0; t < 8; ++t) qf[t] *= a.scale;
     float m = -INFINITY, l = 0.f, o[8];
 #pragma unroll
-    for (int j = 0; j < 8; ++j) o[j] = 0.f;
-    for (int base = key_lo; base < main_hi; base += KPW * kChunkSteps) {
+    for (int t = 0; t < 8; ++t) o[t] = 0.f;
+    for (int base = key_lo + warp * CK; base < main_hi; base += kWarpsB * CK) {
       uint4 kv[kChunkSteps], vv[kChunkSteps];
 #pragma unroll
       for (int u = 0; u < kChunkSteps; ++u) {
-        const int j = base + u * KPW + sub;
-        if (j < main_hi) {
-          const int64_t blk = table[j / a.block_size];
-          const int64_t off = (blk * a.block_size + j % a.block_size) * kv_row + static_cast<int64_t>(kvh) * HD + 8 * dl;
+        const int key = base + u * KPW + sub;
+        if (key < main_hi) {
+          const int64_t blk = table[key / a.block_size];
+          const int64_t off = (blk * a.block_size + key % a.block_size) * kv_row + static_cast<int64_t>(kvh) * HD + 8 * dl;
           kv[u] = *reinterpret_cast<const uint4*>(static_cast<const T*>(L.k_cache) + off);
           vv[u] = *reinterpret_cast<const uint4*>(static_cast<const T*>(L.v_cache) + off);
         } else {
@@ -369,9 +357,16 @@ __device__ void attention_stage(const StepArgs& a, int layer, const float* cs, c
       }
       m = mnew;
     }
-    if (has_new) {
-      float vn[8];
+    if (new_here) {
+      float kn[8], vn[8];
+      unpack8<T>(kraw, kn);
+      rope8<T, HD>(kn, dl, cs, sn, a.interleaved);
       unpack8<T>(vraw, vn);
+      if (h % a.group == 0 && sub == 0 && slot >= 0) {
+        const int64_t off = slot * kv_row + static_cast<int64_t>(kvh) * HD + 8 * dl;
+        reinterpret_cast<uint4*>(static_cast<T*>(L.k_cache) + off)[0] = pack8<T>(kn);
+        reinterpret_cast<uint4*>(static_cast<T*>(L.v_cache) + off)[0] = vraw;
+      }
       float d = 0.f;
 #pragma unroll
       for (int t = 0; t < 8; ++t) d = fmaf(qf[t], kn[t], d);
@@ -385,66 +380,61 @@ __device__ void attention_stage(const StepArgs& a, int layer, const float* cs, c
       for (int t = 0; t < 8; ++t) o[t] = fmaf(p, vn[t], o[t] * corr);
       m = mnew;
     }
-    // Combine the KPW key lanes (same m everywhere).
+    // The KPW key lane groups of the warp (same m), then the warps of the block in shared memory.
 #pragma unroll
     for (int off = LPK; off < 32; off *= 2) {
       l += __shfl_xor_sync(0xffffffffu, l, off);
 #pragma unroll
       for (int t = 0; t < 8; ++t) o[t] += __shfl_xor_sync(0xffffffffu, o[t], off);
     }
-    T* att = static_cast<T*>(a.att) + h * HD;
-    if (nsplits == 1) {
-      if (sub == 0) {
-        float r[8];
+    if (sub == 0) {
 #pragma unroll
-        for (int t = 0; t < 8; ++t) r[t] = o[t] / l;
-        reinterpret_cast<uint4*>(att)[dl] = pack8<T>(r);
-      }
-      continue;
-    }
-    float* po = a.part_o + (static_cast<int64_t>(h) * a.max_splits + s) * HD;
-    if (sub == 0) {  // normalized, as decode_attention's partials: merged with weights l exp(m - max)
-#pragma unroll
-      for (int t = 0; t < 8; ++t) po[8 * dl + t] = o[t] / l;
+      for (int t = 0; t < 8; ++t) sm_o[warp * HD + 8 * dl + t] = o[t];
     }
     if (lane == 0) {
-      a.part_ml[(static_cast<int64_t>(h) * a.max_splits + s) * 2] = m;
-      a.part_ml[(static_cast<int64_t>(h) * a.max_splits + s) * 2 + 1] = l;
+      sm_m[warp] = m;
+      sm_l[warp] = l;
     }
-    __threadfence();
-    __syncwarp();
-    int last = 0;
-    if (lane == 0) last = atomicAdd(a.head_counters + h, 1) == nsplits - 1;
-    last = __shfl_sync(0xffffffffu, last, 0);
-    if (!last) continue;
-    __threadfence();
-    // Merge: lanes over splits for the weights w_i = l_i exp(m_i - max), then lanes over dimensions
-    // with every split's partial loaded independently (no load waits on another).
-    const float* ml = a.part_ml + static_cast<int64_t>(h) * a.max_splits * 2;
-    const float* pp = a.part_o + static_cast<int64_t>(h) * a.max_splits * HD;
-    float mx = -INFINITY;
-    for (int i = lane; i < nsplits; i += 32) mx = fmaxf(mx, __ldcg(ml + 2 * i));
-    for (int off = 16; off > 0; off /= 2) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
-    float total = 0.f;
-    float acc[HD / 32];
-#pragma unroll
-    for (int t = 0; t < HD / 32; ++t) acc[t] = 0.f;
-    for (int i0 = 0; i0 < nsplits; i0 += 32) {
-      const int i = i0 + lane;
-      const float wi = i < nsplits ? __ldcg(ml + 2 * i + 1) * expf(__ldcg(ml + 2 * i) - mx) : 0.f;
-      total += wi;
-      const int cnt = min(32, nsplits - i0);
-#pragma unroll 16
-      for (int j = 0; j < cnt; ++j) {
-        const float w = __shfl_sync(0xffffffffu, wi, j);
-#pragma unroll
-        for (int t = 0; t < HD / 32; ++t) acc[t] = fmaf(w, __ldcg(pp + (i0 + j) * HD + lane + 32 * t), acc[t]);
+    __syncthreads();
+    float* po = a.part_o + (static_cast<int64_t>(h) * a.max_splits + j) * HD;
+    float mb = -INFINITY, lb = 0.f;
+    for (int w = 0; w < kWarpsB; ++w) mb = fmaxf(mb, sm_m[w]);
+    for (int w = 0; w < kWarpsB; ++w) lb += sm_m[w] == -INFINITY ? 0.f : sm_l[w] * expf(sm_m[w] - mb);
+    T* att = static_cast<T*>(a.att) + h * HD;
+    for (int d = threadIdx.x; d < HD; d += kThreadsB) {
+      float v = 0.f;
+      for (int w = 0; w < kWarpsB; ++w) v += sm_m[w] == -INFINITY ? 0.f : sm_o[w * HD + d] * expf(sm_m[w] - mb);
+      if (bh == 1) att[d] = from_f32<T>(v / lb);
+      else po[d] = v / lb;  // normalized, merged below with weights l exp(m - max)
+    }
+    if (bh > 1) {
+      if (threadIdx.x == 0) {
+        a.part_ml[(static_cast<int64_t>(h) * a.max_splits + j) * 2] = mb;
+        a.part_ml[(static_cast<int64_t>(h) * a.max_splits + j) * 2 + 1] = lb;
+      }
+      __threadfence();
+      __syncthreads();
+      if (threadIdx.x == 0) last_s = atomicAdd(a.head_counters + h, 1) == bh - 1;
+      __syncthreads();
+      if (last_s) {
+        __threadfence();
+        const float* ml = a.part_ml + static_cast<int64_t>(h) * a.max_splits * 2;
+        const float* pp = a.part_o + static_cast<int64_t>(h) * a.max_splits * HD;
+        float mx = -INFINITY;
+        for (int i = 0; i < bh; ++i) mx = fmaxf(mx, __ldcg(ml + 2 * i));
+        for (int d = threadIdx.x; d < HD; d += kThreadsB) {
+          float v = 0.f, total = 0.f;
+          for (int i = 0; i < bh; ++i) {
+            const float wgt = __ldcg(ml + 2 * i + 1) * expf(__ldcg(ml + 2 * i) - mx);
+            total += wgt;
+            v += wgt * __ldcg(pp + i * HD + d);
+          }
+          att[d] = from_f32<T>(v / total);
+        }
+        if (threadIdx.x == 0) a.head_counters[h] = 0;
       }
     }
-    for (int off = 16; off > 0; off /= 2) total += __shfl_xor_sync(0xffffffffu, total, off);
-#pragma unroll
-    for (int t = 0; t < HD / 32; ++t) att[lane + 32 * t] = from_f32<T>(acc[t] / total);
-    if (lane == 0) a.head_counters[h] = 0;
+    __syncthreads();  // shared memory is reused by the next head
   }
 }
 
@@ -473,7 +463,7 @@ __global__ void __launch_bounds__(kThreadsB, 1) decode_step_kernel(const __grid_
     const LayerPtrs& L = a.layers[l];
     linear_stage<T, Epi::kSplit>(a, L.wqkv, nullptr, L.attn_norm, a.x, a.q_dim + 2 * a.kv_dim, a.dim, xs, red, bar);
     bar.sync();
-    attention_stage<T, HD>(a, l, cs, sn, table);
+    attention_stage<T, HD>(a, l, cs, sn, table, xs);
     linear_stage<T, Epi::kAdd>(a, L.wo, nullptr, nullptr, a.att, a.dim, a.q_dim, xs, red, bar);
     linear_stage<T, Epi::kSwiglu>(a, L.wg, L.wu, L.ffn_norm, a.x, a.hidden, a.dim, xs, red, bar);
     linear_stage<T, Epi::kAdd>(a, L.wd, nullptr, nullptr, a.hb, a.dim, a.hidden, xs, red, bar);
@@ -497,8 +487,9 @@ bool weight_ok(const Tensor& w, int64_t n, int64_t k, DType act) {
          aligned16(w.data());
 }
 
+// Also the attention stage's per-warp partials ([kWarpsB][HD + 2]) live there.
 int64_t xs_floats(const DecodeStepParams& p, int64_t hidden, int64_t dim) {
-  return std::max({dim, hidden, p.num_heads * p.head_dim});
+  return std::max({dim, hidden, p.num_heads * p.head_dim, kWarpsB * (p.head_dim + 2)});
 }
 int64_t table_entries(const DecodeStepParams& p) { return (p.max_context_len + p.block_size - 1) / p.block_size; }
 // xs, the RoPE angles and the block table (see the kernel).
@@ -532,7 +523,7 @@ Status launch(const StepArgs& a, size_t smem, Context& ctx) {
 }  // namespace
 
 size_t decode_step_workspace_bytes(const DecodeStepParams& p) {
-  const int64_t splits = (std::max<int64_t>(p.max_context_len, 1) + kMinSplitUnit - 1) / kMinSplitUnit;
+  const int64_t splits = kMaxBlocks;
   return static_cast<size_t>(p.num_heads * splits * (p.head_dim + 2)) * sizeof(float);
 }
 
@@ -547,7 +538,7 @@ bool decode_step_applies(const DecodeStepParams& p, const Context& ctx) {
   const int64_t dim = l0.wqkv.ndim() == 2 ? l0.wqkv.dim(1) : 0, hidden = l0.w_gate.ndim() == 2 ? l0.w_gate.dim(0) : 0;
   if (dim % 8 != 0 || hidden % 8 != 0 || q_dim % 8 != 0 || dim <= 0 || hidden <= 0) return false;
   if (smem_bytes(p, hidden, dim) > ctx.info().shared_per_block_optin) return false;
-  if (decode_step_workspace_bytes(p) > ctx.workspace_bytes()) return false;
+  if (decode_step_workspace_bytes(p) > ctx.workspace_bytes() || ctx.info().num_sms > kMaxBlocks) return false;
   for (const DecodeStepLayer& l : p.layers) {
     if (!weight_ok(l.wqkv, q_dim + 2 * kv_dim, dim, p.act_dtype) || !weight_ok(l.wo, dim, q_dim, p.act_dtype) ||
         !weight_ok(l.w_gate, hidden, dim, p.act_dtype) || !weight_ok(l.w_up, hidden, dim, p.act_dtype) ||
@@ -586,13 +577,8 @@ Status decode_step(const DecodeStepParams& p, Context& ctx) {
   a.num_kv_heads = static_cast<int>(p.num_kv_heads);
   a.group = static_cast<int>(p.num_heads / p.num_kv_heads);
   a.block_size = static_cast<int>(p.block_size);
-  a.max_splits = static_cast<int>((p.max_context_len + kMinSplitUnit - 1) / kMinSplitUnit);
+  a.max_splits = ctx.info().num_sms;  // = the grid
   a.xs_floats = static_cast<int>(xs_floats(p, l0.w_gate.dim(0), l0.wqkv.dim(1)));
-  static const int min_split = [] {
-    const char* e = std::getenv("NIBBLE_DECODE_STEP_SPLIT");
-    return e != nullptr ? std::max(0, std::min(std::atoi(e), 4096)) : 0;
-  }();
-  a.min_split = min_split;
   a.eps = p.norm_eps;
   a.scale = p.scale;
   a.interleaved = p.rope_style == RopeStyle::kInterleaved;
