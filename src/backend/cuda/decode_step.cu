@@ -273,7 +273,7 @@ __device__ __forceinline__ void rope8(float* f, int dl, const float* cs, const f
 // key/value are written to the cache by the first head of their group.
 template <typename T, int HD>
 __device__ void attention_stage(const StepArgs& a, int layer, const float* cs, const float* sn, const int32_t* table,
-                                float* sm) {
+                                float* sm, GridBarrier& bar) {
   constexpr int LPK = HD / 8, KPW = 32 / LPK, CK = KPW * kChunkSteps;
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, sub = lane / LPK, dl = lane % LPK;
   const LayerPtrs& L = a.layers[layer];
@@ -289,7 +289,32 @@ __device__ void attention_stage(const StepArgs& a, int layer, const float* cs, c
   float* sm_m = sm + kWarpsB * HD;       // [kWarpsB]
   float* sm_l = sm_m + kWarpsB;          // [kWarpsB]
   __shared__ int last_s;
-  for (int h = blockIdx.x / bh_all; h < a.num_heads; h += gridDim.x / bh_all) {
+  // Cached keys and values do not depend on this step: each warp's first chunk (of its first head)
+  // is requested before the barrier that waits for q, k and v.
+  auto load_chunk = [&](int kvh, int base, int main_hi, uint4 (&kv)[kChunkSteps], uint4 (&vv)[kChunkSteps]) {
+#pragma unroll
+    for (int u = 0; u < kChunkSteps; ++u) {
+      const int key = base + u * KPW + sub;
+      if (key < main_hi) {
+        const int64_t blk = table[key / a.block_size];
+        const int64_t off = (blk * a.block_size + key % a.block_size) * kv_row + static_cast<int64_t>(kvh) * HD + 8 * dl;
+        kv[u] = *reinterpret_cast<const uint4*>(static_cast<const T*>(L.k_cache) + off);
+        vv[u] = *reinterpret_cast<const uint4*>(static_cast<const T*>(L.v_cache) + off);
+      } else {
+        kv[u] = vv[u] = make_uint4(0, 0, 0, 0);
+      }
+    }
+  };
+  const int h0 = blockIdx.x / bh_all;
+  uint4 pk[kChunkSteps], pv[kChunkSteps];
+  {
+    const int key_lo = j * range, key_hi = min(num_keys, key_lo + range);
+    const int main_hi = key_hi == num_keys ? pos_new : key_hi;
+    const bool active = h0 < a.num_heads && j < bh;
+    load_chunk(active ? h0 / a.group : 0, key_lo + warp * CK, active ? main_hi : 0, pk, pv);
+  }
+  bar.sync();  // q, k and v of this step are complete
+  for (int h = h0; h < a.num_heads; h += gridDim.x / bh_all) {
     if (j >= bh) break;  // uniform over the block
     const int kvh = h / a.group;
     const int key_lo = j * range, key_hi = min(num_keys, key_lo + range);
@@ -312,17 +337,14 @@ __device__ void attention_stage(const StepArgs& a, int layer, const float* cs, c
     for (int t = 0; t < 8; ++t) o[t] = 0.f;
     for (int base = key_lo + warp * CK; base < main_hi; base += kWarpsB * CK) {
       uint4 kv[kChunkSteps], vv[kChunkSteps];
+      if (h == h0 && base == key_lo + warp * CK) {
 #pragma unroll
-      for (int u = 0; u < kChunkSteps; ++u) {
-        const int key = base + u * KPW + sub;
-        if (key < main_hi) {
-          const int64_t blk = table[key / a.block_size];
-          const int64_t off = (blk * a.block_size + key % a.block_size) * kv_row + static_cast<int64_t>(kvh) * HD + 8 * dl;
-          kv[u] = *reinterpret_cast<const uint4*>(static_cast<const T*>(L.k_cache) + off);
-          vv[u] = *reinterpret_cast<const uint4*>(static_cast<const T*>(L.v_cache) + off);
-        } else {
-          kv[u] = vv[u] = make_uint4(0, 0, 0, 0);
+        for (int u = 0; u < kChunkSteps; ++u) {
+          kv[u] = pk[u];
+          vv[u] = pv[u];
         }
+      } else {
+        load_chunk(kvh, base, main_hi, kv, vv);
       }
       float sc[kChunkSteps];
       float cmax = -INFINITY;
@@ -462,8 +484,7 @@ __global__ void __launch_bounds__(kThreadsB, 1) decode_step_kernel(const __grid_
   for (int l = 0; l < a.num_layers; ++l) {
     const LayerPtrs& L = a.layers[l];
     linear_stage<T, Epi::kSplit>(a, L.wqkv, nullptr, L.attn_norm, a.x, a.q_dim + 2 * a.kv_dim, a.dim, xs, red, bar);
-    bar.sync();
-    attention_stage<T, HD>(a, l, cs, sn, table, xs);
+    attention_stage<T, HD>(a, l, cs, sn, table, xs, bar);  // its barrier inside
     linear_stage<T, Epi::kAdd>(a, L.wo, nullptr, nullptr, a.att, a.dim, a.q_dim, xs, red, bar);
     linear_stage<T, Epi::kSwiglu>(a, L.wg, L.wu, L.ffn_norm, a.x, a.hidden, a.dim, xs, red, bar);
     linear_stage<T, Epi::kAdd>(a, L.wd, nullptr, nullptr, a.hb, a.dim, a.hidden, xs, red, bar);
