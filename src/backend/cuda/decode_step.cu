@@ -7,12 +7,12 @@
 // already issued the loads of its first weights (weights never depend on the step), so the weight
 // stream runs on across stage boundaries.
 //
-// Measured (H200, 7B f16 batch 1, bench/results/gpu-h200-decode-2026-11-27.md): 4.16 ms a token
-// against 4.46 ms for the layer-by-layer fused kernels in the same run (76.5% vs 71.3% of the
-// roofline). NIBBLE_DECODE_STEP_PROFILE=1 prints where a layer's time goes: the stages stream at
-// 89-90% of the copy bandwidth (q|k|v, gate/up) but attention (~15 us a layer: q/k/v loads, two
-// key chunks, publishing the partials, the merge) and the barriers+staging of the short stages
-// (o_proj, down: 3-4 us each) are what is left to 85%.
+// Measured (H200, 7B f16 batch 1, bench/results/gpu-h200-decode-2026-11-27.md): 4.05-4.08 ms a
+// token against 4.48 ms for the layer-by-layer fused kernels in the same run (78.1-78.5% vs 71.1%
+// of the roofline). NIBBLE_DECODE_STEP_PROFILE=1 prints where a layer's time goes: q|k|v, gate/up
+// and down stream at 86-89% of the copy bandwidth; attention (~11 us a layer: the q load, a second
+// key chunk, publishing the block partials, the merge) and o_proj's barrier and input staging (4 us
+// over its bytes) are what is left to 85%.
 #include <cuda_runtime.h>
 
 #include <algorithm>
