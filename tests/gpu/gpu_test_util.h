@@ -40,6 +40,13 @@
 
 namespace nb::gpu_test {
 
+// A model file for the GPU tests: NIBBLE_GPU_MODELS/<name>, or gpu_carry/models under the source tree
+// (scripts/gpu.sh fills it).
+inline std::string model_path(const std::string& name) {
+  const char* env = std::getenv("NIBBLE_GPU_MODELS");
+  return (env != nullptr ? std::string(env) : std::string(NIBBLE_SOURCE_DIR) + "/gpu_carry/models") + "/" + name;
+}
+
 // Seeds are fixed per case (deterministic runs); NIBBLE_TEST_SEED=<n> draws a fresh set.
 inline uint32_t seed(uint32_t base) {
   const char* env = std::getenv("NIBBLE_TEST_SEED");

@@ -21,15 +21,12 @@
 namespace nb {
 namespace {
 
-std::string gpu_model(const std::string& name) {  // as test_cuda_model.cpp: NIBBLE_GPU_MODELS or gpu_carry/models
-  const char* env = std::getenv("NIBBLE_GPU_MODELS");
-  return (env != nullptr ? std::string(env) : std::string(NIBBLE_SOURCE_DIR) + "/gpu_carry/models") + "/" + name;
-}
+using gpu_test::model_path;
 
 class CudaKvBudget : public gpu_test::CudaTest {};
 
 TEST_F(CudaKvBudget, EnginePoolFollowsUtilizationWithinOneBlock) {
-  const std::string path = gpu_model("SmolLM2-135M-Instruct.Q4_1.gguf");
+  const std::string path = model_path("SmolLM2-135M-Instruct.Q4_1.gguf");
   if (!std::filesystem::exists(path)) GTEST_SKIP() << path << " not present (see scripts/gpu.sh)";
   NB_ASSERT_OK_AND_ASSIGN(LoadedModel loaded, load_model(path));
   NB_ASSERT_OK_AND_ASSIGN(std::unique_ptr<LlamaModel> model, LlamaModel::create(std::move(loaded.weights), 1, 64));

@@ -35,11 +35,7 @@
 namespace nb {
 namespace {
 
-std::string model_path(const std::string& name) {
-  const char* env = std::getenv("NIBBLE_GPU_MODELS");
-  const std::string dir = env != nullptr ? env : std::string(NIBBLE_SOURCE_DIR) + "/gpu_carry/models";
-  return dir + "/" + name;
-}
+using gpu_test::model_path;
 
 struct Pair {
   std::unique_ptr<LlamaModel> cpu, gpu;

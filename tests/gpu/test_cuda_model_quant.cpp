@@ -59,11 +59,7 @@
 namespace nb {
 namespace {
 
-std::string model_path(const std::string& name) {
-  const char* env = std::getenv("NIBBLE_GPU_MODELS");
-  const std::string dir = env != nullptr ? env : std::string(NIBBLE_SOURCE_DIR) + "/gpu_carry/models";
-  return dir + "/" + name;
-}
+using gpu_test::model_path;
 
 // Every step's logits: [step][row * vocab + v], rows = the step's sequences in order.
 using StepLogits = std::vector<std::vector<float>>;

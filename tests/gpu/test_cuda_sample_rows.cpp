@@ -127,9 +127,7 @@ std::vector<int32_t> generate_on_gpu(const std::string& path, bool device_sampli
 }
 
 TEST_F(CudaSampleRows, GenerateSameTokensWithDeviceSamplingOnAndOff) {
-  const char* env = std::getenv("NIBBLE_GPU_MODELS");
-  const std::string path =
-      (env != nullptr ? std::string(env) : std::string(NIBBLE_SOURCE_DIR) + "/gpu_carry/models") + "/stories260K.bin";
+  const std::string path = gpu_test::model_path("stories260K.bin");
   if (!std::filesystem::exists(path)) GTEST_SKIP() << path << " not present (see scripts/gpu.sh)";
   const std::vector<int32_t> host = generate_on_gpu(path, false), device = generate_on_gpu(path, true);
   ASSERT_GT(host.size(), 20u);

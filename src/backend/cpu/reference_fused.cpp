@@ -59,20 +59,25 @@ void rope_kv_write(const RopeKvWriteParams& p) {
 void decode_step(const DecodeStepParams& p) {
   const int64_t q_dim = p.num_heads * p.head_dim, kv_dim = p.num_kv_heads * p.head_dim;
   const int32_t query_start[2] = {0, 1};
-  for (const DecodeStepLayer& l : p.layers) {
+  // One row through a fused linear: y (op) W . norm(x) [and W2 for SwiGLU].
+  auto linear = [&](const Tensor& w, const Tensor* w2, const float* x, const float* norm, float* y, LinearEpilogue e) {
     FusedLinearParams f{};
-    f.weight = l.wqkv;
-    f.x = p.x;
-    f.norm_weight = l.attn_norm;
+    f.weight = w;
+    if (w2 != nullptr) f.weight2 = *w2;
+    f.x = x;
+    f.norm_weight = norm;
     f.norm_eps = p.norm_eps;
-    f.y = p.q;
+    f.y = y;
     f.y1 = p.k;
     f.y2 = p.v;
     f.n0 = q_dim;
     f.n1 = kv_dim;
     f.m = 1;
-    f.epilogue = LinearEpilogue::kSplit;
+    f.epilogue = e;
     fused_linear(f);
+  };
+  for (const DecodeStepLayer& l : p.layers) {
+    linear(l.wqkv, nullptr, p.x, l.attn_norm, p.q, LinearEpilogue::kSplit);
     const RopeParams rp{p.q, p.k, p.position, p.inv_freq, 1, p.num_heads, p.num_kv_heads, p.head_dim, p.rope_style};
     const KvWriteParams kp{p.k, p.v, l.k_cache, l.v_cache, p.slot, 1, p.num_kv_heads, p.head_dim};
     rope_kv_write({rp, kp});
@@ -95,30 +100,9 @@ void decode_step(const DecodeStepParams& p) {
     ap.head_dim = p.head_dim;
     ap.scale = p.scale;
     batch_attention(ap);
-    f = FusedLinearParams{};
-    f.weight = l.wo;
-    f.x = p.att;
-    f.y = p.x;
-    f.m = 1;
-    f.epilogue = LinearEpilogue::kAddInto;
-    fused_linear(f);
-    f = FusedLinearParams{};
-    f.weight = l.w_gate;
-    f.weight2 = l.w_up;
-    f.x = p.x;
-    f.norm_weight = l.ffn_norm;
-    f.norm_eps = p.norm_eps;
-    f.y = p.hb;
-    f.m = 1;
-    f.epilogue = LinearEpilogue::kSwiglu;
-    fused_linear(f);
-    f = FusedLinearParams{};
-    f.weight = l.w_down;
-    f.x = p.hb;
-    f.y = p.x;
-    f.m = 1;
-    f.epilogue = LinearEpilogue::kAddInto;
-    fused_linear(f);
+    linear(l.wo, nullptr, p.att, nullptr, p.x, LinearEpilogue::kAddInto);
+    linear(l.w_gate, &l.w_up, p.x, l.ffn_norm, p.hb, LinearEpilogue::kSwiglu);
+    linear(l.w_down, nullptr, p.hb, nullptr, p.x, LinearEpilogue::kAddInto);
   }
 }
 
