@@ -24,7 +24,9 @@
 #                          7bw4 = the 7B quantized RTN W4 g128 here, `bench gpu` on it (W4A16 kernels);
 #                          gemm, kv, w8a8 = `nibble bench gemm|kv|w8a8` (kernel level, issue 6);
 #                          spec = `nibble bench spec --device cuda` (n-gram drafting on a copy task, SmolLM2);
-#                          batching = `nibble bench batching --device cuda --compare batching` (SmolLM2)
+#                          batching = `nibble bench batching --device cuda --compare batching` (SmolLM2);
+#                          qppl = perplexity of RTN W4 g64, naive W8A8 and KV int8/int4 SmolLM2 on the GPU
+#                          (f16 and f32; needs gpu_carry_b/text/wikitext-2-raw.test.txt)
 #   NIBBLE_SYNTH_DIR       where the 7B model is generated (default /tmp/nibble-synth)
 # Models: gpu_carry/models holds stories260K and the first part of the SmolLM2 GGUF; the rest comes in
 # gpu_carry_b/ (a second call, carry ["gpu_carry_b"], while the machine is warm: the carry limit is
@@ -204,6 +206,26 @@ if [ "${result[build]:-}" = ok ] && [ "$bench" != none ]; then
       --kv-cache-memory 4GiB >"$out/batching_gpu.txt" 2>&1
     record batching $?
   fi
+  if has qppl && [ -f "$smol" ] && [ -f gpu_carry_b/text/wikitext-2-raw.test.txt ]; then
+    # Perplexity of quantized SmolLM2 variants on the GPU (first NIBBLE_QPPL_WINDOWS windows of the
+    # WikiText-2 test split), to set against the CPU's (`eval ppl --exact`) on the same files.
+    q=/tmp/nibble-qppl
+    txt=gpu_carry_b/text/wikitext-2-raw.test.txt
+    { [ -f $q/w4g64/done ] || { "$nib" quantize -m "$smol" -o $q/w4g64 --method rtn --wbits 4 --group-size 64 -t "$(nproc)" \
+        && touch $q/w4g64/done; }
+      [ -f $q/w8a8/done ] || { "$nib" quantize -m "$smol" -o $q/w8a8 --method rtn --wbits 8 --group-size -1 --sym --act-int8 \
+        -t "$(nproc)" && touch $q/w8a8/done; }; } >>"$out/qppl.log" 2>&1
+    rc=0
+    for spec in "base:$smol:f32" "rtn_w4g64:$q/w4g64:f32" "naive_w8a8:$q/w8a8:f32" "kv_int8:$smol:int8" "kv_int4:$smol:int4"; do
+      IFS=: read -r name m kv <<<"$spec"
+      for dt in f16 f32; do
+        r=$("$nib" eval ppl -m "$m" --data "$txt" --ctx 2048 --max-windows "${NIBBLE_QPPL_WINDOWS:-2}" --device cuda \
+          --dtype $dt --kv-cache-dtype "$kv" --json 2>>"$out/qppl.log") || rc=1
+        echo "$name $dt $r" >>"$out/qppl.txt"
+      done
+    done
+    record qppl $rc
+  fi
   if has serve && [ -f "$smol" ]; then
     "$nib" serve -m "$smol" --device cuda --dtype f16 --port 8199 --kv-cache-memory 8GiB --max-num-seqs 256 \
       --max-batched-tokens 2048 >"$out/serve_server.log" 2>&1 &
@@ -251,6 +273,7 @@ fi
   [ -f "$out/load.txt" ] && grep -E 'first token' "$out/load.txt" | tail -2
   [ -f "$out/spec_gpu.txt" ] && tail -14 "$out/spec_gpu.txt"
   [ -f "$out/batching_gpu.txt" ] && grep -E 'continuous|static' "$out/batching_gpu.txt"
+  [ -f "$out/qppl.txt" ] && cat "$out/qppl.txt"
   [ -f "$out/serve.txt" ] && grep -E 'Request rate|Failed requests|Request throughput|P99 TTFT' "$out/serve.txt"
   printf '%-12s %s\n' "logs" "$out"
 } | tee "$out/summary.txt"
