@@ -236,10 +236,10 @@ Result<QuantizedModel> quantize_model(ModelWeights weights, const Tokenizer* tok
                                            linear_name(static_cast<LinearKind>(k))));
   }
   const bool awq_block = opt.method == QuantMethod::kAwq && opt.awq_loss == AwqLoss::kBlock;
-  if (awq_block && (opt.awq_block_samples < 1 || opt.awq_block_samples > opt.calib_samples)) {
-    return invalid_argument("the AWQ block loss is measured on " + std::to_string(opt.awq_block_samples) +
-                            " calibration sequences; give between 1 and --calib-samples (" + std::to_string(opt.calib_samples) + ")");
+  if (awq_block && opt.awq_block_samples < 1) {
+    return invalid_argument("the AWQ block loss needs at least 1 calibration sequence (--awq-block-samples)");
   }
+  opt.awq_block_samples = std::min(opt.awq_block_samples, opt.calib_samples);  // fewer samples: all of them
   const bool float_inputs = opt.method == QuantMethod::kAwq && opt.awq_float_inputs;
   ThreadPool pool(opt.num_threads);
   const bool calibrate = opt.method != QuantMethod::kRtn;

@@ -42,8 +42,8 @@ struct QuantizeOptions {
   int64_t alpha_search_tokens = 512;  // calibration tokens (spread over the samples) the search measures on
   bool act_order = false;         // gptq
   bool awq_duo_scaling = false;   // awq: AutoAWQ's duo scaling (AwqOptions::duo_scaling)
-  AwqLoss awq_loss = AwqLoss::kLinear;
-  int64_t awq_block_samples = kAwqBlockSamples;  // awq block loss: sequences (spread over the samples), <= calib_samples
+  AwqLoss awq_loss = AwqLoss::kBlock;
+  int64_t awq_block_samples = kAwqBlockSamples;  // awq block loss: sequences (spread over the samples; all when fewer)
   // awq: calibrate layer i + 1 on the FLOAT layer i's output (AutoAWQ) instead of the quantized one.
   bool awq_float_inputs = false;
   // awq: no v -> o scaling (AutoAWQ leaves it out when v_proj and o_proj differ in shape, i.e. GQA).

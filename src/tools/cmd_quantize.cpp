@@ -92,6 +92,11 @@ Status run(const CliArgs& args) {
   o.calib_path = args.has("--calib") ? args.get("--calib") : std::string(kDefaultCalib);
   NB_ASSIGN_OR_RETURN(o.calib_samples, args.get_int("--calib-samples", 1, 1 << 20));
   NB_ASSIGN_OR_RETURN(o.calib_seqlen, args.get_int("--calib-seqlen", 8, 1 << 20));
+  if (args.has("--awq-block-samples") && o.awq_block_samples > o.calib_samples) {
+    return invalid_argument("--awq-block-samples " + std::to_string(o.awq_block_samples) +
+                            ": the block loss is measured on calibration sequences; give between 1 and --calib-samples (" +
+                            std::to_string(o.calib_samples) + ")");
+  }
   NB_ASSIGN_OR_RETURN(const int64_t threads, args.get_int("-t", 1, 1024));
   o.num_threads = static_cast<int>(threads);
   if (o.act_int8 && o.method != quant::QuantMethod::kRtn && o.method != quant::QuantMethod::kSmoothQuant) {
@@ -153,7 +158,7 @@ int run_quantize(int argc, char** argv) {
   args.option("--alpha-sites", "SmoothQuant: one strength per input A,B,C,D (q/k/v, o_proj, gate/up, down_proj); overrides --alpha");
   args.flag("--awq-duo-scaling", "AWQ: s = s_X^a / s_W^(1-a) as AutoAWQ's duo_scaling (s_W: mean normalized |w| per input channel)");
   args.option("--awq-loss", "AWQ: what the q/k/v and gate/up scale search minimises: 'linear' (the linears' output error,\n"
-              "      exact on all calibration tokens) or 'block' (the attention / MLP output after them, AutoAWQ's)", "linear");
+              "      exact on all calibration tokens) or 'block' (the attention / MLP output after them, AutoAWQ's)", "block");
   args.option("--awq-block-samples", "AWQ block loss: calibration sequences it is measured on (spread evenly)",
               std::to_string(quant::kAwqBlockSamples));
   args.flag("--awq-float-inputs", "AWQ: calibrate each layer on the float previous layer's output (AutoAWQ) instead of the quantized one");
