@@ -209,7 +209,7 @@ if [ "${result[build]:-}" = ok ] && [ "$bench" != none ]; then
   if has qppl && [ -f "$smol" ] && [ -f gpu_carry_b/text/wikitext-2-raw.test.txt ]; then
     # Perplexity of quantized SmolLM2 variants on the GPU (first NIBBLE_QPPL_WINDOWS windows of the
     # WikiText-2 test split), to set against the CPU's (`eval ppl --exact`) on the same files.
-    q=/tmp/nibble-qppl
+    q=/tmp/nibble-qppl; mkdir -p $q
     txt=gpu_carry_b/text/wikitext-2-raw.test.txt
     { [ -f $q/w4g64/done ] || { "$nib" quantize -m "$smol" -o $q/w4g64 --method rtn --wbits 4 --group-size 64 -t "$(nproc)" \
         && touch $q/w4g64/done; }
