@@ -49,22 +49,22 @@ rows=(
   "base|convert||"
   "rtn_w4g64|quantize|--method rtn --wbits 4 --group-size 64|"
   "awq_w4g64|quantize|--method awq --wbits 4 --group-size 64|"
-  "awq_w4g64_skipvo|quantize|--method awq --wbits 4 --group-size 64 --awq-skip-vo|"
-  "awq_w4g64_skipvo_duo|quantize|--method awq --wbits 4 --group-size 64 --awq-skip-vo --awq-duo-scaling|"
-  "awq_w4g64_float|quantize|--method awq --wbits 4 --group-size 64 --awq-float-inputs|"
-  "awq_w4g64_linear|quantize|--method awq --wbits 4 --group-size 64 --awq-loss linear|"
-  "awq_w4g64_linear_duo|quantize|--method awq --wbits 4 --group-size 64 --awq-loss linear --awq-duo-scaling|"
+  "awq_w4g64_vo|quantize|--method awq --wbits 4 --group-size 64 --awq-vo on|"
+  "awq_w4g64_duo|quantize|--method awq --wbits 4 --group-size 64 --awq-duo-scaling|"
+  "awq_w4g64_float|quantize|--method awq --wbits 4 --group-size 64 --awq-vo on --awq-float-inputs|"
+  "awq_w4g64_linear|quantize|--method awq --wbits 4 --group-size 64 --awq-vo on --awq-loss linear|"
+  "awq_w4g64_linear_duo|quantize|--method awq --wbits 4 --group-size 64 --awq-vo on --awq-loss linear --awq-duo-scaling|"
   "gptq_w4g64|quantize|--method gptq --wbits 4 --group-size 64 --act-order|"
   "rtn_w4pc|quantize|--method rtn --wbits 4 --group-size -1|"
   "awq_w4pc|quantize|--method awq --wbits 4 --group-size -1|"
-  "awq_w4pc_linear|quantize|--method awq --wbits 4 --group-size -1 --awq-loss linear|"
+  "awq_w4pc_linear|quantize|--method awq --wbits 4 --group-size -1 --awq-vo on --awq-loss linear|"
   "gptq_w4pc|quantize|--method gptq --wbits 4 --group-size -1 --act-order|"
   "rtn_w3g64|quantize|--method rtn --wbits 3 --group-size 64|"
   "awq_w3g64|quantize|--method awq --wbits 3 --group-size 64|"
-  "awq_w3g64_skipvo|quantize|--method awq --wbits 3 --group-size 64 --awq-skip-vo|"
-  "awq_w3g64_skipvo_duo|quantize|--method awq --wbits 3 --group-size 64 --awq-skip-vo --awq-duo-scaling|"
-  "awq_w3g64_linear|quantize|--method awq --wbits 3 --group-size 64 --awq-loss linear|"
-  "awq_w3g64_linear_duo|quantize|--method awq --wbits 3 --group-size 64 --awq-loss linear --awq-duo-scaling|"
+  "awq_w3g64_vo|quantize|--method awq --wbits 3 --group-size 64 --awq-vo on|"
+  "awq_w3g64_duo|quantize|--method awq --wbits 3 --group-size 64 --awq-duo-scaling|"
+  "awq_w3g64_linear|quantize|--method awq --wbits 3 --group-size 64 --awq-vo on --awq-loss linear|"
+  "awq_w3g64_linear_duo|quantize|--method awq --wbits 3 --group-size 64 --awq-vo on --awq-loss linear --awq-duo-scaling|"
   "gptq_w3g64|quantize|--method gptq --wbits 3 --group-size 64 --act-order|"
   "naive_w8a8|quantize|--method rtn --wbits 8 --group-size -1 --sym --act-int8|"
   "sq_a0.5|quantize|--method smoothquant --alpha 0.5 --calib-samples 16|"
@@ -148,11 +148,11 @@ done
 
 # Share of RTN's perplexity increase over base that AWQ and GPTQ recover, per configuration.
 echo
-echo "| config | RTN dppl | AWQ recovery (block loss) | AWQ --awq-skip-vo | AWQ --awq-loss linear | AWQ linear + duo scaling | GPTQ (act-order) recovery |"
+echo "| config | RTN dppl | AWQ recovery (default) | AWQ --awq-vo on | AWQ --awq-loss linear | AWQ linear + duo scaling | GPTQ (act-order) recovery |"
 echo "|---|---|---|---|---|---|---|"
 for cfg in w4g64 w4pc w3g64; do
   [ -f "$out/base.json" ] && [ -f "$out/rtn_$cfg.json" ] || continue
   b=$(jq -r .ppl "$out/base.json"); r=$(jq -r .ppl "$out/rtn_$cfg.json")
   rec() { [ -f "$out/$1.json" ] && awk -v b="$b" -v r="$r" -v m="$(jq -r .ppl "$out/$1.json")" 'BEGIN{printf "%.1f%%", 100*(r-m)/(r-b)}' || echo -; }
-  echo "| $cfg | $(awk -v b="$b" -v r="$r" 'BEGIN{printf "%+.3f", r-b}') | $(rec "awq_$cfg") | $(rec "awq_${cfg}_skipvo") | $(rec "awq_${cfg}_linear") | $(rec "awq_${cfg}_linear_duo") | $(rec "gptq_$cfg") |"
+  echo "| $cfg | $(awk -v b="$b" -v r="$r" 'BEGIN{printf "%+.3f", r-b}') | $(rec "awq_$cfg") | $(rec "awq_${cfg}_vo") | $(rec "awq_${cfg}_linear") | $(rec "awq_${cfg}_linear_duo") | $(rec "gptq_$cfg") |"
 done

@@ -112,8 +112,10 @@ Status awq_layer(DenseLayer& d, std::vector<SiteStats>& stats, const LayerContex
   const std::vector<float> o_mean = mean_abs(stats[at(InputSite::kAttnOut)]);
   std::vector<float> v_mean(static_cast<size_t>(kv_dim), 0.f);
   for (size_t j = 0; j < o_map.size(); ++j) v_mean[static_cast<size_t>(o_map[j])] += o_mean[j] / static_cast<float>(group);
-  std::vector<float> s_vo(static_cast<size_t>(kv_dim), 1.f);  // awq_skip_vo: no v -> o scaling (AutoAWQ under GQA)
-  if (cx.options.awq_skip_vo) {
+  // v -> o scaling: AutoAWQ's rule (only without GQA) unless forced.
+  const bool vo = cx.options.awq_vo == AwqVo::kOn || (cx.options.awq_vo == AwqVo::kAuto && c.num_kv_heads == c.num_heads);
+  std::vector<float> s_vo(static_cast<size_t>(kv_dim), 1.f);
+  if (!vo) {
     rep.awq_alpha.push_back(-1.0);
     rep.awq_gain.push_back(1.0);
   } else {

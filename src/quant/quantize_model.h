@@ -27,6 +27,7 @@ const char* quant_method_name(QuantMethod m);
 // What AWQ's scale search for q/k/v and gate/up minimises: the output error of the linears (exact,
 // from the Gram matrix of all calibration tokens) or of the attention / MLP block after them
 // (AutoAWQ's module2inspect, on awq_block_samples sequences; quant/awq_block.h).
+enum class AwqVo { kAuto, kOn, kOff };
 enum class AwqLoss { kLinear, kBlock };
 Result<AwqLoss> parse_awq_loss(const std::string& name);
 constexpr int64_t kAwqBlockSamples = 8;  // default calibration sequences the block loss is measured on
@@ -46,8 +47,9 @@ struct QuantizeOptions {
   int64_t awq_block_samples = kAwqBlockSamples;  // awq block loss: sequences (spread over the samples; all when fewer)
   // awq: calibrate layer i + 1 on the FLOAT layer i's output (AutoAWQ) instead of the quantized one.
   bool awq_float_inputs = false;
-  // awq: no v -> o scaling (AutoAWQ leaves it out when v_proj and o_proj differ in shape, i.e. GQA).
-  bool awq_skip_vo = false;
+  // awq: v -> o scaling. kAuto (default) is AutoAWQ's rule: only when v_proj and o_proj have the same
+  // shape (no GQA); kOn / kOff force it.
+  AwqVo awq_vo = AwqVo::kAuto;
   std::string calib_path;
   int64_t calib_samples = 32;
   int64_t calib_seqlen = 512;

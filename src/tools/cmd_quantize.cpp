@@ -84,10 +84,14 @@ Status run(const CliArgs& args) {
   NB_ASSIGN_OR_RETURN(o.awq_loss, quant::parse_awq_loss(args.get("--awq-loss")));
   NB_ASSIGN_OR_RETURN(o.awq_block_samples, args.get_int("--awq-block-samples", 1, 1 << 20));
   o.awq_float_inputs = args.has("--awq-float-inputs");
-  o.awq_skip_vo = args.has("--awq-skip-vo");
-  if ((args.has("--awq-loss") || args.has("--awq-block-samples") || o.awq_float_inputs || o.awq_skip_vo) &&
+  const std::string vo = args.get("--awq-vo");
+  if (vo == "auto") o.awq_vo = quant::AwqVo::kAuto;
+  else if (vo == "on") o.awq_vo = quant::AwqVo::kOn;
+  else if (vo == "off") o.awq_vo = quant::AwqVo::kOff;
+  else return invalid_argument("--awq-vo must be auto, on or off; got '" + vo + "'");
+  if ((args.has("--awq-loss") || args.has("--awq-block-samples") || o.awq_float_inputs || args.has("--awq-vo")) &&
       o.method != quant::QuantMethod::kAwq) {
-    return invalid_argument("--awq-loss, --awq-block-samples, --awq-float-inputs and --awq-skip-vo are AWQ options");
+    return invalid_argument("--awq-loss, --awq-block-samples, --awq-float-inputs and --awq-vo are AWQ options");
   }
   o.calib_path = args.has("--calib") ? args.get("--calib") : std::string(kDefaultCalib);
   NB_ASSIGN_OR_RETURN(o.calib_samples, args.get_int("--calib-samples", 1, 1 << 20));
@@ -162,7 +166,8 @@ int run_quantize(int argc, char** argv) {
   args.option("--awq-block-samples", "AWQ block loss: calibration sequences it is measured on (spread evenly)",
               std::to_string(quant::kAwqBlockSamples));
   args.flag("--awq-float-inputs", "AWQ: calibrate each layer on the float previous layer's output (AutoAWQ) instead of the quantized one");
-  args.flag("--awq-skip-vo", "AWQ: no v_proj -> o_proj scaling (AutoAWQ leaves it out under GQA)");
+  args.option("--awq-vo", "AWQ: v_proj -> o_proj scaling: 'auto' (AutoAWQ's rule: only when the two have the same\n"
+              "      shape, i.e. no GQA), 'on' or 'off'", "auto");
   args.flag("--act-order", "GPTQ: quantize columns by decreasing Hessian diagonal (writes g_idx)");
   args.option("--calib", std::string("calibration text file (default ") + kDefaultCalib + ")");
   args.option("--calib-samples", "calibration windows", "32");

@@ -130,6 +130,23 @@ def test_gptq_model_loads_back_and_matches_numpy_forward(nibble_bin, tmp_path):
     assert rel.max() <= 1e-3, rel.max()
 
 
+def test_awq_vo_scaling_follows_autoawq_rule(nibble_bin, tmp_path):
+    """AutoAWQ scales v_proj -> o_proj only when the two have the same shape (no GQA); stories260K has 8 query
+    and 4 key/value heads, so the default (--awq-vo auto) must equal 'off' tensor for tensor and differ from 'on'."""
+    from safetensors.numpy import load_file
+    common = ("--method", "awq", "--wbits", "8", "--group-size", "-1", "--calib", str(CALIB), "--calib-samples", "4",
+              "--calib-seqlen", "64")
+    models = {}
+    for vo in ("auto", "off", "on"):
+        quantize(nibble_bin, tmp_path / vo, *common, *(() if vo == "auto" else ("--awq-vo", vo)))
+        models[vo] = load_file(str(tmp_path / vo / "model.safetensors"))
+    assert models["auto"].keys() == models["off"].keys() == models["on"].keys()
+    assert all(np.array_equal(models["auto"][k], models["off"][k]) for k in models["auto"])
+    # 'on' rescales o_proj's input columns (and v_proj's rows): those tensors must change.
+    changed = [k for k in models["auto"] if not np.array_equal(models["auto"][k], models["on"][k])]
+    assert any("o_proj" in k for k in changed) and any("v_proj" in k for k in changed), changed
+
+
 def test_errors(nibble_bin, tmp_path):
     r = quantize(nibble_bin, tmp_path / "a", "--method", "rtn", "--wbits", "4", "--group-size", "32", check=False)
     assert r.returncode != 0 and "does not divide the 172 input features" in r.stderr
@@ -145,6 +162,10 @@ def test_errors(nibble_bin, tmp_path):
     assert r.returncode != 0 and "unknown AWQ loss 'blok'; expected one of: linear, block" in r.stderr
     r = quantize(nibble_bin, tmp_path / "e", "--method", "gptq", "--awq-loss", "block", check=False)
     assert r.returncode != 0 and "are AWQ options" in r.stderr
+    r = quantize(nibble_bin, tmp_path / "e2", "--method", "gptq", "--awq-vo", "off", check=False)
+    assert r.returncode != 0 and "are AWQ options" in r.stderr
+    r = quantize(nibble_bin, tmp_path / "e3", "--method", "awq", "--awq-vo", "sometimes", check=False)
+    assert r.returncode != 0 and "--awq-vo must be auto, on or off; got 'sometimes'" in r.stderr
     r = quantize(nibble_bin, tmp_path / "f", "--method", "awq", "--wbits", "8", "--group-size", "-1", "--awq-loss", "block",
                  "--calib-samples", "4", "--awq-block-samples", "5", check=False)
     assert r.returncode != 0 and "give between 1 and --calib-samples (4)" in r.stderr
