@@ -19,8 +19,9 @@
 #                          decode vs roofline, prefill GEMM rate, batch sweep); hf = logits vs HF
 #                          transformers on that model; load = disk to first token (page cache warm);
 #                          serve = `nibble serve --device cuda` SmolLM2 + `nibble bench serve`;
-#                          7bab = decode batch 1 again with switches (NIBBLE_7B_AB: nopdl, unfused, gemvN,
-#                          step1 = the persistent decode step);
+#                          7bab = decode batch 1 again with switches (NIBBLE_7B_AB, default "base prof
+#                          unfused": base = layer-by-layer fused kernels, prof = the persistent step with
+#                          its stage times, step1, unfused, nopdl, gemvN);
 #                          7bw4 = the 7B quantized RTN W4 g128 here, `bench gpu` on it (W4A16 kernels);
 #                          gemm, kv, w8a8 = `nibble bench gemm|kv|w8a8` (kernel level, issue 6);
 #                          spec = `nibble bench spec --device cuda` (n-gram drafting on a copy task, SmolLM2);
@@ -156,14 +157,13 @@ if [ "${result[build]:-}" = ok ] && [ "$bench" != none ]; then
     record bench_7b $?
   fi
   if has 7bab; then  # decode batch 1 with switches, for comparison in the same run (NIBBLE_7B_AB lists them)
-    for ab in ${NIBBLE_7B_AB:-nopdl unfused gemv0 gemv4}; do
+    for ab in ${NIBBLE_7B_AB:-base prof unfused}; do
       case $ab in
-        nopdl) envs=(NIBBLE_PDL=0);;
+        nopdl) envs=(NIBBLE_DECODE_STEP=0 NIBBLE_PDL=0);;  # the layer-by-layer path without PDL
         unfused) envs=(NIBBLE_PDL=0 NIBBLE_DECODE_FUSION=0);;
-        gemv*) envs=(NIBBLE_GEMV=${ab#gemv});;
+        gemv*) envs=(NIBBLE_DECODE_STEP=0 NIBBLE_GEMV=${ab#gemv});;  # the layer-by-layer path's GEMV variant
         base) envs=(NIBBLE_DECODE_STEP=0);;  # the layer-by-layer fused kernels, for a same-run reference
-        step1) envs=(NIBBLE_DECODE_STEP=1);;
-        sp*) envs=(NIBBLE_DECODE_STEP=1 NIBBLE_DECODE_STEP_SPLIT=${ab#sp});;  # attention splits >= N keys  # the persistent decode-step kernel (opt-in)
+        step1) envs=(NIBBLE_DECODE_STEP=1);;  # the persistent decode step (the default)
         prof) envs=(NIBBLE_DECODE_STEP=1 NIBBLE_DECODE_STEP_PROFILE=1);;  # + its stage times
         *) continue;;
       esac
