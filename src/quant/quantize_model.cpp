@@ -29,6 +29,13 @@ Result<AwqLoss> parse_awq_loss(const std::string& name) {
   return invalid_argument("unknown AWQ loss '" + name + "'; expected one of: linear, block");
 }
 
+Result<AwqVo> parse_awq_vo(const std::string& name) {
+  if (name == "auto") return AwqVo::kAuto;
+  if (name == "on") return AwqVo::kOn;
+  if (name == "off") return AwqVo::kOff;
+  return invalid_argument("--awq-vo must be auto, on or off; got '" + name + "'");
+}
+
 const char* quant_method_name(QuantMethod m) {
   switch (m) {
     case QuantMethod::kRtn: return "rtn";

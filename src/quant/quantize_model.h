@@ -27,9 +27,12 @@ const char* quant_method_name(QuantMethod m);
 // What AWQ's scale search for q/k/v and gate/up minimises: the output error of the linears (exact,
 // from the Gram matrix of all calibration tokens) or of the attention / MLP block after them
 // (AutoAWQ's module2inspect, on awq_block_samples sequences; quant/awq_block.h).
-enum class AwqVo { kAuto, kOn, kOff };
 enum class AwqLoss { kLinear, kBlock };
 Result<AwqLoss> parse_awq_loss(const std::string& name);
+// AWQ's v_proj -> o_proj scaling: kAuto is AutoAWQ's rule (only when the two weights have the same
+// shape, i.e. no GQA); kOn / kOff force it. Names: auto, on, off.
+enum class AwqVo { kAuto, kOn, kOff };
+Result<AwqVo> parse_awq_vo(const std::string& name);
 constexpr int64_t kAwqBlockSamples = 8;  // default calibration sequences the block loss is measured on
 
 struct QuantizeOptions {
@@ -47,9 +50,7 @@ struct QuantizeOptions {
   int64_t awq_block_samples = kAwqBlockSamples;  // awq block loss: sequences (spread over the samples; all when fewer)
   // awq: calibrate layer i + 1 on the FLOAT layer i's output (AutoAWQ) instead of the quantized one.
   bool awq_float_inputs = false;
-  // awq: v -> o scaling. kAuto (default) is AutoAWQ's rule: only when v_proj and o_proj have the same
-  // shape (no GQA); kOn / kOff force it.
-  AwqVo awq_vo = AwqVo::kAuto;
+  AwqVo awq_vo = AwqVo::kAuto;  // awq: v -> o scaling (AwqVo)
   std::string calib_path;
   int64_t calib_samples = 32;
   int64_t calib_seqlen = 512;

@@ -84,11 +84,7 @@ Status run(const CliArgs& args) {
   NB_ASSIGN_OR_RETURN(o.awq_loss, quant::parse_awq_loss(args.get("--awq-loss")));
   NB_ASSIGN_OR_RETURN(o.awq_block_samples, args.get_int("--awq-block-samples", 1, 1 << 20));
   o.awq_float_inputs = args.has("--awq-float-inputs");
-  const std::string vo = args.get("--awq-vo");
-  if (vo == "auto") o.awq_vo = quant::AwqVo::kAuto;
-  else if (vo == "on") o.awq_vo = quant::AwqVo::kOn;
-  else if (vo == "off") o.awq_vo = quant::AwqVo::kOff;
-  else return invalid_argument("--awq-vo must be auto, on or off; got '" + vo + "'");
+  NB_ASSIGN_OR_RETURN(o.awq_vo, quant::parse_awq_vo(args.get("--awq-vo")));
   if ((args.has("--awq-loss") || args.has("--awq-block-samples") || o.awq_float_inputs || args.has("--awq-vo")) &&
       o.method != quant::QuantMethod::kAwq) {
     return invalid_argument("--awq-loss, --awq-block-samples, --awq-float-inputs and --awq-vo are AWQ options");

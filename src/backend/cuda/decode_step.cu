@@ -195,7 +195,7 @@ __global__ void __launch_bounds__(kThreadsB, 1) decode_step_kernel(const __grid_
   }
 }
 
-bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+using detail::aligned16;
 
 bool weight_ok(const Tensor& w, int64_t n, int64_t k, DType act) {
   return w.ndim() == 2 && w.device() == Device::kCUDA && w.dtype() == act && w.dim(0) == n && w.dim(1) == k &&
@@ -219,7 +219,6 @@ Status launch(const StepArgs& a, size_t smem, Context& ctx) {
   int per_sm = 0;
   NB_CUDA_RETURN_IF_ERROR(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreadsB, smem));
   if (per_sm < 1) return resource_exhausted("decode_step: the kernel does not fit an SM");
-  StepArgs args = a;
   const int blocks = ctx.info().num_sms;  // one a SM (per_sm >= 1 checked)
   cudaLaunchConfig_t cfg{};
   cfg.gridDim = dim3(static_cast<unsigned>(blocks));
@@ -231,7 +230,7 @@ Status launch(const StepArgs& a, size_t smem, Context& ctx) {
   attr[0].val.cooperative = 1;
   cfg.attrs = attr;
   cfg.numAttrs = 1;
-  NB_CUDA_RETURN_IF_ERROR(cudaLaunchKernelEx(&cfg, kernel, args));
+  NB_CUDA_RETURN_IF_ERROR(cudaLaunchKernelEx(&cfg, kernel, a));
   return Status::Ok();
 }
 

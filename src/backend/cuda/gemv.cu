@@ -271,7 +271,7 @@ Status launch_epilogue(const LinArgs& a, LinearEpilogue e, Context& ctx) {
   return invalid_argument("fused_linear: unknown epilogue");
 }
 
-bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+using detail::aligned16;
 
 bool weight_ok(const Tensor& w, DType act) {
   return w.ndim() == 2 && w.device() == Device::kCUDA && (w.dtype() == DType::kF16 || w.dtype() == DType::kBF16) &&

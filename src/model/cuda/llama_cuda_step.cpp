@@ -163,7 +163,7 @@ Status CudaLlama::enqueue_layer_fused(size_t l, const StepLayout& s, int64_t max
 bool CudaLlama::decode_step_params(const StepLayout& s, int64_t max_context_len, const KvPools& kv,
                                    DecodeStepParams* out) const {
   if (!decode_step_ || s.tokens != 1 || s.seqs != 1 || !fused_applies(1)) return false;
-  if (kv.dtype != KvCacheDType::kF32 && kv.dtype != KvCacheDType::kF16) return false;
+  if (kv.dtype != KvCacheDType::kF32) return false;  // the act-dtype cache (int8/int4 pools: the layer path)
   const ModelConfig& c = config_;
   const IdxOffsets o = idx_offsets(max_tokens_, max_seqs_, max_rows_, max_table_);
   const auto* di = idx_d_.as<int32_t>();
