@@ -186,6 +186,22 @@ struct SampleRowsParams {
   int64_t vocab;
 };
 
+// Next-token statistics of logits rows for evaluation (`nibble eval ppl|kld`). For row r, with
+// log p = log_softmax(logits[r]) (the model) and log q = log_softmax(ref_logits[r]) (the reference):
+//   out[4r + 0] = -log p[targets[r]]                           (negative log-likelihood)
+//   out[4r + 1] = -log q[targets[r]]                           (0 without ref_logits)
+//   out[4r + 2] = KL(q || p) = sum over v with q_v > 0 of q_v (log q_v - log p_v)   (0 without ref)
+//   out[4r + 3] = 1 if both rows' argmax agree (ArgmaxParams' rule), else 0 (1 without ref)
+// Exponentials, sums and logarithms in double; the order of the sums is the backend's.
+struct LogitStatsParams {
+  const float* logits = nullptr;      // [rows, vocab] f32
+  const float* ref_logits = nullptr;  // [rows, vocab] f32, or null
+  const int32_t* targets = nullptr;   // [rows], each in [0, vocab)
+  double* out = nullptr;              // [rows, 4]
+  int64_t rows = 0;
+  int64_t vocab = 0;
+};
+
 // x[v] = H x[v], in place, for num_vectors vectors of dim floats (dim a power of two), where H is the
 // orthonormal Walsh-Hadamard matrix H[i][j] = (-1)^popcount(i & j) / sqrt(dim); H = H^T = H^-1.
 // The int8/int4 KV caches store rotated K and V (see backend/kv_format.h).

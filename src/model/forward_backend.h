@@ -31,6 +31,14 @@ class ForwardBackend {
   // The device's whole memory (what --gpu-memory-utilization is a fraction of); 0 if unknown.
   virtual int64_t total_memory_bytes() const = 0;
   virtual std::string describe() const = 0;  // "cuda:0 NVIDIA H100 80GB HBM3, f16"
+  // Evaluation (`nibble eval`): after a forward with ForwardBatch::logits_on_device, the
+  // LogitStatsParams rows (backend/ops.h) of its `rows` logits rows against `targets` (host), and
+  // against the logits of `ref`'s last forward (a backend on the same device) when ref is set;
+  // `out` is host memory [rows, 4].
+  virtual Status logit_stats(const int32_t* targets, int64_t rows, const ForwardBackend* ref, double* out) {
+    (void)targets, (void)rows, (void)ref, (void)out;
+    return unimplemented("logit_stats: this backend keeps no logits on its device");
+  }
 };
 
 // Options of the CUDA backend (`--device cuda`, `--dtype`).

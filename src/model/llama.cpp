@@ -124,6 +124,19 @@ Status LlamaModel::copy_kv(void* dst, const void* src, int64_t nbytes) {
   return Status::Ok();
 }
 
+Status LlamaModel::logit_stats(const int32_t* targets, int64_t rows, const LlamaModel* ref, double* out) {
+  if (!backend_ || (ref != nullptr && !ref->backend_)) {
+    return failed_precondition("logit_stats: the model and the reference must run on a device; on the CPU, take "
+                               "cpu::ref::logit_stats of the host logits");
+  }
+  for (int64_t r = 0; r < rows; ++r) {
+    if (targets[r] < 0 || targets[r] >= weights_.config.vocab_size) {
+      return invalid_argument("logit_stats: target " + std::to_string(targets[r]) + " is outside the vocabulary");
+    }
+  }
+  return backend_->logit_stats(targets, rows, ref != nullptr ? ref->backend_.get() : nullptr, out);
+}
+
 Status LlamaModel::forward(const ForwardBatch& batch, const KvPools& kv, float* logits) {
   NB_RETURN_IF_ERROR(validate(batch, kv));
   if (backend_) return backend_->forward(batch, kv, logits);

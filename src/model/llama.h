@@ -58,6 +58,9 @@ struct ForwardBatch {
   // (their contents are then unspecified). engine/device_sampling.h says when the engine uses it.
   const SampleRowParams* sample_rows = nullptr;  // [rows]
   int32_t* sampled_tokens = nullptr;             // [rows]
+  // When set on a model with a device backend: the logits stay on the device for
+  // LlamaModel::logit_stats (forward's logits argument may be null). Ignored on the CPU.
+  bool logits_on_device = false;
 
   static ForwardBatch single(std::span<const int32_t> tokens, int64_t start_pos, std::span<const int32_t> block_table,
                              bool all_logits = false) {
@@ -95,6 +98,10 @@ class LlamaModel {
   // Runs the batch, writing its K/V into `kv`. `logits` receives [rows, vocab] floats: for each
   // sequence with want_logits, in order, all its tokens' rows (all_logits) or its last token's row.
   Status forward(const ForwardBatch& batch, const KvPools& kv, float* logits);
+  // After a forward with logits_on_device (device backends only): per-row next-token statistics
+  // (LogitStatsParams, backend/ops.h) of its logits rows for `targets` [rows], against the last
+  // logits of `ref` (a model on the same device) when ref is set; out is [rows, 4].
+  Status logit_stats(const int32_t* targets, int64_t rows, const LlamaModel* ref, double* out);
 
   // Runs every forward on `backend` (the CUDA one) from now on; the CPU weights stay as loaded.
   void set_backend(std::unique_ptr<ForwardBackend> backend) { backend_ = std::move(backend); }

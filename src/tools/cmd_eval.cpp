@@ -12,6 +12,7 @@
 
 #include "core/mmap_file.h"
 #include "tools/cli_args.h"
+#include "tools/cli_device.h"
 #include "tools/cli_model.h"
 #include "tools/commands.h"
 #include "tools/eval_windows.h"
@@ -73,6 +74,34 @@ Result<EvalSetup> setup(const CliArgs& args) {
   return s;
 }
 
+// Sums of the per-position statistics over every window, in position order (deterministic).
+struct Totals {
+  double nll = 0.0, ref_nll = 0.0, kl = 0.0;
+  int64_t agree = 0, count = 0;
+};
+
+Result<Totals> evaluate(const CliArgs& args, EvalSetup& s, LlamaModel* ref, Progress& progress) {
+  NB_ASSIGN_OR_RETURN(int64_t threads, args.get_int("-t", 1, 256));
+  ThreadPool pool(static_cast<int>(threads));
+  Totals t;
+  for (size_t i = 0; i < s.windows.size(); ++i) {
+    NB_RETURN_IF_ERROR(run_window(*s.m.model, ref, pool, s.tokens, s.windows[i], [&](int64_t n, const double* st) {
+      for (int64_t r = 0; r < n; ++r) {
+        t.nll += st[4 * r];
+        t.ref_nll += st[4 * r + 1];
+        t.kl += st[4 * r + 2];
+        t.agree += st[4 * r + 3] != 0.0 ? 1 : 0;
+      }
+      t.count += n;
+    }));
+    const auto c = static_cast<double>(t.count);
+    progress.show(i + 1, s.windows.size(),
+                  ref == nullptr ? "ppl " + std::to_string(std::exp(t.nll / c)) : "kld " + std::to_string(t.kl / c));
+  }
+  std::fputc('\n', stderr);
+  return t;
+}
+
 int run_ppl(int argc, char** argv) {
   CliArgs args("eval ppl", std::string("-m MODEL --data FILE [--ctx 2048] [--stride S] [--max-windows N] [-t T] [--json]\n") + kWindowHelp);
   add_eval_options(args);
@@ -80,43 +109,20 @@ int run_ppl(int argc, char** argv) {
   if (args.help_requested()) { std::fputs(args.usage().c_str(), stdout); return 0; }
   auto s = setup(args);
   if (!s.ok()) return fail("eval ppl", s.status());
-  LlamaModel& model = *s->m.model;
-  const int64_t vocab = model.config().vocab_size;
-  ThreadPool pool(2);
-  double nll = 0.0;
-  int64_t count = 0;
   Progress progress;
-  for (size_t i = 0; i < s->windows.size(); ++i) {
-    const EvalWindow& w = s->windows[i];
-    std::vector<double> part;
-    Status st = run_window(model, s->tokens, w, [&](int64_t pos0, int64_t n, const float* logits) {
-      part.assign(static_cast<size_t>(n), 0.0);
-      pool.parallel_for(n, [&](int64_t a, int64_t b) {
-        std::vector<float> row(static_cast<size_t>(vocab));
-        for (int64_t r = a; r < b; ++r) {
-          std::copy(logits + r * vocab, logits + (r + 1) * vocab, row.begin());
-          log_softmax(row.data(), vocab);
-          part[static_cast<size_t>(r)] = -row[static_cast<size_t>(s->tokens[static_cast<size_t>(w.begin + pos0 + r + 1)])];
-        }
-      });
-      for (double v : part) nll += v;  // in position order: deterministic
-      count += n;
-    });
-    if (!st.ok()) return fail("eval ppl", st);
-    progress.show(i + 1, s->windows.size(), "ppl " + std::to_string(std::exp(nll / static_cast<double>(count))));
-  }
-  std::fputc('\n', stderr);
-  const double ppl = std::exp(nll / static_cast<double>(count));
+  auto t = evaluate(args, *s, nullptr, progress);
+  if (!t.ok()) return fail("eval ppl", t.status());
+  const auto count = static_cast<double>(t->count);
+  const double ppl = std::exp(t->nll / count);
   const double secs = progress.elapsed();
   if (args.has("--json")) {
-    nlohmann::json j = {{"ppl", ppl}, {"mean_nll", nll / static_cast<double>(count)}, {"scored_tokens", count},
+    nlohmann::json j = {{"ppl", ppl}, {"mean_nll", t->nll / count}, {"scored_tokens", t->count},
                         {"total_tokens", s->tokens.size()}, {"windows", s->windows.size()}, {"ctx", s->ctx},
-                        {"stride", s->stride}, {"seconds", secs}, {"tokens_per_second", static_cast<double>(count) / secs}};
+                        {"stride", s->stride}, {"seconds", secs}, {"tokens_per_second", count / secs}};
     std::printf("%s\n", j.dump().c_str());
   } else {
     std::printf("ppl %.4f  (%lld tokens scored in %zu windows of %lld, %.1f s, %.0f tok/s)\n", ppl,
-                static_cast<long long>(count), s->windows.size(), static_cast<long long>(s->ctx), secs,
-                static_cast<double>(count) / secs);
+                static_cast<long long>(t->count), s->windows.size(), static_cast<long long>(s->ctx), secs, count / secs);
   }
   return 0;
 }
@@ -124,7 +130,8 @@ int run_ppl(int argc, char** argv) {
 int run_kld(int argc, char** argv) {
   CliArgs args("eval kld", std::string("-m MODEL --ref REF --data FILE [--ctx 2048] [--stride S] [--max-windows N] [--json]\n") +
                                "mean KL(ref || model) of the next-token distributions at every scored position, and how often\n"
-                               "both models' most likely token agree. " + kWindowHelp);
+                               "both models' most likely token agree. REF runs where MODEL runs (--device, --dtype) with the\n"
+                               "default KV cache. " + kWindowHelp);
   add_eval_options(args);
   args.option("--ref", "reference model (tokenized with MODEL's tokenizer; vocabularies must match)");
   if (Status st = args.parse(argc, argv); !st.ok()) return fail("eval kld", st);
@@ -138,74 +145,25 @@ int run_kld(int argc, char** argv) {
   auto ref = LlamaModel::create(std::move(loaded->weights), static_cast<int>(threads.ok() ? *threads : 2));
   if (!ref.ok()) return fail("eval kld", ref.status());
   (*ref)->set_exact_matmul(args.has("--exact"));
-  LlamaModel& model = *s->m.model;
-  const int64_t vocab = model.config().vocab_size;
+  if (Status st = attach_device(args, **ref, LlamaModel::kMaxChunkTokens); !st.ok()) return fail("eval kld", st);
+  const int64_t vocab = s->m.model->config().vocab_size;
   if ((*ref)->config().vocab_size != vocab) {
     return fail("eval kld", invalid_argument("--ref has a vocabulary of " + std::to_string((*ref)->config().vocab_size) +
                                              " tokens, the model " + std::to_string(vocab) + "; they must match"));
   }
-  ThreadPool pool(2);
-  double kl_sum = 0.0, nll_m = 0.0, nll_r = 0.0;
-  int64_t count = 0, agree = 0;
   Progress progress;
-  for (size_t i = 0; i < s->windows.size(); ++i) {
-    const EvalWindow& w = s->windows[i];
-    // Reference logits of the whole window first (kept as log-probabilities), then the model's.
-    std::vector<float> ref_lp;
-    Status st = run_window(**ref, s->tokens, w, [&](int64_t, int64_t n, const float* logits) {
-      const size_t off = ref_lp.size();
-      ref_lp.insert(ref_lp.end(), logits, logits + n * vocab);
-      pool.parallel_for(n, [&](int64_t a, int64_t b) {
-        for (int64_t r = a; r < b; ++r) log_softmax(ref_lp.data() + off + r * vocab, vocab);
-      });
-    });
-    if (!st.ok()) return fail("eval kld", st);
-    int64_t done = 0;
-    st = run_window(model, s->tokens, w, [&](int64_t pos0, int64_t n, const float* logits) {
-      std::vector<double> kl(static_cast<size_t>(n)), lm(static_cast<size_t>(n)), lr(static_cast<size_t>(n));
-      std::vector<int> same(static_cast<size_t>(n));
-      pool.parallel_for(n, [&](int64_t a, int64_t b) {
-        std::vector<float> row(static_cast<size_t>(vocab));
-        for (int64_t r = a; r < b; ++r) {
-          std::copy(logits + r * vocab, logits + (r + 1) * vocab, row.begin());
-          log_softmax(row.data(), vocab);
-          const float* q = ref_lp.data() + (done + r) * vocab;
-          double acc = 0.0;
-          int64_t am = 0, ar = 0;
-          for (int64_t v = 0; v < vocab; ++v) {
-            acc += std::exp(static_cast<double>(q[v])) * (static_cast<double>(q[v]) - row[static_cast<size_t>(v)]);
-            if (row[static_cast<size_t>(v)] > row[static_cast<size_t>(am)]) am = v;
-            if (q[v] > q[ar]) ar = v;
-          }
-          const auto next = static_cast<size_t>(s->tokens[static_cast<size_t>(w.begin + pos0 + r + 1)]);
-          kl[static_cast<size_t>(r)] = acc;
-          same[static_cast<size_t>(r)] = am == ar;
-          lm[static_cast<size_t>(r)] = -row[next];
-          lr[static_cast<size_t>(r)] = -q[next];
-        }
-      });
-      for (int64_t r = 0; r < n; ++r) {
-        kl_sum += kl[static_cast<size_t>(r)];
-        nll_m += lm[static_cast<size_t>(r)];
-        nll_r += lr[static_cast<size_t>(r)];
-        agree += same[static_cast<size_t>(r)];
-      }
-      count += n;
-      done += n;
-    });
-    if (!st.ok()) return fail("eval kld", st);
-    progress.show(i + 1, s->windows.size(), "kld " + std::to_string(kl_sum / static_cast<double>(count)));
-  }
-  std::fputc('\n', stderr);
-  const double kld = kl_sum / static_cast<double>(count), top1 = static_cast<double>(agree) / static_cast<double>(count);
-  const double ppl = std::exp(nll_m / static_cast<double>(count)), ref_ppl = std::exp(nll_r / static_cast<double>(count));
+  auto t = evaluate(args, *s, ref->get(), progress);
+  if (!t.ok()) return fail("eval kld", t.status());
+  const auto count = static_cast<double>(t->count);
+  const double kld = t->kl / count, top1 = static_cast<double>(t->agree) / count;
+  const double ppl = std::exp(t->nll / count), ref_ppl = std::exp(t->ref_nll / count);
   if (args.has("--json")) {
-    nlohmann::json j = {{"kld", kld}, {"top1_agreement", top1}, {"ppl", ppl}, {"ref_ppl", ref_ppl}, {"scored_tokens", count},
+    nlohmann::json j = {{"kld", kld}, {"top1_agreement", top1}, {"ppl", ppl}, {"ref_ppl", ref_ppl}, {"scored_tokens", t->count},
                         {"windows", s->windows.size()}, {"ctx", s->ctx}, {"stride", s->stride}, {"seconds", progress.elapsed()}};
     std::printf("%s\n", j.dump().c_str());
   } else {
     std::printf("kld %.6f  top-1 agreement %.4f  ppl %.4f  ref ppl %.4f  (%lld positions)\n", kld, top1, ppl, ref_ppl,
-                static_cast<long long>(count));
+                static_cast<long long>(t->count));
   }
   return 0;
 }

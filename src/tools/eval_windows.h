@@ -24,14 +24,15 @@ struct EvalWindow {
 // The windows for n tokens; max_windows <= 0 means all.
 std::vector<EvalWindow> eval_windows(int64_t n, int64_t ctx, int64_t stride, int64_t max_windows);
 
-// Runs `model` over the window with a fresh KV cache, chunk by chunk, and calls
-// fn(pos, logits) for every window-relative position pos in [first_scored - 1, len - 1) (the
-// positions whose next-token prediction is scored); logits has vocab floats.
-// fn is called in order of pos, chunk by chunk: fn_chunk(pos0, count, logits[count * vocab]).
-using ChunkFn = std::function<void(int64_t pos0, int64_t count, const float* logits)>;
-Status run_window(LlamaModel& model, const std::vector<int32_t>& tokens, const EvalWindow& w, const ChunkFn& fn);
-
-// log-softmax of one row (in place), computed in double for the normaliser.
-void log_softmax(float* row, int64_t n);
+// Runs `model` over the window with a fresh KV cache, chunk by chunk — and `ref`, when not null,
+// over the same tokens, chunk for chunk — and calls fn(count, stats) for each chunk's scored
+// positions (window-relative [first_scored - 1, len - 1): their next token is the target), in
+// order: stats holds count rows of LogitStatsParams' four numbers (backend/ops.h: NLL, the ref's
+// NLL, KL(ref || model), top-1 agreement). When the model (and ref) run on a device the logits stay
+// there (LlamaModel::logit_stats); otherwise they come to the host and cpu::ref::logit_stats runs
+// over `pool`.
+using StatsFn = std::function<void(int64_t count, const double* stats)>;
+Status run_window(LlamaModel& model, LlamaModel* ref, ThreadPool& pool, const std::vector<int32_t>& tokens,
+                  const EvalWindow& w, const StatsFn& fn);
 
 }  // namespace nb::tools

@@ -49,6 +49,7 @@ void kv_dequantize_head(const KvBlockFormat& f, const uint8_t* pool, int64_t slo
 void hadamard(const HadamardParams& p);  // the matrix product, in double
 void argmax(const ArgmaxParams& p);  // reference_sampling.cpp
 void sample_rows(const SampleRowsParams& p);  // reference_sampling.cpp: the rule, with a full sort
+void logit_stats(const LogitStatsParams& p);  // reference_sampling.cpp: log_softmax of each row, then the sums
 // The CUDA backend's fused decode ops (reference_fused.cpp), defined by the plain ops above.
 void fused_linear(const FusedLinearParams& p);
 void rope_kv_write(const RopeKvWriteParams& p);

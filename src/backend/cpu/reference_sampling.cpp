@@ -1,4 +1,4 @@
-// Reference for the sampling-side ops (ArgmaxParams, SampleRowsParams): plain loops and a full
+// Reference for the sampling-side ops (ArgmaxParams, SampleRowsParams, LogitStatsParams): plain loops and a full
 // sort, written from the rule in backend/ops.h rather than from the Sampler's fast paths.
 #include <algorithm>
 #include <cmath>
@@ -78,6 +78,49 @@ int32_t sample_row(const float* x, int64_t vocab, const SampleRowParams& s) {
 
 void sample_rows(const SampleRowsParams& p) {
   for (int64_t r = 0; r < p.num_rows; ++r) p.out[r] = sample_row(p.x + r * p.vocab, p.vocab, p.rows[r]);
+}
+
+namespace {
+
+// log_softmax of one row in double: the maximum, then log of the sum of exp(x - max).
+std::vector<double> log_softmax_row(const float* x, int64_t n) {
+  double m = -std::numeric_limits<double>::infinity();
+  for (int64_t i = 0; i < n; ++i) m = std::max(m, static_cast<double>(x[i]));
+  double sum = 0.0;
+  for (int64_t i = 0; i < n; ++i) sum += std::exp(static_cast<double>(x[i]) - m);
+  const double lse = m + std::log(sum);
+  std::vector<double> out(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) out[static_cast<size_t>(i)] = static_cast<double>(x[i]) - lse;
+  return out;
+}
+
+}  // namespace
+
+void logit_stats(const LogitStatsParams& p) {
+  for (int64_t r = 0; r < p.rows; ++r) {
+    const float* x = p.logits + r * p.vocab;
+    const std::vector<double> lp = log_softmax_row(x, p.vocab);
+    const auto t = static_cast<size_t>(p.targets[r]);
+    double* o = p.out + 4 * r;
+    o[0] = -lp[t];
+    o[1] = 0.0;
+    o[2] = 0.0;
+    o[3] = 1.0;
+    if (p.ref_logits == nullptr) continue;
+    const float* y = p.ref_logits + r * p.vocab;
+    const std::vector<double> lq = log_softmax_row(y, p.vocab);
+    double kl = 0.0;
+    for (size_t v = 0; v < lq.size(); ++v) {
+      const double q = std::exp(lq[v]);
+      if (q > 0.0) kl += q * (lq[v] - lp[v]);
+    }
+    int32_t am = 0, aq = 0;
+    argmax({x, &am, 1, p.vocab});
+    argmax({y, &aq, 1, p.vocab});
+    o[1] = -lq[t];
+    o[2] = kl;
+    o[3] = am == aq ? 1.0 : 0.0;
+  }
 }
 
 }  // namespace nb::cpu::ref

@@ -43,6 +43,8 @@ Status argmax(const ArgmaxParams& p, Context& ctx);
 // One block a row; top-k and top-p thresholds by bisection over the order (no sort), double sums
 // in a fixed order (deterministic). Vocab < 2^31.
 Status sample_rows(const SampleRowsParams& p, Context& ctx);
+// One block a row, two passes over the logits (maxima and argmax, then the sums in double).
+Status logit_stats(const LogitStatsParams& p, Context& ctx);
 
 // W4A16 (w4_matmul.cu): repacks a host kQGroup weight (bits 4, weight-only, no act-order, K and the
 // group size multiples of 64; backend/w4_layout.h) into one device buffer and returns a device

@@ -1,5 +1,6 @@
-// Sampling-side kernels: row-wise argmax (greedy decoding without copying logits to the host) and
-// sample_rows (temperature / top-k / top-p / min-p draws by the rule in backend/ops.h).
+// Sampling-side kernels: row-wise argmax (greedy decoding without copying logits to the host),
+// sample_rows (temperature / top-k / top-p / min-p draws by the rule in backend/ops.h) and
+// logit_stats (perplexity / KL divergence rows for `nibble eval` without copying logits).
 #include <cuda_runtime.h>
 
 #include <cmath>
@@ -58,6 +59,99 @@ __global__ void argmax_kernel(const float* x, int32_t* out, int64_t cols) {
     }
     out[blockIdx.x] = bi == 0x7fffffff ? 0 : bi;  // an all-NaN row gives 0, as the reference
   }
+}
+
+// ---- logit_stats --------------------------------------------------------------------------------
+// One block of kThreads a row. Pass 1: each row's maximum and argmax (better(): ties to the lower id);
+// pass 2, in double: sum exp(x - max x), sum exp(y - max y) and sum exp(y - max y) (y - x), from
+// which KL(q || p) = E_q[y - x] - (lse y - lse x) (ops.h's definition, rearranged).
+__device__ __forceinline__ void block_best(float& bv, int& bi, float* sv, int* si) {
+  for (int off = 16; off > 0; off /= 2) {
+    const float ov = __shfl_down_sync(0xffffffffu, bv, off);
+    const int oi = __shfl_down_sync(0xffffffffu, bi, off);
+    if (better(ov, oi, bv, bi)) {
+      bv = ov;
+      bi = oi;
+    }
+  }
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  if (lane == 0) {
+    sv[warp] = bv;
+    si[warp] = bi;
+  }
+  __syncthreads();
+  bv = sv[0];
+  bi = si[0];
+  for (int w = 1; w < kThreads / 32; ++w) {
+    if (better(sv[w], si[w], bv, bi)) {
+      bv = sv[w];
+      bi = si[w];
+    }
+  }
+  __syncthreads();  // sv/si are reused
+}
+
+__device__ __forceinline__ double block_sum(double v, double* sd) {
+  for (int off = 16; off > 0; off /= 2) v += __shfl_down_sync(0xffffffffu, v, off);
+  if (threadIdx.x % 32 == 0) sd[threadIdx.x / 32] = v;
+  __syncthreads();
+  double t = 0.0;
+  for (int w = 0; w < kThreads / 32; ++w) t += sd[w];
+  __syncthreads();
+  return t;
+}
+
+__global__ void logit_stats_kernel(LogitStatsParams p) {
+  const int64_t r = blockIdx.x;
+  const float* x = p.logits + r * p.vocab;
+  const float* y = p.ref_logits != nullptr ? p.ref_logits + r * p.vocab : nullptr;
+  __shared__ float sv[kThreads / 32];
+  __shared__ int si[kThreads / 32];
+  __shared__ double sd[kThreads / 32];
+  float bx = NAN, by = NAN;
+  int ix = 0x7fffffff, iy = 0x7fffffff;
+  for (int64_t i = threadIdx.x; i < p.vocab; i += kThreads) {
+    const int id = static_cast<int>(i);
+    if (better(x[i], id, bx, ix)) {
+      bx = x[i];
+      ix = id;
+    }
+    if (y != nullptr && better(y[i], id, by, iy)) {
+      by = y[i];
+      iy = id;
+    }
+  }
+  block_best(bx, ix, sv, si);
+  if (y != nullptr) block_best(by, iy, sv, si);
+  // The maxima as the reference takes them (NaN ignored); a row of NaN only gives NaN sums.
+  const double mx = bx, my = by;
+  double sx = 0.0, sy = 0.0, a = 0.0;
+  for (int64_t i = threadIdx.x; i < p.vocab; i += kThreads) {
+    sx += exp(static_cast<double>(x[i]) - mx);
+    if (y != nullptr) {
+      const double e = exp(static_cast<double>(y[i]) - my);
+      sy += e;
+      if (e > 0.0) a += e * (static_cast<double>(y[i]) - static_cast<double>(x[i]));
+    }
+  }
+  sx = block_sum(sx, sd);
+  if (y != nullptr) {
+    sy = block_sum(sy, sd);
+    a = block_sum(a, sd);
+  }
+  if (threadIdx.x != 0) return;
+  const int32_t t = p.targets[r];
+  const double lse_x = mx + log(sx);
+  double* o = p.out + 4 * r;
+  o[0] = lse_x - static_cast<double>(x[t]);
+  o[1] = 0.0;
+  o[2] = 0.0;
+  o[3] = 1.0;
+  if (y == nullptr) return;
+  const double lse_y = my + log(sy);
+  o[1] = lse_y - static_cast<double>(y[t]);
+  o[2] = a / sy - (lse_y - lse_x);
+  o[3] = ix == iy ? 1.0 : 0.0;
 }
 
 // ---- sample_rows ------------------------------------------------------------------------------
@@ -331,6 +425,15 @@ Status sample_rows(const SampleRowsParams& p, Context& ctx) {
   if (p.num_rows > 0x7fffffff) return invalid_argument("sample_rows: too many rows for one launch");
   sample_rows_kernel<<<static_cast<unsigned>(p.num_rows), kSampleThreads, 0, detail::as_stream(ctx.stream())>>>(
       p.x, p.rows, p.out, static_cast<int>(p.vocab));
+  NB_CUDA_RETURN_IF_ERROR(cudaGetLastError());
+  return Status::Ok();
+}
+
+Status logit_stats(const LogitStatsParams& p, Context& ctx) {
+  if (p.rows < 0 || p.vocab <= 0 || p.vocab > 0x7fffffff) return invalid_argument("logit_stats: need rows >= 0, 0 < vocab < 2^31");
+  if (p.rows == 0) return Status::Ok();
+  if (p.rows > 0x7fffffff) return invalid_argument("logit_stats: too many rows for one launch");
+  logit_stats_kernel<<<static_cast<unsigned>(p.rows), kThreads, 0, detail::as_stream(ctx.stream())>>>(p);
   NB_CUDA_RETURN_IF_ERROR(cudaGetLastError());
   return Status::Ok();
 }

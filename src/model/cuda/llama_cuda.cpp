@@ -283,6 +283,7 @@ Status CudaLlama::stage(const StepLayout& s) {
 Status CudaLlama::forward(const ForwardBatch& batch, const KvPools& kv, float* logits) {
   const ModelConfig& c = config_;
   NB_RETURN_IF_ERROR(cuda::set_device(options_.ordinal));
+  last_rows_ = 0;
   StepLayout s;
   s.tokens = static_cast<int64_t>(batch.tokens.size());
   s.seqs = static_cast<int64_t>(batch.seqs.size());
@@ -391,6 +392,10 @@ Status CudaLlama::forward(const ForwardBatch& batch, const KvPools& kv, float* l
     return Status::Ok();
   }
   if (batch.sample_rows != nullptr) return sample_on_device(batch, real_rows);
+  if (batch.logits_on_device) {
+    last_rows_ = real_rows;
+    return ctx_->synchronize();  // logit_stats may read them from another model's stream
+  }
   const size_t bytes = static_cast<size_t>(real_rows * c.vocab_size) * 4;
   NB_RETURN_IF_ERROR(cuda::copy_to_host(logits_h_.data(), logits_d_.data(), bytes, ctx_->stream()));
   NB_RETURN_IF_ERROR(ctx_->synchronize());
@@ -434,6 +439,35 @@ Status CudaLlama::sample_on_device(const ForwardBatch& batch, int64_t rows) {
   NB_RETURN_IF_ERROR(cuda::copy_to_host(greedy_h_.data(), greedy_d_.data(), n * 4, ctx_->stream()));
   NB_RETURN_IF_ERROR(ctx_->synchronize());
   std::memcpy(batch.sampled_tokens, greedy_h_.data(), n * 4);
+  return Status::Ok();
+}
+
+Status CudaLlama::logit_stats(const int32_t* targets, int64_t rows, const ForwardBackend* ref, double* out) {
+  const auto* other = dynamic_cast<const CudaLlama*>(ref);
+  if (ref != nullptr && (other == nullptr || other->options_.ordinal != options_.ordinal)) {
+    return invalid_argument("logit_stats: the reference must run on the same CUDA device (" + describe() + ")");
+  }
+  if (rows <= 0 || rows != last_rows_ || (other != nullptr && other->last_rows_ != rows)) {
+    return failed_precondition("logit_stats: the last forward (of both models) must have left " + std::to_string(rows) +
+                               " logits rows on the device (ForwardBatch::logits_on_device)");
+  }
+  NB_RETURN_IF_ERROR(cuda::set_device(options_.ordinal));
+  const size_t t_bytes = (static_cast<size_t>(max_rows_) * 4 + 7) / 8 * 8, o_bytes = static_cast<size_t>(max_rows_) * 32;
+  if (stats_d_.size() < t_bytes + o_bytes) {
+    NB_ASSIGN_OR_RETURN(stats_d_, DeviceBuffer::allocate(t_bytes + o_bytes));
+    NB_ASSIGN_OR_RETURN(stats_h_, PinnedBuffer::allocate(t_bytes + o_bytes));
+  }
+  const auto n = static_cast<size_t>(rows);
+  std::memcpy(stats_h_.data(), targets, n * 4);
+  NB_RETURN_IF_ERROR(cuda::copy_to_device(stats_d_.data(), stats_h_.data(), n * 4, ctx_->stream()));
+  auto* out_d = reinterpret_cast<double*>(static_cast<char*>(stats_d_.data()) + t_bytes);
+  NB_RETURN_IF_ERROR(cuda::logit_stats({logits_d_.as<float>(), other != nullptr ? other->logits_d_.as<float>() : nullptr,
+                                        stats_d_.as<int32_t>(), out_d, rows, config_.vocab_size},
+                                       *ctx_));
+  auto* out_h = static_cast<char*>(stats_h_.data()) + t_bytes;
+  NB_RETURN_IF_ERROR(cuda::copy_to_host(out_h, out_d, n * 32, ctx_->stream()));
+  NB_RETURN_IF_ERROR(ctx_->synchronize());
+  std::memcpy(out, out_h, n * 32);
   return Status::Ok();
 }
 

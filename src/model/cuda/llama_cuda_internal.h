@@ -68,10 +68,15 @@ class CudaLlama final : public ForwardBackend {
     return static_cast<int64_t>(total_b);
   }
 
+  Status logit_stats(const int32_t* targets, int64_t rows, const ForwardBackend* ref, double* out) override;
+
  private:  // ForwardBatch::sample_rows on the device (llama_cuda.cpp, forward()); allocated on first use
   Status sample_on_device(const ForwardBatch& batch, int64_t rows);
   DeviceBuffer sample_rows_d_;   // [max_rows] SampleRowParams
   PinnedBuffer sample_rows_h_;   // its staging
+  int64_t last_rows_ = 0;        // logits rows of the last forward (logit_stats reads them)
+  DeviceBuffer stats_d_;         // logit_stats: targets [max_rows] int32, then out [max_rows, 4] double
+  PinnedBuffer stats_h_;         // its staging
 
  public:
   std::string describe() const override {
