@@ -26,6 +26,8 @@
 #                          gemm, kv, w8a8 = `nibble bench gemm|kv|w8a8` (kernel level, issue 6);
 #                          spec = `nibble bench spec --device cuda` (n-gram drafting on a copy task, SmolLM2);
 #                          batching = `nibble bench batching --device cuda --compare batching` (SmolLM2);
+#                          qtable = scripts/quant_table.sh on the GPU, whole WikiText-2 test split (needs
+#                          gpu_carry_b/text/wikitext-2-raw.{test,valid}.txt; NIBBLE_QTABLE_ROWS, _JOBS);
 #                          qppl = perplexity of RTN W4 g64, naive W8A8 and KV int8/int4 SmolLM2 on the GPU
 #                          (f16 and f32; needs gpu_carry_b/text/wikitext-2-raw.test.txt)
 #   NIBBLE_SYNTH_DIR       where the 7B model is generated (default /tmp/nibble-synth)
@@ -225,6 +227,19 @@ if [ "${result[build]:-}" = ok ] && [ "$bench" != none ]; then
       done
     done
     record qppl $rc
+  fi
+  if has qtable && [ -f "$smol" ] && [ -f gpu_carry_b/text/wikitext-2-raw.test.txt ]; then
+    # Issue 4's quantization table on the whole WikiText-2 test split: the models are made here
+    # (NIBBLE_QTABLE_JOBS at a time, 4 threads each, calibrated on the validation split), evaluated
+    # on the GPU in f32 (`eval kld` against the f16 base). A second call on the warm machine resumes.
+    qt=/tmp/nibble-qtable
+    scripts/quant_table.sh --out $qt --device cuda --dtype f32 --metric kld --nibble "$nib" --model "$smol" \
+      --threads 4 --jobs "${NIBBLE_QTABLE_JOBS:-4}" --calib gpu_carry_b/text/wikitext-2-raw.valid.txt \
+      --data gpu_carry_b/text/wikitext-2-raw.test.txt \
+      --rows "${NIBBLE_QTABLE_ROWS:-base|rtn_w4g64|awq_w4g64|gptq_w4g64|rtn_w4pc|awq_w4pc|gptq_w4pc|rtn_w3g64|awq_w3g64|gptq_w3g64|naive_w8a8|sq_a0.5|sq_a0.8|sq_search|kv_int8|kv_int4}" \
+      >"$out/qtable.md" 2>"$out/qtable.log"
+    record qtable $?
+    mkdir -p "$out/qtable"; cp $qt/*.json $qt/*.make_seconds "$out/qtable/" 2>/dev/null
   fi
   if has serve && [ -f "$smol" ]; then
     "$nib" serve -m "$smol" --device cuda --dtype f16 --port 8199 --kv-cache-memory 8GiB --max-num-seqs 256 \

@@ -46,8 +46,8 @@ done < <(find "$carry/root" -type l)
 mkdir -p "$carry/models" gpu_carry_b
 shared=${NIBBLE_SHARED_DATA:-../shared/data}
 cp "$shared"/stories260K/stories260K.bin "$shared"/stories260K/tok512.* "$carry/models/"
-mkdir -p gpu_carry_b/text  # for gpu.sh's qppl (perplexity of quantized models on the GPU)
-cp "$shared"/text/wikitext-2-raw.test.txt gpu_carry_b/text/
+mkdir -p gpu_carry_b/text  # for gpu.sh qppl and qtable (perplexity of quantized models on the GPU; calibration)
+cp "$shared"/text/wikitext-2-raw.test.txt "$shared"/text/wikitext-2-raw.valid.txt gpu_carry_b/text/
 smol=models/SmolLM2-135M-Instruct.Q4_1.gguf
 if [ -f "$smol" ]; then
   head -c 52428800 "$smol" >"$carry/models/smollm2.part_a"

@@ -2,15 +2,21 @@
 # Makes every model of issue 4's quantization table for SmolLM2-135M-Instruct into a folder, evaluates
 # each on the WikiText-2 raw test split (ctx 2048) and prints a markdown table.
 #
-#   scripts/quant_table.sh [--out DIR] [--device cpu|cuda] [--max-windows N] [--metric kld|ppl]
-#                          [--rows REGEX] [--nibble BIN] [--model GGUF] [--threads T]
+#   scripts/quant_table.sh [--out DIR] [--device cpu|cuda] [--dtype f16|bf16|f32] [--max-windows N]
+#                          [--metric kld|ppl] [--rows REGEX] [--nibble BIN] [--model GGUF] [--threads T]
+#                          [--jobs J] [--calib FILE] [--data FILE]
 #
 # --max-windows N: only the first N windows (the same N for every row); default 0 = the full test split.
 # --metric kld (default): `nibble eval kld --ref base` (perplexity, KL divergence vs base, top-1 agreement;
 #   runs the base model too, so twice the time); ppl: `nibble eval ppl` only.
 # --device: where every row's evaluation runs (W8A8 with per-token INT8 activations and the KV INT8/INT4
 #   caches too: the CUDA backend runs them as the CPU does, with --dtype f16 activations around them).
-#   The CUDA backend dequantizes W4/W3 weights to f16, which is the same W4A16 arithmetic.
+#   The CUDA backend dequantizes W4/W3 weights to --dtype (default f32 there), the same W4A16 arithmetic.
+#   On a device `eval kld` runs the base model there too and the logits never leave it.
+# --jobs J: make up to J models at once (each quantizing with --threads T), then evaluate row by row.
+# --calib FILE: calibration text for AWQ/GPTQ/SmoothQuant (default: nibble quantize's, the WikiText-2
+#   validation split beside the checkout). --data: the evaluation text (default the test split).
+# Needs python3 (the table); no jq.
 # --rows REGEX: only the rows whose name matches (e.g. 'base|kv_'; the base model is always made);
 #   the table lists every row that has a result in DIR. A model that exists in DIR is not made again, a result that exists is not recomputed
 #   (delete DIR/NAME or DIR/NAME.json to redo one).
@@ -25,6 +31,9 @@ rows_re='.*'
 nibble=build/nibble
 model=models/SmolLM2-135M-Instruct.Q4_1.gguf
 threads=2
+jobs=1
+dtype=f32
+calib=
 data=../shared/data/text/wikitext-2-raw.test.txt
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -36,8 +45,11 @@ while [ $# -gt 0 ]; do
     --nibble) nibble=$2; shift 2 ;;
     --model) model=$2; shift 2 ;;
     --threads) threads=$2; shift 2 ;;
+    --jobs) jobs=$2; shift 2 ;;
+    --dtype) dtype=$2; shift 2 ;;
+    --calib) calib=$2; shift 2 ;;
     --data) data=$2; shift 2 ;;
-    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
     *) echo "unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -83,11 +95,14 @@ make_model() {  # name kind flags
   local t0=$SECONDS
   if [ "$kind" = convert ]; then
     log "convert $name"
-    "$nibble" convert -m "$model" -o "$dir" --dtype f16 >&2
+    "$nibble" convert -m "$model" -o "$dir" --dtype f16 > "$out/$name.make.log" 2>&1 || { log "convert FAILED"; return 1; }
   else
     log "quantize $name: $flags"
     # shellcheck disable=SC2086
-    "$nibble" quantize -m "$model" -o "$dir" $flags -t "$threads" --report "$out/$name.report.json" >&2
+    local extra=()
+    [ -n "$calib" ] && extra=(--calib "$calib")
+    "$nibble" quantize -m "$model" -o "$dir" $flags "${extra[@]}" -t "$threads" --report "$out/$name.report.json" \
+      > "$out/$name.make.log" 2>&1 || { log "quantize $name FAILED (see $out/$name.make.log)"; return 1; }
   fi
   echo $((SECONDS - t0)) > "$out/$name.make_seconds"
 }
@@ -99,60 +114,80 @@ evaluate() {  # name kind flags cpu_only
   [ -n "$cpu_only" ] && dev=cpu
   if [ "$kind" = kv ]; then m=$out/base; kv=$flags; fi
   local args=(-m "$m" --data "$data" --ctx 2048 --max-windows "$max_windows" --json -t "$threads" --kv-cache-dtype "$kv")
-  [ "$dev" != cpu ] && args+=(--device "$dev")
+  [ "$dev" != cpu ] && args+=(--device "$dev" --dtype "$dtype")
   log "eval $metric $name (device $dev, kv $kv)"
   if [ "$metric" = kld ]; then
     "$nibble" eval kld "${args[@]}" --ref "$out/base" > "$res.tmp"
   else
     "$nibble" eval ppl "${args[@]}" > "$res.tmp"
   fi
-  echo "{\"device\": \"$dev\"}" >> "$res.tmp"
-  jq -s 'add' "$res.tmp" > "$res" && rm -f "$res.tmp"
+  [ "$dev" != cpu ] && dev="$dev $dtype"
+  python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); d["device"]=sys.argv[2]; json.dump(d, open(sys.argv[3], "w"))' \
+    "$res.tmp" "$dev" "$res" && rm -f "$res.tmp"
 }
 
-# Each row is made and evaluated before the next (base is always made: the others compare with it).
+selected() { [[ "$1" =~ ^($rows_re)$ ]]; }
+
+# The models first (base always: the others compare with it), up to --jobs at a time, then each row's
+# evaluation in table order.
+make_model base convert ""
+pids=()
 for r in "${rows[@]}"; do
   IFS='|' read -r name kind flags cpu_only <<< "$r"
-  [[ "$name" =~ ^($rows_re)$ ]] || [ "$name" = base ] || continue
-  make_model "$name" "$kind" "$flags"
-  [[ "$name" =~ ^($rows_re)$ ]] && evaluate "$name" "$kind" "$flags" "$cpu_only"
+  selected "$name" && [ "$name" != base ] || continue
+  while [ "$(jobs -rp | wc -l)" -ge "$jobs" ]; do sleep 1; done
+  make_model "$name" "$kind" "$flags" &
+  pids+=($!)
+done
+for p in "${pids[@]}"; do wait "$p" || true; done
+for r in "${rows[@]}"; do
+  IFS='|' read -r name kind flags cpu_only <<< "$r"
+  selected "$name" || continue
+  if [ "$kind" != kv ] && [ ! -f "$out/$name/model.safetensors" ]; then log "no model for $name: skipped"; continue; fi
+  evaluate "$name" "$kind" "$flags" "$cpu_only" || log "eval $name FAILED"
 done
 
-# The table: every row with a result in $out.
-base_ppl=$(jq -r '.ppl' "$out/base.json" 2>/dev/null || echo "")
-echo "| model | how | ppl | dppl vs base | KL vs base | top-1 agree | windows (scored tokens) | device | model.safetensors MB |"
-echo "|---|---|---|---|---|---|---|---|---|"
-for r in "${rows[@]}"; do
-  IFS='|' read -r name kind flags cpu_only <<< "$r"
-  res=$out/$name.json
-  [ -f "$res" ] || continue
-  case "$kind" in
-    convert) how='`nibble convert --dtype f16`' ;;
-    kv) how="base, \`--kv-cache-dtype $flags\`" ;;
-    *) how="\`$flags\`" ;;
-  esac
-  ppl=$(jq -r '.ppl' "$res")
-  kl=$(jq -r 'if .kld == null then "-" else (.kld * 1e4 | round / 1e4 | tostring) end' "$res")
-  top1=$(jq -r 'if .top1_agreement == null then "-" else (.top1_agreement * 1e4 | round / 1e4 | tostring) end' "$res")
-  win=$(jq -r '"\(.windows) (\(.scored_tokens))"' "$res")
-  dev=$(jq -r '.device' "$res")
-  size=-
-  [ -f "$out/$name/model.safetensors" ] && size=$(awk -v b="$(stat -c %s "$out/$name/model.safetensors")" 'BEGIN{printf "%.1f", b/1e6}')
-  if [ -n "$base_ppl" ] && [ "$name" != base ]; then
-    d=$(awk -v p="$ppl" -v b="$base_ppl" 'BEGIN{printf "%+.3f (%+.2f%%)", p-b, 100*(p-b)/b}')
-  else
-    d=0
-  fi
-  printf '| %s | %s | %.3f | %s | %s | %s | %s | %s | %s |\n' "$name" "$how" "$ppl" "$d" "$kl" "$top1" "$win" "$dev" "$size"
-done
+# The tables: every row with a result in $out.
+printf '%s\n' "${rows[@]}" > "$out/rows.txt"
+python3 - "$out" <<'PY'
+import json, os, sys
+out = sys.argv[1]
+rows = [line.rstrip("\n").split("|") for line in open(os.path.join(out, "rows.txt")) if line.strip()]
+def load(name):
+    try:
+        return json.load(open(os.path.join(out, name + ".json")))
+    except (OSError, ValueError):
+        return None
+base = load("base")
+print("| model | how | ppl | dppl vs base | KL vs base | top-1 agree | windows (scored tokens) | device | model.safetensors MB |")
+print("|---|---|---|---|---|---|---|---|---|")
+for name, kind, flags, _ in rows:
+    r = load(name)
+    if r is None:
+        continue
+    how = {"convert": "`nibble convert --dtype f16`", "kv": f"base, `--kv-cache-dtype {flags}`"}.get(kind, f"`{flags}`")
+    d = "0"
+    b = base["ppl"] if base is not None else r.get("ref_ppl")  # kld rows carry the base's perplexity
+    if b is not None and name != "base":
+        d = f"{r['ppl'] - b:+.3f} ({100 * (r['ppl'] - b) / b:+.2f}%)"
+    kl = "-" if r.get("kld") is None else f"{r['kld']:.4g}"
+    top1 = "-" if r.get("top1_agreement") is None else f"{r['top1_agreement']:.4f}"
+    f = os.path.join(out, name, "model.safetensors")
+    size = f"{os.path.getsize(f) / 1e6:.1f}" if os.path.exists(f) else "-"
+    print(f"| {name} | {how} | {r['ppl']:.3f} | {d} | {kl} | {top1} | {r['windows']} ({r['scored_tokens']}) | {r['device']} | {size} |")
 
 # Share of RTN's perplexity increase over base that AWQ and GPTQ recover, per configuration.
-echo
-echo "| config | RTN dppl | AWQ recovery (default) | AWQ --awq-vo on | AWQ --awq-loss linear | AWQ linear + duo scaling | GPTQ (act-order) recovery |"
-echo "|---|---|---|---|---|---|---|"
-for cfg in w4g64 w4pc w3g64; do
-  [ -f "$out/base.json" ] && [ -f "$out/rtn_$cfg.json" ] || continue
-  b=$(jq -r .ppl "$out/base.json"); r=$(jq -r .ppl "$out/rtn_$cfg.json")
-  rec() { [ -f "$out/$1.json" ] && awk -v b="$b" -v r="$r" -v m="$(jq -r .ppl "$out/$1.json")" 'BEGIN{printf "%.1f%%", 100*(r-m)/(r-b)}' || echo -; }
-  echo "| $cfg | $(awk -v b="$b" -v r="$r" 'BEGIN{printf "%+.3f", r-b}') | $(rec "awq_$cfg") | $(rec "awq_${cfg}_vo") | $(rec "awq_${cfg}_linear") | $(rec "awq_${cfg}_linear_duo") | $(rec "gptq_$cfg") |"
-done
+print()
+print("| config | RTN dppl | AWQ recovery (default) | AWQ --awq-vo on | AWQ --awq-loss linear | AWQ linear + duo scaling | GPTQ (act-order) recovery |")
+print("|---|---|---|---|---|---|---|")
+for cfg in ("w4g64", "w4pc", "w3g64"):
+    rtn = load("rtn_" + cfg)
+    if base is None or rtn is None:
+        continue
+    b, q = base["ppl"], rtn["ppl"]
+    def rec(name):
+        m = load(name)
+        return "-" if m is None else f"{100 * (q - m['ppl']) / (q - b):.1f}%"
+    print(f"| {cfg} | {q - b:+.3f} | {rec('awq_' + cfg)} | {rec('awq_' + cfg + '_vo')} | {rec('awq_' + cfg + '_linear')} | "
+          f"{rec('awq_' + cfg + '_linear_duo')} | {rec('gptq_' + cfg)} |")
+PY
