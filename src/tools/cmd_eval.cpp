@@ -42,6 +42,7 @@ void add_eval_options(CliArgs& args) {
   args.option("--ctx", "tokens per window", "2048");
   args.option("--stride", "window advance in tokens (default: --ctx)");
   args.option("--max-windows", "evaluate only the first N windows (0 = all)", "0");
+  args.option("--every", "evaluate windows 0, K, 2K, ... only: a subset spread over the text (1 = all)", "1");
   args.flag("--json", "print the result as one JSON object on stdout");
 }
 
@@ -61,6 +62,7 @@ Result<EvalSetup> setup(const CliArgs& args) {
     NB_ASSIGN_OR_RETURN(s.stride, args.get_int("--stride", 1, s.ctx));
   }
   NB_ASSIGN_OR_RETURN(int64_t max_windows, args.get_int("--max-windows", 0, INT64_MAX));
+  NB_ASSIGN_OR_RETURN(int64_t every, args.get_int("--every", 1, INT64_MAX));
   NB_ASSIGN_OR_RETURN(std::string text, read_file(args.get("--data")));
   if (text.empty()) return invalid_argument("--data '" + args.get("--data") + "' is empty");
   NB_ASSIGN_OR_RETURN(s.m, load_cli_model(args));
@@ -70,7 +72,7 @@ Result<EvalSetup> setup(const CliArgs& args) {
   }
   s.tokens = s.m.tokenizer->encode(text, s.m.tokenizer->add_bos_by_default(), /*parse_special=*/false);
   if (s.tokens.size() < 2) return invalid_argument("--data holds fewer than 2 tokens");
-  s.windows = eval_windows(static_cast<int64_t>(s.tokens.size()), s.ctx, s.stride, max_windows);
+  s.windows = eval_windows(static_cast<int64_t>(s.tokens.size()), s.ctx, s.stride, max_windows, every);
   return s;
 }
 

@@ -9,14 +9,14 @@
 
 namespace nb::tools {
 
-std::vector<EvalWindow> eval_windows(int64_t n, int64_t ctx, int64_t stride, int64_t max_windows) {
+std::vector<EvalWindow> eval_windows(int64_t n, int64_t ctx, int64_t stride, int64_t max_windows, int64_t every) {
   std::vector<EvalWindow> out;
-  int64_t prev_end = 0;
+  int64_t prev_end = 0, index = 0;
   for (int64_t begin = 0; begin < n; begin += stride) {
     const int64_t end = std::min(begin + ctx, n);
     const int64_t trg = end - prev_end;  // new tokens this window scores
     EvalWindow w{begin, end, std::max<int64_t>(1, (end - begin) - trg)};
-    if (end - begin >= 2) out.push_back(w);
+    if (end - begin >= 2 && index++ % std::max<int64_t>(every, 1) == 0) out.push_back(w);
     prev_end = end;
     if (end == n || (max_windows > 0 && static_cast<int64_t>(out.size()) >= max_windows)) break;
   }

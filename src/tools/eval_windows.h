@@ -21,8 +21,9 @@ struct EvalWindow {
   int64_t begin = 0, end = 0;  // tokens [begin, end) are fed
   int64_t first_scored = 0;    // window-relative index of the first scored token (>= 1)
 };
-// The windows for n tokens; max_windows <= 0 means all.
-std::vector<EvalWindow> eval_windows(int64_t n, int64_t ctx, int64_t stride, int64_t max_windows);
+// The windows for n tokens; every > 1 keeps windows 0, every, 2 every, ... only (a subset spread over
+// the text; each still scores what it would in the full sequence); then max_windows <= 0 means all.
+std::vector<EvalWindow> eval_windows(int64_t n, int64_t ctx, int64_t stride, int64_t max_windows, int64_t every = 1);
 
 // Runs `model` over the window with a fresh KV cache, chunk by chunk — and `ref`, when not null,
 // over the same tokens, chunk for chunk — and calls fn(count, stats) for each chunk's scored

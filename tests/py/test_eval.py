@@ -51,13 +51,15 @@ def run_json(nibble_bin, *args):
     return json.loads(r.stdout)
 
 
-@pytest.mark.parametrize("ctx,stride", [(64, None), (64, 24), (200, None)])
-def test_ppl_matches_numpy(nibble_bin, tmp_path, ctx, stride):
+@pytest.mark.parametrize("ctx,stride,every", [(64, None, 1), (64, 24, 1), (200, None, 1), (64, 24, 3), (64, None, 2)])
+def test_ppl_matches_numpy(nibble_bin, tmp_path, ctx, stride, every):
     ids = token_ids(nibble_bin)
     assert ids[0] == 1 and len(ids) > 200  # BOS once at the start (the tokenizer adds BOS)
     cfg, w = llama_ref.read_llama2c(str(MODEL))
     nll, count = 0.0, 0
-    for begin, end, trg in hf_windows(len(ids), ctx, stride or ctx):
+    for i, (begin, end, trg) in enumerate(hf_windows(len(ids), ctx, stride or ctx)):
+        if i % every:  # --every K: windows 0, K, 2K, ... each scoring what it scores in the full run
+            continue
         lp = log_softmax(llama_ref.forward(cfg, w, ids[begin:end]))
         L = end - begin
         for t in range(max(1, L - trg), L):  # target t predicted at position t - 1
@@ -68,6 +70,8 @@ def test_ppl_matches_numpy(nibble_bin, tmp_path, ctx, stride):
     data.write_text(TEXT)
     if stride:
         args += ["--stride", str(stride)]
+    if every > 1:
+        args += ["--every", str(every)]
     got = run_json(nibble_bin, *args, "--data", str(data))
     assert got["scored_tokens"] == count
     assert got["ppl"] == pytest.approx(np.exp(nll / count), rel=1e-5)
