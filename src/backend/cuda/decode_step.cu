@@ -37,21 +37,37 @@ using namespace step;  // NOLINT: the kernel's pieces (decode_step.cuh)
 
 enum class Epi { kSplit, kAdd, kSwiglu };
 
-// One linear stage: rows gw, gw + W, ... of the weight(s), each a warp streaming the row in chunks
-// of U 16-byte loads per lane, over the flattened (row, step) sequence so that the next row's
-// loads go out before the current one ends. The first two chunks are issued before the stage's
-// grid barrier. The input (normed when nw) is staged in shared memory as f32 by each block.
+// One linear stage. Each warp streams a range of the stage's (row, step) chunks, a chunk being U
+// 16-byte loads a lane (32 x U x 16 bytes of a row, R rows for SwiGLU's gate and up), in order, so
+// that the next row's loads go out before the current one ends; the first two chunks are issued
+// before the stage's grid barrier. Which chunks:
+//   strided (a.balanced off): warp gw takes whole rows gw, gw + W, ... (W warps in the grid);
+//   balanced: block b takes rows [b n / G, (b + 1) n / G) (G blocks) and its warps split that
+//     block's chunks evenly, so no warp streams more than one chunk beyond the average (strided
+//     leaves warps with 6 rows of gate/up beside warps with 5 when 11008 rows meet 2112 warps).
+//     A row split between warps is summed in shared memory, in warp order, by the warp that holds
+//     its last chunk, after the block's warps are done.
+// The input (normed when nw) is staged in shared memory as f32 by each block.
 template <typename T, Epi E>
 __device__ void linear_stage(const StepArgs& a, const uint4* w, const uint4* w2, const float* nw, const void* xin,
                              int n, int k, float* xs, float* red, GridBarrier& bar) {
   constexpr int R = E == Epi::kSwiglu ? 2 : 1;
   constexpr int U = 8 / R;
-  const int lane = threadIdx.x % 32;
-  const int W = gridDim.x * kWarpsB, gw = blockIdx.x * kWarpsB + threadIdx.x / 32;
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const int W = gridDim.x * kWarpsB, gw = blockIdx.x * kWarpsB + warp;
   const int k8 = k / 8;
   const int steps = (k8 + 32 * U - 1) / (32 * U);
-  const int rows = gw < n ? (n - gw + W - 1) / W : 0;
-  const int total = rows * steps;
+  // This warp's chunks [c0, c1) and the row of chunk c.
+  int c0 = 0, c1 = 0, r0 = 0;
+  if (a.balanced) {
+    r0 = static_cast<int>(static_cast<int64_t>(blockIdx.x) * n / gridDim.x);
+    const int chunks = (static_cast<int>(static_cast<int64_t>(blockIdx.x + 1) * n / gridDim.x) - r0) * steps;
+    c0 = warp * chunks / kWarpsB;
+    c1 = (warp + 1) * chunks / kWarpsB;
+  } else {
+    c1 = (gw < n ? (n - gw + W - 1) / W : 0) * steps;
+  }
+  auto row_of = [&](int c) { return a.balanced ? r0 + c / steps : gw + (c / steps) * W; };
   const uint4* wr[R];
   wr[0] = w;
   if constexpr (R == 2) wr[1] = w2;
@@ -59,18 +75,24 @@ __device__ void linear_stage(const StepArgs& a, const uint4* w, const uint4* w2,
   // warp keeps 1-2 chunks (4-8 KB) in flight; both are issued before the barrier.
   uint4 ba[R][U], bb[R][U];
   auto load = [&](uint4 (&dst)[R][U], int c) {
-    const int i = c / steps, st = c - i * steps;
-    const size_t base = static_cast<size_t>(gw + i * W) * k8;
+    const int st = c % steps;
+    const size_t base = static_cast<size_t>(row_of(c)) * k8;
 #pragma unroll
     for (int u = 0; u < U; ++u) {
       const int idx = st * 32 * U + u * 32 + lane;
 #pragma unroll
-      for (int r = 0; r < R; ++r) dst[r][u] = c < total && idx < k8 ? __ldcs(wr[r] + base + idx) : make_uint4(0, 0, 0, 0);
+      for (int r = 0; r < R; ++r) dst[r][u] = c < c1 && idx < k8 ? __ldcs(wr[r] + base + idx) : make_uint4(0, 0, 0, 0);
     }
   };
-  load(ba, 0);
-  load(bb, 1);
+  load(ba, c0);
+  load(bb, c0 + 1);
   bar.sync();
+  // Rows split between warps (balanced only): slot 0 the warp's first row when it began in an
+  // earlier warp, slot 1 its last row when it goes on in a later one. Written by lane 0 of the
+  // warp, read after the __syncthreads below; the grid barrier above ordered the last stage's reads.
+  __shared__ float part[kWarpsB][2][2];
+  __shared__ int part_row[kWarpsB][2];
+  if (lane < 2) part_row[warp][lane] = -1;
   // Stage the input: xs = x * nw (f32) and the block's sum of x^2 -> the norm's scale.
   const T* x = static_cast<const T*>(xin);
   float ss = 0.f;
@@ -90,7 +112,7 @@ __device__ void linear_stage(const StepArgs& a, const uint4* w, const uint4* w2,
   float inv = 1.f;
   if (nw != nullptr) {
     for (int off = 16; off > 0; off /= 2) ss += __shfl_xor_sync(0xffffffffu, ss, off);
-    if (lane == 0) red[threadIdx.x / 32] = ss;
+    if (lane == 0) red[warp] = ss;
   }
   __syncthreads();
   if (nw != nullptr) {
@@ -100,14 +122,32 @@ __device__ void linear_stage(const StepArgs& a, const uint4* w, const uint4* w2,
     inv = rsqrtf(t / static_cast<float>(k) + a.eps);
   }
   const float4* xs4 = reinterpret_cast<const float4*>(xs);
+  // The row's output from its full sums (lane 0).
+  auto finish = [&](int row, const float (&sum)[R], float resid) {
+    if constexpr (E == Epi::kSplit) {
+      const float v = sum[0] * inv;
+      if (row < a.q_dim) static_cast<T*>(a.q)[row] = from_f32<T>(v);
+      else if (row < a.q_dim + a.kv_dim) static_cast<T*>(a.k)[row - a.q_dim] = from_f32<T>(v);
+      else static_cast<T*>(a.v)[row - a.q_dim - a.kv_dim] = from_f32<T>(v);
+    } else if constexpr (E == Epi::kAdd) {
+      static_cast<T*>(a.x)[row] = from_f32<T>(resid + sum[0]);
+    } else {
+      const float g = sum[0] * inv, up = sum[R - 1] * inv;
+      static_cast<T*>(a.hb)[row] = from_f32<T>(g / (1.f + expf(-g)) * up);
+    }
+  };
   float acc[R];
 #pragma unroll
   for (int r = 0; r < R; ++r) acc[r] = 0.f;
-  float resid = 0.f;  // kAdd: y[row], loaded by lane 0 when the row starts (not after its last chunk)
+  // kAdd: y[row], loaded by lane 0 when the row starts here (not after its last chunk); resid_head
+  // for a first row begun in an earlier warp, which this warp may have to finish after the loop.
+  float resid = 0.f, resid_head = 0.f;
+  int deferred = -1;  // a row begun in an earlier warp whose last chunk is here: finished after the loop
   auto compute = [&](const uint4 (&wv)[R][U], int c) {
-    const int i = c / steps, st = c - i * steps;
+    const int st = c % steps, row = row_of(c);
     if constexpr (E == Epi::kAdd) {
-      if (st == 0 && lane == 0) resid = to_f32(__ldcg(static_cast<const T*>(a.x) + gw + i * W));
+      if (lane == 0 && st == 0) resid = to_f32(__ldcg(static_cast<const T*>(a.x) + row));
+      if (lane == 0 && c == c0 && st != 0) resid_head = to_f32(__ldcg(static_cast<const T*>(a.x) + row));
     }
 #pragma unroll
     for (int u = 0; u < U; ++u) {
@@ -124,33 +164,44 @@ __device__ void linear_stage(const StepArgs& a, const uint4* w, const uint4* w2,
         }
       }
     }
-    if (st != steps - 1) return;
+    const bool row_end = st == steps - 1;
+    if (!row_end && c != c1 - 1) return;
 #pragma unroll
     for (int r = 0; r < R; ++r)
       for (int off = 16; off > 0; off /= 2) acc[r] += __shfl_xor_sync(0xffffffffu, acc[r], off);
-    const int row = gw + i * W;
+    const bool began_here = c - st >= c0;
     if (lane == 0) {
-      if constexpr (E == Epi::kSplit) {
-        const float v = acc[0] * inv;
-        if (row < a.q_dim) static_cast<T*>(a.q)[row] = from_f32<T>(v);
-        else if (row < a.q_dim + a.kv_dim) static_cast<T*>(a.k)[row - a.q_dim] = from_f32<T>(v);
-        else static_cast<T*>(a.v)[row - a.q_dim - a.kv_dim] = from_f32<T>(v);
-      } else if constexpr (E == Epi::kAdd) {
-        static_cast<T*>(a.x)[row] = from_f32<T>(resid + acc[0]);
+      if (row_end && began_here) {
+        finish(row, acc, resid);
       } else {
-        const float g = acc[0] * inv, up = acc[R - 1] * inv;
-        static_cast<T*>(a.hb)[row] = from_f32<T>(g / (1.f + expf(-g)) * up);
+        const int slot = began_here ? 1 : 0;
+#pragma unroll
+        for (int r = 0; r < R; ++r) part[warp][slot][r] = acc[r];
+        part_row[warp][slot] = row;
       }
     }
+    if (row_end && !began_here) deferred = row;
 #pragma unroll
     for (int r = 0; r < R; ++r) acc[r] = 0.f;
   };
-  for (int c = 0; c < total; c += 2) {
+  for (int c = c0; c < c1; c += 2) {
     compute(ba, c);
-    if (c + 2 < total) load(ba, c + 2);
-    if (c + 1 >= total) break;
+    if (c + 2 < c1) load(ba, c + 2);
+    if (c + 1 >= c1) break;
     compute(bb, c + 1);
-    if (c + 3 < total) load(bb, c + 3);
+    if (c + 3 < c1) load(bb, c + 3);
+  }
+  if (!a.balanced) return;  // strided: every row was whole in one warp
+  __syncthreads();
+  if (deferred >= 0 && lane == 0) {
+    float sum[R];
+#pragma unroll
+    for (int r = 0; r < R; ++r) sum[r] = 0.f;
+    for (int w2 = 0; w2 < kWarpsB; ++w2)
+      for (int s2 = 0; s2 < 2; ++s2)
+        if (part_row[w2][s2] == deferred)
+          for (int r = 0; r < R; ++r) sum[r] += part[w2][s2][r];
+    finish(deferred, sum, resid_head);
   }
 }
 
@@ -294,6 +345,10 @@ Status decode_step(const DecodeStepParams& p, Context& ctx) {
   a.max_splits = ctx.info().num_sms;  // = the grid
   a.xs_floats = static_cast<int>(xs_floats(p, l0.w_gate.dim(0), l0.wqkv.dim(1)));
   a.eps = p.norm_eps;
+  // NIBBLE_STEP_BALANCE=1: the balanced split of the linear stages (linear_stage); strided by default
+  // until measured against it on a GPU.
+  const char* bal = std::getenv("NIBBLE_STEP_BALANCE");
+  a.balanced = bal != nullptr && bal[0] == '1';
   a.scale = p.scale;
   a.interleaved = p.rope_style == RopeStyle::kInterleaved;
   a.x = p.x;

@@ -34,6 +34,7 @@ struct StepArgs {
   int xs_floats;      // floats of the linear stages' input buffer in shared memory
   float eps, scale;
   bool interleaved;
+  bool balanced;      // the linear stages' chunk split (decode_step.cu, linear_stage)
   void *x, *q, *k, *v, *att, *hb;
   const int32_t* block_table;
   const int32_t* start_pos;
