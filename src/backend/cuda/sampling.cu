@@ -23,48 +23,7 @@ __device__ __forceinline__ bool better(float v, int i, float bv, int bi) {
   return v > bv || (v == bv && i < bi);
 }
 
-__global__ void argmax_kernel(const float* x, int32_t* out, int64_t cols) {
-  const float* row = x + blockIdx.x * cols;
-  float bv = NAN;
-  int bi = 0x7fffffff;
-  for (int64_t i = threadIdx.x; i < cols; i += kThreads) {
-    const float v = row[i];
-    if (better(v, static_cast<int>(i), bv, bi)) {
-      bv = v;
-      bi = static_cast<int>(i);
-    }
-  }
-  for (int off = 16; off > 0; off /= 2) {
-    const float ov = __shfl_down_sync(0xffffffffu, bv, off);
-    const int oi = __shfl_down_sync(0xffffffffu, bi, off);
-    if (better(ov, oi, bv, bi)) {
-      bv = ov;
-      bi = oi;
-    }
-  }
-  __shared__ float sv[kThreads / 32];
-  __shared__ int si[kThreads / 32];
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  if (lane == 0) {
-    sv[warp] = bv;
-    si[warp] = bi;
-  }
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    for (int w = 1; w < kThreads / 32; ++w) {
-      if (better(sv[w], si[w], bv, bi)) {
-        bv = sv[w];
-        bi = si[w];
-      }
-    }
-    out[blockIdx.x] = bi == 0x7fffffff ? 0 : bi;  // an all-NaN row gives 0, as the reference
-  }
-}
-
-// ---- logit_stats --------------------------------------------------------------------------------
-// One block of kThreads a row. Pass 1: each row's maximum and argmax (better(): ties to the lower id);
-// pass 2, in double: sum exp(x - max x), sum exp(y - max y) and sum exp(y - max y) (y - x), from
-// which KL(q || p) = E_q[y - x] - (lse y - lse x) (ops.h's definition, rearranged).
+// The block's best (value, index) by better(), in every thread; sv/si: [kThreads / 32] shared.
 __device__ __forceinline__ void block_best(float& bv, int& bi, float* sv, int* si) {
   for (int off = 16; off > 0; off /= 2) {
     const float ov = __shfl_down_sync(0xffffffffu, bv, off);
@@ -91,6 +50,27 @@ __device__ __forceinline__ void block_best(float& bv, int& bi, float* sv, int* s
   __syncthreads();  // sv/si are reused
 }
 
+__global__ void argmax_kernel(const float* x, int32_t* out, int64_t cols) {
+  const float* row = x + blockIdx.x * cols;
+  float bv = NAN;
+  int bi = 0x7fffffff;
+  for (int64_t i = threadIdx.x; i < cols; i += kThreads) {
+    const float v = row[i];
+    if (better(v, static_cast<int>(i), bv, bi)) {
+      bv = v;
+      bi = static_cast<int>(i);
+    }
+  }
+  __shared__ float sv[kThreads / 32];
+  __shared__ int si[kThreads / 32];
+  block_best(bv, bi, sv, si);
+  if (threadIdx.x == 0) out[blockIdx.x] = bi == 0x7fffffff ? 0 : bi;  // an all-NaN row gives 0, as the reference
+}
+
+// ---- logit_stats --------------------------------------------------------------------------------
+// One block of kThreads a row. Pass 1: each row's maximum and argmax (better(): ties to the lower id);
+// pass 2, in double: sum exp(x - max x), sum exp(y - max y) and sum exp(y - max y) (y - x), from
+// which KL(q || p) = E_q[y - x] - (lse y - lse x) (ops.h's definition, rearranged).
 __device__ __forceinline__ double block_sum(double v, double* sd) {
   for (int off = 16; off > 0; off /= 2) v += __shfl_down_sync(0xffffffffu, v, off);
   if (threadIdx.x % 32 == 0) sd[threadIdx.x / 32] = v;
