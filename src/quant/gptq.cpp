@@ -140,7 +140,8 @@ Result<QuantizedLinear> gptq_quantize(const float* w_in, int64_t out, int64_t in
         const int64_t i2 = std::min(i1 + bs, in);
         for (int64_t i = i1; i < i2; ++i) {
           if (i % gs == 0) {
-            r = group_range(row + i, std::min(gs, in - i), 1, spec);
+            r = options.mse ? group_range_mse(row + i, std::min(gs, in - i), 1, spec)
+                            : group_range(row + i, std::min(gs, in - i), 1, spec);
             q.scales[static_cast<size_t>(o * ng + i / gs)] = r.scale;
             if (!spec.symmetric) q.zeros[static_cast<size_t>(o * ng + i / gs)] = r.zero;
           }

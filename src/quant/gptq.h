@@ -27,6 +27,7 @@ struct GptqOptions {
   bool act_order = false;
   int64_t block_size = 128;
   double damp_percent = 0.01;  // of the mean Hessian diagonal
+  bool mse = false;            // each group's grid by group_range_mse (the reference code's `mse`), not min-max
 };
 
 // w: [out, in] f32; hessian: [in, in] (any positive multiple of X^T X: the scale cancels).

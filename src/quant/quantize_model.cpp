@@ -192,6 +192,7 @@ Status quantize_layer(DenseLayer& d, std::vector<SiteStats>& stats, const Smooth
     if (o.method == QuantMethod::kGptq) {
       GptqOptions g;
       g.act_order = o.act_order;
+      g.mse = o.gptq_mse;
       NB_ASSIGN_OR_RETURN(out[static_cast<size_t>(k)],
                           gptq_quantize(w.data(), cx.out(k), cx.in(k), hessian_of(stats[site]), o.spec, g, cx.pool, cx.what(k)));
     } else {

@@ -45,6 +45,7 @@ struct QuantizeOptions {
   std::vector<double> smooth_alpha_grid = {0.3, 0.4, 0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95};
   int64_t alpha_search_tokens = 512;  // calibration tokens (spread over the samples) the search measures on
   bool act_order = false;         // gptq
+  bool gptq_mse = false;          // gptq: GptqOptions::mse
   bool awq_duo_scaling = false;   // awq: AutoAWQ's duo scaling (AwqOptions::duo_scaling)
   AwqLoss awq_loss = AwqLoss::kBlock;
   int64_t awq_block_samples = kAwqBlockSamples;  // awq block loss: sequences (spread over the samples; all when fewer)

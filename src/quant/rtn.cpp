@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 
 #include "core/dtype.h"
 
@@ -32,13 +33,15 @@ Status validate_quant_spec(const QuantSpec& spec, int64_t in_features, const std
   return Status::Ok();
 }
 
-GroupRange group_range(const float* w, int64_t n, int64_t stride, const QuantSpec& spec) {
+GroupRange group_range(const float* w, int64_t n, int64_t stride, const QuantSpec& spec, float shrink) {
   float lo = 0.f, hi = 0.f;
   for (int64_t i = 0; i < n; ++i) {
     const float v = w[i * stride];
     lo = std::min(lo, v);
     hi = std::max(hi, v);
   }
+  lo *= shrink;
+  hi *= shrink;
   GroupRange r;
   if (spec.symmetric) {
     const float amax = std::max(-lo, hi);
@@ -50,6 +53,27 @@ GroupRange group_range(const float* w, int64_t n, int64_t stride, const QuantSpe
     r.zero = std::clamp(std::nearbyint(-lo / r.scale), 0.f, static_cast<float>(max_code));
   }
   return r;
+}
+
+GroupRange group_range_mse(const float* w, int64_t n, int64_t stride, const QuantSpec& spec) {
+  constexpr int kGrid = 100;
+  constexpr float kMaxShrink = 0.8f, kNorm = 2.4f;
+  const int max_code = spec.max_code();
+  GroupRange best = group_range(w, n, stride, spec);
+  double best_err = std::numeric_limits<double>::infinity();
+  for (int i = 0; i < static_cast<int>(kMaxShrink * kGrid); ++i) {
+    const GroupRange r = group_range(w, n, stride, spec, 1.f - static_cast<float>(i) / kGrid);
+    double err = 0.0;
+    for (int64_t j = 0; j < n; ++j) {
+      const float v = w[j * stride];
+      err += std::pow(std::abs(static_cast<double>(dequantize_code(quantize_code(v, r, max_code), r) - v)), kNorm);
+    }
+    if (err < best_err) {
+      best_err = err;
+      best = r;
+    }
+  }
+  return best;
 }
 
 void rtn_quantize_row(const float* w, int64_t in, const QuantSpec& spec, uint8_t* codes, float* scales,

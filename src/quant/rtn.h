@@ -33,8 +33,12 @@ struct GroupRange {
   float zero = 0.f;  // integral
 };
 
-// The grid for the n values w[0], w[stride], ... under spec.
-GroupRange group_range(const float* w, int64_t n, int64_t stride, const QuantSpec& spec);
+// The grid for the n values w[0], w[stride], ... under spec: min-max, or with shrink < 1 the range
+// scaled by shrink (clipped values go to the end codes).
+GroupRange group_range(const float* w, int64_t n, int64_t stride, const QuantSpec& spec, float shrink = 1.f);
+// The reference GPTQ code's `mse` grid search (Quantizer.find_params): of the shrinks 1, 0.99, ...,
+// 0.21, the grid with the least sum of |dequantized - w|^2.4 over the group (ties: the larger range).
+GroupRange group_range_mse(const float* w, int64_t n, int64_t stride, const QuantSpec& spec);
 
 inline int quantize_code(float w, GroupRange r, int max_code) {
   const float q = __builtin_nearbyintf(w / r.scale) + r.zero;

@@ -79,6 +79,8 @@ Status run(const CliArgs& args) {
     if (o.method != quant::QuantMethod::kSmoothQuant) return invalid_argument("--alpha-sites is a SmoothQuant option");
   }
   o.act_order = args.has("--act-order");
+  o.gptq_mse = args.has("--gptq-mse");
+  if (o.gptq_mse && o.method != quant::QuantMethod::kGptq) return invalid_argument("--gptq-mse is a GPTQ option");
   o.awq_duo_scaling = args.has("--awq-duo-scaling");
   if (o.awq_duo_scaling && o.method != quant::QuantMethod::kAwq) return invalid_argument("--awq-duo-scaling is an AWQ option");
   NB_ASSIGN_OR_RETURN(o.awq_loss, quant::parse_awq_loss(args.get("--awq-loss")));
@@ -165,6 +167,8 @@ int run_quantize(int argc, char** argv) {
   args.option("--awq-vo", "AWQ: v_proj -> o_proj scaling: 'auto' (AutoAWQ's rule: only when the two have the same\n"
               "      shape, i.e. no GQA), 'on' or 'off'", "auto");
   args.flag("--act-order", "GPTQ: quantize columns by decreasing Hessian diagonal (writes g_idx)");
+  args.flag("--gptq-mse", "GPTQ: each group's grid by the reference code's mse search (range shrunk by 1..0.21,\n"
+            "      least sum of |error|^2.4) instead of min-max");
   args.option("--calib", std::string("calibration text file (default ") + kDefaultCalib + ")");
   args.option("--calib-samples", "calibration windows", "32");
   args.option("--calib-seqlen", "tokens per calibration window", "512");

@@ -132,6 +132,50 @@ TEST(QuantRtn, RejectsBadGroupSizeAndNonFinite) {
   EXPECT_FALSE(rtn_quantize(w.data(), 4, 96, QuantSpec{9, 32, false}, "x").ok());
 }
 
+// group_range_mse against a brute force written from the reference GPTQ code's loop: every shrink
+// 1 - i/100 (i < 80), min-max grid of the shrunk range, sum |dq - w|^2.4, first minimum kept; never
+// worse than min-max (shrink 1 is a candidate), and strictly better on some Gaussian groups (a lone
+// large outlier is usually cheaper to keep: clipping it costs its whole excess to the power 2.4).
+TEST(QuantRtn, MseGridSearchMatchesBruteForceAndClipsOutliers) {
+  std::mt19937 rng(5);
+  std::normal_distribution<float> nd(0.f, 1.f);
+  int improved = 0;
+  for (const bool sym : {false, true}) {
+    for (int trial = 0; trial < 20; ++trial) {
+      std::vector<float> w(64);
+      for (float& v : w) v = nd(rng);
+      if (trial % 2 == 1) w[static_cast<size_t>(trial) % 64] = 12.f;  // an outlier
+      const QuantSpec spec{4, 64, sym};
+      auto err = [&](const GroupRange& r) {
+        double e = 0.0;
+        for (float v : w) e += std::pow(std::abs(static_cast<double>((quantize_code(v, r, 15) - r.zero) * r.scale - v)), 2.4);
+        return e;
+      };
+      double best = INFINITY;
+      float best_shrink = 1.f;
+      for (int i = 0; i < 80; ++i) {
+        const float p = 1.f - static_cast<float>(i) / 100.f;
+        float lo = 0.f, hi = 0.f;
+        for (float v : w) lo = std::min(lo, v), hi = std::max(hi, v);
+        GroupRange r;
+        if (sym) {
+          r.scale = fp16_to_fp32(fp32_to_fp16(std::max(-lo * p, hi * p) / 7.f));
+          r.zero = 8.f;
+        } else {
+          r.scale = fp16_to_fp32(fp32_to_fp16((hi - lo) * p / 15.f));
+          r.zero = std::clamp(std::nearbyint(-lo * p / r.scale), 0.f, 15.f);
+        }
+        if (err(r) < best) best = err(r), best_shrink = p;
+      }
+      const GroupRange got = group_range_mse(w.data(), 64, 1, spec);
+      EXPECT_NEAR(err(got), best, 1e-9 * best) << "sym " << sym << " trial " << trial;
+      EXPECT_LE(err(got), err(group_range(w.data(), 64, 1, spec)));
+      improved += best_shrink < 1.f && err(got) < err(group_range(w.data(), 64, 1, spec));
+    }
+  }
+  EXPECT_GT(improved, 5);
+}
+
 // ---- GPTQ ----
 
 TEST(QuantGptq, InverseUpperCholesky) {
@@ -270,6 +314,26 @@ TEST(QuantGptq, BeatsRtnOnCorrelatedInputsAndEqualsItForDiagonalHessian) {
   ASSERT_TRUE(g.ok() && r.ok());
   EXPECT_EQ(g->q, r->q);
   EXPECT_EQ(g->scales, r->scales);
+  // ... and with --gptq-mse, each group's grid is group_range_mse of the raw group, codes by it.
+  GptqOptions mse;
+  mse.mse = true;
+  auto gm = gptq_quantize(w.data(), out, in, diag, spec, mse, pool, "w");
+  ASSERT_TRUE(gm.ok());
+  int shrunk = 0;
+  for (int64_t o = 0; o < out; ++o) {
+    for (int64_t gi = 0; gi < in / 32; ++gi) {
+      const float* grp = w.data() + o * in + gi * 32;
+      const GroupRange want = group_range_mse(grp, 32, 1, spec);
+      const size_t at = static_cast<size_t>(o * (in / 32) + gi);
+      EXPECT_EQ(gm->scales[at], want.scale);
+      EXPECT_EQ(gm->zeros[at], want.zero);
+      for (int64_t j = 0; j < 32; ++j) {
+        EXPECT_EQ(gm->q[static_cast<size_t>(o * in + gi * 32 + j)], quantize_code(grp[j], want, 15));
+      }
+      shrunk += gm->scales[at] < r->scales[at];
+    }
+  }
+  EXPECT_GT(shrunk, 0);  // the search did change some grids
 }
 
 TEST(QuantGptq, DeadChannelsAndActOrderGroups) {

@@ -169,3 +169,6 @@ def test_errors(nibble_bin, tmp_path):
     r = quantize(nibble_bin, tmp_path / "f", "--method", "awq", "--wbits", "8", "--group-size", "-1", "--awq-loss", "block",
                  "--calib-samples", "4", "--awq-block-samples", "5", check=False)
     assert r.returncode != 0 and "give between 1 and --calib-samples (4)" in r.stderr
+    r = quantize(nibble_bin, tmp_path / "g", "--method", "awq", "--gptq-mse", check=False)
+    assert r.returncode != 0 and "--gptq-mse is a GPTQ option" in r.stderr
+
