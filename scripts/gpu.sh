@@ -22,7 +22,8 @@
 #                          7bab = decode batch 1 again with switches (NIBBLE_7B_AB, default "base prof
 #                          unfused": base = layer-by-layer fused kernels, prof = the persistent step with
 #                          its stage times, step1, bal/balprof = the step with NIBBLE_STEP_BALANCE=1
-#                          (and stage times), unfused, nopdl, gemvN);
+#                          (and stage times), pre/preprof = balanced + NIBBLE_STEP_PREFETCH=1 (o_proj's
+#                          first chunks into shared memory during attention), unfused, nopdl, gemvN);
 #                          7bw4 = the 7B quantized RTN W4 g128 here, `bench gpu` on it (W4A16 kernels);
 #                          gemm, kv, w8a8 = `nibble bench gemm|kv|w8a8` (kernel level, issue 6);
 #                          spec = `nibble bench spec --device cuda` (n-gram drafting on a copy task, SmolLM2);
@@ -170,6 +171,8 @@ if [ "${result[build]:-}" = ok ] && [ "$bench" != none ]; then
         prof) envs=(NIBBLE_DECODE_STEP=1 NIBBLE_DECODE_STEP_PROFILE=1);;  # + its stage times
         bal) envs=(NIBBLE_DECODE_STEP=1 NIBBLE_STEP_BALANCE=1);;  # the step with balanced linear stages
         balprof) envs=(NIBBLE_DECODE_STEP=1 NIBBLE_STEP_BALANCE=1 NIBBLE_DECODE_STEP_PROFILE=1);;
+        pre) envs=(NIBBLE_DECODE_STEP=1 NIBBLE_STEP_BALANCE=1 NIBBLE_STEP_PREFETCH=1);;  # + o_proj prefetch
+        preprof) envs=(NIBBLE_DECODE_STEP=1 NIBBLE_STEP_BALANCE=1 NIBBLE_STEP_PREFETCH=1 NIBBLE_DECODE_STEP_PROFILE=1);;
         *) continue;;
       esac
       env "${envs[@]}" "$nib" bench gpu -m "$m7" --device cuda --dtype f16 -p 512 -n 64 -r 5 --batches 1 \

@@ -5,7 +5,7 @@
 //
 // Checked: the residual stream x after all layers, and every layer's cache slot of the new token
 // (k roped, v), written by the kernel, under both chunk splits of the linear stages (strided and
-// NIBBLE_STEP_BALANCE=1). Configs cover MHA and GQA, head_dim 64 and 128, one split
+// NIBBLE_STEP_BALANCE=1), the latter also with NIBBLE_STEP_PREFETCH=1. Configs cover MHA and GQA, head_dim 64 and 128, one split
 // and several splits per head (merged by the last split to finish), and a context long enough
 // that each attention warp takes several split units; f16 and bf16; each step is run twice in a
 // row (the grid barrier and the merge counters must come back to 0 between launches).
@@ -200,15 +200,20 @@ TEST_F(CudaDecodeStep, MatchesReference) {
       {1, 2560, 6912, 20, 4, 128, 70, RopeStyle::kHalf},
   };
   uint32_t s = 11;
-  for (const char* balanced : {"0", "1"}) {  // the linear stages' strided and balanced chunk splits
-    setenv("NIBBLE_STEP_BALANCE", balanced, 1);
+  // The linear stages' strided and balanced chunk splits, and balanced with o_proj's first chunks
+  // prefetched into shared memory during attention.
+  for (const char* mode : {"strided", "balanced", "balanced+prefetch"}) {
+    const std::string m = mode;
+    setenv("NIBBLE_STEP_BALANCE", m == "strided" ? "0" : "1", 1);
+    setenv("NIBBLE_STEP_PREFETCH", m == "balanced+prefetch" ? "1" : "0", 1);
     for (DType t : {DType::kF16, DType::kBF16})
       for (const Config& c : configs) {
-        SCOPED_TRACE(std::string("NIBBLE_STEP_BALANCE=") + balanced);
+        SCOPED_TRACE(m);
         check(c, t, s += 100);
         if (HasFatalFailure()) break;
       }
     unsetenv("NIBBLE_STEP_BALANCE");
+    unsetenv("NIBBLE_STEP_PREFETCH");
     if (HasFatalFailure()) return;
   }
 }

@@ -13,6 +13,13 @@
 // and down stream at 86-89% of the copy bandwidth; attention (~11 us a layer: the q load, a second
 // key chunk, publishing the block partials, the merge) and o_proj's barrier and input staging (4 us
 // over its bytes) are what is left to 85%.
+//
+// Two changes aimed at those, off by default until they are measured on a GPU (gpu.sh 7bab switches
+// bal, pre): NIBBLE_STEP_BALANCE=1 splits each linear stage's chunks evenly over the warps (the
+// strided split gives some warps 6 rows of gate/up and others 5); NIBBLE_STEP_PREFETCH=1 (with it)
+// streams each warp's first two o_proj chunks into shared memory (cp.async) before the attention
+// stage's barrier, so o_proj's weights move while attention runs and its registers start two chunks
+// further on.
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -48,11 +55,13 @@ enum class Epi { kSplit, kAdd, kSwiglu };
 //     A row split between warps is summed in shared memory, in warp order, by the warp that holds
 //     its last chunk, after the block's warps are done.
 // The input (normed when nw) is staged in shared memory as f32 by each block.
+// pre (o_proj with a.prefetch): this warp's first kPreChunks chunks, already requested into shared
+// memory by the attention stage (prefetch_linear); the register pipeline starts after them.
 template <typename T, Epi E>
 __device__ void linear_stage(const StepArgs& a, const uint4* w, const uint4* w2, const float* nw, const void* xin,
-                             int n, int k, float* xs, float* red, GridBarrier& bar) {
+                             int n, int k, float* xs, float* red, GridBarrier& bar, const uint4* pre = nullptr) {
   constexpr int R = E == Epi::kSwiglu ? 2 : 1;
-  constexpr int U = 8 / R;
+  constexpr int U = kLinU / R;
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   const int W = gridDim.x * kWarpsB, gw = blockIdx.x * kWarpsB + warp;
   const int k8 = k / 8;
@@ -60,10 +69,7 @@ __device__ void linear_stage(const StepArgs& a, const uint4* w, const uint4* w2,
   // This warp's chunks [c0, c1) and the row of chunk c.
   int c0 = 0, c1 = 0, r0 = 0;
   if (a.balanced) {
-    r0 = static_cast<int>(static_cast<int64_t>(blockIdx.x) * n / gridDim.x);
-    const int chunks = (static_cast<int>(static_cast<int64_t>(blockIdx.x + 1) * n / gridDim.x) - r0) * steps;
-    c0 = warp * chunks / kWarpsB;
-    c1 = (warp + 1) * chunks / kWarpsB;
+    balanced_chunks(n, steps, warp, &r0, &c0, &c1);
   } else {
     c1 = (gw < n ? (n - gw + W - 1) / W : 0) * steps;
   }
@@ -84,8 +90,10 @@ __device__ void linear_stage(const StepArgs& a, const uint4* w, const uint4* w2,
       for (int r = 0; r < R; ++r) dst[r][u] = c < c1 && idx < k8 ? __ldcs(wr[r] + base + idx) : make_uint4(0, 0, 0, 0);
     }
   };
-  load(ba, c0);
-  load(bb, c0 + 1);
+  // With pre, chunks [c0, cg) are in shared memory and the registers take cg, cg + 1.
+  const int cg = pre != nullptr ? min(c1, c0 + kPreChunks) : c0;
+  load(ba, cg);
+  load(bb, cg + 1);
   bar.sync();
   // Rows split between warps (balanced only): slot 0 the warp's first row when it began in an
   // earlier warp, slot 1 its last row when it goes on in a later one. Written by lane 0 of the
@@ -143,7 +151,8 @@ __device__ void linear_stage(const StepArgs& a, const uint4* w, const uint4* w2,
   // for a first row begun in an earlier warp, which this warp may have to finish after the loop.
   float resid = 0.f, resid_head = 0.f;
   int deferred = -1;  // a row begun in an earlier warp whose last chunk is here: finished after the loop
-  auto compute = [&](const uint4 (&wv)[R][U], int c) {
+  // fetch(r, u): the chunk's u-th load of matrix r for this lane (registers or shared memory).
+  auto compute_with = [&](auto fetch, int c) {
     const int st = c % steps, row = row_of(c);
     if constexpr (E == Epi::kAdd) {
       if (lane == 0 && st == 0) resid = to_f32(__ldcg(static_cast<const T*>(a.x) + row));
@@ -158,7 +167,7 @@ __device__ void linear_stage(const StepArgs& a, const uint4* w, const uint4* w2,
 #pragma unroll
         for (int r = 0; r < R; ++r) {
           float wf[8];
-          unpack8<T>(wv[r][u], wf);
+          unpack8<T>(fetch(r, u), wf);
 #pragma unroll
           for (int j = 0; j < 8; ++j) acc[r] = fmaf(wf[j], xf[j], acc[r]);
         }
@@ -184,7 +193,15 @@ __device__ void linear_stage(const StepArgs& a, const uint4* w, const uint4* w2,
 #pragma unroll
     for (int r = 0; r < R; ++r) acc[r] = 0.f;
   };
-  for (int c = c0; c < c1; c += 2) {
+  auto compute = [&](const uint4 (&wv)[R][U], int c) { compute_with([&](int r, int u) { return wv[r][u]; }, c); };
+  if (cg > c0) {
+    asm volatile("cp.async.wait_all;" ::: "memory");
+    for (int c = c0; c < cg; ++c) {
+      const uint4* p = pre + (c - c0) * 32 * U;
+      compute_with([&](int, int u) { return p[u * 32 + lane]; }, c);
+    }
+  }
+  for (int c = cg; c < c1; c += 2) {
     compute(ba, c);
     if (c + 2 < c1) load(ba, c + 2);
     if (c + 1 >= c1) break;
@@ -230,7 +247,9 @@ __global__ void __launch_bounds__(kThreadsB, 1) decode_step_kernel(const __grid_
     const LayerPtrs& L = a.layers[l];
     linear_stage<T, Epi::kSplit>(a, L.wqkv, nullptr, L.attn_norm, a.x, a.q_dim + 2 * a.kv_dim, a.dim, xs, red, bar);
     attention_stage<T, HD>(a, l, cs, sn, table, xs, bar);  // its barrier inside
-    linear_stage<T, Epi::kAdd>(a, L.wo, nullptr, nullptr, a.att, a.dim, a.q_dim, xs, red, bar);
+    linear_stage<T, Epi::kAdd>(a, L.wo, nullptr, nullptr, a.att, a.dim, a.q_dim, xs, red, bar,
+                               a.prefetch ? reinterpret_cast<const uint4*>(xs + a.pre_offset) + (threadIdx.x / 32) * kPreChunks * 32 * kLinU
+                                          : nullptr);
     linear_stage<T, Epi::kSwiglu>(a, L.wg, L.wu, L.ffn_norm, a.x, a.hidden, a.dim, xs, red, bar);
     linear_stage<T, Epi::kAdd>(a, L.wd, nullptr, nullptr, a.hb, a.dim, a.hidden, xs, red, bar);
   }
@@ -258,9 +277,14 @@ int64_t xs_floats(const DecodeStepParams& p, int64_t hidden, int64_t dim) {
   return std::max({dim, hidden, p.num_heads * p.head_dim, kWarpsB * (p.head_dim + 2)});
 }
 int64_t table_entries(const DecodeStepParams& p) { return (p.max_context_len + p.block_size - 1) / p.block_size; }
-// xs, the RoPE angles and the block table (see the kernel).
-size_t smem_bytes(const DecodeStepParams& p, int64_t hidden, int64_t dim) {
-  return static_cast<size_t>(xs_floats(p, hidden, dim) + p.head_dim + table_entries(p)) * 4;
+// xs, the RoPE angles and the block table (see the kernel); with prefetch, then (16-byte aligned, at
+// pre_offset floats) o_proj's first chunks of every warp.
+int64_t pre_offset(const DecodeStepParams& p, int64_t hidden, int64_t dim) {
+  return (xs_floats(p, hidden, dim) + p.head_dim + table_entries(p) + 3) / 4 * 4;
+}
+size_t smem_bytes(const DecodeStepParams& p, int64_t hidden, int64_t dim, bool prefetch = false) {
+  if (!prefetch) return static_cast<size_t>(xs_floats(p, hidden, dim) + p.head_dim + table_entries(p)) * 4;
+  return static_cast<size_t>(pre_offset(p, hidden, dim)) * 4 + static_cast<size_t>(kWarpsB) * kPreChunks * 32 * kLinU * 16;
 }
 
 template <typename T, int HD>
@@ -349,6 +373,12 @@ Status decode_step(const DecodeStepParams& p, Context& ctx) {
   // until measured against it on a GPU.
   const char* bal = std::getenv("NIBBLE_STEP_BALANCE");
   a.balanced = bal != nullptr && bal[0] == '1';
+  // NIBBLE_STEP_PREFETCH=1 (with the balanced split): o_proj's first chunks stream into shared memory
+  // during attention (prefetch_linear), when the extra 128 KB fit.
+  const char* pre = std::getenv("NIBBLE_STEP_PREFETCH");
+  a.prefetch = a.balanced && pre != nullptr && pre[0] == '1' &&
+               smem_bytes(p, a.hidden, a.dim, true) <= ctx.info().shared_per_block_optin;
+  a.pre_offset = static_cast<int>(pre_offset(p, a.hidden, a.dim));
   a.scale = p.scale;
   a.interleaved = p.rope_style == RopeStyle::kInterleaved;
   a.x = p.x;
@@ -367,7 +397,7 @@ Status decode_step(const DecodeStepParams& p, Context& ctx) {
   a.head_counters = ctx.sync_counters();
   a.barrier = reinterpret_cast<unsigned*>(ctx.sync_counters() + Context::kSyncCounters - 2);
   a.profile = reinterpret_cast<unsigned long long*>(p.profile);
-  const size_t smem = smem_bytes(p, a.hidden, a.dim);
+  const size_t smem = smem_bytes(p, a.hidden, a.dim, a.prefetch);
   if (p.act_dtype == DType::kF16) {
     return p.head_dim == 64 ? launch<__half, 64>(a, smem, ctx) : launch<__half, 128>(a, smem, ctx);
   }
