@@ -61,23 +61,29 @@ rows=(
   "base|convert||"
   "rtn_w4g64|quantize|--method rtn --wbits 4 --group-size 64|"
   "awq_w4g64|quantize|--method awq --wbits 4 --group-size 64|"
+  "awq_w4g64_c128|quantize|--method awq --wbits 4 --group-size 64 --calib-samples 128|"
   "awq_w4g64_vo|quantize|--method awq --wbits 4 --group-size 64 --awq-vo on|"
   "awq_w4g64_duo|quantize|--method awq --wbits 4 --group-size 64 --awq-duo-scaling|"
   "awq_w4g64_float|quantize|--method awq --wbits 4 --group-size 64 --awq-vo on --awq-float-inputs|"
   "awq_w4g64_linear|quantize|--method awq --wbits 4 --group-size 64 --awq-vo on --awq-loss linear|"
   "awq_w4g64_linear_duo|quantize|--method awq --wbits 4 --group-size 64 --awq-vo on --awq-loss linear --awq-duo-scaling|"
   "gptq_w4g64|quantize|--method gptq --wbits 4 --group-size 64 --act-order|"
+  "gptq_w4g64_mse|quantize|--method gptq --wbits 4 --group-size 64 --act-order --gptq-mse|"
   "rtn_w4pc|quantize|--method rtn --wbits 4 --group-size -1|"
   "awq_w4pc|quantize|--method awq --wbits 4 --group-size -1|"
+  "awq_w4pc_c128|quantize|--method awq --wbits 4 --group-size -1 --calib-samples 128|"
   "awq_w4pc_linear|quantize|--method awq --wbits 4 --group-size -1 --awq-vo on --awq-loss linear|"
   "gptq_w4pc|quantize|--method gptq --wbits 4 --group-size -1 --act-order|"
+  "gptq_w4pc_mse|quantize|--method gptq --wbits 4 --group-size -1 --act-order --gptq-mse|"
   "rtn_w3g64|quantize|--method rtn --wbits 3 --group-size 64|"
   "awq_w3g64|quantize|--method awq --wbits 3 --group-size 64|"
+  "awq_w3g64_c128|quantize|--method awq --wbits 3 --group-size 64 --calib-samples 128|"
   "awq_w3g64_vo|quantize|--method awq --wbits 3 --group-size 64 --awq-vo on|"
   "awq_w3g64_duo|quantize|--method awq --wbits 3 --group-size 64 --awq-duo-scaling|"
   "awq_w3g64_linear|quantize|--method awq --wbits 3 --group-size 64 --awq-vo on --awq-loss linear|"
   "awq_w3g64_linear_duo|quantize|--method awq --wbits 3 --group-size 64 --awq-vo on --awq-loss linear --awq-duo-scaling|"
   "gptq_w3g64|quantize|--method gptq --wbits 3 --group-size 64 --act-order|"
+  "gptq_w3g64_mse|quantize|--method gptq --wbits 3 --group-size 64 --act-order --gptq-mse|"
   "naive_w8a8|quantize|--method rtn --wbits 8 --group-size -1 --sym --act-int8|"
   "sq_a0.5|quantize|--method smoothquant --alpha 0.5 --calib-samples 16|"
   "sq_a0.8|quantize|--method smoothquant --alpha 0.8 --calib-samples 16|"
@@ -178,8 +184,8 @@ for name, kind, flags, _ in rows:
 
 # Share of RTN's perplexity increase over base that AWQ and GPTQ recover, per configuration.
 print()
-print("| config | RTN dppl | AWQ recovery (default) | AWQ --awq-vo on | AWQ --awq-loss linear | AWQ linear + duo scaling | GPTQ (act-order) recovery |")
-print("|---|---|---|---|---|---|---|")
+print("| config | RTN dppl | AWQ recovery (default) | AWQ 128 samples | AWQ --awq-vo on | AWQ --awq-loss linear | AWQ linear + duo scaling | GPTQ (act-order) recovery | GPTQ --gptq-mse |")
+print("|---|---|---|---|---|---|---|---|---|")
 for cfg in ("w4g64", "w4pc", "w3g64"):
     rtn = load("rtn_" + cfg)
     if base is None or rtn is None:
@@ -188,6 +194,6 @@ for cfg in ("w4g64", "w4pc", "w3g64"):
     def rec(name):
         m = load(name)
         return "-" if m is None else f"{100 * (q - m['ppl']) / (q - b):.1f}%"
-    print(f"| {cfg} | {q - b:+.3f} | {rec('awq_' + cfg)} | {rec('awq_' + cfg + '_vo')} | {rec('awq_' + cfg + '_linear')} | "
-          f"{rec('awq_' + cfg + '_linear_duo')} | {rec('gptq_' + cfg)} |")
+    print(f"| {cfg} | {q - b:+.3f} | {rec('awq_' + cfg)} | {rec('awq_' + cfg + '_c128')} | {rec('awq_' + cfg + '_vo')} | "
+          f"{rec('awq_' + cfg + '_linear')} | {rec('awq_' + cfg + '_linear_duo')} | {rec('gptq_' + cfg)} | {rec('gptq_' + cfg + '_mse')} |")
 PY
