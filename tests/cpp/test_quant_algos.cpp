@@ -136,7 +136,7 @@ TEST(QuantRtn, RejectsBadGroupSizeAndNonFinite) {
 // 1 - i/100 (i < 80), min-max grid of the shrunk range, sum |dq - w|^2.4, first minimum kept; never
 // worse than min-max (shrink 1 is a candidate), and strictly better on some Gaussian groups (a lone
 // large outlier is usually cheaper to keep: clipping it costs its whole excess to the power 2.4).
-TEST(QuantRtn, MseGridSearchMatchesBruteForceAndClipsOutliers) {
+TEST(QuantRtn, MseGridSearchMatchesBruteForceAndNeverLosesToMinMax) {
   std::mt19937 rng(5);
   std::normal_distribution<float> nd(0.f, 1.f);
   int improved = 0;
