@@ -154,11 +154,10 @@ for r in "${rows[@]}"; do
 done
 
 # The tables: every row with a result in $out.
-printf '%s\n' "${rows[@]}" > "$out/rows.txt"
-python3 - "$out" <<'PY'
+python3 - "$out" "${rows[@]}" <<'PY'
 import json, os, sys
 out = sys.argv[1]
-rows = [line.rstrip("\n").split("|") for line in open(os.path.join(out, "rows.txt")) if line.strip()]
+rows = [r.split("|") for r in sys.argv[2:]]
 def load(name):
     try:
         return json.load(open(os.path.join(out, name + ".json")))

@@ -65,7 +65,7 @@ __device__ void linear_stage(const StepArgs& a, const uint4* w, const uint4* w2,
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   const int W = gridDim.x * kWarpsB, gw = blockIdx.x * kWarpsB + warp;
   const int k8 = k / 8;
-  const int steps = (k8 + 32 * U - 1) / (32 * U);
+  const int steps = chunk_steps(k8, U);
   // This warp's chunks [c0, c1) and the row of chunk c.
   int c0 = 0, c1 = 0, r0 = 0;
   if (a.balanced) {
@@ -248,8 +248,7 @@ __global__ void __launch_bounds__(kThreadsB, 1) decode_step_kernel(const __grid_
     linear_stage<T, Epi::kSplit>(a, L.wqkv, nullptr, L.attn_norm, a.x, a.q_dim + 2 * a.kv_dim, a.dim, xs, red, bar);
     attention_stage<T, HD>(a, l, cs, sn, table, xs, bar);  // its barrier inside
     linear_stage<T, Epi::kAdd>(a, L.wo, nullptr, nullptr, a.att, a.dim, a.q_dim, xs, red, bar,
-                               a.prefetch ? reinterpret_cast<const uint4*>(xs + a.pre_offset) + (threadIdx.x / 32) * kPreChunks * 32 * kLinU
-                                          : nullptr);
+                               a.prefetch ? warp_pre(xs, a.pre_offset) : nullptr);
     linear_stage<T, Epi::kSwiglu>(a, L.wg, L.wu, L.ffn_norm, a.x, a.hidden, a.dim, xs, red, bar);
     linear_stage<T, Epi::kAdd>(a, L.wd, nullptr, nullptr, a.hb, a.dim, a.hidden, xs, red, bar);
   }

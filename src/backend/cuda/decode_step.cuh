@@ -21,6 +21,15 @@ constexpr int kMaxBlocks = 1024;  // partials a head can have (one a block); pla
 constexpr int kLinU = 8;          // 16-byte loads a lane in a chunk of a one-matrix linear stage
 constexpr int kPreChunks = 2;     // o_proj chunks a warp prefetches into shared memory (2 x 4 KB)
 
+// Chunks of a row of k8 16-byte loads when a lane issues u of them a chunk (linear_stage).
+__device__ __forceinline__ int chunk_steps(int k8, int u) { return (k8 + 32 * u - 1) / (32 * u); }
+
+// This warp's kPreChunks x 32 kLinU uint4 of the o_proj prefetch buffer, which starts pre_offset
+// floats into dynamic shared memory `smem` (StepArgs::pre_offset).
+__device__ __forceinline__ uint4* warp_pre(float* smem, int pre_offset) {
+  return reinterpret_cast<uint4*>(smem + pre_offset) + (threadIdx.x / 32) * kPreChunks * 32 * kLinU;
+}
+
 // The balanced split of a linear stage of n rows of `steps` chunks (decode_step.cu, linear_stage):
 // block b takes rows [b n / G, (b + 1) n / G), its warp w that block's chunks [c0, c1).
 __device__ __forceinline__ void balanced_chunks(int n, int steps, int warp, int* r0, int* c0, int* c1) {
@@ -35,7 +44,7 @@ __device__ __forceinline__ void balanced_chunks(int n, int steps, int warp, int*
 // elements it will read itself (linear_stage waits with cp.async.wait_all, no warp sync needed).
 __device__ __forceinline__ void prefetch_linear(const uint4* w, int n, int k, uint4* pre) {
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, k8 = k / 8;
-  const int steps = (k8 + 32 * kLinU - 1) / (32 * kLinU);
+  const int steps = chunk_steps(k8, kLinU);
   int r0, c0, c1;
   balanced_chunks(n, steps, warp, &r0, &c0, &c1);
   for (int j = 0; j < kPreChunks && c0 + j < c1; ++j) {
@@ -214,7 +223,7 @@ __device__ void attention_stage(const StepArgs& a, int layer, const float* cs, c
   }
   // The o_proj weights this warp starts with stream into shared memory while attention runs.
   if (a.prefetch) {
-    prefetch_linear(L.wo, a.dim, a.q_dim, reinterpret_cast<uint4*>(sm + a.pre_offset) + warp * kPreChunks * 32 * kLinU);
+    prefetch_linear(L.wo, a.dim, a.q_dim, warp_pre(sm, a.pre_offset));
   }
   bar.sync();  // q, k and v of this step are complete
   for (int h = h0; h < a.num_heads; h += gridDim.x / bh_all) {
