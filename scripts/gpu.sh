@@ -238,13 +238,13 @@ if [ "${result[build]:-}" = ok ] && [ "$bench" != none ]; then
     # Issue 4's quantization table on the whole WikiText-2 test split: the models are made here
     # (NIBBLE_QTABLE_JOBS at a time, 4 threads each, calibrated on the validation split), evaluated
     # on the GPU in f32 (`eval kld` against the f16 base). A second call on the warm machine resumes.
-    # Default rows: the W4/W3 g64 targets with AWQ's 128 calibration samples and GPTQ's mse grid (the
-    # other rows were measured on the whole split on 2026-11-27; NIBBLE_QTABLE_ROWS='.*' makes them all).
+    # Default rows: AWQ's two-sided clipping search at W4/W3 g64, with base and RTN (the other rows were
+    # measured on the whole split on 2026-11-27; NIBBLE_QTABLE_ROWS='.*' makes them all).
     qt=/tmp/nibble-qtable
     scripts/quant_table.sh --out $qt --device cuda --dtype f32 --metric kld --nibble "$nib" --model "$smol" \
       --threads 4 --jobs "${NIBBLE_QTABLE_JOBS:-4}" --calib gpu_carry_b/text/wikitext-2-raw.valid.txt \
       --data gpu_carry_b/text/wikitext-2-raw.test.txt \
-      --rows "${NIBBLE_QTABLE_ROWS:-base|rtn_w4g64|rtn_w3g64|awq_w4g64_c128|awq_w3g64_c128|gptq_w4g64_mse|gptq_w3g64_mse}" \
+      --rows "${NIBBLE_QTABLE_ROWS:-base|rtn_w4g64|rtn_w3g64|awq_w4g64_ts|awq_w3g64_ts}" \
       >"$out/qtable.md" 2>"$out/qtable.log"
     record qtable $?
     mkdir -p "$out/qtable"; cp $qt/*.json $qt/*.make_seconds "$out/qtable/" 2>/dev/null

@@ -62,6 +62,7 @@ rows=(
   "rtn_w4g64|quantize|--method rtn --wbits 4 --group-size 64|"
   "awq_w4g64|quantize|--method awq --wbits 4 --group-size 64|"
   "awq_w4g64_c128|quantize|--method awq --wbits 4 --group-size 64 --calib-samples 128|"
+  "awq_w4g64_ts|quantize|--method awq --wbits 4 --group-size 64 --awq-clip two-sided|"
   "awq_w4g64_vo|quantize|--method awq --wbits 4 --group-size 64 --awq-vo on|"
   "awq_w4g64_duo|quantize|--method awq --wbits 4 --group-size 64 --awq-duo-scaling|"
   "awq_w4g64_float|quantize|--method awq --wbits 4 --group-size 64 --awq-vo on --awq-float-inputs|"
@@ -78,6 +79,7 @@ rows=(
   "rtn_w3g64|quantize|--method rtn --wbits 3 --group-size 64|"
   "awq_w3g64|quantize|--method awq --wbits 3 --group-size 64|"
   "awq_w3g64_c128|quantize|--method awq --wbits 3 --group-size 64 --calib-samples 128|"
+  "awq_w3g64_ts|quantize|--method awq --wbits 3 --group-size 64 --awq-clip two-sided|"
   "awq_w3g64_vo|quantize|--method awq --wbits 3 --group-size 64 --awq-vo on|"
   "awq_w3g64_duo|quantize|--method awq --wbits 3 --group-size 64 --awq-duo-scaling|"
   "awq_w3g64_linear|quantize|--method awq --wbits 3 --group-size 64 --awq-vo on --awq-loss linear|"
@@ -165,7 +167,7 @@ def load(name):
         return None
 base = load("base")
 print("| model | how | ppl | dppl vs base | KL vs base | top-1 agree | windows (scored tokens) | device | model.safetensors MB |")
-print("|---|---|---|---|---|---|---|---|---|")
+print("|---|---|---|---|---|---|---|---|---|---|")
 for name, kind, flags, _ in rows:
     r = load(name)
     if r is None:
@@ -183,8 +185,8 @@ for name, kind, flags, _ in rows:
 
 # Share of RTN's perplexity increase over base that AWQ and GPTQ recover, per configuration.
 print()
-print("| config | RTN dppl | AWQ recovery (default) | AWQ 128 samples | AWQ --awq-vo on | AWQ --awq-loss linear | AWQ linear + duo scaling | GPTQ (act-order) recovery | GPTQ --gptq-mse |")
-print("|---|---|---|---|---|---|---|---|---|")
+print("| config | RTN dppl | AWQ recovery (default) | AWQ 128 samples | AWQ --awq-clip two-sided | AWQ --awq-vo on | AWQ --awq-loss linear | AWQ linear + duo scaling | GPTQ (act-order) recovery | GPTQ --gptq-mse |")
+print("|---|---|---|---|---|---|---|---|---|---|")
 for cfg in ("w4g64", "w4pc", "w3g64"):
     rtn = load("rtn_" + cfg)
     if base is None or rtn is None:
@@ -193,6 +195,6 @@ for cfg in ("w4g64", "w4pc", "w3g64"):
     def rec(name):
         m = load(name)
         return "-" if m is None else f"{100 * (q - m['ppl']) / (q - b):.1f}%"
-    print(f"| {cfg} | {q - b:+.3f} | {rec('awq_' + cfg)} | {rec('awq_' + cfg + '_c128')} | {rec('awq_' + cfg + '_vo')} | "
+    print(f"| {cfg} | {q - b:+.3f} | {rec('awq_' + cfg)} | {rec('awq_' + cfg + '_c128')} | {rec('awq_' + cfg + '_ts')} | {rec('awq_' + cfg + '_vo')} | "
           f"{rec('awq_' + cfg + '_linear')} | {rec('awq_' + cfg + '_linear_duo')} | {rec('gptq_' + cfg)} | {rec('gptq_' + cfg + '_mse')} |")
 PY

@@ -153,31 +153,51 @@ double awq_search_clip(std::vector<float>& w, int64_t out, int64_t in, const std
   const int64_t gs = spec.group_size < 0 ? in : spec.group_size;
   const int64_t ng = in / gs;
   const int max_code = spec.max_code();
-  const int num_ratios = static_cast<int>(options.max_shrink * options.clip_grid);
-  std::vector<float> best_clip(static_cast<size_t>(out * ng), 0.f);
+  const int n = static_cast<int>(options.max_shrink * options.clip_grid) + 1;  // ratios per end
+  const auto ratio = [&](int r) { return 1.f - static_cast<float>(r) / static_cast<float>(options.clip_grid); };
+  // Candidates: the symmetric clamp [-c, c], c = max|w| * ratio (AutoAWQ), then, for an asymmetric
+  // grid, every pair of ratios for the two ends of [min(w, 0), max(w, 0)].
+  const bool two_sided = options.two_sided_clip && !spec.symmetric;
+  const int num_candidates = n + (two_sided ? n * n : 0);
+  struct Clip {
+    float lo = 0.f, hi = 0.f;
+  };
+  std::vector<Clip> best_clip(static_cast<size_t>(out * ng));
   std::vector<double> best_err(static_cast<size_t>(out * ng), std::numeric_limits<double>::infinity());
-  std::vector<float> d(static_cast<size_t>(out * gs)), g_block(static_cast<size_t>(gs * gs)), wc(static_cast<size_t>(gs));
+  std::vector<float> d(static_cast<size_t>(out * gs)), g_block(static_cast<size_t>(gs * gs));
+  std::vector<Clip> clip(static_cast<size_t>(out));
   for (int64_t g = 0; g < ng; ++g) {
     for (int64_t a = 0; a < gs; ++a) {
       for (int64_t b = 0; b < gs; ++b) {
         g_block[static_cast<size_t>(a * gs + b)] = gram[static_cast<size_t>((g * gs + a) * in + g * gs + b)];
       }
     }
-    for (int r = 0; r <= num_ratios; ++r) {
-      const float ratio = 1.f - static_cast<float>(r) / static_cast<float>(options.clip_grid);
-      std::vector<float> clip(static_cast<size_t>(out));
-      for (int64_t o = 0; o < out; ++o) {
-        const float* row = w.data() + o * in + g * gs;
-        float amax = 0.f;
-        for (int64_t j = 0; j < gs; ++j) amax = std::max(amax, std::fabs(row[j]));
-        const float c = amax * ratio;
-        clip[static_cast<size_t>(o)] = c;
-        for (int64_t j = 0; j < gs; ++j) wc[static_cast<size_t>(j)] = std::clamp(row[j], -c, c);
-        const GroupRange range = group_range(wc.data(), gs, 1, spec);
-        for (int64_t j = 0; j < gs; ++j) {
-          d[static_cast<size_t>(o * gs + j)] = row[j] - dequantize_code(quantize_code(wc[static_cast<size_t>(j)], range, max_code), range);
+    for (int cand = 0; cand < num_candidates; ++cand) {
+      pool.parallel_for(out, [&](int64_t o0, int64_t o1) {
+        std::vector<float> wc(static_cast<size_t>(gs));
+        for (int64_t o = o0; o < o1; ++o) {
+          const float* row = w.data() + o * in + g * gs;
+          float lo = 0.f, hi = 0.f;
+          for (int64_t j = 0; j < gs; ++j) {
+            lo = std::min(lo, row[j]);
+            hi = std::max(hi, row[j]);
+          }
+          Clip c;
+          if (cand < n) {
+            c.hi = std::max(hi, -lo) * ratio(cand);
+            c.lo = -c.hi;
+          } else {
+            c.lo = lo * ratio((cand - n) / n);
+            c.hi = hi * ratio((cand - n) % n);
+          }
+          clip[static_cast<size_t>(o)] = c;
+          for (int64_t j = 0; j < gs; ++j) wc[static_cast<size_t>(j)] = std::clamp(row[j], c.lo, c.hi);
+          const GroupRange range = group_range(wc.data(), gs, 1, spec);
+          for (int64_t j = 0; j < gs; ++j) {
+            d[static_cast<size_t>(o * gs + j)] = row[j] - dequantize_code(quantize_code(wc[static_cast<size_t>(j)], range, max_code), range);
+          }
         }
-      }
+      }, 16);
       const std::vector<double> err = row_quadratic_forms(d, out, gs, g_block.data(), pool);
       for (int64_t o = 0; o < out; ++o) {
         const auto k = static_cast<size_t>(o * ng + g);
@@ -191,9 +211,9 @@ double awq_search_clip(std::vector<float>& w, int64_t out, int64_t in, const std
   double total = 0.0;
   for (int64_t o = 0; o < out; ++o) {
     for (int64_t g = 0; g < ng; ++g) {
-      const float c = best_clip[static_cast<size_t>(o * ng + g)];
+      const Clip c = best_clip[static_cast<size_t>(o * ng + g)];
       float* row = w.data() + o * in + g * gs;
-      for (int64_t j = 0; j < gs; ++j) row[j] = std::clamp(row[j], -c, c);
+      for (int64_t j = 0; j < gs; ++j) row[j] = std::clamp(row[j], c.lo, c.hi);
       total += best_err[static_cast<size_t>(o * ng + g)];
     }
   }

@@ -30,6 +30,9 @@ struct AwqOptions {
   // AutoAWQ's duo scaling: s = s_X^a / (s_W^(1-a) + 1e-4), s_W = mean over output rows of |w| / max|w|
   // of the row's group (per scaled channel); plain RTN (s = 1) is always a candidate too.
   bool duo_scaling = false;
+  // Clipping of an asymmetric grid: besides AutoAWQ's symmetric clamp [-c, c], try shrinking the two
+  // ends of [min(w, 0), max(w, 0)] independently (each by the same ratios), keeping the best per group.
+  bool two_sided_clip = false;
 };
 
 // Linears that read one input and are scaled together.
@@ -62,9 +65,9 @@ AwqScaleResult awq_search_scales(const AwqScaleProblem& problem, const QuantSpec
 double awq_output_error(const std::vector<float>& w, int64_t out, int64_t in, const std::vector<float>& s_full,
                         const std::vector<float>& gram, const QuantSpec& spec, ThreadPool& pool);
 
-// Clipping search: for every row and group, the clip value max|w| * (1 - i / clip_grid) with the
-// least output error of that group (error through the group's diagonal block of G); w is clamped
-// to it in place. Returns the total output error after clipping.
+// Clipping search: for every row and group, the clamp [-c, c], c = max|w| * (1 - i / clip_grid) (or,
+// with two_sided_clip, [min * r1, max * r2]) with the least output error of that group (error through
+// the group's diagonal block of G); w is clamped to it in place. Returns the total output error after clipping.
 double awq_search_clip(std::vector<float>& w, int64_t out, int64_t in, const std::vector<float>& gram,
                        const QuantSpec& spec, const AwqOptions& options, ThreadPool& pool);
 

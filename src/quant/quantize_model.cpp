@@ -77,6 +77,7 @@ Status awq_layer(DenseLayer& d, std::vector<SiteStats>& stats, const LayerContex
   const QuantSpec& spec = cx.options.spec;
   AwqOptions opt;
   opt.duo_scaling = cx.options.awq_duo_scaling;
+  opt.two_sided_clip = cx.options.awq_two_sided_clip;
   std::unique_ptr<AwqBlockLoss> block;
   if (block_inputs != nullptr) {
     NB_ASSIGN_OR_RETURN(AwqBlockLoss b, AwqBlockLoss::create(c, d, std::move(*block_inputs), cx.options.calib_seqlen, cx.pool));

@@ -47,6 +47,7 @@ struct QuantizeOptions {
   bool act_order = false;         // gptq
   bool gptq_mse = false;          // gptq: GptqOptions::mse
   bool awq_duo_scaling = false;   // awq: AutoAWQ's duo scaling (AwqOptions::duo_scaling)
+  bool awq_two_sided_clip = false;  // awq: AwqOptions::two_sided_clip
   AwqLoss awq_loss = AwqLoss::kBlock;
   int64_t awq_block_samples = kAwqBlockSamples;  // awq block loss: sequences (spread over the samples; all when fewer)
   // awq: calibrate layer i + 1 on the FLOAT layer i's output (AutoAWQ) instead of the quantized one.

@@ -82,6 +82,10 @@ Status run(const CliArgs& args) {
   o.gptq_mse = args.has("--gptq-mse");
   if (o.gptq_mse && o.method != quant::QuantMethod::kGptq) return invalid_argument("--gptq-mse is a GPTQ option");
   o.awq_duo_scaling = args.has("--awq-duo-scaling");
+  const std::string clip = args.get("--awq-clip");
+  if (clip != "sym" && clip != "two-sided") return invalid_argument("--awq-clip must be sym or two-sided; got '" + clip + "'");
+  o.awq_two_sided_clip = clip == "two-sided";
+  if (args.has("--awq-clip") && o.method != quant::QuantMethod::kAwq) return invalid_argument("--awq-clip is an AWQ option");
   if (o.awq_duo_scaling && o.method != quant::QuantMethod::kAwq) return invalid_argument("--awq-duo-scaling is an AWQ option");
   NB_ASSIGN_OR_RETURN(o.awq_loss, quant::parse_awq_loss(args.get("--awq-loss")));
   NB_ASSIGN_OR_RETURN(o.awq_block_samples, args.get_int("--awq-block-samples", 1, 1 << 20));
@@ -159,6 +163,8 @@ int run_quantize(int argc, char** argv) {
               "      alpha in 0.3..0.95 with the least W8A8 output error on 512 calibration tokens", "0.5");
   args.option("--alpha-sites", "SmoothQuant: one strength per input A,B,C,D (q/k/v, o_proj, gate/up, down_proj); overrides --alpha");
   args.flag("--awq-duo-scaling", "AWQ: s = s_X^a / s_W^(1-a) as AutoAWQ's duo_scaling (s_W: mean normalized |w| per input channel)");
+  args.option("--awq-clip", "AWQ clipping search: 'sym' (clamp to [-c, c], AutoAWQ's) or 'two-sided' (also the two ends\n"
+              "      of an asymmetric group's range shrunk independently; the best per group)", "sym");
   args.option("--awq-loss", "AWQ: what the q/k/v and gate/up scale search minimises: 'linear' (the linears' output error,\n"
               "      exact on all calibration tokens) or 'block' (the attention / MLP output after them, AutoAWQ's)", "block");
   args.option("--awq-block-samples", "AWQ block loss: calibration sequences it is measured on (spread evenly)",

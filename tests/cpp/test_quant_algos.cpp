@@ -409,6 +409,52 @@ TEST(QuantAwq, GramErrorMatchesTokenErrorAndSearchNeverWorseThanRtn) {
   EXPECT_GT(clipped, 0.0);
 }
 
+TEST(QuantAwq, TwoSidedClipNeverWorseAndWinsOnSkewedGroups) {
+  std::mt19937 rng(23);
+  const int64_t out = 16, in = 64, tokens = 400, gs = 32;
+  const std::vector<float> x = correlated_inputs(tokens, in, rng);
+  const std::vector<double> gd = gram_of(x, tokens, in);
+  const std::vector<float> gram(gd.begin(), gd.end());
+  std::vector<float> w = randn(static_cast<size_t>(out * in), rng, 0.05f);
+  // Skew every other group: one large positive weight, so [min, max] is lopsided and a symmetric
+  // clamp [-c, c] can only shrink the top end.
+  for (int64_t o = 0; o < out; o += 2) w[static_cast<size_t>(o * in + (o % gs))] = 0.4f;
+  ThreadPool pool(2);
+  // The error the search reports for the weights it leaves: each group's d^T G_gg d, d = w - Q(clamped w).
+  auto group_errors = [&](const std::vector<float>& clipped, const QuantSpec& spec) {
+    std::vector<float> q = clipped;
+    fake_quantize_rows(q.data(), out, in, spec);
+    double e = 0.0;
+    for (int64_t o = 0; o < out; ++o) {
+      for (int64_t g0 = 0; g0 < in; g0 += gs) {
+        for (int64_t a = g0; a < g0 + gs; ++a) {
+          for (int64_t b = g0; b < g0 + gs; ++b) {
+            e += static_cast<double>(w[static_cast<size_t>(o * in + a)] - q[static_cast<size_t>(o * in + a)]) *
+                 gram[static_cast<size_t>(a * in + b)] * (w[static_cast<size_t>(o * in + b)] - q[static_cast<size_t>(o * in + b)]);
+          }
+        }
+      }
+    }
+    return e;
+  };
+  for (bool symmetric : {false, true}) {
+    const QuantSpec spec{4, gs, symmetric};
+    AwqOptions sym_opt, two_opt;
+    two_opt.two_sided_clip = true;
+    std::vector<float> w_sym = w, w_two = w;
+    const double e_sym = awq_search_clip(w_sym, out, in, gram, spec, sym_opt, pool);
+    const double e_two = awq_search_clip(w_two, out, in, gram, spec, two_opt, pool);
+    EXPECT_NEAR(group_errors(w_sym, spec), e_sym, 1e-3 * e_sym) << symmetric;
+    EXPECT_NEAR(group_errors(w_two, spec), e_two, 1e-3 * e_two) << symmetric;
+    if (symmetric) {
+      EXPECT_EQ(w_two, w_sym);  // a symmetric grid has one range to shrink: the same search
+    } else {
+      EXPECT_LE(e_two, e_sym);          // its candidates include every symmetric one
+      EXPECT_LT(e_two, 0.98 * e_sym);   // and the lopsided groups gain from shrinking the ends apart
+    }
+  }
+}
+
 // ---- SmoothQuant ----
 
 TEST(QuantSmoothQuant, ProductUnchangedAndActivationMaxFlattened) {

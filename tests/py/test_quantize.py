@@ -147,6 +147,23 @@ def test_awq_vo_scaling_follows_autoawq_rule(nibble_bin, tmp_path):
     assert any("o_proj" in k for k in changed) and any("v_proj" in k for k in changed), changed
 
 
+def test_awq_two_sided_clip_reaches_the_search(nibble_bin, tmp_path):
+    """--awq-clip two-sided shrinks an asymmetric group's two ends apart: some clipped weights, hence some packed
+    tensors, must differ from the default symmetric clamp; with --sym the two searches are the same. (8 bits:
+    stories260K's 172-wide layers cannot be packed at 4.)"""
+    from safetensors.numpy import load_file
+    common = ("--method", "awq", "--wbits", "8", "--group-size", "-1", "--calib", str(CALIB), "--calib-samples", "4",
+              "--calib-seqlen", "64")
+    for sym in (False, True):
+        models = {}
+        for clip in ("sym", "two-sided"):
+            d = tmp_path / f"{clip}_{sym}"
+            quantize(nibble_bin, d, *common, "--awq-clip", clip, *(("--sym",) if sym else ()))
+            models[clip] = load_file(str(d / "model.safetensors"))
+        same = all(np.array_equal(models["sym"][k], models["two-sided"][k]) for k in models["sym"])
+        assert same == sym, sym
+
+
 def test_errors(nibble_bin, tmp_path):
     r = quantize(nibble_bin, tmp_path / "a", "--method", "rtn", "--wbits", "4", "--group-size", "32", check=False)
     assert r.returncode != 0 and "does not divide the 172 input features" in r.stderr
@@ -171,4 +188,8 @@ def test_errors(nibble_bin, tmp_path):
     assert r.returncode != 0 and "give between 1 and --calib-samples (4)" in r.stderr
     r = quantize(nibble_bin, tmp_path / "g", "--method", "awq", "--gptq-mse", check=False)
     assert r.returncode != 0 and "--gptq-mse is a GPTQ option" in r.stderr
+    r = quantize(nibble_bin, tmp_path / "h", "--method", "awq", "--awq-clip", "both", check=False)
+    assert r.returncode != 0 and "--awq-clip must be sym or two-sided; got 'both'" in r.stderr
+    r = quantize(nibble_bin, tmp_path / "i", "--method", "gptq", "--awq-clip", "two-sided", check=False)
+    assert r.returncode != 0 and "--awq-clip is an AWQ option" in r.stderr
 
