@@ -23,9 +23,8 @@
 #                          unfused": base = layer-by-layer fused kernels, prof = the persistent step with
 #                          its stage times, step1, bal/balprof = the step with NIBBLE_STEP_BALANCE=1
 #                          (and stage times), pre/preprof = balanced + NIBBLE_STEP_PREFETCH=1 (o_proj's
-#                          first chunks into shared memory during attention), l2_N/l2prof_N = the step
-#                          with NIBBLE_STEP_L2=N (o_proj and N MiB of gate/up prefetched into L2 during
-#                          attention), unfused, nopdl, gemvN; a switch may repeat, its runs append);
+#                          first chunks into shared memory during attention), unfused, nopdl, gemvN;
+#                          a switch may repeat, its runs append to one file);
 #                          7bw4 = the 7B quantized RTN W4 g128 here, `bench gpu` on it (W4A16 kernels);
 #                          gemm, kv, w8a8 = `nibble bench gemm|kv|w8a8` (kernel level, issue 6);
 #                          spec = `nibble bench spec --device cuda` (n-gram drafting on a copy task, SmolLM2);
@@ -175,8 +174,6 @@ if [ "${result[build]:-}" = ok ] && [ "$bench" != none ]; then
         balprof) envs=(NIBBLE_DECODE_STEP=1 NIBBLE_STEP_BALANCE=1 NIBBLE_DECODE_STEP_PROFILE=1);;
         pre) envs=(NIBBLE_DECODE_STEP=1 NIBBLE_STEP_BALANCE=1 NIBBLE_STEP_PREFETCH=1);;  # + o_proj prefetch
         preprof) envs=(NIBBLE_DECODE_STEP=1 NIBBLE_STEP_BALANCE=1 NIBBLE_STEP_PREFETCH=1 NIBBLE_DECODE_STEP_PROFILE=1);;
-        l2_*) envs=(NIBBLE_DECODE_STEP=1 NIBBLE_STEP_L2=${ab#l2_});;  # + o_proj and N MiB of gate/up into L2 during attention
-        l2prof_*) envs=(NIBBLE_DECODE_STEP=1 NIBBLE_STEP_L2=${ab#l2prof_} NIBBLE_DECODE_STEP_PROFILE=1);;
         *) continue;;
       esac
       env "${envs[@]}" "$nib" bench gpu -m "$m7" --device cuda --dtype f16 -p 512 -n 64 -r 5 --batches 1 \

@@ -378,10 +378,6 @@ Status decode_step(const DecodeStepParams& p, Context& ctx) {
   a.prefetch = a.balanced && pre != nullptr && pre[0] == '1' &&
                smem_bytes(p, a.hidden, a.dim, true) <= ctx.info().shared_per_block_optin;
   a.pre_offset = static_cast<int>(pre_offset(p, a.hidden, a.dim));
-  // NIBBLE_STEP_L2=N (MiB, >= 0): while attention runs, o_proj's weights and the first N MiB of
-  // gate's and of up's are prefetched into L2 (prefetch_l2); off when unset, until measured.
-  const char* l2 = std::getenv("NIBBLE_STEP_L2");
-  a.l2_ffn_bytes = l2 != nullptr && l2[0] >= '0' && l2[0] <= '9' ? static_cast<int64_t>(std::atoll(l2)) << 20 : -1;
   a.scale = p.scale;
   a.interleaved = p.rope_style == RopeStyle::kInterleaved;
   a.x = p.x;

@@ -61,24 +61,6 @@ __device__ __forceinline__ void prefetch_linear(const uint4* w, int n, int k, ui
   asm volatile("cp.async.commit_group;" ::: "memory");
 }
 
-// Block blockIdx.x's share of bytes [0, bytes) of w, prefetched into L2 (cp.async.bulk.prefetch,
-// sm_90: the copy engine moves it while the threads go on) in pieces of kL2Piece, one a thread.
-constexpr int64_t kL2Piece = 32 << 10;
-__device__ __forceinline__ void prefetch_l2(const void* w, int64_t bytes) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  const int64_t lo = (static_cast<int64_t>(blockIdx.x) * bytes / gridDim.x) & ~int64_t{15};
-  const int64_t hi = blockIdx.x + 1 == gridDim.x ? bytes & ~int64_t{15}
-                                                 : (static_cast<int64_t>(blockIdx.x + 1) * bytes / gridDim.x) & ~int64_t{15};
-  for (int64_t off = lo + threadIdx.x * kL2Piece; off < hi; off += static_cast<int64_t>(blockDim.x) * kL2Piece) {
-    const unsigned size = static_cast<unsigned>(min(kL2Piece, hi - off));
-    asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(static_cast<const char*>(w) + off), "r"(size) : "memory");
-  }
-#else
-  (void)w;
-  (void)bytes;
-#endif
-}
-
 struct LayerPtrs {
   const uint4 *wqkv, *wo, *wg, *wu, *wd;
   const float *attn_norm, *ffn_norm;
@@ -97,9 +79,6 @@ struct StepArgs {
   bool balanced;      // the linear stages' chunk split (decode_step.cu, linear_stage)
   bool prefetch;      // balanced only: o_proj's first kPreChunks chunks a warp go to shared memory during attention
   int pre_offset;     // where that buffer starts in dynamic shared memory, in floats (16-byte aligned)
-  // L2 prefetch while attention runs (the memory is otherwise idle then): o_proj's weights, and the
-  // first l2_ffn_bytes of gate's and of up's (the rows the gate/up stage reads first). Off when < 0.
-  int64_t l2_ffn_bytes;
   void *x, *q, *k, *v, *att, *hb;
   const int32_t* block_table;
   const int32_t* start_pos;
@@ -247,14 +226,6 @@ __device__ void attention_stage(const StepArgs& a, int layer, const float* cs, c
     prefetch_linear(L.wo, a.dim, a.q_dim, warp_pre(sm, a.pre_offset));
   }
   bar.sync();  // q, k and v of this step are complete
-  if (a.l2_ffn_bytes >= 0) {
-    prefetch_l2(L.wo, static_cast<int64_t>(a.dim) * a.q_dim * static_cast<int64_t>(sizeof(T)));
-    const int64_t ffn = min(a.l2_ffn_bytes, static_cast<int64_t>(a.hidden) * a.dim * static_cast<int64_t>(sizeof(T)));
-    if (ffn > 0) {
-      prefetch_l2(L.wg, ffn);
-      prefetch_l2(L.wu, ffn);
-    }
-  }
   for (int h = h0; h < a.num_heads; h += gridDim.x / bh_all) {
     if (j >= bh) break;  // uniform over the block
     const int kvh = h / a.group;
