@@ -14,12 +14,14 @@
 // key chunk, publishing the block partials, the merge) and o_proj's barrier and input staging (4 us
 // over its bytes) are what is left to 85%.
 //
-// Two changes aimed at those, off by default until they are measured on a GPU (gpu.sh 7bab switches
-// bal, pre): NIBBLE_STEP_BALANCE=1 splits each linear stage's chunks evenly over the warps (the
-// strided split gives some warps 6 rows of gate/up and others 5); NIBBLE_STEP_PREFETCH=1 (with it)
-// streams each warp's first two o_proj chunks into shared memory (cp.async) before the attention
-// stage's barrier, so o_proj's weights move while attention runs and its registers start two chunks
-// further on.
+// Two changes aimed at those, off by default (gpu.sh 7bab switches bal, pre): NIBBLE_STEP_BALANCE=1
+// splits each linear stage's chunks evenly over the warps (the strided split gives some warps 6 rows
+// of gate/up and others 5); NIBBLE_STEP_PREFETCH=1 (with it) streams each warp's first two o_proj
+// chunks into shared memory (cp.async) before the attention stage's barrier. Measured on the H200
+// (bench/results/gpu-h200-quant-table-2026-11-27e.md): both slower, 74.2% and 71.0% of the roofline
+// against 75.7% for the default in the same run (the prefetch's 17 MB land before q|k|v's barrier:
+// q|k|v +5.5 us, o_proj -1.7 us). Prefetching o_proj into L2 during attention (cp.async.bulk.prefetch)
+// was slower too (74.1%; raw-h200-2026-11-27f): attention waits behind the prefetched bytes.
 #include <cuda_runtime.h>
 
 #include <algorithm>
