@@ -26,6 +26,7 @@
 #                          first chunks into shared memory during attention), unfused, nopdl, gemvN;
 #                          a switch may repeat, its runs append to one file);
 #                          7bw4 = the 7B quantized RTN W4 g128 here, `bench gpu` on it (W4A16 kernels);
+#                          w4pipe (with 7bw4 and/or gemm) = those again with NIBBLE_W4_PIPE=1;
 #                          gemm, kv, w8a8 = `nibble bench gemm|kv|w8a8` (kernel level, issue 6);
 #                          spec = `nibble bench spec --device cuda` (n-gram drafting on a copy task, SmolLM2);
 #                          batching = `nibble bench batching --device cuda --compare batching` (SmolLM2);
@@ -191,10 +192,19 @@ if [ "${result[build]:-}" = ok ] && [ "$bench" != none ]; then
     "$nib" bench gpu -m "$m7q" --device cuda --dtype f16 -p 512 -n 64 -r 5 --batches 1,2,4,8,16,32 \
       >"$out/bench_7b_w4.txt" 2>&1
     record bench_7b_w4 $?
+    if has w4pipe; then  # the same with the W4 kernel's ping-pong load schedule, in the same run
+      NIBBLE_W4_PIPE=1 "$nib" bench gpu -m "$m7q" --device cuda --dtype f16 -p 512 -n 64 -r 5 --batches 1,2,4,8,16,32 \
+        >"$out/bench_7b_w4_pipe.txt" 2>&1
+      record bench_7b_w4_pipe $?
+    fi
   fi
   for b in gemm kv w8a8; do  # kernel-level benchmarks (bench gemm: W4A16 vs f16; kv: int8/int4 KV attention)
     if has $b; then "$nib" bench $b >"$out/bench_$b.txt" 2>&1; record "bench_$b" $?; fi
   done
+  if has gemm && has w4pipe; then  # W4A16 vs f16 again with NIBBLE_W4_PIPE=1
+    NIBBLE_W4_PIPE=1 "$nib" bench gemm >"$out/bench_gemm_pipe.txt" 2>&1
+    record bench_gemm_pipe $?
+  fi
   if has hf; then
     python3 scripts/gpu_hf_compare.py "$nib" "$m7" f16 64 >"$out/hf_compare.txt" 2>&1
     record hf_compare $?
@@ -293,6 +303,8 @@ fi
     case $f in *gemv*) grep -A4 'decode linears' "$out/$f" | tail -4;; esac
   done
   [ -f "$out/bench_7b_w4.txt" ] && grep -E -A7 'decode batch 1|batch sweep' "$out/bench_7b_w4.txt" | grep -v '^--$'
+  [ -f "$out/bench_7b_w4_pipe.txt" ] && grep -E 'decode batch 1' "$out/bench_7b_w4_pipe.txt" | sed 's/^/w4 pipe: /'
+  for f in bench_gemm.txt bench_gemm_pipe.txt; do [ -f "$out/$f" ] && { echo "$f:"; grep -E '^ *(M|[0-9]+) ' "$out/$f" | head -12; }; done
   for b in gemm kv w8a8; do [ -f "$out/bench_$b.txt" ] && { echo "== bench $b"; tail -25 "$out/bench_$b.txt"; }; done
   [ -f "$out/load.txt" ] && grep -E 'first token' "$out/load.txt" | tail -2
   [ -f "$out/spec_gpu.txt" ] && tail -14 "$out/spec_gpu.txt"

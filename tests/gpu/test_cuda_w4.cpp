@@ -142,6 +142,26 @@ TEST_F(CudaW4, ClusterCaps) {
   }
 }
 
+// The ping-pong load schedule (NIBBLE_W4_PIPE=1) gives the same products: M 1, 5 and 16 (one and
+// two n8 token tiles), chunk counts that leave warps an odd number of chunks or none (K 4160 = 65
+// chunks, K 576 = 9), padded rows (N 200), with and without clusters. Small shapes: the CPU
+// emulator (tests/gpu/emu/run_w4.sh) runs it too.
+TEST_F(CudaW4, PipelinedSchedule) {
+  uint32_t s = 8700;
+  ASSERT_EQ(setenv("NIBBLE_W4_PIPE", "1", 1), 0);
+  for (const char* cap : {"1", "8"}) {
+    ASSERT_EQ(setenv("NIBBLE_W4_MAX_CLUSTER", cap, 1), 0);
+    for (const int64_t m : {1, 5, 16}) {
+      check({m, 200, 4096, 128, false}, DType::kF16, DType::kF16, s += 2);
+      check({m, 192, 4160, 64, true}, DType::kBF16, DType::kF32, s += 2);
+      check({m, 72, 576, 64, false}, DType::kF16, DType::kF32, s += 2);
+    }
+    unsetenv("NIBBLE_W4_MAX_CLUSTER");
+    if (HasFatalFailure()) break;
+  }
+  unsetenv("NIBBLE_W4_PIPE");
+}
+
 // Decode steps are replayed from CUDA graphs: the cluster launch (4096 x 4096: 4 blocks along K)
 // and a multi-pass launch (M 20) captured once and replayed on new activations give the reference.
 TEST_F(CudaW4, GraphCaptureAndReplay) {

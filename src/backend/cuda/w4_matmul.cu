@@ -13,6 +13,10 @@
 //     cluster along grid.y) splits K: warp w of block rank b reads chunks s, s + S, s + 2S, ... with
 //     s = 8 b + w, S = 8 cs. Each lane issues 4 row tiles x U = 2 chunks of 16-byte loads
 //     (8 x 16 B) before using any: 32 KiB per block, 2 blocks per SM (<= 128 registers) in flight.
+//     NIBBLE_W4_PIPE=1 (off until measured on a GPU): the same two chunks in ping-pong instead, each
+//     chunk's loads issued two chunks ahead of its use as soon as its buffer is consumed, so a warp
+//     keeps loads in flight while it dequantizes (at M = 1 the kernel reads at ~38% of the copy
+//     bandwidth with the burst schedule; dequantizing is ~half of the SM's issue slots at HBM speed).
 //   - Partial sums: warps -> shared memory -> block sum; blocks of a cluster -> distributed shared
 //     memory; one launch, no workspace, so it is graph-capturable and needs no zeroing.
 //   - cs is picked so that the grid covers the SMs (small N, e.g. 4096 rows = 64 blocks) without
@@ -64,6 +68,7 @@ struct W4Args {
   int chunks;              // k / 64
   int group_chunks;        // chunks per group
   int num_groups;
+  bool pipelined;          // the ping-pong load schedule (NIBBLE_W4_PIPE=1, w4_args)
 };
 
 // Rows [64 blockIdx.x, +64) x tokens [16 blockIdx.z, +16) over the K slices of the cluster
@@ -89,52 +94,75 @@ __global__ void __launch_bounds__(kThreads, 2) w4_gemv_kernel(W4Args a, const T*
 #pragma unroll
       for (int i = 0; i < 4; ++i) acc[r][j][i] = 0.f;
 
-  for (int c0 = slice; c0 < a.chunks; c0 += stride * kUnroll) {
-    uint4 wv[kUnroll][R];
-    uint32_t pv[kUnroll][R][2];
-    uint4 xv[kUnroll][NT][2];
+  // One chunk's loads: R row tiles of 16-byte codes, their group parameters, the tokens' inputs.
+  struct Chunk {
+    uint4 wv[R];
+    uint32_t pv[R][2];
+    uint4 xv[NT][2];
+  };
+  auto load = [&](Chunk& ch, int c) {
+    if (c >= a.chunks) return;
+    const int g = c / a.group_chunks;
 #pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
-      const int c = c0 + u * stride;
-      if (c >= a.chunks) break;
-      const int g = c / a.group_chunks;
+    for (int r = 0; r < R; ++r) {
+      // Streamed: every weight byte is read once per call (evict-first, keep L2 for activations).
+      ch.wv[r] = __ldcs(a.codes + (static_cast<size_t>(tile0 + r) * a.chunks + c) * 32 + lane);
+      const uint32_t* pp = a.params + (static_cast<size_t>(tile0 + r) * a.num_groups + g) * 16 + gid;
+      ch.pv[r][0] = __ldg(pp);
+      ch.pv[r][1] = __ldg(pp + 8);
+    }
 #pragma unroll
-      for (int r = 0; r < R; ++r) {
-        // Streamed: every weight byte is read once per call (evict-first, keep L2 for activations).
-        wv[u][r] = __ldcs(a.codes + (static_cast<size_t>(tile0 + r) * a.chunks + c) * 32 + lane);
-        const uint32_t* pp = a.params + (static_cast<size_t>(tile0 + r) * a.num_groups + g) * 16 + gid;
-        pv[u][r][0] = __ldg(pp);
-        pv[u][r][1] = __ldg(pp + 8);
+    for (int j = 0; j < NT; ++j) {
+      const int tok = gid + 8 * j;
+      if (tok < m) {
+        const uint4* xp = reinterpret_cast<const uint4*>(x + static_cast<size_t>(tok) * a.k + c * 64 + tig * 16);
+        ch.xv[j][0] = __ldg(xp);
+        ch.xv[j][1] = __ldg(xp + 1);
+      } else {
+        ch.xv[j][0] = ch.xv[j][1] = make_uint4(0, 0, 0, 0);
       }
+    }
+  };
+  auto compute = [&](const Chunk& ch) {
 #pragma unroll
-      for (int j = 0; j < NT; ++j) {
-        const int tok = gid + 8 * j;
-        if (tok < m) {
-          const uint4* xp = reinterpret_cast<const uint4*>(x + static_cast<size_t>(tok) * a.k + c * 64 + tig * 16);
-          xv[u][j][0] = __ldg(xp);
-          xv[u][j][1] = __ldg(xp + 1);
-        } else {
-          xv[u][j][0] = xv[u][j][1] = make_uint4(0, 0, 0, 0);
+    for (int r = 0; r < R; ++r) {
+      const w4::RowParams<T> p0 = w4::RowParams<T>::make(ch.pv[r][0]), p1 = w4::RowParams<T>::make(ch.pv[r][1]);
+      const uint32_t* words = reinterpret_cast<const uint32_t*>(&ch.wv[r]);
+#pragma unroll
+      for (int t = 0; t < 4; ++t) {
+        uint32_t af[4];
+        w4::dequant_word(words[t], p0, p1, af);
+#pragma unroll
+        for (int j = 0; j < NT; ++j) {
+          const uint32_t* xb = reinterpret_cast<const uint32_t*>(&ch.xv[j][0]);  // 8 words: 16 inputs
+          w4::mma_16816<T>(acc[r][j], af, xb[2 * t], xb[2 * t + 1]);
         }
       }
     }
+  };
+  if (a.pipelined) {
+    // Ping-pong: a chunk's loads go out two chunks ahead of its use, right after the buffer is
+    // consumed, so loads stay in flight while the warp dequantizes (NIBBLE_W4_PIPE=1).
+    Chunk ca, cb;
+    load(ca, slice);
+    load(cb, slice + stride);
+    for (int c = slice; c < a.chunks; c += 2 * stride) {
+      compute(ca);
+      load(ca, c + 2 * stride);
+      if (c + stride >= a.chunks) break;
+      compute(cb);
+      load(cb, c + 3 * stride);
+    }
+  } else {
+    // kUnroll chunks loaded, then used.
+    for (int c0 = slice; c0 < a.chunks; c0 += stride * kUnroll) {
+      Chunk ch[kUnroll];
 #pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
-      if (c0 + u * stride >= a.chunks) break;
+      for (int u = 0; u < kUnroll; ++u) load(ch[u], c0 + u * stride);
 #pragma unroll
-      for (int r = 0; r < R; ++r) {
-        const w4::RowParams<T> p0 = w4::RowParams<T>::make(pv[u][r][0]), p1 = w4::RowParams<T>::make(pv[u][r][1]);
-        const uint32_t* words = reinterpret_cast<const uint32_t*>(&wv[u][r]);
-#pragma unroll
-        for (int t = 0; t < 4; ++t) {
-          uint32_t af[4];
-          w4::dequant_word(words[t], p0, p1, af);
-#pragma unroll
-          for (int j = 0; j < NT; ++j) {
-            const uint32_t* xb = reinterpret_cast<const uint32_t*>(&xv[u][j][0]);  // 8 words: 16 inputs
-            w4::mma_16816<T>(acc[r][j], af, xb[2 * t], xb[2 * t + 1]);
-          }
-        }
+      for (int u = 0; u < kUnroll; ++u) {
+        if (c0 + u * stride >= a.chunks) break;
+        compute(ch[u]);
       }
     }
   }
@@ -227,6 +255,9 @@ Result<W4Args> w4_args(const MatmulParams& p) {
   a.chunks = static_cast<int>(k / W4Layout::kChunk);
   a.group_chunks = static_cast<int>(gs / W4Layout::kChunk);
   a.num_groups = static_cast<int>((k + gs - 1) / gs);
+  // NIBBLE_W4_PIPE=1: the fused kernel's ping-pong load schedule; off until measured on a GPU.
+  const char* pipe = std::getenv("NIBBLE_W4_PIPE");
+  a.pipelined = pipe != nullptr && pipe[0] == '1';
   return a;
 }
 

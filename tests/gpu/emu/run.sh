@@ -22,7 +22,7 @@ mkdir -p "$out"
 python3 tests/gpu/emu/gen.py src/backend/cuda/attention.cu "$out/attention_emu.cpp"
 python3 tests/gpu/emu/gen.py src/backend/cuda/elementwise.cu "$out/elementwise_emu.cpp"
 python3 tests/gpu/emu/gen.py src/backend/cuda/kv_quant.cu "$out/kv_quant_emu.cpp"
-flags=(-std=c++20 -O1 -g -Isrc -Itests/gpu/emu -Itests/gpu -I/usr/local/cuda/include -w)
+flags=(-std=c++20 -O1 -g "-DNIBBLE_SOURCE_DIR=\"$PWD\"" -Isrc -Itests/gpu/emu -Itests/gpu -I/usr/local/cuda/include -w)
 g++ "${flags[@]}" -c tests/gpu/emu/emu_runtime.cpp -o "$out/emu_runtime.o" &
 g++ "${flags[@]}" -c "$out/attention_emu.cpp" -o "$out/attention_emu.o" &
 g++ "${flags[@]}" -c "$out/elementwise_emu.cpp" -o "$out/elementwise_emu.o" &

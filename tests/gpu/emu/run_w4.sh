@@ -13,7 +13,7 @@ lib=${NIBBLE_EMU_LIB:-build-cuda/libnibble_lib.a}
 out=build-emu-w4
 mkdir -p "$out"
 python3 tests/gpu/emu/gen.py src/backend/cuda/w4_matmul.cu "$out/w4_matmul_emu.cpp"
-flags=(-std=c++20 -O1 -g -DNIBBLE_EMU -Isrc -Itests/gpu/emu -Itests/gpu -I/usr/local/cuda/include -w)
+flags=(-std=c++20 -O1 -g -DNIBBLE_EMU "-DNIBBLE_SOURCE_DIR=\"$PWD\"" -Isrc -Itests/gpu/emu -Itests/gpu -I/usr/local/cuda/include -w)
 g++ "${flags[@]}" -c tests/gpu/emu/emu_runtime.cpp -o "$out/emu_runtime.o" &
 g++ "${flags[@]}" -c tests/gpu/emu/emu_w4.cpp -o "$out/emu_w4.o" &
 g++ "${flags[@]}" -c "$out/w4_matmul_emu.cpp" -o "$out/w4_matmul_emu.o" &
