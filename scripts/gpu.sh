@@ -31,7 +31,8 @@
 #                          spec = `nibble bench spec --device cuda` (n-gram drafting on a copy task, SmolLM2);
 #                          batching = `nibble bench batching --device cuda --compare batching` (SmolLM2);
 #                          qtable = scripts/quant_table.sh on the GPU, whole WikiText-2 test split (needs
-#                          gpu_carry_b/text/wikitext-2-raw.{test,valid}.txt; NIBBLE_QTABLE_ROWS, _JOBS);
+#                          gpu_carry_b/text/wikitext-2-raw.{test,valid}.txt; NIBBLE_QTABLE_ROWS, _JOBS,
+#                          _BATCH = eval --batch-tokens, default 256);
 #                          qppl = perplexity of RTN W4 g64, naive W8A8 and KV int8/int4 SmolLM2 on the GPU
 #                          (f16 and f32; needs gpu_carry_b/text/wikitext-2-raw.test.txt)
 #   NIBBLE_SYNTH_DIR       where the 7B model is generated (default /tmp/nibble-synth)
@@ -253,7 +254,8 @@ if [ "${result[build]:-}" = ok ] && [ "$bench" != none ]; then
     # measured on the whole split on 2026-11-27; NIBBLE_QTABLE_ROWS='.*' makes them all).
     qt=/tmp/nibble-qtable
     scripts/quant_table.sh --out $qt --device cuda --dtype f32 --metric kld --nibble "$nib" --model "$smol" \
-      --threads 4 --jobs "${NIBBLE_QTABLE_JOBS:-4}" --calib gpu_carry_b/text/wikitext-2-raw.valid.txt \
+      --threads 4 --jobs "${NIBBLE_QTABLE_JOBS:-4}" --batch-tokens "${NIBBLE_QTABLE_BATCH:-256}" \
+      --calib gpu_carry_b/text/wikitext-2-raw.valid.txt \
       --data gpu_carry_b/text/wikitext-2-raw.test.txt \
       --rows "${NIBBLE_QTABLE_ROWS:-base|rtn_w4g64|rtn_w3g64|awq_w4g64_ts|awq_w3g64_ts}" \
       >"$out/qtable.md" 2>"$out/qtable.log"

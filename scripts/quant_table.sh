@@ -4,7 +4,7 @@
 #
 #   scripts/quant_table.sh [--out DIR] [--device cpu|cuda] [--dtype f16|bf16|f32] [--max-windows N]
 #                          [--metric kld|ppl] [--rows REGEX] [--nibble BIN] [--model GGUF] [--threads T]
-#                          [--jobs J] [--calib FILE] [--data FILE]
+#                          [--jobs J] [--calib FILE] [--data FILE] [--batch-tokens B]
 #
 # --max-windows N: only the first N windows (the same N for every row); default 0 = the full test split.
 # --metric kld (default): `nibble eval kld --ref base` (perplexity, KL divergence vs base, top-1 agreement;
@@ -16,6 +16,7 @@
 # --jobs J: make up to J models at once (each quantizing with --threads T), then evaluate row by row.
 # --calib FILE: calibration text for AWQ/GPTQ/SmoothQuant (default: nibble quantize's, the WikiText-2
 #   validation split beside the checkout). --data: the evaluation text (default the test split).
+# --batch-tokens B: `eval --batch-tokens` (a window's forward chunk; same results, default 256).
 # Needs python3 (the table); no jq.
 # --rows REGEX: only the rows whose name matches (e.g. 'base|kv_'; the base model is always made);
 #   the table lists every row that has a result in DIR. A model that exists in DIR is not made again, a result that exists is not recomputed
@@ -35,6 +36,7 @@ jobs=1
 dtype=f32
 calib=
 data=../shared/data/text/wikitext-2-raw.test.txt
+batch_tokens=256
 while [ $# -gt 0 ]; do
   case "$1" in
     --out) out=$2; shift 2 ;;
@@ -49,7 +51,8 @@ while [ $# -gt 0 ]; do
     --dtype) dtype=$2; shift 2 ;;
     --calib) calib=$2; shift 2 ;;
     --data) data=$2; shift 2 ;;
-    -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
+    --batch-tokens) batch_tokens=$2; shift 2 ;;
+    -h|--help) sed -n '2,26p' "$0"; exit 0 ;;
     *) echo "unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -121,7 +124,8 @@ evaluate() {  # name kind flags cpu_only
   local dev=$device m=$out/$name kv=f32
   [ -n "$cpu_only" ] && dev=cpu
   if [ "$kind" = kv ]; then m=$out/base; kv=$flags; fi
-  local args=(-m "$m" --data "$data" --ctx 2048 --max-windows "$max_windows" --json -t "$threads" --kv-cache-dtype "$kv")
+  local args=(-m "$m" --data "$data" --ctx 2048 --max-windows "$max_windows" --json -t "$threads" --kv-cache-dtype "$kv"
+              --batch-tokens "$batch_tokens")
   [ "$dev" != cpu ] && args+=(--device "$dev" --dtype "$dtype")
   log "eval $metric $name (device $dev, kv $kv)"
   if [ "$metric" = kld ]; then

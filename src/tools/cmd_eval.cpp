@@ -43,11 +43,14 @@ void add_eval_options(CliArgs& args) {
   args.option("--stride", "window advance in tokens (default: --ctx)");
   args.option("--max-windows", "evaluate only the first N windows (0 = all)", "0");
   args.option("--every", "evaluate windows 0, K, 2K, ... only: a subset spread over the text (1 = all)", "1");
+  args.option("--batch-tokens", "tokens a forward pass takes: a window runs in chunks of this many (the\n"
+              "      result is the same for any value; larger chunks mean fewer, larger passes)", "256");
   args.flag("--json", "print the result as one JSON object on stdout");
 }
 
 struct EvalSetup {
   CliModel m;
+  int64_t batch_tokens = 0;
   std::vector<int32_t> tokens;
   std::vector<EvalWindow> windows;
   int64_t ctx = 0, stride = 0;
@@ -63,9 +66,10 @@ Result<EvalSetup> setup(const CliArgs& args) {
   }
   NB_ASSIGN_OR_RETURN(int64_t max_windows, args.get_int("--max-windows", 0, INT64_MAX));
   NB_ASSIGN_OR_RETURN(int64_t every, args.get_int("--every", 1, INT64_MAX));
+  NB_ASSIGN_OR_RETURN(s.batch_tokens, args.get_int("--batch-tokens", 1, 1 << 16));
   NB_ASSIGN_OR_RETURN(std::string text, read_file(args.get("--data")));
   if (text.empty()) return invalid_argument("--data '" + args.get("--data") + "' is empty");
-  NB_ASSIGN_OR_RETURN(s.m, load_cli_model(args));
+  NB_ASSIGN_OR_RETURN(s.m, load_cli_model(args, s.batch_tokens));
   if (s.ctx > s.m.model->config().max_seq_len) {
     return invalid_argument("--ctx " + std::to_string(s.ctx) + " exceeds the model's context of " +
                             std::to_string(s.m.model->config().max_seq_len) + " tokens");
@@ -105,7 +109,7 @@ Result<Totals> evaluate(const CliArgs& args, EvalSetup& s, LlamaModel* ref, Prog
 }
 
 int run_ppl(int argc, char** argv) {
-  CliArgs args("eval ppl", std::string("-m MODEL --data FILE [--ctx 2048] [--stride S] [--max-windows N] [-t T] [--json]\n") + kWindowHelp);
+  CliArgs args("eval ppl", std::string("-m MODEL --data FILE [--ctx 2048] [--stride S] [--max-windows N] [--batch-tokens B] [-t T] [--json]\n") + kWindowHelp);
   add_eval_options(args);
   if (Status st = args.parse(argc, argv); !st.ok()) return fail("eval ppl", st);
   if (args.help_requested()) { std::fputs(args.usage().c_str(), stdout); return 0; }
@@ -130,7 +134,7 @@ int run_ppl(int argc, char** argv) {
 }
 
 int run_kld(int argc, char** argv) {
-  CliArgs args("eval kld", std::string("-m MODEL --ref REF --data FILE [--ctx 2048] [--stride S] [--max-windows N] [--json]\n") +
+  CliArgs args("eval kld", std::string("-m MODEL --ref REF --data FILE [--ctx 2048] [--stride S] [--max-windows N] [--batch-tokens B] [--json]\n") +
                                "mean KL(ref || model) of the next-token distributions at every scored position, and how often\n"
                                "both models' most likely token agree. REF runs where MODEL runs (--device, --dtype) with the\n"
                                "default KV cache. " + kWindowHelp);
@@ -144,10 +148,10 @@ int run_kld(int argc, char** argv) {
   auto loaded = load_model(args.get("--ref"));
   if (!loaded.ok()) return fail("eval kld", loaded.status());
   auto threads = args.get_int("-t", 1, 256);
-  auto ref = LlamaModel::create(std::move(loaded->weights), static_cast<int>(threads.ok() ? *threads : 2));
+  auto ref = LlamaModel::create(std::move(loaded->weights), static_cast<int>(threads.ok() ? *threads : 2), s->batch_tokens);
   if (!ref.ok()) return fail("eval kld", ref.status());
   (*ref)->set_exact_matmul(args.has("--exact"));
-  if (Status st = attach_device(args, **ref, LlamaModel::kMaxChunkTokens); !st.ok()) return fail("eval kld", st);
+  if (Status st = attach_device(args, **ref, s->batch_tokens); !st.ok()) return fail("eval kld", st);
   const int64_t vocab = s->m.model->config().vocab_size;
   if ((*ref)->config().vocab_size != vocab) {
     return fail("eval kld", invalid_argument("--ref has a vocabulary of " + std::to_string((*ref)->config().vocab_size) +

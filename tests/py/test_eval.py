@@ -51,8 +51,11 @@ def run_json(nibble_bin, *args):
     return json.loads(r.stdout)
 
 
-@pytest.mark.parametrize("ctx,stride,every", [(64, None, 1), (64, 24, 1), (200, None, 1), (64, 24, 3), (64, None, 2)])
-def test_ppl_matches_numpy(nibble_bin, tmp_path, ctx, stride, every):
+# batch: --batch-tokens, the forward chunk a window runs in (7: a 200-token window in 29 chunks).
+@pytest.mark.parametrize("ctx,stride,every,batch", [(64, None, 1, None), (64, 24, 1, None), (200, None, 1, None),
+                                                    (64, 24, 3, None), (64, None, 2, None), (200, None, 1, 7),
+                                                    (64, 24, 1, 1000)])
+def test_ppl_matches_numpy(nibble_bin, tmp_path, ctx, stride, every, batch):
     ids = token_ids(nibble_bin)
     assert ids[0] == 1 and len(ids) > 200  # BOS once at the start (the tokenizer adds BOS)
     cfg, w = llama_ref.read_llama2c(str(MODEL))
@@ -72,6 +75,8 @@ def test_ppl_matches_numpy(nibble_bin, tmp_path, ctx, stride, every):
         args += ["--stride", str(stride)]
     if every > 1:
         args += ["--every", str(every)]
+    if batch:
+        args += ["--batch-tokens", str(batch)]
     got = run_json(nibble_bin, *args, "--data", str(data))
     assert got["scored_tokens"] == count
     assert got["ppl"] == pytest.approx(np.exp(nll / count), rel=1e-5)
@@ -99,7 +104,7 @@ def test_kld_matches_numpy(nibble_bin, tmp_path):
             agree += int(np.argmax(pr[t - 1]) == np.argmax(pm[t - 1]))
             count += 1
     got = run_json(nibble_bin, "kld", "-m", str(other), "--ref", str(MODEL), "--tokenizer", str(TOK), "--data", str(data),
-                   "--ctx", "64")
+                   "--ctx", "64", "--batch-tokens", "13")  # both models run each window in chunks of 13
     assert got["scored_tokens"] == count
     assert kl / count > 1e-3  # the perturbation is visible
     assert got["kld"] == pytest.approx(kl / count, rel=1e-3)
