@@ -4,8 +4,8 @@
 // KV cache (shuffled block table), rounded to the activation dtype.
 //
 // Checked: the residual stream x after all layers, and every layer's cache slot of the new token
-// (k roped, v), written by the kernel, under both chunk splits of the linear stages (strided and
-// NIBBLE_STEP_BALANCE=1), the latter also with NIBBLE_STEP_PREFETCH=1. Configs cover MHA and GQA, head_dim 64 and 128, one split
+// (k roped, v), written by the kernel. Configs cover MHA and GQA, head_dim 64 and 128, rows of one to
+// four chunks a warp, one split
 // and several splits per head (merged by the last split to finish), and a context long enough
 // that each attention warp takes several split units; f16 and bf16; each step is run twice in a
 // row (the grid barrier and the merge counters must come back to 0 between launches).
@@ -21,7 +21,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstdlib>
 #include <numeric>
 #include <random>
 #include <string>
@@ -195,27 +194,15 @@ TEST_F(CudaDecodeStep, MatchesReference) {
       {2, 256, 384, 2, 2, 128, 5, RopeStyle::kInterleaved},   // MHA, one split
       {1, 512, 256, 4, 1, 128, 300, RopeStyle::kHalf},        // group 4, 38 splits
       {1, 2048, 512, 32, 8, 64, 2000, RopeStyle::kHalf},      // more (head, split) units than warps
-      // Rows of several chunks: 2 (q|k|v), 3 (gate/up) and 4 (down) a row, so the balanced split
-      // (NIBBLE_STEP_BALANCE=1) divides rows between warps and sums their parts.
+      // Rows of several chunks: 2 (q|k|v), 3 (gate/up) and 4 (down) a row.
       {1, 2560, 6912, 20, 4, 128, 70, RopeStyle::kHalf},
   };
   uint32_t s = 11;
-  // The linear stages' strided and balanced chunk splits, and balanced with o_proj's first chunks
-  // prefetched into shared memory during attention.
-  for (const char* mode : {"strided", "balanced", "balanced+prefetch"}) {
-    const std::string m = mode;
-    setenv("NIBBLE_STEP_BALANCE", m == "strided" ? "0" : "1", 1);
-    setenv("NIBBLE_STEP_PREFETCH", m == "balanced+prefetch" ? "1" : "0", 1);
-    for (DType t : {DType::kF16, DType::kBF16})
-      for (const Config& c : configs) {
-        SCOPED_TRACE(m);
-        check(c, t, s += 100);
-        if (HasFatalFailure()) break;
-      }
-    unsetenv("NIBBLE_STEP_BALANCE");
-    unsetenv("NIBBLE_STEP_PREFETCH");
-    if (HasFatalFailure()) return;
-  }
+  for (DType t : {DType::kF16, DType::kBF16})
+    for (const Config& c : configs) {
+      check(c, t, s += 100);
+      if (HasFatalFailure()) return;
+    }
 }
 
 TEST_F(CudaDecodeStep, DeclinesWhatItDoesNotTake) {

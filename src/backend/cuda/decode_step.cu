@@ -14,14 +14,12 @@
 // key chunk, publishing the block partials, the merge) and o_proj's barrier and input staging (4 us
 // over its bytes) are what is left to 85%.
 //
-// Two changes aimed at those, off by default (gpu.sh 7bab switches bal, pre): NIBBLE_STEP_BALANCE=1
-// splits each linear stage's chunks evenly over the warps (the strided split gives some warps 6 rows
-// of gate/up and others 5); NIBBLE_STEP_PREFETCH=1 (with it) streams each warp's first two o_proj
-// chunks into shared memory (cp.async) before the attention stage's barrier. Measured on the H200
-// (bench/results/gpu-h200-quant-table-2026-11-27e.md): both slower, 74.2% and 71.0% of the roofline
-// against 75.7% for the default in the same run (the prefetch's 17 MB land before q|k|v's barrier:
-// q|k|v +5.5 us, o_proj -1.7 us). Prefetching o_proj into L2 during attention (cp.async.bulk.prefetch)
-// was slower too (74.1%; raw-h200-2026-11-27f): attention waits behind the prefetched bytes.
+// Tried on the H200 and removed, each slower than this in the same run (2026-11-27, gpu.sh 7bab;
+// bench/results/gpu-h200-quant-table-2026-11-27e.md, raw-h200-2026-11-27f; code in git history,
+// 2073cf9, 8af177b, ac8b0e4): a balanced chunk split of the linear stages (74.2% vs 75.7%), that plus
+// o_proj's first chunks streamed into shared memory before attention's barrier (71.0%: the 17 MB land
+// before q|k|v's barrier), and o_proj + gate/up prefetched into L2 during attention (74.1% and below:
+// attention waits behind the prefetched bytes).
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -46,36 +44,21 @@ using namespace step;  // NOLINT: the kernel's pieces (decode_step.cuh)
 
 enum class Epi { kSplit, kAdd, kSwiglu };
 
-// One linear stage. Each warp streams a range of the stage's (row, step) chunks, a chunk being U
-// 16-byte loads a lane (32 x U x 16 bytes of a row, R rows for SwiGLU's gate and up), in order, so
-// that the next row's loads go out before the current one ends; the first two chunks are issued
-// before the stage's grid barrier. Which chunks:
-//   strided (a.balanced off): warp gw takes whole rows gw, gw + W, ... (W warps in the grid);
-//   balanced: block b takes rows [b n / G, (b + 1) n / G) (G blocks) and its warps split that
-//     block's chunks evenly, so no warp streams more than one chunk beyond the average (strided
-//     leaves warps with 6 rows of gate/up beside warps with 5 when 11008 rows meet 2112 warps).
-//     A row split between warps is summed in shared memory, in warp order, by the warp that holds
-//     its last chunk, after the block's warps are done.
-// The input (normed when nw) is staged in shared memory as f32 by each block.
-// pre (o_proj with a.prefetch): this warp's first kPreChunks chunks, already requested into shared
-// memory by the attention stage (prefetch_linear); the register pipeline starts after them.
+// One linear stage: rows gw, gw + W, ... of the weight(s), each a warp streaming the row in chunks
+// of U 16-byte loads per lane, over the flattened (row, step) sequence so that the next row's
+// loads go out before the current one ends. The first two chunks are issued before the stage's
+// grid barrier. The input (normed when nw) is staged in shared memory as f32 by each block.
 template <typename T, Epi E>
 __device__ void linear_stage(const StepArgs& a, const uint4* w, const uint4* w2, const float* nw, const void* xin,
-                             int n, int k, float* xs, float* red, GridBarrier& bar, const uint4* pre = nullptr) {
+                             int n, int k, float* xs, float* red, GridBarrier& bar) {
   constexpr int R = E == Epi::kSwiglu ? 2 : 1;
-  constexpr int U = kLinU / R;
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  const int W = gridDim.x * kWarpsB, gw = blockIdx.x * kWarpsB + warp;
+  constexpr int U = 8 / R;
+  const int lane = threadIdx.x % 32;
+  const int W = gridDim.x * kWarpsB, gw = blockIdx.x * kWarpsB + threadIdx.x / 32;
   const int k8 = k / 8;
-  const int steps = chunk_steps(k8, U);
-  // This warp's chunks [c0, c1) and the row of chunk c.
-  int c0 = 0, c1 = 0, r0 = 0;
-  if (a.balanced) {
-    balanced_chunks(n, steps, warp, &r0, &c0, &c1);
-  } else {
-    c1 = (gw < n ? (n - gw + W - 1) / W : 0) * steps;
-  }
-  auto row_of = [&](int c) { return a.balanced ? r0 + c / steps : gw + (c / steps) * W; };
+  const int steps = (k8 + 32 * U - 1) / (32 * U);
+  const int rows = gw < n ? (n - gw + W - 1) / W : 0;
+  const int total = rows * steps;
   const uint4* wr[R];
   wr[0] = w;
   if constexpr (R == 2) wr[1] = w2;
@@ -83,26 +66,18 @@ __device__ void linear_stage(const StepArgs& a, const uint4* w, const uint4* w2,
   // warp keeps 1-2 chunks (4-8 KB) in flight; both are issued before the barrier.
   uint4 ba[R][U], bb[R][U];
   auto load = [&](uint4 (&dst)[R][U], int c) {
-    const int st = c % steps;
-    const size_t base = static_cast<size_t>(row_of(c)) * k8;
+    const int i = c / steps, st = c - i * steps;
+    const size_t base = static_cast<size_t>(gw + i * W) * k8;
 #pragma unroll
     for (int u = 0; u < U; ++u) {
       const int idx = st * 32 * U + u * 32 + lane;
 #pragma unroll
-      for (int r = 0; r < R; ++r) dst[r][u] = c < c1 && idx < k8 ? __ldcs(wr[r] + base + idx) : make_uint4(0, 0, 0, 0);
+      for (int r = 0; r < R; ++r) dst[r][u] = c < total && idx < k8 ? __ldcs(wr[r] + base + idx) : make_uint4(0, 0, 0, 0);
     }
   };
-  // With pre, chunks [c0, cg) are in shared memory and the registers take cg, cg + 1.
-  const int cg = pre != nullptr ? min(c1, c0 + kPreChunks) : c0;
-  load(ba, cg);
-  load(bb, cg + 1);
+  load(ba, 0);
+  load(bb, 1);
   bar.sync();
-  // Rows split between warps (balanced only): slot 0 the warp's first row when it began in an
-  // earlier warp, slot 1 its last row when it goes on in a later one. Written by lane 0 of the
-  // warp, read after the __syncthreads below; the grid barrier above ordered the last stage's reads.
-  __shared__ float part[kWarpsB][2][2];
-  __shared__ int part_row[kWarpsB][2];
-  if (lane < 2) part_row[warp][lane] = -1;
   // Stage the input: xs = x * nw (f32) and the block's sum of x^2 -> the norm's scale.
   const T* x = static_cast<const T*>(xin);
   float ss = 0.f;
@@ -122,7 +97,7 @@ __device__ void linear_stage(const StepArgs& a, const uint4* w, const uint4* w2,
   float inv = 1.f;
   if (nw != nullptr) {
     for (int off = 16; off > 0; off /= 2) ss += __shfl_xor_sync(0xffffffffu, ss, off);
-    if (lane == 0) red[warp] = ss;
+    if (lane == 0) red[threadIdx.x / 32] = ss;
   }
   __syncthreads();
   if (nw != nullptr) {
@@ -132,33 +107,14 @@ __device__ void linear_stage(const StepArgs& a, const uint4* w, const uint4* w2,
     inv = rsqrtf(t / static_cast<float>(k) + a.eps);
   }
   const float4* xs4 = reinterpret_cast<const float4*>(xs);
-  // The row's output from its full sums (lane 0).
-  auto finish = [&](int row, const float (&sum)[R], float resid) {
-    if constexpr (E == Epi::kSplit) {
-      const float v = sum[0] * inv;
-      if (row < a.q_dim) static_cast<T*>(a.q)[row] = from_f32<T>(v);
-      else if (row < a.q_dim + a.kv_dim) static_cast<T*>(a.k)[row - a.q_dim] = from_f32<T>(v);
-      else static_cast<T*>(a.v)[row - a.q_dim - a.kv_dim] = from_f32<T>(v);
-    } else if constexpr (E == Epi::kAdd) {
-      static_cast<T*>(a.x)[row] = from_f32<T>(resid + sum[0]);
-    } else {
-      const float g = sum[0] * inv, up = sum[R - 1] * inv;
-      static_cast<T*>(a.hb)[row] = from_f32<T>(g / (1.f + expf(-g)) * up);
-    }
-  };
   float acc[R];
 #pragma unroll
   for (int r = 0; r < R; ++r) acc[r] = 0.f;
-  // kAdd: y[row], loaded by lane 0 when the row starts here (not after its last chunk); resid_head
-  // for a first row begun in an earlier warp, which this warp may have to finish after the loop.
-  float resid = 0.f, resid_head = 0.f;
-  int deferred = -1;  // a row begun in an earlier warp whose last chunk is here: finished after the loop
-  // fetch(r, u): the chunk's u-th load of matrix r for this lane (registers or shared memory).
-  auto compute_with = [&](auto fetch, int c) {
-    const int st = c % steps, row = row_of(c);
+  float resid = 0.f;  // kAdd: y[row], loaded by lane 0 when the row starts (not after its last chunk)
+  auto compute = [&](const uint4 (&wv)[R][U], int c) {
+    const int i = c / steps, st = c - i * steps;
     if constexpr (E == Epi::kAdd) {
-      if (lane == 0 && st == 0) resid = to_f32(__ldcg(static_cast<const T*>(a.x) + row));
-      if (lane == 0 && c == c0 && st != 0) resid_head = to_f32(__ldcg(static_cast<const T*>(a.x) + row));
+      if (st == 0 && lane == 0) resid = to_f32(__ldcg(static_cast<const T*>(a.x) + gw + i * W));
     }
 #pragma unroll
     for (int u = 0; u < U; ++u) {
@@ -169,58 +125,39 @@ __device__ void linear_stage(const StepArgs& a, const uint4* w, const uint4* w2,
 #pragma unroll
         for (int r = 0; r < R; ++r) {
           float wf[8];
-          unpack8<T>(fetch(r, u), wf);
+          unpack8<T>(wv[r][u], wf);
 #pragma unroll
           for (int j = 0; j < 8; ++j) acc[r] = fmaf(wf[j], xf[j], acc[r]);
         }
       }
     }
-    const bool row_end = st == steps - 1;
-    if (!row_end && c != c1 - 1) return;
+    if (st != steps - 1) return;
 #pragma unroll
     for (int r = 0; r < R; ++r)
       for (int off = 16; off > 0; off /= 2) acc[r] += __shfl_xor_sync(0xffffffffu, acc[r], off);
-    const bool began_here = c - st >= c0;
+    const int row = gw + i * W;
     if (lane == 0) {
-      if (row_end && began_here) {
-        finish(row, acc, resid);
+      if constexpr (E == Epi::kSplit) {
+        const float v = acc[0] * inv;
+        if (row < a.q_dim) static_cast<T*>(a.q)[row] = from_f32<T>(v);
+        else if (row < a.q_dim + a.kv_dim) static_cast<T*>(a.k)[row - a.q_dim] = from_f32<T>(v);
+        else static_cast<T*>(a.v)[row - a.q_dim - a.kv_dim] = from_f32<T>(v);
+      } else if constexpr (E == Epi::kAdd) {
+        static_cast<T*>(a.x)[row] = from_f32<T>(resid + acc[0]);
       } else {
-        const int slot = began_here ? 1 : 0;
-#pragma unroll
-        for (int r = 0; r < R; ++r) part[warp][slot][r] = acc[r];
-        part_row[warp][slot] = row;
+        const float g = acc[0] * inv, up = acc[R - 1] * inv;
+        static_cast<T*>(a.hb)[row] = from_f32<T>(g / (1.f + expf(-g)) * up);
       }
     }
-    if (row_end && !began_here) deferred = row;
 #pragma unroll
     for (int r = 0; r < R; ++r) acc[r] = 0.f;
   };
-  auto compute = [&](const uint4 (&wv)[R][U], int c) { compute_with([&](int r, int u) { return wv[r][u]; }, c); };
-  if (cg > c0) {
-    asm volatile("cp.async.wait_all;" ::: "memory");
-    for (int c = c0; c < cg; ++c) {
-      const uint4* p = pre + (c - c0) * 32 * U;
-      compute_with([&](int, int u) { return p[u * 32 + lane]; }, c);
-    }
-  }
-  for (int c = cg; c < c1; c += 2) {
+  for (int c = 0; c < total; c += 2) {
     compute(ba, c);
-    if (c + 2 < c1) load(ba, c + 2);
-    if (c + 1 >= c1) break;
+    if (c + 2 < total) load(ba, c + 2);
+    if (c + 1 >= total) break;
     compute(bb, c + 1);
-    if (c + 3 < c1) load(bb, c + 3);
-  }
-  if (!a.balanced) return;  // strided: every row was whole in one warp
-  __syncthreads();
-  if (deferred >= 0 && lane == 0) {
-    float sum[R];
-#pragma unroll
-    for (int r = 0; r < R; ++r) sum[r] = 0.f;
-    for (int w2 = 0; w2 < kWarpsB; ++w2)
-      for (int s2 = 0; s2 < 2; ++s2)
-        if (part_row[w2][s2] == deferred)
-          for (int r = 0; r < R; ++r) sum[r] += part[w2][s2][r];
-    finish(deferred, sum, resid_head);
+    if (c + 3 < total) load(bb, c + 3);
   }
 }
 
@@ -249,8 +186,7 @@ __global__ void __launch_bounds__(kThreadsB, 1) decode_step_kernel(const __grid_
     const LayerPtrs& L = a.layers[l];
     linear_stage<T, Epi::kSplit>(a, L.wqkv, nullptr, L.attn_norm, a.x, a.q_dim + 2 * a.kv_dim, a.dim, xs, red, bar);
     attention_stage<T, HD>(a, l, cs, sn, table, xs, bar);  // its barrier inside
-    linear_stage<T, Epi::kAdd>(a, L.wo, nullptr, nullptr, a.att, a.dim, a.q_dim, xs, red, bar,
-                               a.prefetch ? warp_pre(xs, a.pre_offset) : nullptr);
+    linear_stage<T, Epi::kAdd>(a, L.wo, nullptr, nullptr, a.att, a.dim, a.q_dim, xs, red, bar);
     linear_stage<T, Epi::kSwiglu>(a, L.wg, L.wu, L.ffn_norm, a.x, a.hidden, a.dim, xs, red, bar);
     linear_stage<T, Epi::kAdd>(a, L.wd, nullptr, nullptr, a.hb, a.dim, a.hidden, xs, red, bar);
   }
@@ -278,14 +214,9 @@ int64_t xs_floats(const DecodeStepParams& p, int64_t hidden, int64_t dim) {
   return std::max({dim, hidden, p.num_heads * p.head_dim, kWarpsB * (p.head_dim + 2)});
 }
 int64_t table_entries(const DecodeStepParams& p) { return (p.max_context_len + p.block_size - 1) / p.block_size; }
-// xs, the RoPE angles and the block table (see the kernel); with prefetch, then (16-byte aligned, at
-// pre_offset floats) o_proj's first chunks of every warp.
-int64_t pre_offset(const DecodeStepParams& p, int64_t hidden, int64_t dim) {
-  return (xs_floats(p, hidden, dim) + p.head_dim + table_entries(p) + 3) / 4 * 4;
-}
-size_t smem_bytes(const DecodeStepParams& p, int64_t hidden, int64_t dim, bool prefetch = false) {
-  if (!prefetch) return static_cast<size_t>(xs_floats(p, hidden, dim) + p.head_dim + table_entries(p)) * 4;
-  return static_cast<size_t>(pre_offset(p, hidden, dim)) * 4 + static_cast<size_t>(kWarpsB) * kPreChunks * 32 * kLinU * 16;
+// xs, the RoPE angles and the block table (see the kernel).
+size_t smem_bytes(const DecodeStepParams& p, int64_t hidden, int64_t dim) {
+  return static_cast<size_t>(xs_floats(p, hidden, dim) + p.head_dim + table_entries(p)) * 4;
 }
 
 template <typename T, int HD>
@@ -370,16 +301,6 @@ Status decode_step(const DecodeStepParams& p, Context& ctx) {
   a.max_splits = ctx.info().num_sms;  // = the grid
   a.xs_floats = static_cast<int>(xs_floats(p, l0.w_gate.dim(0), l0.wqkv.dim(1)));
   a.eps = p.norm_eps;
-  // NIBBLE_STEP_BALANCE=1: the balanced split of the linear stages (linear_stage); strided by default
-  // until measured against it on a GPU.
-  const char* bal = std::getenv("NIBBLE_STEP_BALANCE");
-  a.balanced = bal != nullptr && bal[0] == '1';
-  // NIBBLE_STEP_PREFETCH=1 (with the balanced split): o_proj's first chunks stream into shared memory
-  // during attention (prefetch_linear), when the extra 128 KB fit.
-  const char* pre = std::getenv("NIBBLE_STEP_PREFETCH");
-  a.prefetch = a.balanced && pre != nullptr && pre[0] == '1' &&
-               smem_bytes(p, a.hidden, a.dim, true) <= ctx.info().shared_per_block_optin;
-  a.pre_offset = static_cast<int>(pre_offset(p, a.hidden, a.dim));
   a.scale = p.scale;
   a.interleaved = p.rope_style == RopeStyle::kInterleaved;
   a.x = p.x;
@@ -398,7 +319,7 @@ Status decode_step(const DecodeStepParams& p, Context& ctx) {
   a.head_counters = ctx.sync_counters();
   a.barrier = reinterpret_cast<unsigned*>(ctx.sync_counters() + Context::kSyncCounters - 2);
   a.profile = reinterpret_cast<unsigned long long*>(p.profile);
-  const size_t smem = smem_bytes(p, a.hidden, a.dim, a.prefetch);
+  const size_t smem = smem_bytes(p, a.hidden, a.dim);
   if (p.act_dtype == DType::kF16) {
     return p.head_dim == 64 ? launch<__half, 64>(a, smem, ctx) : launch<__half, 128>(a, smem, ctx);
   }

@@ -18,48 +18,6 @@ constexpr int kWarpsB = 16;  // one block an SM: one staging of the input and ha
 constexpr int kThreadsB = kWarpsB * 32;
 constexpr int kChunkSteps = 4;  // key steps of an attention warp loaded before any is used (8 spills)
 constexpr int kMaxBlocks = 1024;  // partials a head can have (one a block); plans the workspace
-constexpr int kLinU = 8;          // 16-byte loads a lane in a chunk of a one-matrix linear stage
-constexpr int kPreChunks = 2;     // o_proj chunks a warp prefetches into shared memory (2 x 4 KB)
-
-// Chunks of a row of k8 16-byte loads when a lane issues u of them a chunk (linear_stage).
-__device__ __forceinline__ int chunk_steps(int k8, int u) { return (k8 + 32 * u - 1) / (32 * u); }
-
-// This warp's kPreChunks x 32 kLinU uint4 of the o_proj prefetch buffer, which starts pre_offset
-// floats into dynamic shared memory `smem` (StepArgs::pre_offset).
-__device__ __forceinline__ uint4* warp_pre(float* smem, int pre_offset) {
-  return reinterpret_cast<uint4*>(smem + pre_offset) + (threadIdx.x / 32) * kPreChunks * 32 * kLinU;
-}
-
-// The balanced split of a linear stage of n rows of `steps` chunks (decode_step.cu, linear_stage):
-// block b takes rows [b n / G, (b + 1) n / G), its warp w that block's chunks [c0, c1).
-__device__ __forceinline__ void balanced_chunks(int n, int steps, int warp, int* r0, int* c0, int* c1) {
-  *r0 = static_cast<int>(static_cast<int64_t>(blockIdx.x) * n / gridDim.x);
-  const int chunks = (static_cast<int>(static_cast<int64_t>(blockIdx.x + 1) * n / gridDim.x) - *r0) * steps;
-  *c0 = warp * chunks / kWarpsB;
-  *c1 = (warp + 1) * chunks / kWarpsB;
-}
-
-// Issues (cp.async, 16 bytes a lane a copy) the first kPreChunks chunks of this warp's share of a
-// one-matrix linear stage (n rows of k) into pre [kPreChunks][32 kLinU] uint4; lane l copies the
-// elements it will read itself (linear_stage waits with cp.async.wait_all, no warp sync needed).
-__device__ __forceinline__ void prefetch_linear(const uint4* w, int n, int k, uint4* pre) {
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, k8 = k / 8;
-  const int steps = chunk_steps(k8, kLinU);
-  int r0, c0, c1;
-  balanced_chunks(n, steps, warp, &r0, &c0, &c1);
-  for (int j = 0; j < kPreChunks && c0 + j < c1; ++j) {
-    const int c = c0 + j, st = c % steps;
-    const uint4* row = w + static_cast<size_t>(r0 + c / steps) * k8;
-#pragma unroll
-    for (int u = 0; u < kLinU; ++u) {
-      const int idx = st * 32 * kLinU + u * 32 + lane;
-      if (idx >= k8) continue;
-      const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(pre + (j * 32 * kLinU + u * 32 + lane)));
-      asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(dst), "l"(row + idx) : "memory");
-    }
-  }
-  asm volatile("cp.async.commit_group;" ::: "memory");
-}
 
 struct LayerPtrs {
   const uint4 *wqkv, *wo, *wg, *wu, *wd;
@@ -76,9 +34,6 @@ struct StepArgs {
   int xs_floats;      // floats of the linear stages' input buffer in shared memory
   float eps, scale;
   bool interleaved;
-  bool balanced;      // the linear stages' chunk split (decode_step.cu, linear_stage)
-  bool prefetch;      // balanced only: o_proj's first kPreChunks chunks a warp go to shared memory during attention
-  int pre_offset;     // where that buffer starts in dynamic shared memory, in floats (16-byte aligned)
   void *x, *q, *k, *v, *att, *hb;
   const int32_t* block_table;
   const int32_t* start_pos;
@@ -220,10 +175,6 @@ __device__ void attention_stage(const StepArgs& a, int layer, const float* cs, c
     const int main_hi = key_hi == num_keys ? pos_new : key_hi;
     const bool active = h0 < a.num_heads && j < bh;
     load_chunk(active ? h0 / a.group : 0, key_lo + warp * CK, active ? main_hi : 0, pk, pv);
-  }
-  // The o_proj weights this warp starts with stream into shared memory while attention runs.
-  if (a.prefetch) {
-    prefetch_linear(L.wo, a.dim, a.q_dim, warp_pre(sm, a.pre_offset));
   }
   bar.sync();  // q, k and v of this step are complete
   for (int h = h0; h < a.num_heads; h += gridDim.x / bh_all) {
