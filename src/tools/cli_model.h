@@ -26,6 +26,10 @@ Status apply_kv_cache_options(const CliArgs& args, LlamaModel& model);
 // Loads what add_model_options describes. --tokenizer overrides the tokenizer found beside the model.
 // max_batch_tokens: the most tokens one forward() takes (serve's engine batches up to its budget).
 Result<CliModel> load_cli_model(const CliArgs& args, int64_t max_batch_tokens = LlamaModel::kMaxChunkTokens);
+// A second model (e.g. eval kld's reference) at `path`, run as the flags say (-t, --exact, the
+// device options) with the default KV cache; no tokenizer.
+Result<std::unique_ptr<LlamaModel>> load_cli_reference_model(const CliArgs& args, const std::string& path,
+                                                             int64_t max_batch_tokens);
 
 // Declares --temp, --top-k, --top-p, --min-p, --repeat-penalty, --repeat-last-n, --presence-penalty,
 // --frequency-penalty, --seed.

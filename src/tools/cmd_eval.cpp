@@ -12,7 +12,6 @@
 
 #include "core/mmap_file.h"
 #include "tools/cli_args.h"
-#include "tools/cli_device.h"
 #include "tools/cli_model.h"
 #include "tools/commands.h"
 #include "tools/eval_windows.h"
@@ -145,13 +144,8 @@ int run_kld(int argc, char** argv) {
   if (!args.has("--ref")) return fail("eval kld", invalid_argument("--ref REF is required"));
   auto s = setup(args);
   if (!s.ok()) return fail("eval kld", s.status());
-  auto loaded = load_model(args.get("--ref"));
-  if (!loaded.ok()) return fail("eval kld", loaded.status());
-  auto threads = args.get_int("-t", 1, 256);
-  auto ref = LlamaModel::create(std::move(loaded->weights), static_cast<int>(threads.ok() ? *threads : 2), s->batch_tokens);
+  auto ref = load_cli_reference_model(args, args.get("--ref"), s->batch_tokens);
   if (!ref.ok()) return fail("eval kld", ref.status());
-  (*ref)->set_exact_matmul(args.has("--exact"));
-  if (Status st = attach_device(args, **ref, s->batch_tokens); !st.ok()) return fail("eval kld", st);
   const int64_t vocab = s->m.model->config().vocab_size;
   if ((*ref)->config().vocab_size != vocab) {
     return fail("eval kld", invalid_argument("--ref has a vocabulary of " + std::to_string((*ref)->config().vocab_size) +
