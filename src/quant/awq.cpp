@@ -165,36 +165,36 @@ double awq_search_clip(std::vector<float>& w, int64_t out, int64_t in, const std
   std::vector<Clip> best_clip(static_cast<size_t>(out * ng));
   std::vector<double> best_err(static_cast<size_t>(out * ng), std::numeric_limits<double>::infinity());
   std::vector<float> d(static_cast<size_t>(out * gs)), g_block(static_cast<size_t>(gs * gs));
-  std::vector<Clip> clip(static_cast<size_t>(out));
+  std::vector<Clip> clip(static_cast<size_t>(out)), range(static_cast<size_t>(out));
   for (int64_t g = 0; g < ng; ++g) {
     for (int64_t a = 0; a < gs; ++a) {
       for (int64_t b = 0; b < gs; ++b) {
         g_block[static_cast<size_t>(a * gs + b)] = gram[static_cast<size_t>((g * gs + a) * in + g * gs + b)];
       }
     }
+    // Each row's [min(w, 0), max(w, 0)] over the group: a clamp [c.lo, c.hi] (c.lo <= 0 <= c.hi)
+    // leaves the range [max(lo, c.lo), min(hi, c.hi)], what group_range of the clamped values gives.
+    for (int64_t o = 0; o < out; ++o) {
+      const auto [lo, hi] = group_min_max(w.data() + o * in + g * gs, gs, 1);
+      range[static_cast<size_t>(o)] = {lo, hi};
+    }
     for (int cand = 0; cand < num_candidates; ++cand) {
       pool.parallel_for(out, [&](int64_t o0, int64_t o1) {
-        std::vector<float> wc(static_cast<size_t>(gs));
         for (int64_t o = o0; o < o1; ++o) {
           const float* row = w.data() + o * in + g * gs;
-          float lo = 0.f, hi = 0.f;
-          for (int64_t j = 0; j < gs; ++j) {
-            lo = std::min(lo, row[j]);
-            hi = std::max(hi, row[j]);
-          }
+          const Clip r = range[static_cast<size_t>(o)];
           Clip c;
           if (cand < n) {
-            c.hi = std::max(hi, -lo) * ratio(cand);
+            c.hi = std::max(r.hi, -r.lo) * ratio(cand);
             c.lo = -c.hi;
           } else {
-            c.lo = lo * ratio((cand - n) / n);
-            c.hi = hi * ratio((cand - n) % n);
+            c.lo = r.lo * ratio((cand - n) / n);
+            c.hi = r.hi * ratio((cand - n) % n);
           }
           clip[static_cast<size_t>(o)] = c;
-          for (int64_t j = 0; j < gs; ++j) wc[static_cast<size_t>(j)] = std::clamp(row[j], c.lo, c.hi);
-          const GroupRange range = group_range(wc.data(), gs, 1, spec);
+          const GroupRange q = range_of(std::max(r.lo, c.lo), std::min(r.hi, c.hi), spec);
           for (int64_t j = 0; j < gs; ++j) {
-            d[static_cast<size_t>(o * gs + j)] = row[j] - dequantize_code(quantize_code(wc[static_cast<size_t>(j)], range, max_code), range);
+            d[static_cast<size_t>(o * gs + j)] = row[j] - dequantize_code(quantize_code(std::clamp(row[j], c.lo, c.hi), q, max_code), q);
           }
         }
       }, 16);

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <utility>
 
 #include "core/dtype.h"
 
@@ -33,15 +34,7 @@ Status validate_quant_spec(const QuantSpec& spec, int64_t in_features, const std
   return Status::Ok();
 }
 
-GroupRange group_range(const float* w, int64_t n, int64_t stride, const QuantSpec& spec, float shrink) {
-  float lo = 0.f, hi = 0.f;
-  for (int64_t i = 0; i < n; ++i) {
-    const float v = w[i * stride];
-    lo = std::min(lo, v);
-    hi = std::max(hi, v);
-  }
-  lo *= shrink;
-  hi *= shrink;
+GroupRange range_of(float lo, float hi, const QuantSpec& spec) {
   GroupRange r;
   if (spec.symmetric) {
     const float amax = std::max(-lo, hi);
@@ -55,14 +48,31 @@ GroupRange group_range(const float* w, int64_t n, int64_t stride, const QuantSpe
   return r;
 }
 
+std::pair<float, float> group_min_max(const float* w, int64_t n, int64_t stride) {
+  float lo = 0.f, hi = 0.f;
+  for (int64_t i = 0; i < n; ++i) {
+    const float v = w[i * stride];
+    lo = std::min(lo, v);
+    hi = std::max(hi, v);
+  }
+  return {lo, hi};
+}
+
+GroupRange group_range(const float* w, int64_t n, int64_t stride, const QuantSpec& spec) {
+  const auto [lo, hi] = group_min_max(w, n, stride);
+  return range_of(lo, hi, spec);
+}
+
 GroupRange group_range_mse(const float* w, int64_t n, int64_t stride, const QuantSpec& spec) {
   constexpr int kGrid = 100;
   constexpr float kMaxShrink = 0.8f, kNorm = 2.4f;
   const int max_code = spec.max_code();
-  GroupRange best = group_range(w, n, stride, spec);
+  const auto [lo, hi] = group_min_max(w, n, stride);
+  GroupRange best = range_of(lo, hi, spec);
   double best_err = std::numeric_limits<double>::infinity();
   for (int i = 0; i < static_cast<int>(kMaxShrink * kGrid); ++i) {
-    const GroupRange r = group_range(w, n, stride, spec, 1.f - static_cast<float>(i) / kGrid);
+    const float shrink = 1.f - static_cast<float>(i) / kGrid;
+    const GroupRange r = range_of(lo * shrink, hi * shrink, spec);
     double err = 0.0;
     for (int64_t j = 0; j < n; ++j) {
       const float v = w[j * stride];

@@ -12,6 +12,7 @@
 #pragma once
 #include <cstdint>
 #include <string>
+#include <utility>
 
 #include "core/status.h"
 #include "quant/qlinear.h"
@@ -33,9 +34,12 @@ struct GroupRange {
   float zero = 0.f;  // integral
 };
 
-// The grid for the n values w[0], w[stride], ... under spec: min-max, or with shrink < 1 the range
-// scaled by shrink (clipped values go to the end codes).
-GroupRange group_range(const float* w, int64_t n, int64_t stride, const QuantSpec& spec, float shrink = 1.f);
+// [min(w, 0), max(w, 0)] of the n values w[0], w[stride], ...
+std::pair<float, float> group_min_max(const float* w, int64_t n, int64_t stride);
+// The grid for the range [lo, hi] (lo <= 0 <= hi) under spec; values outside go to the end codes.
+GroupRange range_of(float lo, float hi, const QuantSpec& spec);
+// The grid for the n values w[0], w[stride], ... under spec: range_of(min(w, 0), max(w, 0)).
+GroupRange group_range(const float* w, int64_t n, int64_t stride, const QuantSpec& spec);
 // The reference GPTQ code's `mse` grid search (Quantizer.find_params): of the shrinks 1, 0.99, ...,
 // 0.21, the grid with the least sum of |dequantized - w|^2.4 over the group (ties: the larger range).
 GroupRange group_range_mse(const float* w, int64_t n, int64_t stride, const QuantSpec& spec);
