@@ -28,9 +28,9 @@ Status apply_kv_cache_options(const CliArgs& args, LlamaModel& model) {
 
 namespace {
 
-// The model of `weights` as the flags say to run it: -t threads, --exact, the device options.
-Result<std::unique_ptr<LlamaModel>> create_cli_model(const CliArgs& args, ModelWeights weights, int64_t max_batch_tokens) {
-  NB_ASSIGN_OR_RETURN(int64_t threads, args.get_int("-t", 1, 256));
+// The model of `weights` as the flags say to run it: `threads` (-t), --exact, the device options.
+Result<std::unique_ptr<LlamaModel>> create_cli_model(const CliArgs& args, ModelWeights weights, int64_t threads,
+                                                     int64_t max_batch_tokens) {
   NB_ASSIGN_OR_RETURN(std::unique_ptr<LlamaModel> model,
                       LlamaModel::create(std::move(weights), static_cast<int>(threads), max_batch_tokens));
   model->set_exact_matmul(args.has("--exact"));
@@ -42,13 +42,14 @@ Result<std::unique_ptr<LlamaModel>> create_cli_model(const CliArgs& args, ModelW
 
 Result<std::unique_ptr<LlamaModel>> load_cli_reference_model(const CliArgs& args, const std::string& path,
                                                              int64_t max_batch_tokens) {
+  NB_ASSIGN_OR_RETURN(int64_t threads, args.get_int("-t", 1, 256));
   NB_ASSIGN_OR_RETURN(LoadedModel loaded, load_model(path));
-  return create_cli_model(args, std::move(loaded.weights), max_batch_tokens);
+  return create_cli_model(args, std::move(loaded.weights), threads, max_batch_tokens);
 }
 
 Result<CliModel> load_cli_model(const CliArgs& args, int64_t max_batch_tokens) {
   if (!args.has("-m")) return invalid_argument("-m MODEL is required (a .gguf, llama2.c .bin or HF directory)");
-  NB_RETURN_IF_ERROR(args.get_int("-t", 1, 256).status());  // a bad -t is reported before the load
+  NB_ASSIGN_OR_RETURN(int64_t threads, args.get_int("-t", 1, 256));
   NB_ASSIGN_OR_RETURN(LoadedModel loaded, load_model(args.get("-m")));
   TokenizerSource source = loaded.tokenizer;
   if (args.has("--tokenizer")) {
@@ -65,7 +66,7 @@ Result<CliModel> load_cli_model(const CliArgs& args, int64_t max_batch_tokens) {
                             " tokens but the model only " + std::to_string(vocab) + "; is it the right tokenizer?");
   }
   out.chat_template = std::move(loaded.chat_template);
-  NB_ASSIGN_OR_RETURN(out.model, create_cli_model(args, std::move(loaded.weights), max_batch_tokens));
+  NB_ASSIGN_OR_RETURN(out.model, create_cli_model(args, std::move(loaded.weights), threads, max_batch_tokens));
   NB_RETURN_IF_ERROR(apply_kv_cache_options(args, *out.model));
   return out;
 }
