@@ -171,7 +171,7 @@ def load(name):
         return None
 base = load("base")
 print("| model | how | ppl | dppl vs base | KL vs base | top-1 agree | windows (scored tokens) | device | model.safetensors MB |")
-print("|---|---|---|---|---|---|---|---|---|---|")
+print("|---|---|---|---|---|---|---|---|---|")
 for name, kind, flags, _ in rows:
     r = load(name)
     if r is None:
