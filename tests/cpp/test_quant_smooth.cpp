@@ -24,6 +24,21 @@ namespace {
 
 using testing_util::randn;
 
+// n token ids (i * mul + add) % vocab, spread over the tiny model's vocabulary.
+std::vector<int32_t> spread_ids(int64_t n, int64_t mul, int64_t add, int64_t vocab) {
+  std::vector<int32_t> ids(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) ids[static_cast<size_t>(i)] = static_cast<int32_t>((i * mul + add) % vocab);
+  return ids;
+}
+
+// The embeddings [ids.size(), dim] of ids: the first layer's input.
+std::vector<float> embed(const ModelWeights& w, const std::vector<int32_t>& ids) {
+  const auto n = static_cast<int64_t>(ids.size());
+  std::vector<float> x(static_cast<size_t>(n * w.config.dim));
+  cpu::embedding({w.tok_embeddings, ids.data(), x.data(), n});
+  return x;
+}
+
 // ---- SmoothQuant ----
 
 TEST(QuantSmoothQuant, ProductUnchangedAndActivationMaxFlattened) {
@@ -87,12 +102,10 @@ TEST(QuantSmoothQuant, FoldingAllFourSitesLeavesTheFloatModelUnchanged) {
   const ModelConfig c = w.config;
   ASSERT_LT(c.num_kv_heads, c.num_heads);  // GQA: the v -> o mapping is exercised
   const int64_t n = 32;
-  std::vector<int32_t> ids(static_cast<size_t>(n));
-  for (int64_t i = 0; i < n; ++i) ids[static_cast<size_t>(i)] = static_cast<int32_t>((i * 53 + 11) % c.vocab_size);
+  const std::vector<int32_t> ids = spread_ids(n, 53, 11, c.vocab_size);
   ThreadPool pool(2);
   LayerRunner runner(c, n, pool);
-  std::vector<float> x(static_cast<size_t>(n * c.dim));
-  cpu::embedding({w.tok_embeddings, ids.data(), x.data(), n});
+  std::vector<float> x = embed(w, ids);
   const std::vector<std::array<double, kNumInputSites>> alphas = {{0.5, 0.5, 0.5, 0.5}, {0.85, 0.85, 0.85, 0.85}, {0.3, 0.6, 0.7, 0.9}};
   for (int64_t l = 0; l < c.num_layers; ++l) {
     auto d = dense_layer(w, l);
@@ -143,12 +156,10 @@ TEST(QuantSmoothQuant, AlphaSearchPicksTheLeastW8A8Error) {
   ModelWeights w = testing::tiny_weights(29, 256);
   const ModelConfig c = w.config;
   const int64_t n = 48;
-  std::vector<int32_t> ids(static_cast<size_t>(n));
-  for (int64_t i = 0; i < n; ++i) ids[static_cast<size_t>(i)] = static_cast<int32_t>((i * 31 + 7) % c.vocab_size);
+  const std::vector<int32_t> ids = spread_ids(n, 31, 7, c.vocab_size);
   ThreadPool pool(2);
   LayerRunner runner(c, n, pool);
-  std::vector<float> x(static_cast<size_t>(n * c.dim));
-  cpu::embedding({w.tok_embeddings, ids.data(), x.data(), n});
+  std::vector<float> x = embed(w, ids);
   auto d = dense_layer(w, 0);
   ASSERT_TRUE(d.ok());
   const int64_t dims[] = {c.dim, c.num_heads * c.head_dim, c.dim, c.hidden_dim};
@@ -245,8 +256,7 @@ TEST(QuantCalib, LayerRunnerMatchesModelForward) {
   ModelWeights w = testing::tiny_weights(21, 256);
   const ModelConfig c = w.config;
   const int64_t n = 24;
-  std::vector<int32_t> ids(static_cast<size_t>(n));
-  for (int64_t i = 0; i < n; ++i) ids[static_cast<size_t>(i)] = static_cast<int32_t>((i * 37 + 5) % c.vocab_size);
+  const std::vector<int32_t> ids = spread_ids(n, 37, 5, c.vocab_size);
   auto model = std::move(LlamaModel::create(w, 2, 512).value());
   auto kv = ContiguousKvCache::create(*model, 256);
   ASSERT_TRUE(kv.ok());
@@ -255,8 +265,7 @@ TEST(QuantCalib, LayerRunnerMatchesModelForward) {
 
   ThreadPool pool(2);
   LayerRunner runner(c, n, pool);
-  std::vector<float> x(static_cast<size_t>(n * c.dim));
-  cpu::embedding({w.tok_embeddings, ids.data(), x.data(), n});
+  std::vector<float> x = embed(w, ids);
   int sites_seen = 0;
   for (int64_t l = 0; l < c.num_layers; ++l) {
     auto d = dense_layer(w, l);
