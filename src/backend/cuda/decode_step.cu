@@ -48,9 +48,9 @@ enum class Epi { kSplit, kAdd, kSwiglu };
 // of U 16-byte loads per lane, over the flattened (row, step) sequence so that the next row's
 // loads go out before the current one ends. The first two chunks are issued before the stage's
 // grid barrier. The input (normed when nw) is staged in shared memory as f32 by each block.
-template <typename T, Epi E>
+template <typename T, Epi E, typename Bar>
 __device__ void linear_stage(const StepArgs& a, const uint4* w, const uint4* w2, const float* nw, const void* xin,
-                             int n, int k, float* xs, float* red, GridBarrier& bar) {
+                             int n, int k, float* xs, float* red, Bar& bar) {
   constexpr int R = E == Epi::kSwiglu ? 2 : 1;
   constexpr int U = 8 / R;
   const int lane = threadIdx.x % 32;
@@ -77,7 +77,7 @@ __device__ void linear_stage(const StepArgs& a, const uint4* w, const uint4* w2,
   };
   load(ba, 0);
   load(bb, 1);
-  bar.sync();
+  bar.wait();
   // Stage the input: xs = x * nw (f32) and the block's sum of x^2 -> the norm's scale.
   const T* x = static_cast<const T*>(xin);
   float ss = 0.f;
@@ -161,12 +161,15 @@ __device__ void linear_stage(const StepArgs& a, const uint4* w, const uint4* w2,
   }
 }
 
-template <typename T, int HD>
+// V: 0 = the barrier as one call (GridBarrier<false>); 1 = split into arrive and wait
+// (GridBarrier<true>); 2 = 1 with one grid barrier a layer (diagnostics only: wrong results).
+template <typename T, int HD, int V>
 __global__ void __launch_bounds__(kThreadsB, 1) decode_step_kernel(const __grid_constant__ StepArgs a) {
   // Dynamic shared memory: xs [xs_floats] (a linear stage's input), the step's RoPE angles cos and
   // sin [HD / 2] each, the sequence's block table [table_entries] (constant through the step).
   extern __shared__ float xs[];
   __shared__ float red[kWarpsB];
+  __shared__ unsigned warps_in;
   float* cs = xs + a.xs_floats;
   float* sn = cs + HD / 2;
   int32_t* table = reinterpret_cast<int32_t*>(sn + HD / 2);
@@ -180,15 +183,23 @@ __global__ void __launch_bounds__(kThreadsB, 1) decode_step_kernel(const __grid_
     }
     const int entries = (a.start_pos[0] + a.block_size) / a.block_size;  // blocks holding keys 0..start_pos
     for (int i = threadIdx.x; i < entries; i += kThreadsB) table[i] = a.block_table[i];
+    if (threadIdx.x == 0) warps_in = 0;
+    if (V != 0) __syncthreads();  // warps_in is zero before any warp arrives
   }
-  GridBarrier bar{a.barrier, 0, a.profile, 0};  // its first sync orders the fills above
+  GridBarrier<V != 0, V == 2> bar{a.barrier, &warps_in, 0, a.profile, 0, 0};  // its first wait orders the fills
+  bar.arrive();
   for (int l = 0; l < a.num_layers; ++l) {
     const LayerPtrs& L = a.layers[l];
     linear_stage<T, Epi::kSplit>(a, L.wqkv, nullptr, L.attn_norm, a.x, a.q_dim + 2 * a.kv_dim, a.dim, xs, red, bar);
-    attention_stage<T, HD>(a, l, cs, sn, table, xs, bar);  // its barrier inside
+    bar.arrive();
+    attention_stage<T, HD>(a, l, cs, sn, table, xs, bar);  // its wait inside
+    bar.arrive();
     linear_stage<T, Epi::kAdd>(a, L.wo, nullptr, nullptr, a.att, a.dim, a.q_dim, xs, red, bar);
+    bar.arrive();
     linear_stage<T, Epi::kSwiglu>(a, L.wg, L.wu, L.ffn_norm, a.x, a.hidden, a.dim, xs, red, bar);
+    bar.arrive();
     linear_stage<T, Epi::kAdd>(a, L.wd, nullptr, nullptr, a.hb, a.dim, a.hidden, xs, red, bar);
+    if (l + 1 < a.num_layers) bar.arrive();
   }
   // The last block out resets the barrier for the next launch (every block has passed every
   // barrier once the exit count is complete).
@@ -220,8 +231,9 @@ size_t smem_bytes(const DecodeStepParams& p, int64_t hidden, int64_t dim) {
 }
 
 template <typename T, int HD>
-Status launch(const StepArgs& a, size_t smem, Context& ctx) {
-  auto kernel = decode_step_kernel<T, HD>;
+Status launch(const StepArgs& a, size_t smem, int variant, Context& ctx) {
+  auto kernel = variant == 1 ? decode_step_kernel<T, HD, 1> : variant == 2 ? decode_step_kernel<T, HD, 2>
+                                                                              : decode_step_kernel<T, HD, 0>;
   NB_CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
   int per_sm = 0;
   NB_CUDA_RETURN_IF_ERROR(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreadsB, smem));
@@ -250,6 +262,7 @@ size_t decode_step_workspace_bytes(const DecodeStepParams& p) {
 
 bool decode_step_applies(const DecodeStepParams& p, const Context& ctx) {
   if (p.layers.empty() || p.layers.size() > DecodeStepParams::kMaxLayers) return false;
+  if (p.variant < 0 || p.variant > 2) return false;
   if (p.act_dtype != DType::kF16 && p.act_dtype != DType::kBF16) return false;
   if (p.head_dim != 64 && p.head_dim != 128) return false;
   if (p.num_kv_heads <= 0 || p.num_heads % p.num_kv_heads != 0 || p.block_size <= 0) return false;
@@ -321,9 +334,10 @@ Status decode_step(const DecodeStepParams& p, Context& ctx) {
   a.profile = reinterpret_cast<unsigned long long*>(p.profile);
   const size_t smem = smem_bytes(p, a.hidden, a.dim);
   if (p.act_dtype == DType::kF16) {
-    return p.head_dim == 64 ? launch<__half, 64>(a, smem, ctx) : launch<__half, 128>(a, smem, ctx);
+    return p.head_dim == 64 ? launch<__half, 64>(a, smem, p.variant, ctx) : launch<__half, 128>(a, smem, p.variant, ctx);
   }
-  return p.head_dim == 64 ? launch<__nv_bfloat16, 64>(a, smem, ctx) : launch<__nv_bfloat16, 128>(a, smem, ctx);
+  return p.head_dim == 64 ? launch<__nv_bfloat16, 64>(a, smem, p.variant, ctx)
+                          : launch<__nv_bfloat16, 128>(a, smem, p.variant, ctx);
 }
 
 }  // namespace nb::cuda

@@ -59,26 +59,67 @@ __device__ __forceinline__ unsigned ld_acquire(const unsigned* p) {
   return v;
 }
 
-// Grid barrier: every block calls sync() the same number of times.
+// Grid barrier, as arrive() (every warp, once its stage's writes are done) and wait() (every
+// thread, before the next stage reads them); every block makes the same sequence of calls.
+// kSplit = false: arrive() does nothing and wait() is the whole barrier (block barrier, thread 0's
+// fence and arrival, spin, fence): thread 0's fence also waits for its own prefetched weight loads,
+// so a block arrives only once they have landed. kSplit = true: each warp counts itself in shared
+// memory (release/acquire at block scope) as soon as its work is done, and the block's last warp
+// arrives on the grid counter (release) before it prefetches anything; wait() spins (acquire).
+// kNoSync (diagnostics only, wrong results): only the barrier before each layer's q|k|v is a grid
+// barrier, the others are block barriers: the step's time without the other four a layer.
 // With a profile buffer, block 0 records the time it leaves each barrier.
+template <bool kSplit, bool kNoSync = false>
 struct GridBarrier {
   unsigned* count;
+  unsigned* warps_in;  // kSplit: shared memory, the block's warps arrived at this barrier
   unsigned target;
   unsigned long long* profile;
-  int passed;
-  __device__ void sync() {
-    __syncthreads();
-    if (threadIdx.x == 0) {
-      target += gridDim.x;
-      __threadfence();
-      atomicAdd(count, 1u);
-      while (ld_acquire(count) < target) {
+  int passed, arrived;
+  __device__ bool global_at(int k) const { return !kNoSync || k % 5 == 0; }
+  __device__ void arrive() {
+    if constexpr (kSplit) {
+      const bool global = global_at(arrived++);
+      __syncwarp();
+      if (threadIdx.x % 32 == 0) {
+        unsigned old;
+        asm volatile("atom.acq_rel.cta.shared::cta.add.u32 %0, [%1], 1;"
+                     : "=r"(old) : "r"(static_cast<unsigned>(__cvta_generic_to_shared(warps_in))) : "memory");
+        if (old == blockDim.x / 32 - 1) {
+          *warps_in = 0;  // no warp arrives again before this block's arrival below lets the grid pass
+          if (global) asm volatile("red.release.gpu.global.add.u32 [%0], 1;" ::"l"(count) : "memory");
+        }
       }
-      __threadfence();
-      if (profile != nullptr && blockIdx.x == 0) profile[passed] = global_ns();
-      ++passed;
+      __syncwarp();
     }
-    __syncthreads();
+  }
+  __device__ void wait() {
+    if constexpr (kSplit) {
+      const bool global = global_at(passed);
+      if (threadIdx.x == 0) {
+        if (global) {
+          target += gridDim.x;
+          while (ld_acquire(count) < target) {
+          }
+        }
+        if (profile != nullptr && blockIdx.x == 0) profile[passed] = global_ns();
+      }
+      ++passed;
+      __syncthreads();
+    } else {
+      __syncthreads();
+      if (threadIdx.x == 0) {
+        target += gridDim.x;
+        __threadfence();
+        atomicAdd(count, 1u);
+        while (ld_acquire(count) < target) {
+        }
+        __threadfence();
+        if (profile != nullptr && blockIdx.x == 0) profile[passed] = global_ns();
+        ++passed;
+      }
+      __syncthreads();
+    }
   }
 };
 
@@ -134,9 +175,9 @@ __device__ __forceinline__ void rope8(float* f, int dl, const float* cs, const f
 // memory; a head split over several blocks publishes one partial a block and the last block to
 // finish merges them (head_counters). RoPE of q and of the new key is applied in registers; the new
 // key/value are written to the cache by the first head of their group.
-template <typename T, int HD>
+template <typename T, int HD, typename Bar>
 __device__ void attention_stage(const StepArgs& a, int layer, const float* cs, const float* sn, const int32_t* table,
-                                float* sm, GridBarrier& bar) {
+                                float* sm, Bar& bar) {
   constexpr int LPK = HD / 8, KPW = 32 / LPK, CK = KPW * kChunkSteps;
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, sub = lane / LPK, dl = lane % LPK;
   const LayerPtrs& L = a.layers[layer];
@@ -176,7 +217,7 @@ __device__ void attention_stage(const StepArgs& a, int layer, const float* cs, c
     const bool active = h0 < a.num_heads && j < bh;
     load_chunk(active ? h0 / a.group : 0, key_lo + warp * CK, active ? main_hi : 0, pk, pv);
   }
-  bar.sync();  // q, k and v of this step are complete
+  bar.wait();  // q, k and v of this step are complete
   for (int h = h0; h < a.num_heads; h += gridDim.x / bh_all) {
     if (j >= bh) break;  // uniform over the block
     const int kvh = h / a.group;
