@@ -48,7 +48,8 @@ enum class Epi { kSplit, kAdd, kSwiglu };
 // of U 16-byte loads per lane, over the flattened (row, step) sequence so that the next row's
 // loads go out before the current one ends. The first two chunks are issued before the stage's
 // grid barrier. The input (normed when nw) is staged in shared memory as f32 by each block.
-template <typename T, Epi E, typename Bar>
+// AttnHD > 0: the input is attention's output, merged from its partials (stage_attention).
+template <typename T, Epi E, typename Bar, int AttnHD = 0>
 __device__ void linear_stage(const StepArgs& a, const uint4* w, const uint4* w2, const float* nw, const void* xin,
                              int n, int k, float* xs, float* red, Bar& bar) {
   constexpr int R = E == Epi::kSwiglu ? 2 : 1;
@@ -81,8 +82,9 @@ __device__ void linear_stage(const StepArgs& a, const uint4* w, const uint4* w2,
   // Stage the input: xs = x * nw (f32) and the block's sum of x^2 -> the norm's scale.
   const T* x = static_cast<const T*>(xin);
   float ss = 0.f;
+  if constexpr (AttnHD > 0) stage_attention<T, AttnHD>(a, xs);
 #pragma unroll 4
-  for (int i = threadIdx.x; i < k8; i += kThreadsB) {
+  for (int i = threadIdx.x; i < (AttnHD > 0 ? 0 : k8); i += kThreadsB) {
     float f[8];
     unpack8<T>(__ldcg(reinterpret_cast<const uint4*>(x) + i), f);
 #pragma unroll
@@ -162,7 +164,8 @@ __device__ void linear_stage(const StepArgs& a, const uint4* w, const uint4* w2,
 }
 
 // V: 0 = the barrier as one call (GridBarrier<false>); 1 = split into arrive and wait
-// (GridBarrier<true>); 2 = 1 with one grid barrier a layer (diagnostics only: wrong results).
+// (GridBarrier<true>); 2 = 1 with one grid barrier a layer (diagnostics only: wrong results);
+// 3 = 1 with attention_stage2 (partials merged in o_proj's staging).
 template <typename T, int HD, int V>
 __global__ void __launch_bounds__(kThreadsB, 1) decode_step_kernel(const __grid_constant__ StepArgs a) {
   // Dynamic shared memory: xs [xs_floats] (a linear stage's input), the step's RoPE angles cos and
@@ -192,9 +195,15 @@ __global__ void __launch_bounds__(kThreadsB, 1) decode_step_kernel(const __grid_
     const LayerPtrs& L = a.layers[l];
     linear_stage<T, Epi::kSplit>(a, L.wqkv, nullptr, L.attn_norm, a.x, a.q_dim + 2 * a.kv_dim, a.dim, xs, red, bar);
     bar.arrive();
-    attention_stage<T, HD>(a, l, cs, sn, table, xs, bar);  // its wait inside
-    bar.arrive();
-    linear_stage<T, Epi::kAdd>(a, L.wo, nullptr, nullptr, a.att, a.dim, a.q_dim, xs, red, bar);
+    if constexpr (V == 3) {
+      attention_stage2<T, HD>(a, l, cs, sn, table, xs, bar);  // its wait inside
+      bar.arrive();
+      linear_stage<T, Epi::kAdd, decltype(bar), HD>(a, L.wo, nullptr, nullptr, a.att, a.dim, a.q_dim, xs, red, bar);
+    } else {
+      attention_stage<T, HD>(a, l, cs, sn, table, xs, bar);  // its wait inside
+      bar.arrive();
+      linear_stage<T, Epi::kAdd>(a, L.wo, nullptr, nullptr, a.att, a.dim, a.q_dim, xs, red, bar);
+    }
     bar.arrive();
     linear_stage<T, Epi::kSwiglu>(a, L.wg, L.wu, L.ffn_norm, a.x, a.hidden, a.dim, xs, red, bar);
     bar.arrive();
@@ -232,8 +241,10 @@ size_t smem_bytes(const DecodeStepParams& p, int64_t hidden, int64_t dim) {
 
 template <typename T, int HD>
 Status launch(const StepArgs& a, size_t smem, int variant, Context& ctx) {
-  auto kernel = variant == 1 ? decode_step_kernel<T, HD, 1> : variant == 2 ? decode_step_kernel<T, HD, 2>
-                                                                              : decode_step_kernel<T, HD, 0>;
+  auto kernel = variant == 1   ? decode_step_kernel<T, HD, 1>
+                : variant == 2 ? decode_step_kernel<T, HD, 2>
+                : variant == 3 ? decode_step_kernel<T, HD, 3>
+                               : decode_step_kernel<T, HD, 0>;
   NB_CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
   int per_sm = 0;
   NB_CUDA_RETURN_IF_ERROR(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreadsB, smem));
@@ -262,7 +273,7 @@ size_t decode_step_workspace_bytes(const DecodeStepParams& p) {
 
 bool decode_step_applies(const DecodeStepParams& p, const Context& ctx) {
   if (p.layers.empty() || p.layers.size() > DecodeStepParams::kMaxLayers) return false;
-  if (p.variant < 0 || p.variant > 2) return false;
+  if (p.variant < 0 || p.variant > 3) return false;
   if (p.act_dtype != DType::kF16 && p.act_dtype != DType::kBF16) return false;
   if (p.head_dim != 64 && p.head_dim != 128) return false;
   if (p.num_kv_heads <= 0 || p.num_heads % p.num_kv_heads != 0 || p.block_size <= 0) return false;

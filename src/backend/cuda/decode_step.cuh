@@ -364,4 +364,216 @@ __device__ void attention_stage(const StepArgs& a, int layer, const float* cs, c
   }
 }
 
+// Attention, variant 3: every (head, block) has at most ... see attention_stage; differences:
+// a warp's chunk is kChunkSteps2 key steps in one register buffer (the first loaded before the
+// barrier, as there), the key split leaves no block empty, and a head split over several blocks
+// only publishes its blocks' partials: the o_proj stage merges them while it stages its input
+// (stage_attention), so no counter, fence or second read sits between attention and its barrier.
+constexpr int kChunkSteps2 = 6;  // 8 spills (64 bytes) at 128 registers
+
+struct AttnSplit {
+  int bh_all;  // blocks a head can have (the grid's blocks / heads, at least 1)
+  int bh;      // blocks the head uses: each a range of `range` keys, none empty
+  int range;
+};
+
+__device__ __forceinline__ AttnSplit attn_split(int num_heads, int num_keys, int chunk_keys) {
+  AttnSplit s;
+  s.bh_all = max(1, static_cast<int>(gridDim.x) / num_heads);
+  const int bh = min(s.bh_all, (num_keys + chunk_keys - 1) / chunk_keys);
+  s.range = (num_keys + bh - 1) / bh;
+  s.bh = (num_keys + s.range - 1) / s.range;
+  return s;
+}
+
+template <int HD>
+__host__ __device__ constexpr int attn_chunk_keys2() {
+  return (32 / (HD / 8)) * kChunkSteps2;
+}
+
+template <typename T, int HD, typename Bar>
+__device__ void attention_stage2(const StepArgs& a, int layer, const float* cs, const float* sn, const int32_t* table,
+                                 float* sm, Bar& bar) {
+  constexpr int LPK = HD / 8, KPW = 32 / LPK, S = kChunkSteps2, CK = KPW * S;
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, sub = lane / LPK, dl = lane % LPK;
+  const LayerPtrs& L = a.layers[layer];
+  const int pos_new = a.start_pos[0];  // the new token's index among the keys
+  const int num_keys = pos_new + 1;
+  const int64_t kv_row = static_cast<int64_t>(a.num_kv_heads) * HD;
+  const int64_t slot = a.slot[0];
+  const AttnSplit sp = attn_split(a.num_heads, num_keys, CK);
+  const int j = blockIdx.x % sp.bh_all, h0 = blockIdx.x / sp.bh_all;
+  const int key_lo = j * sp.range, key_hi = min(num_keys, key_lo + sp.range);
+  const bool has_new = key_hi == num_keys;  // only the last block: none is empty
+  const int main_hi = has_new ? pos_new : key_hi;
+  float* sm_o = sm;                      // [kWarpsB][HD]
+  float* sm_m = sm + kWarpsB * HD;       // [kWarpsB]
+  float* sm_l = sm_m + kWarpsB;          // [kWarpsB]
+  uint4 kv[S], vv[S];
+  auto load_chunk = [&](int kvh, int base, int hi) {
+#pragma unroll
+    for (int u = 0; u < S; ++u) {
+      const int key = base + u * KPW + sub;
+      if (key < hi) {
+        const int64_t blk = table[key / a.block_size];
+        const int64_t off = (blk * a.block_size + key % a.block_size) * kv_row + static_cast<int64_t>(kvh) * HD + 8 * dl;
+        kv[u] = *reinterpret_cast<const uint4*>(static_cast<const T*>(L.k_cache) + off);
+        vv[u] = *reinterpret_cast<const uint4*>(static_cast<const T*>(L.v_cache) + off);
+      } else {
+        kv[u] = vv[u] = make_uint4(0, 0, 0, 0);
+      }
+    }
+  };
+  // Cached keys and values do not depend on this step: each warp's first chunk (of its first head)
+  // is requested before the barrier that waits for q, k and v.
+  const bool active = h0 < a.num_heads && j < sp.bh;
+  load_chunk(active ? h0 / a.group : 0, key_lo + warp * CK, active ? main_hi : 0);
+  bar.wait();  // q, k and v of this step are complete
+  if (j >= sp.bh) return;  // uniform over the block
+  for (int h = h0; h < a.num_heads; h += gridDim.x / sp.bh_all) {
+    const int kvh = h / a.group;
+    const uint4 qraw = __ldcg(reinterpret_cast<const uint4*>(static_cast<const T*>(a.q) + h * HD) + dl);
+    uint4 kraw = make_uint4(0, 0, 0, 0), vraw = make_uint4(0, 0, 0, 0);
+    const bool new_here = has_new && warp == 0;  // warp 0 adds the new key
+    if (new_here) {
+      kraw = __ldcg(reinterpret_cast<const uint4*>(static_cast<const T*>(a.k) + kvh * HD) + dl);
+      vraw = __ldcg(reinterpret_cast<const uint4*>(static_cast<const T*>(a.v) + kvh * HD) + dl);
+    }
+    float qf[8];
+    unpack8<T>(qraw, qf);
+    rope8<T, HD>(qf, dl, cs, sn, a.interleaved);
+#pragma unroll
+    for (int t = 0; t < 8; ++t) qf[t] *= a.scale;
+    float m = -INFINITY, l = 0.f, o[8];
+#pragma unroll
+    for (int t = 0; t < 8; ++t) o[t] = 0.f;
+    bool loaded = h == h0;
+    for (int base = key_lo + warp * CK; base < main_hi; base += kWarpsB * CK) {
+      if (!loaded) load_chunk(kvh, base, main_hi);
+      loaded = false;
+      float sc[S];
+      float cmax = -INFINITY;
+#pragma unroll
+      for (int u = 0; u < S; ++u) {
+        float kf[8];
+        unpack8<T>(kv[u], kf);
+        float d = 0.f;
+#pragma unroll
+        for (int t = 0; t < 8; ++t) d = fmaf(qf[t], kf[t], d);
+#pragma unroll
+        for (int off = LPK / 2; off > 0; off /= 2) d += __shfl_xor_sync(0xffffffffu, d, off);
+        sc[u] = base + u * KPW + sub < main_hi ? d : -INFINITY;
+        cmax = fmaxf(cmax, sc[u]);
+      }
+#pragma unroll
+      for (int off = LPK; off < 32; off *= 2) cmax = fmaxf(cmax, __shfl_xor_sync(0xffffffffu, cmax, off));
+      const float mnew = fmaxf(m, cmax);
+      const float corr = expf(m - mnew);  // m = -inf at first: 0
+      l *= corr;
+#pragma unroll
+      for (int t = 0; t < 8; ++t) o[t] *= corr;
+#pragma unroll
+      for (int u = 0; u < S; ++u) {
+        if (base + u * KPW + sub >= main_hi) continue;
+        const float p = expf(sc[u] - mnew);
+        l += p;
+        float vf[8];
+        unpack8<T>(vv[u], vf);
+#pragma unroll
+        for (int t = 0; t < 8; ++t) o[t] = fmaf(p, vf[t], o[t]);
+      }
+      m = mnew;
+    }
+    if (new_here) {
+      float kn[8], vn[8];
+      unpack8<T>(kraw, kn);
+      rope8<T, HD>(kn, dl, cs, sn, a.interleaved);
+      unpack8<T>(vraw, vn);
+      if (h % a.group == 0 && sub == 0 && slot >= 0) {
+        const int64_t off = slot * kv_row + static_cast<int64_t>(kvh) * HD + 8 * dl;
+        reinterpret_cast<uint4*>(static_cast<T*>(L.k_cache) + off)[0] = pack8<T>(kn);
+        reinterpret_cast<uint4*>(static_cast<T*>(L.v_cache) + off)[0] = vraw;
+      }
+      float d = 0.f;
+#pragma unroll
+      for (int t = 0; t < 8; ++t) d = fmaf(qf[t], kn[t], d);
+#pragma unroll
+      for (int off = LPK / 2; off > 0; off /= 2) d += __shfl_xor_sync(0xffffffffu, d, off);
+      // Every key lane group computed the same score; the first adds the key, the others rescale.
+      const float mnew = fmaxf(m, d);
+      const float corr = expf(m - mnew), p = sub == 0 ? expf(d - mnew) : 0.f;
+      l = l * corr + p;
+#pragma unroll
+      for (int t = 0; t < 8; ++t) o[t] = fmaf(p, vn[t], o[t] * corr);
+      m = mnew;
+    }
+    // The KPW key lane groups of the warp (same m), then the warps of the block in shared memory.
+#pragma unroll
+    for (int off = LPK; off < 32; off *= 2) {
+      l += __shfl_xor_sync(0xffffffffu, l, off);
+#pragma unroll
+      for (int t = 0; t < 8; ++t) o[t] += __shfl_xor_sync(0xffffffffu, o[t], off);
+    }
+    if (sub == 0) {
+#pragma unroll
+      for (int t = 0; t < 8; ++t) sm_o[warp * HD + 8 * dl + t] = o[t];
+    }
+    if (lane == 0) {
+      sm_m[warp] = m;
+      sm_l[warp] = l;
+    }
+    __syncthreads();
+    float mb = -INFINITY, lb = 0.f;
+    for (int w = 0; w < kWarpsB; ++w) mb = fmaxf(mb, sm_m[w]);
+    for (int w = 0; w < kWarpsB; ++w) lb += sm_m[w] == -INFINITY ? 0.f : sm_l[w] * expf(sm_m[w] - mb);
+    float* po = a.part_o + (static_cast<int64_t>(h) * a.max_splits + j) * HD;
+    T* att = static_cast<T*>(a.att) + h * HD;
+    for (int d = threadIdx.x; d < HD; d += kThreadsB) {
+      float v = 0.f;
+      for (int w = 0; w < kWarpsB; ++w) v += sm_m[w] == -INFINITY ? 0.f : sm_o[w * HD + d] * expf(sm_m[w] - mb);
+      if (sp.bh == 1) att[d] = from_f32<T>(v / lb);
+      else po[d] = v / lb;  // normalized; stage_attention merges with weights lb exp(mb - max)
+    }
+    if (sp.bh > 1 && threadIdx.x == 0) {
+      a.part_ml[(static_cast<int64_t>(h) * a.max_splits + j) * 2] = mb;
+      a.part_ml[(static_cast<int64_t>(h) * a.max_splits + j) * 2 + 1] = lb;
+    }
+    __syncthreads();  // shared memory is reused by the next head
+  }
+}
+
+// o_proj's input, att [q_dim] as f32 in xs: read as written (a head in one block) or merged from
+// its blocks' partials (online over the blocks), rounded to T as the attention output is stored.
+template <typename T, int HD>
+__device__ void stage_attention(const StepArgs& a, float* xs) {
+  const AttnSplit sp = attn_split(a.num_heads, a.start_pos[0] + 1, attn_chunk_keys2<HD>());
+  const int k8 = a.q_dim / 8;
+  for (int i = threadIdx.x; i < k8; i += kThreadsB) {
+    float f[8];
+    if (sp.bh == 1) {
+      unpack8<T>(__ldcg(reinterpret_cast<const uint4*>(a.att) + i), f);
+    } else {
+      const int h = 8 * i / HD, d = 8 * i % HD;
+      const float* ml = a.part_ml + static_cast<int64_t>(h) * a.max_splits * 2;
+      const float4* po = reinterpret_cast<const float4*>(a.part_o + static_cast<int64_t>(h) * a.max_splits * HD + d);
+      float mx = -INFINITY, total = 0.f, acc[8] = {};
+#pragma unroll 4
+      for (int s = 0; s < sp.bh; ++s) {
+        const float ms = __ldcg(ml + 2 * s), ls = __ldcg(ml + 2 * s + 1);
+        const float4 p0 = __ldcg(po + s * (HD / 4)), p1 = __ldcg(po + s * (HD / 4) + 1);
+        const float mn = fmaxf(mx, ms), c = expf(mx - mn), w = ls * expf(ms - mn);
+        const float p[8] = {p0.x, p0.y, p0.z, p0.w, p1.x, p1.y, p1.z, p1.w};
+        total = total * c + w;
+#pragma unroll
+        for (int t = 0; t < 8; ++t) acc[t] = fmaf(w, p[t], acc[t] * c);
+        mx = mn;
+      }
+#pragma unroll
+      for (int t = 0; t < 8; ++t) f[t] = to_f32(from_f32<T>(acc[t] / total));
+    }
+#pragma unroll
+    for (int t = 0; t < 8; ++t) xs[8 * i + t] = f[t];
+  }
+}
+
 }  // namespace nb::cuda::step
