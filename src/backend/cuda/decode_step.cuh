@@ -32,6 +32,7 @@ struct StepArgs {
   int num_heads, num_kv_heads, group, block_size;
   int max_splits;     // partials a head (the grid's blocks)
   int xs_floats;      // floats of the linear stages' input buffer in shared memory
+  int slots_offset;   // variant 4: where the warps' weight slots start in shared memory (floats, % 4 == 0)
   float eps, scale;
   bool interleaved;
   void *x, *q, *k, *v, *att, *hb;
@@ -122,6 +123,18 @@ struct GridBarrier {
     }
   }
 };
+
+// 16-byte global -> shared copies that bypass registers (cp.async; each thread waits for its own).
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(static_cast<unsigned>(__cvta_generic_to_shared(smem))),
+               "l"(gmem)
+               : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
+}
 
 template <typename T>
 __device__ __forceinline__ void unpack8(const uint4& v, float* f) {
@@ -364,11 +377,10 @@ __device__ void attention_stage(const StepArgs& a, int layer, const float* cs, c
   }
 }
 
-// Attention, variant 3: every (head, block) has at most ... see attention_stage; differences:
-// a warp's chunk is kChunkSteps2 key steps in one register buffer (the first loaded before the
-// barrier, as there), the key split leaves no block empty, and a head split over several blocks
-// only publishes its blocks' partials: the o_proj stage merges them while it stages its input
-// (stage_attention), so no counter, fence or second read sits between attention and its barrier.
+// Attention, variants 3-4: as attention_stage, but a warp's chunk is kChunkSteps2 key steps in one
+// register buffer (the first loaded before the barrier, as there), and the key split leaves no
+// block empty (attention_stage can give the new key to several blocks when its ranges overrun the
+// keys, e.g. 301 keys over 33 blocks of 10).
 constexpr int kChunkSteps2 = 6;  // 8 spills (64 bytes) at 128 registers
 
 struct AttnSplit {
@@ -384,11 +396,6 @@ __device__ __forceinline__ AttnSplit attn_split(int num_heads, int num_keys, int
   s.range = (num_keys + bh - 1) / bh;
   s.bh = (num_keys + s.range - 1) / s.range;
   return s;
-}
-
-template <int HD>
-__host__ __device__ constexpr int attn_chunk_keys2() {
-  return (32 / (HD / 8)) * kChunkSteps2;
 }
 
 template <typename T, int HD, typename Bar>
@@ -409,6 +416,7 @@ __device__ void attention_stage2(const StepArgs& a, int layer, const float* cs, 
   float* sm_o = sm;                      // [kWarpsB][HD]
   float* sm_m = sm + kWarpsB * HD;       // [kWarpsB]
   float* sm_l = sm_m + kWarpsB;          // [kWarpsB]
+  __shared__ int last_s;
   uint4 kv[S], vv[S];
   auto load_chunk = [&](int kvh, int base, int hi) {
 #pragma unroll
@@ -532,47 +540,36 @@ __device__ void attention_stage2(const StepArgs& a, int layer, const float* cs, 
       float v = 0.f;
       for (int w = 0; w < kWarpsB; ++w) v += sm_m[w] == -INFINITY ? 0.f : sm_o[w * HD + d] * expf(sm_m[w] - mb);
       if (sp.bh == 1) att[d] = from_f32<T>(v / lb);
-      else po[d] = v / lb;  // normalized; stage_attention merges with weights lb exp(mb - max)
+      else po[d] = v / lb;  // normalized, merged below with weights lb exp(mb - max)
     }
-    if (sp.bh > 1 && threadIdx.x == 0) {
-      a.part_ml[(static_cast<int64_t>(h) * a.max_splits + j) * 2] = mb;
-      a.part_ml[(static_cast<int64_t>(h) * a.max_splits + j) * 2 + 1] = lb;
+    if (sp.bh > 1) {
+      if (threadIdx.x == 0) {
+        a.part_ml[(static_cast<int64_t>(h) * a.max_splits + j) * 2] = mb;
+        a.part_ml[(static_cast<int64_t>(h) * a.max_splits + j) * 2 + 1] = lb;
+      }
+      __threadfence();
+      __syncthreads();
+      if (threadIdx.x == 0) last_s = atomicAdd(a.head_counters + h, 1) == sp.bh - 1;
+      __syncthreads();
+      if (last_s) {
+        __threadfence();
+        const float* ml = a.part_ml + static_cast<int64_t>(h) * a.max_splits * 2;
+        const float* pp = a.part_o + static_cast<int64_t>(h) * a.max_splits * HD;
+        float mx = -INFINITY;
+        for (int i = 0; i < sp.bh; ++i) mx = fmaxf(mx, __ldcg(ml + 2 * i));
+        for (int d = threadIdx.x; d < HD; d += kThreadsB) {
+          float v = 0.f, total = 0.f;
+          for (int i = 0; i < sp.bh; ++i) {
+            const float wgt = __ldcg(ml + 2 * i + 1) * expf(__ldcg(ml + 2 * i) - mx);
+            total += wgt;
+            v += wgt * __ldcg(pp + i * HD + d);
+          }
+          att[d] = from_f32<T>(v / total);
+        }
+        if (threadIdx.x == 0) a.head_counters[h] = 0;
+      }
     }
     __syncthreads();  // shared memory is reused by the next head
-  }
-}
-
-// o_proj's input, att [q_dim] as f32 in xs: read as written (a head in one block) or merged from
-// its blocks' partials (online over the blocks), rounded to T as the attention output is stored.
-template <typename T, int HD>
-__device__ void stage_attention(const StepArgs& a, float* xs) {
-  const AttnSplit sp = attn_split(a.num_heads, a.start_pos[0] + 1, attn_chunk_keys2<HD>());
-  const int k8 = a.q_dim / 8;
-  for (int i = threadIdx.x; i < k8; i += kThreadsB) {
-    float f[8];
-    if (sp.bh == 1) {
-      unpack8<T>(__ldcg(reinterpret_cast<const uint4*>(a.att) + i), f);
-    } else {
-      const int h = 8 * i / HD, d = 8 * i % HD;
-      const float* ml = a.part_ml + static_cast<int64_t>(h) * a.max_splits * 2;
-      const float4* po = reinterpret_cast<const float4*>(a.part_o + static_cast<int64_t>(h) * a.max_splits * HD + d);
-      float mx = -INFINITY, total = 0.f, acc[8] = {};
-#pragma unroll 4
-      for (int s = 0; s < sp.bh; ++s) {
-        const float ms = __ldcg(ml + 2 * s), ls = __ldcg(ml + 2 * s + 1);
-        const float4 p0 = __ldcg(po + s * (HD / 4)), p1 = __ldcg(po + s * (HD / 4) + 1);
-        const float mn = fmaxf(mx, ms), c = expf(mx - mn), w = ls * expf(ms - mn);
-        const float p[8] = {p0.x, p0.y, p0.z, p0.w, p1.x, p1.y, p1.z, p1.w};
-        total = total * c + w;
-#pragma unroll
-        for (int t = 0; t < 8; ++t) acc[t] = fmaf(w, p[t], acc[t] * c);
-        mx = mn;
-      }
-#pragma unroll
-      for (int t = 0; t < 8; ++t) f[t] = to_f32(from_f32<T>(acc[t] / total));
-    }
-#pragma unroll
-    for (int t = 0; t < 8; ++t) xs[8 * i + t] = f[t];
   }
 }
 
