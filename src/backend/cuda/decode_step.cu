@@ -44,20 +44,17 @@ using namespace step;  // NOLINT: the kernel's pieces (decode_step.cuh)
 
 enum class Epi { kSplit, kAdd, kSwiglu };
 
-constexpr int kSlotVecs = 8 * 32;  // a chunk of a warp: R x U = 8 16-byte loads a lane
-constexpr size_t kSlotBytes = static_cast<size_t>(kWarpsB) * 2 * kSlotVecs * 16;  // variant 4, a block
 
 // One linear stage: rows gw, gw + W, ... of the weight(s), each a warp streaming the row in chunks
 // of U 16-byte loads per lane, over the flattened (row, step) sequence so that the next row's
 // loads go out before the current one ends. The first two chunks are issued before the stage's
 // grid barrier. The input (normed when nw) is staged in shared memory as f32 by each block.
-// kDeep: chunks c % 4 == 2, 3 go through two shared-memory slots of the warp (cp.async) instead of
-// registers: four chunks in flight, all four issued before the barrier.
-template <typename T, Epi E, bool kDeep, typename Bar>
+// kU1: 16-byte loads a lane in a chunk of one weight (two weights: half as many each).
+template <typename T, Epi E, int kU1, typename Bar>
 __device__ void linear_stage(const StepArgs& a, const uint4* w, const uint4* w2, const float* nw, const void* xin,
                              int n, int k, float* xs, float* red, Bar& bar) {
   constexpr int R = E == Epi::kSwiglu ? 2 : 1;
-  constexpr int U = 8 / R;
+  constexpr int U = kU1 / R;
   const int lane = threadIdx.x % 32;
   const int W = gridDim.x * kWarpsB, gw = blockIdx.x * kWarpsB + threadIdx.x / 32;
   const int k8 = k / 8;
@@ -80,28 +77,8 @@ __device__ void linear_stage(const StepArgs& a, const uint4* w, const uint4* w2,
       for (int r = 0; r < R; ++r) dst[r][u] = c < total && idx < k8 ? __ldcs(wr[r] + base + idx) : make_uint4(0, 0, 0, 0);
     }
   };
-  uint4* my_slots = reinterpret_cast<uint4*>(xs + a.slots_offset) + (threadIdx.x / 32) * (2 * kSlotVecs);
-  auto load_slot = [&](int slot, int c) {  // always commits a group (empty past the end): wait<1> stays right
-    if (c < total) {
-      const int i = c / steps, st = c - i * steps;
-      const size_t base = static_cast<size_t>(gw + i * W) * k8;
-#pragma unroll
-      for (int u = 0; u < U; ++u) {
-        const int idx = st * 32 * U + u * 32 + lane;
-#pragma unroll
-        for (int r = 0; r < R; ++r) {
-          if (idx < k8) cp_async16(my_slots + slot * kSlotVecs + (r * U + u) * 32 + lane, wr[r] + base + idx);
-        }
-      }
-    }
-    cp_async_commit();
-  };
   load(ba, 0);
   load(bb, 1);
-  if constexpr (kDeep) {
-    load_slot(0, 2);
-    load_slot(1, 3);
-  }
   bar.wait();
   // Stage the input: xs = x * nw (f32) and the block's sum of x^2 -> the norm's scale.
   const T* x = static_cast<const T*>(xin);
@@ -180,26 +157,7 @@ __device__ void linear_stage(const StepArgs& a, const uint4* w, const uint4* w2,
   };
   const auto reg_a = [&](int r, int u) { return ba[r][u]; };
   const auto reg_b = [&](int r, int u) { return bb[r][u]; };
-  if constexpr (kDeep) {
-    const auto slot0 = [&](int r, int u) { return my_slots[(r * U + u) * 32 + lane]; };
-    const auto slot1 = [&](int r, int u) { return my_slots[kSlotVecs + (r * U + u) * 32 + lane]; };
-    for (int c = 0; c < total; c += 4) {
-      compute(reg_a, c);
-      if (c + 4 < total) load(ba, c + 4);
-      if (c + 1 >= total) break;
-      compute(reg_b, c + 1);
-      if (c + 5 < total) load(bb, c + 5);
-      if (c + 2 >= total) break;
-      cp_async_wait<1>();  // groups in flight: chunk c + 2 (slot 0), c + 3 (slot 1)
-      compute(slot0, c + 2);
-      load_slot(0, c + 6);
-      if (c + 3 >= total) break;
-      cp_async_wait<1>();  // c + 3, then c + 6
-      compute(slot1, c + 3);
-      load_slot(1, c + 7);
-    }
-    cp_async_wait<0>();
-  } else {
+  {
     for (int c = 0; c < total; c += 2) {
       compute(reg_a, c);
       if (c + 2 < total) load(ba, c + 2);
@@ -212,7 +170,8 @@ __device__ void linear_stage(const StepArgs& a, const uint4* w, const uint4* w2,
 
 // V: 0 = the barrier as one call (GridBarrier<false>); 1 = split into arrive and wait
 // (GridBarrier<true>); 2 = 1 with one grid barrier a layer (diagnostics only: wrong results);
-// 3 = 1 with attention_stage2; 4 = 3 with the linear stages' deep prefetch (kDeep).
+// 3 = 1 with attention_stage2; 5, 6 = 3 with chunks of 4, 2 loads a lane instead of 8 (fewer
+// bytes in flight).
 template <typename T, int HD, int V>
 __global__ void __launch_bounds__(kThreadsB, 1) decode_step_kernel(const __grid_constant__ StepArgs a) {
   // Dynamic shared memory: xs [xs_floats] (a linear stage's input), the step's RoPE angles cos and
@@ -236,20 +195,21 @@ __global__ void __launch_bounds__(kThreadsB, 1) decode_step_kernel(const __grid_
     if (threadIdx.x == 0) warps_in = 0;
     if (V != 0) __syncthreads();  // warps_in is zero before any warp arrives
   }
+  constexpr int kU = V == 5 ? 4 : V == 6 ? 2 : 8;
   GridBarrier<V != 0, V == 2> bar{a.barrier, &warps_in, 0, a.profile, 0, 0};  // its first wait orders the fills
   bar.arrive();
   for (int l = 0; l < a.num_layers; ++l) {
     const LayerPtrs& L = a.layers[l];
-    linear_stage<T, Epi::kSplit, V == 4>(a, L.wqkv, nullptr, L.attn_norm, a.x, a.q_dim + 2 * a.kv_dim, a.dim, xs, red, bar);
+    linear_stage<T, Epi::kSplit, kU>(a, L.wqkv, nullptr, L.attn_norm, a.x, a.q_dim + 2 * a.kv_dim, a.dim, xs, red, bar);
     bar.arrive();
     if constexpr (V >= 3) attention_stage2<T, HD>(a, l, cs, sn, table, xs, bar);  // its wait inside
     else attention_stage<T, HD>(a, l, cs, sn, table, xs, bar);
     bar.arrive();
-    linear_stage<T, Epi::kAdd, V == 4>(a, L.wo, nullptr, nullptr, a.att, a.dim, a.q_dim, xs, red, bar);
+    linear_stage<T, Epi::kAdd, kU>(a, L.wo, nullptr, nullptr, a.att, a.dim, a.q_dim, xs, red, bar);
     bar.arrive();
-    linear_stage<T, Epi::kSwiglu, V == 4>(a, L.wg, L.wu, L.ffn_norm, a.x, a.hidden, a.dim, xs, red, bar);
+    linear_stage<T, Epi::kSwiglu, kU>(a, L.wg, L.wu, L.ffn_norm, a.x, a.hidden, a.dim, xs, red, bar);
     bar.arrive();
-    linear_stage<T, Epi::kAdd, V == 4>(a, L.wd, nullptr, nullptr, a.hb, a.dim, a.hidden, xs, red, bar);
+    linear_stage<T, Epi::kAdd, kU>(a, L.wd, nullptr, nullptr, a.hb, a.dim, a.hidden, xs, red, bar);
     if (l + 1 < a.num_layers) bar.arrive();
   }
   // The last block out resets the barrier for the next launch (every block has passed every
@@ -277,11 +237,7 @@ int64_t xs_floats(const DecodeStepParams& p, int64_t hidden, int64_t dim) {
 }
 int64_t table_entries(const DecodeStepParams& p) { return (p.max_context_len + p.block_size - 1) / p.block_size; }
 // xs, the RoPE angles and the block table (see the kernel).
-int64_t slots_offset(const DecodeStepParams& p, int64_t hidden, int64_t dim) {
-  return (xs_floats(p, hidden, dim) + p.head_dim + table_entries(p) + 3) / 4 * 4;
-}
 size_t smem_bytes(const DecodeStepParams& p, int64_t hidden, int64_t dim) {
-  if (p.variant == 4) return static_cast<size_t>(slots_offset(p, hidden, dim)) * 4 + kSlotBytes;
   return static_cast<size_t>(xs_floats(p, hidden, dim) + p.head_dim + table_entries(p)) * 4;
 }
 
@@ -290,7 +246,8 @@ Status launch(const StepArgs& a, size_t smem, int variant, Context& ctx) {
   auto kernel = variant == 1   ? decode_step_kernel<T, HD, 1>
                 : variant == 2 ? decode_step_kernel<T, HD, 2>
                 : variant == 3 ? decode_step_kernel<T, HD, 3>
-                : variant == 4 ? decode_step_kernel<T, HD, 4>
+                : variant == 5 ? decode_step_kernel<T, HD, 5>
+                : variant == 6 ? decode_step_kernel<T, HD, 6>
                                : decode_step_kernel<T, HD, 0>;
   NB_CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
   int per_sm = 0;
@@ -320,7 +277,7 @@ size_t decode_step_workspace_bytes(const DecodeStepParams& p) {
 
 bool decode_step_applies(const DecodeStepParams& p, const Context& ctx) {
   if (p.layers.empty() || p.layers.size() > DecodeStepParams::kMaxLayers) return false;
-  if (p.variant < 0 || p.variant > 4) return false;
+  if (p.variant < 0 || p.variant > 6 || p.variant == 4) return false;
   if (p.act_dtype != DType::kF16 && p.act_dtype != DType::kBF16) return false;
   if (p.head_dim != 64 && p.head_dim != 128) return false;
   if (p.num_kv_heads <= 0 || p.num_heads % p.num_kv_heads != 0 || p.block_size <= 0) return false;
@@ -371,7 +328,6 @@ Status decode_step(const DecodeStepParams& p, Context& ctx) {
   a.block_size = static_cast<int>(p.block_size);
   a.max_splits = ctx.info().num_sms;  // = the grid
   a.xs_floats = static_cast<int>(xs_floats(p, l0.w_gate.dim(0), l0.wqkv.dim(1)));
-  a.slots_offset = static_cast<int>(slots_offset(p, l0.w_gate.dim(0), l0.wqkv.dim(1)));
   a.eps = p.norm_eps;
   a.scale = p.scale;
   a.interleaved = p.rope_style == RopeStyle::kInterleaved;

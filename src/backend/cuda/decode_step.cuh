@@ -32,7 +32,6 @@ struct StepArgs {
   int num_heads, num_kv_heads, group, block_size;
   int max_splits;     // partials a head (the grid's blocks)
   int xs_floats;      // floats of the linear stages' input buffer in shared memory
-  int slots_offset;   // variant 4: where the warps' weight slots start in shared memory (floats, % 4 == 0)
   float eps, scale;
   bool interleaved;
   void *x, *q, *k, *v, *att, *hb;
@@ -123,18 +122,6 @@ struct GridBarrier {
     }
   }
 };
-
-// 16-byte global -> shared copies that bypass registers (cp.async; each thread waits for its own).
-__device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(static_cast<unsigned>(__cvta_generic_to_shared(smem))),
-               "l"(gmem)
-               : "memory");
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
-template <int N>
-__device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
-}
 
 template <typename T>
 __device__ __forceinline__ void unpack8(const uint4& v, float* f) {
