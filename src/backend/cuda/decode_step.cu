@@ -32,6 +32,7 @@
 #include "backend/cuda/cuda_check.h"
 #include "backend/cuda/cuda_ops.h"
 #include "backend/cuda/decode_step.cuh"
+#include "backend/cuda/decode_step_attn_o.cuh"
 
 namespace nb::cuda {
 
@@ -50,7 +51,9 @@ enum class Epi { kSplit, kAdd, kSwiglu };
 // loads go out before the current one ends. The first two chunks are issued before the stage's
 // grid barrier. The input (normed when nw) is staged in shared memory as f32 by each block.
 // kU1: 16-byte loads a lane in a chunk of one weight (two weights: half as many each).
-template <typename T, Epi E, int kU1, typename Bar>
+// kY (variant 7): the residual stream is x + y_acc (o_proj's f32 sums, attention_oproj_stage):
+// kSwiglu's staging reads T(x + y_acc); kAdd's epilogue writes T(T(x + y_acc) + acc) and clears y_acc.
+template <typename T, Epi E, int kU1, typename Bar, bool kY = false>
 __device__ void linear_stage(const StepArgs& a, const uint4* w, const uint4* w2, const float* nw, const void* xin,
                              int n, int k, float* xs, float* red, Bar& bar) {
   constexpr int R = E == Epi::kSwiglu ? 2 : 1;
@@ -87,6 +90,13 @@ __device__ void linear_stage(const StepArgs& a, const uint4* w, const uint4* w2,
   for (int i = threadIdx.x; i < k8; i += kThreadsB) {
     float f[8];
     unpack8<T>(__ldcg(reinterpret_cast<const uint4*>(x) + i), f);
+    if constexpr (kY) {
+      const float4 y0 = __ldcg(reinterpret_cast<const float4*>(a.y_acc) + 2 * i);
+      const float4 y1 = __ldcg(reinterpret_cast<const float4*>(a.y_acc) + 2 * i + 1);
+      const float y[8] = {y0.x, y0.y, y0.z, y0.w, y1.x, y1.y, y1.z, y1.w};
+#pragma unroll
+      for (int j = 0; j < 8; ++j) f[j] = to_f32(from_f32<T>(f[j] + y[j]));
+    }
 #pragma unroll
     for (int j = 0; j < 8; ++j) {
       if (nw != nullptr) {
@@ -117,7 +127,13 @@ __device__ void linear_stage(const StepArgs& a, const uint4* w, const uint4* w2,
   auto compute = [&](auto get, int c) {
     const int i = c / steps, st = c - i * steps;
     if constexpr (E == Epi::kAdd) {
-      if (st == 0 && lane == 0) resid = to_f32(__ldcg(static_cast<const T*>(a.x) + gw + i * W));
+      if (st == 0 && lane == 0) {
+        resid = to_f32(__ldcg(static_cast<const T*>(a.x) + gw + i * W));
+        if constexpr (kY) {
+          resid = to_f32(from_f32<T>(resid + __ldcg(a.y_acc + gw + i * W)));
+          a.y_acc[gw + i * W] = 0.f;  // every block staged it in gate/up, before this stage's barrier
+        }
+      }
     }
 #pragma unroll
     for (int u = 0; u < U; ++u) {
@@ -171,7 +187,7 @@ __device__ void linear_stage(const StepArgs& a, const uint4* w, const uint4* w2,
 // V: 0 = the barrier as one call (GridBarrier<false>); 1 = split into arrive and wait
 // (GridBarrier<true>); 2 = 1 with one grid barrier a layer (diagnostics only: wrong results);
 // 3 = 1 with attention_stage2; 5, 6 = 3 with chunks of 4, 2 loads a lane instead of 8 (fewer
-// bytes in flight).
+// bytes in flight); 7 = 3 with attention and o_proj as one stage (attention_oproj_stage).
 template <typename T, int HD, int V>
 __global__ void __launch_bounds__(kThreadsB, 1) decode_step_kernel(const __grid_constant__ StepArgs a) {
   // Dynamic shared memory: xs [xs_floats] (a linear stage's input), the step's RoPE angles cos and
@@ -193,6 +209,9 @@ __global__ void __launch_bounds__(kThreadsB, 1) decode_step_kernel(const __grid_
     const int entries = (a.start_pos[0] + a.block_size) / a.block_size;  // blocks holding keys 0..start_pos
     for (int i = threadIdx.x; i < entries; i += kThreadsB) table[i] = a.block_table[i];
     if (threadIdx.x == 0) warps_in = 0;
+    if constexpr (V == 7) {  // o_proj's sums start at 0 (each layer's down stage clears them again)
+      for (int i = blockIdx.x * kThreadsB + threadIdx.x; i < a.dim; i += gridDim.x * kThreadsB) a.y_acc[i] = 0.f;
+    }
     if (V != 0) __syncthreads();  // warps_in is zero before any warp arrives
   }
   constexpr int kU = V == 5 ? 4 : V == 6 ? 2 : 8;
@@ -202,14 +221,20 @@ __global__ void __launch_bounds__(kThreadsB, 1) decode_step_kernel(const __grid_
     const LayerPtrs& L = a.layers[l];
     linear_stage<T, Epi::kSplit, kU>(a, L.wqkv, nullptr, L.attn_norm, a.x, a.q_dim + 2 * a.kv_dim, a.dim, xs, red, bar);
     bar.arrive();
-    if constexpr (V >= 3) attention_stage2<T, HD>(a, l, cs, sn, table, xs, bar);  // its wait inside
-    else attention_stage<T, HD>(a, l, cs, sn, table, xs, bar);
+    if constexpr (V == 7) {
+      attention_oproj_stage<T, HD>(a, l, cs, sn, table, xs, bar);  // its waits inside
+      bar.arrive();
+    } else {
+      if constexpr (V >= 3) attention_stage2<T, HD>(a, l, cs, sn, table, xs, bar);  // its wait inside
+      else attention_stage<T, HD>(a, l, cs, sn, table, xs, bar);
+      bar.arrive();
+      linear_stage<T, Epi::kAdd, kU>(a, L.wo, nullptr, nullptr, a.att, a.dim, a.q_dim, xs, red, bar);
+      bar.arrive();
+    }
+    linear_stage<T, Epi::kSwiglu, kU, decltype(bar), V == 7>(a, L.wg, L.wu, L.ffn_norm, a.x, a.hidden, a.dim, xs, red,
+                                                             bar);
     bar.arrive();
-    linear_stage<T, Epi::kAdd, kU>(a, L.wo, nullptr, nullptr, a.att, a.dim, a.q_dim, xs, red, bar);
-    bar.arrive();
-    linear_stage<T, Epi::kSwiglu, kU>(a, L.wg, L.wu, L.ffn_norm, a.x, a.hidden, a.dim, xs, red, bar);
-    bar.arrive();
-    linear_stage<T, Epi::kAdd, kU>(a, L.wd, nullptr, nullptr, a.hb, a.dim, a.hidden, xs, red, bar);
+    linear_stage<T, Epi::kAdd, kU, decltype(bar), V == 7>(a, L.wd, nullptr, nullptr, a.hb, a.dim, a.hidden, xs, red, bar);
     if (l + 1 < a.num_layers) bar.arrive();
   }
   // The last block out resets the barrier for the next launch (every block has passed every
@@ -218,6 +243,9 @@ __global__ void __launch_bounds__(kThreadsB, 1) decode_step_kernel(const __grid_
     if (a.profile != nullptr && blockIdx.x == 0) a.profile[5 * a.num_layers] = global_ns();
     __threadfence();
     if (atomicAdd(a.barrier + 1, 1u) == gridDim.x - 1) {
+      if constexpr (V == 7) {  // variant 7's head counters count up through the step
+        for (int h = 0; h < a.num_heads; ++h) atomicExch(a.head_counters + h, 0);
+      }
       atomicExch(a.barrier, 0u);
       atomicExch(a.barrier + 1, 0u);
     }
@@ -233,7 +261,7 @@ bool weight_ok(const Tensor& w, int64_t n, int64_t k, DType act) {
 
 // Also the attention stage's per-warp partials ([kWarpsB][HD + 2]) live there.
 int64_t xs_floats(const DecodeStepParams& p, int64_t hidden, int64_t dim) {
-  return std::max({dim, hidden, p.num_heads * p.head_dim, kWarpsB * (p.head_dim + 2)});
+  return std::max({dim, hidden, p.num_heads * p.head_dim, kWarpsB * (p.head_dim + 2) + p.head_dim});
 }
 int64_t table_entries(const DecodeStepParams& p) { return (p.max_context_len + p.block_size - 1) / p.block_size; }
 // xs, the RoPE angles and the block table (see the kernel).
@@ -248,6 +276,7 @@ Status launch(const StepArgs& a, size_t smem, int variant, Context& ctx) {
                 : variant == 3 ? decode_step_kernel<T, HD, 3>
                 : variant == 5 ? decode_step_kernel<T, HD, 5>
                 : variant == 6 ? decode_step_kernel<T, HD, 6>
+                : variant == 7 ? decode_step_kernel<T, HD, 7>
                                : decode_step_kernel<T, HD, 0>;
   NB_CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
   int per_sm = 0;
@@ -270,14 +299,19 @@ Status launch(const StepArgs& a, size_t smem, int variant, Context& ctx) {
 
 }  // namespace
 
+// part_o, part_ml, then (16-byte aligned) y_acc [dim].
+int64_t y_acc_offset(const DecodeStepParams& p, int64_t splits) {
+  return (p.num_heads * splits * (p.head_dim + 2) + 3) / 4 * 4;
+}
+
 size_t decode_step_workspace_bytes(const DecodeStepParams& p) {
-  const int64_t splits = kMaxBlocks;
-  return static_cast<size_t>(p.num_heads * splits * (p.head_dim + 2)) * sizeof(float);
+  const int64_t dim = p.layers.empty() || p.layers[0].wqkv.ndim() != 2 ? 0 : p.layers[0].wqkv.dim(1);
+  return static_cast<size_t>(y_acc_offset(p, kMaxBlocks) + dim) * sizeof(float);
 }
 
 bool decode_step_applies(const DecodeStepParams& p, const Context& ctx) {
   if (p.layers.empty() || p.layers.size() > DecodeStepParams::kMaxLayers) return false;
-  if (p.variant < 0 || p.variant > 6 || p.variant == 4) return false;
+  if (p.variant < 0 || p.variant > 7 || p.variant == 4) return false;
   if (p.act_dtype != DType::kF16 && p.act_dtype != DType::kBF16) return false;
   if (p.head_dim != 64 && p.head_dim != 128) return false;
   if (p.num_kv_heads <= 0 || p.num_heads % p.num_kv_heads != 0 || p.block_size <= 0) return false;
@@ -344,6 +378,7 @@ Status decode_step(const DecodeStepParams& p, Context& ctx) {
   a.inv_freq = p.inv_freq;
   a.part_o = static_cast<float*>(ctx.workspace());
   a.part_ml = a.part_o + p.num_heads * a.max_splits * p.head_dim;
+  a.y_acc = a.part_o + y_acc_offset(p, a.max_splits);
   a.head_counters = ctx.sync_counters();
   a.barrier = reinterpret_cast<unsigned*>(ctx.sync_counters() + Context::kSyncCounters - 2);
   a.profile = reinterpret_cast<unsigned long long*>(p.profile);

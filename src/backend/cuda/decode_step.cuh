@@ -43,6 +43,7 @@ struct StepArgs {
   float* part_o;          // [num_heads, max_splits, HD]  (attention partials, one a block)
   float* part_ml;         // [num_heads, max_splits, 2]
   int32_t* head_counters; // [num_heads], 0 between launches
+  float* y_acc;           // variant 7: [dim] o_proj's output (f32 sums over heads), 0 between layers
   unsigned* barrier;      // [2]: arrivals, exits; 0 between launches
   unsigned long long* profile;  // null, or [5 num_layers + 1] stage start times (DecodeStepParams)
 };
@@ -92,6 +93,11 @@ struct GridBarrier {
       }
       __syncwarp();
     }
+  }
+  // A profile point without a barrier (every block calls it where the others do).
+  __device__ void mark() {
+    if (threadIdx.x == 0 && profile != nullptr && blockIdx.x == 0) profile[passed] = global_ns();
+    ++passed;
   }
   __device__ void wait() {
     if constexpr (kSplit) {
