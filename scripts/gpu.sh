@@ -21,8 +21,7 @@
 #                          serve = `nibble serve --device cuda` SmolLM2 + `nibble bench serve`;
 #                          7bab = decode batch 1 again with switches (NIBBLE_7B_AB, default "base prof
 #                          unfused": base = layer-by-layer fused kernels, prof = the persistent step with
-#                          its stage times, step1, unfused, nopdl, gemvN, vN = the step with
-#                          NIBBLE_DECODE_STEP_VARIANT=N (its barrier, docs/decode_step.md), vNprof;
+#                          its stage times, step1, unfused, nopdl, gemvN;
 #                          a switch may repeat, its runs append to one file);
 #                          7bw4 = the 7B quantized RTN W4 g128 here, `bench gpu` on it (W4A16 kernels);
 #                          w4pipe (with 7bw4 and/or gemm) = those again with NIBBLE_W4_PIPE=1;
@@ -171,8 +170,6 @@ if [ "${result[build]:-}" = ok ] && [ "$bench" != none ]; then
         base) envs=(NIBBLE_DECODE_STEP=0);;  # the layer-by-layer fused kernels, for a same-run reference
         step1) envs=(NIBBLE_DECODE_STEP=1);;  # the persistent decode step (the default)
         prof) envs=(NIBBLE_DECODE_STEP=1 NIBBLE_DECODE_STEP_PROFILE=1);;  # + its stage times
-        v[0-9]prof) envs=(NIBBLE_DECODE_STEP=1 NIBBLE_DECODE_STEP_VARIANT=${ab:1:1} NIBBLE_DECODE_STEP_PROFILE=1);;
-        v[0-9]) envs=(NIBBLE_DECODE_STEP=1 NIBBLE_DECODE_STEP_VARIANT=${ab#v});;  # the step's barrier variant
         *) continue;;
       esac
       env "${envs[@]}" "$nib" bench gpu -m "$m7" --device cuda --dtype f16 -p 512 -n 64 -r 5 --batches 1 \

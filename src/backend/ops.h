@@ -290,9 +290,6 @@ struct DecodeStepParams {
   // Diagnostics (CUDA): null, or [5 num_layers + 1] device u64s that receive the time (ns) at which
   // each stage starts (q|k|v, attention, o_proj, gate/up, down of every layer) and the step ends.
   uint64_t* profile = nullptr;
-  // The CUDA kernel's barrier (docs/decode_step.md): 0 = one call, 1 = split into arrive and wait,
-  // 2 = diagnostics only (wrong results): 1 with one grid barrier a layer.
-  int variant = 0;
 };
 
 }  // namespace nb

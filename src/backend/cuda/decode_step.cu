@@ -7,19 +7,19 @@
 // already issued the loads of its first weights (weights never depend on the step), so the weight
 // stream runs on across stage boundaries.
 //
-// Measured (H200, 7B f16 batch 1, bench/results/gpu-h200-decode-2026-11-27.md): 4.05-4.08 ms a
-// token against 4.48 ms for the layer-by-layer fused kernels in the same run (78.1-78.5% vs 71.1%
-// of the roofline). NIBBLE_DECODE_STEP_PROFILE=1 prints where a layer's time goes: q|k|v, gate/up
-// and down stream at 86-89% of the copy bandwidth; attention (~11 us a layer: the q load, a second
-// key chunk, publishing the block partials, the merge) and o_proj's barrier and input staging (4 us
-// over its bytes) are what is left to 85%.
+// Measured (H200, 7B f16 batch 1, context 512-576, gpu.sh 7bab; docs/decode_step.md has the
+// history): 3.87-3.92 ms a token, 80.6-82.2% of the roofline, against 4.04-4.10 ms (78.0-78.8%)
+// for stop 13's step in the same runs; the layer-by-layer fused kernels take ~4.5 ms.
+// NIBBLE_DECODE_STEP_PROFILE=1 prints where a layer's time goes (µs): q|k|v 26.4 (its bytes at the
+// copy bandwidth: 23.7), attention 8.9, o_proj 11.5 (7.9), gate/up 46.9 (42.5), down 23.4 (21.2).
 //
-// Tried on the H200 and removed, each slower than this in the same run (2026-11-27, gpu.sh 7bab;
-// bench/results/gpu-h200-quant-table-2026-11-27e.md, raw-h200-2026-11-27f; code in git history,
-// 2073cf9, 8af177b, ac8b0e4): a balanced chunk split of the linear stages (74.2% vs 75.7%), that plus
-// o_proj's first chunks streamed into shared memory before attention's barrier (71.0%: the 17 MB land
-// before q|k|v's barrier), and o_proj + gate/up prefetched into L2 during attention (74.1% and below:
-// attention waits behind the prefetched bytes).
+// Tried on the H200 and removed, each slower in the same run (code in git history; figures in
+// docs/decode_step.md): a balanced chunk split of the linear stages; o_proj's first chunks streamed
+// into shared memory before attention's barrier; o_proj + gate/up prefetched into L2 during
+// attention; two more chunks a warp in flight through shared-memory slots (62%); chunks of 4 or 2
+// loads a lane instead of 8 (77%, 60%); attention's partials merged in o_proj's input staging
+// (attention -2.5 µs, o_proj +2.2 µs); attention and o_proj as one stage with a per-head wait and
+// f32 atomics into the residual (75%).
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -32,7 +32,6 @@
 #include "backend/cuda/cuda_check.h"
 #include "backend/cuda/cuda_ops.h"
 #include "backend/cuda/decode_step.cuh"
-#include "backend/cuda/decode_step_attn_o.cuh"
 
 namespace nb::cuda {
 
@@ -50,14 +49,11 @@ enum class Epi { kSplit, kAdd, kSwiglu };
 // of U 16-byte loads per lane, over the flattened (row, step) sequence so that the next row's
 // loads go out before the current one ends. The first two chunks are issued before the stage's
 // grid barrier. The input (normed when nw) is staged in shared memory as f32 by each block.
-// kU1: 16-byte loads a lane in a chunk of one weight (two weights: half as many each).
-// kY (variant 7): the residual stream is x + y_acc (o_proj's f32 sums, attention_oproj_stage):
-// kSwiglu's staging reads T(x + y_acc); kAdd's epilogue writes T(T(x + y_acc) + acc) and clears y_acc.
-template <typename T, Epi E, int kU1, typename Bar, bool kY = false>
+template <typename T, Epi E>
 __device__ void linear_stage(const StepArgs& a, const uint4* w, const uint4* w2, const float* nw, const void* xin,
-                             int n, int k, float* xs, float* red, Bar& bar) {
+                             int n, int k, float* xs, float* red, GridBarrier& bar) {
   constexpr int R = E == Epi::kSwiglu ? 2 : 1;
-  constexpr int U = kU1 / R;
+  constexpr int U = 8 / R;
   const int lane = threadIdx.x % 32;
   const int W = gridDim.x * kWarpsB, gw = blockIdx.x * kWarpsB + threadIdx.x / 32;
   const int k8 = k / 8;
@@ -90,13 +86,6 @@ __device__ void linear_stage(const StepArgs& a, const uint4* w, const uint4* w2,
   for (int i = threadIdx.x; i < k8; i += kThreadsB) {
     float f[8];
     unpack8<T>(__ldcg(reinterpret_cast<const uint4*>(x) + i), f);
-    if constexpr (kY) {
-      const float4 y0 = __ldcg(reinterpret_cast<const float4*>(a.y_acc) + 2 * i);
-      const float4 y1 = __ldcg(reinterpret_cast<const float4*>(a.y_acc) + 2 * i + 1);
-      const float y[8] = {y0.x, y0.y, y0.z, y0.w, y1.x, y1.y, y1.z, y1.w};
-#pragma unroll
-      for (int j = 0; j < 8; ++j) f[j] = to_f32(from_f32<T>(f[j] + y[j]));
-    }
 #pragma unroll
     for (int j = 0; j < 8; ++j) {
       if (nw != nullptr) {
@@ -123,17 +112,10 @@ __device__ void linear_stage(const StepArgs& a, const uint4* w, const uint4* w2,
 #pragma unroll
   for (int r = 0; r < R; ++r) acc[r] = 0.f;
   float resid = 0.f;  // kAdd: y[row], loaded by lane 0 when the row starts (not after its last chunk)
-  // get(r, u): the chunk's 16 bytes of weight r, step u for this lane (registers or a slot).
-  auto compute = [&](auto get, int c) {
+  auto compute = [&](const uint4 (&wv)[R][U], int c) {
     const int i = c / steps, st = c - i * steps;
     if constexpr (E == Epi::kAdd) {
-      if (st == 0 && lane == 0) {
-        resid = to_f32(__ldcg(static_cast<const T*>(a.x) + gw + i * W));
-        if constexpr (kY) {
-          resid = to_f32(from_f32<T>(resid + __ldcg(a.y_acc + gw + i * W)));
-          a.y_acc[gw + i * W] = 0.f;  // every block staged it in gate/up, before this stage's barrier
-        }
-      }
+      if (st == 0 && lane == 0) resid = to_f32(__ldcg(static_cast<const T*>(a.x) + gw + i * W));
     }
 #pragma unroll
     for (int u = 0; u < U; ++u) {
@@ -144,7 +126,7 @@ __device__ void linear_stage(const StepArgs& a, const uint4* w, const uint4* w2,
 #pragma unroll
         for (int r = 0; r < R; ++r) {
           float wf[8];
-          unpack8<T>(get(r, u), wf);
+          unpack8<T>(wv[r][u], wf);
 #pragma unroll
           for (int j = 0; j < 8; ++j) acc[r] = fmaf(wf[j], xf[j], acc[r]);
         }
@@ -171,24 +153,16 @@ __device__ void linear_stage(const StepArgs& a, const uint4* w, const uint4* w2,
 #pragma unroll
     for (int r = 0; r < R; ++r) acc[r] = 0.f;
   };
-  const auto reg_a = [&](int r, int u) { return ba[r][u]; };
-  const auto reg_b = [&](int r, int u) { return bb[r][u]; };
-  {
-    for (int c = 0; c < total; c += 2) {
-      compute(reg_a, c);
-      if (c + 2 < total) load(ba, c + 2);
-      if (c + 1 >= total) break;
-      compute(reg_b, c + 1);
-      if (c + 3 < total) load(bb, c + 3);
-    }
+  for (int c = 0; c < total; c += 2) {
+    compute(ba, c);
+    if (c + 2 < total) load(ba, c + 2);
+    if (c + 1 >= total) break;
+    compute(bb, c + 1);
+    if (c + 3 < total) load(bb, c + 3);
   }
 }
 
-// V: 0 = the barrier as one call (GridBarrier<false>); 1 = split into arrive and wait
-// (GridBarrier<true>); 2 = 1 with one grid barrier a layer (diagnostics only: wrong results);
-// 3 = 1 with attention_stage2; 5, 6 = 3 with chunks of 4, 2 loads a lane instead of 8 (fewer
-// bytes in flight); 7 = 3 with attention and o_proj as one stage (attention_oproj_stage).
-template <typename T, int HD, int V>
+template <typename T, int HD>
 __global__ void __launch_bounds__(kThreadsB, 1) decode_step_kernel(const __grid_constant__ StepArgs a) {
   // Dynamic shared memory: xs [xs_floats] (a linear stage's input), the step's RoPE angles cos and
   // sin [HD / 2] each, the sequence's block table [table_entries] (constant through the step).
@@ -209,32 +183,21 @@ __global__ void __launch_bounds__(kThreadsB, 1) decode_step_kernel(const __grid_
     const int entries = (a.start_pos[0] + a.block_size) / a.block_size;  // blocks holding keys 0..start_pos
     for (int i = threadIdx.x; i < entries; i += kThreadsB) table[i] = a.block_table[i];
     if (threadIdx.x == 0) warps_in = 0;
-    if constexpr (V == 7) {  // o_proj's sums start at 0 (each layer's down stage clears them again)
-      for (int i = blockIdx.x * kThreadsB + threadIdx.x; i < a.dim; i += gridDim.x * kThreadsB) a.y_acc[i] = 0.f;
-    }
-    if (V != 0) __syncthreads();  // warps_in is zero before any warp arrives
+    __syncthreads();  // warps_in is zero before any warp arrives
   }
-  constexpr int kU = V == 5 ? 4 : V == 6 ? 2 : 8;
-  GridBarrier<V != 0, V == 2> bar{a.barrier, &warps_in, 0, a.profile, 0, 0};  // its first wait orders the fills
+  GridBarrier bar{a.barrier, &warps_in, 0, a.profile, 0};  // its first wait orders the fills
   bar.arrive();
   for (int l = 0; l < a.num_layers; ++l) {
     const LayerPtrs& L = a.layers[l];
-    linear_stage<T, Epi::kSplit, kU>(a, L.wqkv, nullptr, L.attn_norm, a.x, a.q_dim + 2 * a.kv_dim, a.dim, xs, red, bar);
+    linear_stage<T, Epi::kSplit>(a, L.wqkv, nullptr, L.attn_norm, a.x, a.q_dim + 2 * a.kv_dim, a.dim, xs, red, bar);
     bar.arrive();
-    if constexpr (V == 7) {
-      attention_oproj_stage<T, HD>(a, l, cs, sn, table, xs, bar);  // its waits inside
-      bar.arrive();
-    } else {
-      if constexpr (V >= 3) attention_stage2<T, HD>(a, l, cs, sn, table, xs, bar);  // its wait inside
-      else attention_stage<T, HD>(a, l, cs, sn, table, xs, bar);
-      bar.arrive();
-      linear_stage<T, Epi::kAdd, kU>(a, L.wo, nullptr, nullptr, a.att, a.dim, a.q_dim, xs, red, bar);
-      bar.arrive();
-    }
-    linear_stage<T, Epi::kSwiglu, kU, decltype(bar), V == 7>(a, L.wg, L.wu, L.ffn_norm, a.x, a.hidden, a.dim, xs, red,
-                                                             bar);
+    attention_stage<T, HD>(a, l, cs, sn, table, xs, bar);  // its wait inside
     bar.arrive();
-    linear_stage<T, Epi::kAdd, kU, decltype(bar), V == 7>(a, L.wd, nullptr, nullptr, a.hb, a.dim, a.hidden, xs, red, bar);
+    linear_stage<T, Epi::kAdd>(a, L.wo, nullptr, nullptr, a.att, a.dim, a.q_dim, xs, red, bar);
+    bar.arrive();
+    linear_stage<T, Epi::kSwiglu>(a, L.wg, L.wu, L.ffn_norm, a.x, a.hidden, a.dim, xs, red, bar);
+    bar.arrive();
+    linear_stage<T, Epi::kAdd>(a, L.wd, nullptr, nullptr, a.hb, a.dim, a.hidden, xs, red, bar);
     if (l + 1 < a.num_layers) bar.arrive();
   }
   // The last block out resets the barrier for the next launch (every block has passed every
@@ -243,9 +206,6 @@ __global__ void __launch_bounds__(kThreadsB, 1) decode_step_kernel(const __grid_
     if (a.profile != nullptr && blockIdx.x == 0) a.profile[5 * a.num_layers] = global_ns();
     __threadfence();
     if (atomicAdd(a.barrier + 1, 1u) == gridDim.x - 1) {
-      if constexpr (V == 7) {  // variant 7's head counters count up through the step
-        for (int h = 0; h < a.num_heads; ++h) atomicExch(a.head_counters + h, 0);
-      }
       atomicExch(a.barrier, 0u);
       atomicExch(a.barrier + 1, 0u);
     }
@@ -270,14 +230,8 @@ size_t smem_bytes(const DecodeStepParams& p, int64_t hidden, int64_t dim) {
 }
 
 template <typename T, int HD>
-Status launch(const StepArgs& a, size_t smem, int variant, Context& ctx) {
-  auto kernel = variant == 1   ? decode_step_kernel<T, HD, 1>
-                : variant == 2 ? decode_step_kernel<T, HD, 2>
-                : variant == 3 ? decode_step_kernel<T, HD, 3>
-                : variant == 5 ? decode_step_kernel<T, HD, 5>
-                : variant == 6 ? decode_step_kernel<T, HD, 6>
-                : variant == 7 ? decode_step_kernel<T, HD, 7>
-                               : decode_step_kernel<T, HD, 0>;
+Status launch(const StepArgs& a, size_t smem, Context& ctx) {
+  auto kernel = decode_step_kernel<T, HD>;
   NB_CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
   int per_sm = 0;
   NB_CUDA_RETURN_IF_ERROR(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreadsB, smem));
@@ -299,19 +253,13 @@ Status launch(const StepArgs& a, size_t smem, int variant, Context& ctx) {
 
 }  // namespace
 
-// part_o, part_ml, then (16-byte aligned) y_acc [dim].
-int64_t y_acc_offset(const DecodeStepParams& p, int64_t splits) {
-  return (p.num_heads * splits * (p.head_dim + 2) + 3) / 4 * 4;
-}
-
 size_t decode_step_workspace_bytes(const DecodeStepParams& p) {
-  const int64_t dim = p.layers.empty() || p.layers[0].wqkv.ndim() != 2 ? 0 : p.layers[0].wqkv.dim(1);
-  return static_cast<size_t>(y_acc_offset(p, kMaxBlocks) + dim) * sizeof(float);
+  const int64_t splits = kMaxBlocks;
+  return static_cast<size_t>(p.num_heads * splits * (p.head_dim + 2)) * sizeof(float);
 }
 
 bool decode_step_applies(const DecodeStepParams& p, const Context& ctx) {
   if (p.layers.empty() || p.layers.size() > DecodeStepParams::kMaxLayers) return false;
-  if (p.variant < 0 || p.variant > 7 || p.variant == 4) return false;
   if (p.act_dtype != DType::kF16 && p.act_dtype != DType::kBF16) return false;
   if (p.head_dim != 64 && p.head_dim != 128) return false;
   if (p.num_kv_heads <= 0 || p.num_heads % p.num_kv_heads != 0 || p.block_size <= 0) return false;
@@ -378,16 +326,14 @@ Status decode_step(const DecodeStepParams& p, Context& ctx) {
   a.inv_freq = p.inv_freq;
   a.part_o = static_cast<float*>(ctx.workspace());
   a.part_ml = a.part_o + p.num_heads * a.max_splits * p.head_dim;
-  a.y_acc = a.part_o + y_acc_offset(p, a.max_splits);
   a.head_counters = ctx.sync_counters();
   a.barrier = reinterpret_cast<unsigned*>(ctx.sync_counters() + Context::kSyncCounters - 2);
   a.profile = reinterpret_cast<unsigned long long*>(p.profile);
   const size_t smem = smem_bytes(p, a.hidden, a.dim);
   if (p.act_dtype == DType::kF16) {
-    return p.head_dim == 64 ? launch<__half, 64>(a, smem, p.variant, ctx) : launch<__half, 128>(a, smem, p.variant, ctx);
+    return p.head_dim == 64 ? launch<__half, 64>(a, smem, ctx) : launch<__half, 128>(a, smem, ctx);
   }
-  return p.head_dim == 64 ? launch<__nv_bfloat16, 64>(a, smem, p.variant, ctx)
-                          : launch<__nv_bfloat16, 128>(a, smem, p.variant, ctx);
+  return p.head_dim == 64 ? launch<__nv_bfloat16, 64>(a, smem, ctx) : launch<__nv_bfloat16, 128>(a, smem, ctx);
 }
 
 }  // namespace nb::cuda

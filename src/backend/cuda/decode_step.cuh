@@ -16,7 +16,6 @@ using detail::to_f32;
 
 constexpr int kWarpsB = 16;  // one block an SM: one staging of the input and half the barrier arrivals of 2 x 8
 constexpr int kThreadsB = kWarpsB * 32;
-constexpr int kChunkSteps = 4;  // key steps of an attention warp loaded before any is used (8 spills)
 constexpr int kMaxBlocks = 1024;  // partials a head can have (one a block); plans the workspace
 
 struct LayerPtrs {
@@ -43,7 +42,6 @@ struct StepArgs {
   float* part_o;          // [num_heads, max_splits, HD]  (attention partials, one a block)
   float* part_ml;         // [num_heads, max_splits, 2]
   int32_t* head_counters; // [num_heads], 0 between launches
-  float* y_acc;           // variant 7: [dim] o_proj's output (f32 sums over heads), 0 between layers
   unsigned* barrier;      // [2]: arrivals, exits; 0 between launches
   unsigned long long* profile;  // null, or [5 num_layers + 1] stage start times (DecodeStepParams)
 };
@@ -61,71 +59,41 @@ __device__ __forceinline__ unsigned ld_acquire(const unsigned* p) {
 }
 
 // Grid barrier, as arrive() (every warp, once its stage's writes are done) and wait() (every
-// thread, before the next stage reads them); every block makes the same sequence of calls.
-// kSplit = false: arrive() does nothing and wait() is the whole barrier (block barrier, thread 0's
-// fence and arrival, spin, fence): thread 0's fence also waits for its own prefetched weight loads,
-// so a block arrives only once they have landed. kSplit = true: each warp counts itself in shared
-// memory (release/acquire at block scope) as soon as its work is done, and the block's last warp
-// arrives on the grid counter (release) before it prefetches anything; wait() spins (acquire).
-// kNoSync (diagnostics only, wrong results): only the barrier before each layer's q|k|v is a grid
-// barrier, the others are block barriers: the step's time without the other four a layer.
+// thread, before the next stage reads them); every block makes the same sequence of calls. Each warp
+// counts itself in shared memory (release/acquire at block scope) as soon as its work is done, and
+// the block's last warp arrives on the grid counter (release) before the warps prefetch the next
+// stage's weights; wait() spins (acquire). As one call (block barrier, thread 0's sc fence, arrival,
+// spin, fence) the barrier was 2.5-3 points of the roofline slower on the H200: thread 0's fence
+// also waited for its own prefetched weight loads, so a block arrived only once they had landed.
 // With a profile buffer, block 0 records the time it leaves each barrier.
-template <bool kSplit, bool kNoSync = false>
 struct GridBarrier {
   unsigned* count;
-  unsigned* warps_in;  // kSplit: shared memory, the block's warps arrived at this barrier
+  unsigned* warps_in;  // shared memory: the block's warps arrived at this barrier
   unsigned target;
   unsigned long long* profile;
-  int passed, arrived;
-  __device__ bool global_at(int k) const { return !kNoSync || k % 5 == 0; }
+  int passed;
   __device__ void arrive() {
-    if constexpr (kSplit) {
-      const bool global = global_at(arrived++);
-      __syncwarp();
-      if (threadIdx.x % 32 == 0) {
-        unsigned old;
-        asm volatile("atom.acq_rel.cta.shared::cta.add.u32 %0, [%1], 1;"
-                     : "=r"(old) : "r"(static_cast<unsigned>(__cvta_generic_to_shared(warps_in))) : "memory");
-        if (old == blockDim.x / 32 - 1) {
-          *warps_in = 0;  // no warp arrives again before this block's arrival below lets the grid pass
-          if (global) asm volatile("red.release.gpu.global.add.u32 [%0], 1;" ::"l"(count) : "memory");
-        }
+    __syncwarp();
+    if (threadIdx.x % 32 == 0) {
+      unsigned old;
+      asm volatile("atom.acq_rel.cta.shared::cta.add.u32 %0, [%1], 1;"
+                   : "=r"(old) : "r"(static_cast<unsigned>(__cvta_generic_to_shared(warps_in))) : "memory");
+      if (old == blockDim.x / 32 - 1) {
+        *warps_in = 0;  // no warp arrives again before this block's arrival below lets the grid pass
+        asm volatile("red.release.gpu.global.add.u32 [%0], 1;" ::"l"(count) : "memory");
       }
-      __syncwarp();
     }
-  }
-  // A profile point without a barrier (every block calls it where the others do).
-  __device__ void mark() {
-    if (threadIdx.x == 0 && profile != nullptr && blockIdx.x == 0) profile[passed] = global_ns();
-    ++passed;
+    __syncwarp();
   }
   __device__ void wait() {
-    if constexpr (kSplit) {
-      const bool global = global_at(passed);
-      if (threadIdx.x == 0) {
-        if (global) {
-          target += gridDim.x;
-          while (ld_acquire(count) < target) {
-          }
-        }
-        if (profile != nullptr && blockIdx.x == 0) profile[passed] = global_ns();
+    if (threadIdx.x == 0) {
+      target += gridDim.x;
+      while (ld_acquire(count) < target) {
       }
-      ++passed;
-      __syncthreads();
-    } else {
-      __syncthreads();
-      if (threadIdx.x == 0) {
-        target += gridDim.x;
-        __threadfence();
-        atomicAdd(count, 1u);
-        while (ld_acquire(count) < target) {
-        }
-        __threadfence();
-        if (profile != nullptr && blockIdx.x == 0) profile[passed] = global_ns();
-        ++passed;
-      }
-      __syncthreads();
+      if (profile != nullptr && blockIdx.x == 0) profile[passed] = global_ns();
     }
+    ++passed;
+    __syncthreads();
   }
 };
 
@@ -174,207 +142,17 @@ __device__ __forceinline__ void rope8(float* f, int dl, const float* cs, const f
   for (int j = 0; j < 8; ++j) f[j] = to_f32(from_f32<T>(r[j]));
 }
 
-// Attention: each head gets Bh = blocks / heads blocks (at least 1; blocks loop over heads when
-// there are more heads than blocks), block j of a head takes the j-th contiguous range of keys, and
-// its 16 warps take that range's chunks of KPW x kChunkSteps keys in turn (online softmax in
-// registers; LPK = HD / 8 lanes a key, 8 dimensions a lane). The warps' partials meet in shared
-// memory; a head split over several blocks publishes one partial a block and the last block to
-// finish merges them (head_counters). RoPE of q and of the new key is applied in registers; the new
-// key/value are written to the cache by the first head of their group.
-template <typename T, int HD, typename Bar>
-__device__ void attention_stage(const StepArgs& a, int layer, const float* cs, const float* sn, const int32_t* table,
-                                float* sm, Bar& bar) {
-  constexpr int LPK = HD / 8, KPW = 32 / LPK, CK = KPW * kChunkSteps;
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, sub = lane / LPK, dl = lane % LPK;
-  const LayerPtrs& L = a.layers[layer];
-  const int pos_new = a.start_pos[0];  // the new token's index among the keys
-  const int num_keys = pos_new + 1;
-  const int64_t kv_row = static_cast<int64_t>(a.num_kv_heads) * HD;
-  const int64_t slot = a.slot[0];
-  const int bh_all = max(1, static_cast<int>(gridDim.x) / a.num_heads);
-  const int bh = min(bh_all, (num_keys + CK - 1) / CK);  // blocks a head actually uses
-  const int range = (num_keys + bh - 1) / bh;
-  const int j = blockIdx.x % bh_all;
-  float* sm_o = sm;                      // [kWarpsB][HD]
-  float* sm_m = sm + kWarpsB * HD;       // [kWarpsB]
-  float* sm_l = sm_m + kWarpsB;          // [kWarpsB]
-  __shared__ int last_s;
-  // Cached keys and values do not depend on this step: each warp's first chunk (of its first head)
-  // is requested before the barrier that waits for q, k and v.
-  auto load_chunk = [&](int kvh, int base, int main_hi, uint4 (&kv)[kChunkSteps], uint4 (&vv)[kChunkSteps]) {
-#pragma unroll
-    for (int u = 0; u < kChunkSteps; ++u) {
-      const int key = base + u * KPW + sub;
-      if (key < main_hi) {
-        const int64_t blk = table[key / a.block_size];
-        const int64_t off = (blk * a.block_size + key % a.block_size) * kv_row + static_cast<int64_t>(kvh) * HD + 8 * dl;
-        kv[u] = *reinterpret_cast<const uint4*>(static_cast<const T*>(L.k_cache) + off);
-        vv[u] = *reinterpret_cast<const uint4*>(static_cast<const T*>(L.v_cache) + off);
-      } else {
-        kv[u] = vv[u] = make_uint4(0, 0, 0, 0);
-      }
-    }
-  };
-  const int h0 = blockIdx.x / bh_all;
-  uint4 pk[kChunkSteps], pv[kChunkSteps];
-  {
-    const int key_lo = j * range, key_hi = min(num_keys, key_lo + range);
-    const int main_hi = key_hi == num_keys ? pos_new : key_hi;
-    const bool active = h0 < a.num_heads && j < bh;
-    load_chunk(active ? h0 / a.group : 0, key_lo + warp * CK, active ? main_hi : 0, pk, pv);
-  }
-  bar.wait();  // q, k and v of this step are complete
-  for (int h = h0; h < a.num_heads; h += gridDim.x / bh_all) {
-    if (j >= bh) break;  // uniform over the block
-    const int kvh = h / a.group;
-    const int key_lo = j * range, key_hi = min(num_keys, key_lo + range);
-    const bool has_new = key_hi == num_keys;  // this block's range ends with the new key
-    const int main_hi = has_new ? pos_new : key_hi;
-    const uint4 qraw = __ldcg(reinterpret_cast<const uint4*>(static_cast<const T*>(a.q) + h * HD) + dl);
-    uint4 kraw = make_uint4(0, 0, 0, 0), vraw = make_uint4(0, 0, 0, 0);
-    const bool new_here = has_new && warp == 0;  // warp 0 adds the new key
-    if (new_here) {
-      kraw = __ldcg(reinterpret_cast<const uint4*>(static_cast<const T*>(a.k) + kvh * HD) + dl);
-      vraw = __ldcg(reinterpret_cast<const uint4*>(static_cast<const T*>(a.v) + kvh * HD) + dl);
-    }
-    float qf[8];
-    unpack8<T>(qraw, qf);
-    rope8<T, HD>(qf, dl, cs, sn, a.interleaved);
-#pragma unroll
-    for (int t = 0; t < 8; ++t) qf[t] *= a.scale;
-    float m = -INFINITY, l = 0.f, o[8];
-#pragma unroll
-    for (int t = 0; t < 8; ++t) o[t] = 0.f;
-    for (int base = key_lo + warp * CK; base < main_hi; base += kWarpsB * CK) {
-      uint4 kv[kChunkSteps], vv[kChunkSteps];
-      if (h == h0 && base == key_lo + warp * CK) {
-#pragma unroll
-        for (int u = 0; u < kChunkSteps; ++u) {
-          kv[u] = pk[u];
-          vv[u] = pv[u];
-        }
-      } else {
-        load_chunk(kvh, base, main_hi, kv, vv);
-      }
-      float sc[kChunkSteps];
-      float cmax = -INFINITY;
-#pragma unroll
-      for (int u = 0; u < kChunkSteps; ++u) {
-        float kf[8];
-        unpack8<T>(kv[u], kf);
-        float d = 0.f;
-#pragma unroll
-        for (int t = 0; t < 8; ++t) d = fmaf(qf[t], kf[t], d);
-#pragma unroll
-        for (int off = LPK / 2; off > 0; off /= 2) d += __shfl_xor_sync(0xffffffffu, d, off);
-        sc[u] = base + u * KPW + sub < main_hi ? d : -INFINITY;
-        cmax = fmaxf(cmax, sc[u]);
-      }
-#pragma unroll
-      for (int off = LPK; off < 32; off *= 2) cmax = fmaxf(cmax, __shfl_xor_sync(0xffffffffu, cmax, off));
-      const float mnew = fmaxf(m, cmax);
-      const float corr = expf(m - mnew);  // m = -inf at first: 0
-      l *= corr;
-#pragma unroll
-      for (int t = 0; t < 8; ++t) o[t] *= corr;
-#pragma unroll
-      for (int u = 0; u < kChunkSteps; ++u) {
-        if (base + u * KPW + sub >= main_hi) continue;
-        const float p = expf(sc[u] - mnew);
-        l += p;
-        float vf[8];
-        unpack8<T>(vv[u], vf);
-#pragma unroll
-        for (int t = 0; t < 8; ++t) o[t] = fmaf(p, vf[t], o[t]);
-      }
-      m = mnew;
-    }
-    if (new_here) {
-      float kn[8], vn[8];
-      unpack8<T>(kraw, kn);
-      rope8<T, HD>(kn, dl, cs, sn, a.interleaved);
-      unpack8<T>(vraw, vn);
-      if (h % a.group == 0 && sub == 0 && slot >= 0) {
-        const int64_t off = slot * kv_row + static_cast<int64_t>(kvh) * HD + 8 * dl;
-        reinterpret_cast<uint4*>(static_cast<T*>(L.k_cache) + off)[0] = pack8<T>(kn);
-        reinterpret_cast<uint4*>(static_cast<T*>(L.v_cache) + off)[0] = vraw;
-      }
-      float d = 0.f;
-#pragma unroll
-      for (int t = 0; t < 8; ++t) d = fmaf(qf[t], kn[t], d);
-#pragma unroll
-      for (int off = LPK / 2; off > 0; off /= 2) d += __shfl_xor_sync(0xffffffffu, d, off);
-      // Every key lane group computed the same score; the first adds the key, the others rescale.
-      const float mnew = fmaxf(m, d);
-      const float corr = expf(m - mnew), p = sub == 0 ? expf(d - mnew) : 0.f;
-      l = l * corr + p;
-#pragma unroll
-      for (int t = 0; t < 8; ++t) o[t] = fmaf(p, vn[t], o[t] * corr);
-      m = mnew;
-    }
-    // The KPW key lane groups of the warp (same m), then the warps of the block in shared memory.
-#pragma unroll
-    for (int off = LPK; off < 32; off *= 2) {
-      l += __shfl_xor_sync(0xffffffffu, l, off);
-#pragma unroll
-      for (int t = 0; t < 8; ++t) o[t] += __shfl_xor_sync(0xffffffffu, o[t], off);
-    }
-    if (sub == 0) {
-#pragma unroll
-      for (int t = 0; t < 8; ++t) sm_o[warp * HD + 8 * dl + t] = o[t];
-    }
-    if (lane == 0) {
-      sm_m[warp] = m;
-      sm_l[warp] = l;
-    }
-    __syncthreads();
-    float* po = a.part_o + (static_cast<int64_t>(h) * a.max_splits + j) * HD;
-    float mb = -INFINITY, lb = 0.f;
-    for (int w = 0; w < kWarpsB; ++w) mb = fmaxf(mb, sm_m[w]);
-    for (int w = 0; w < kWarpsB; ++w) lb += sm_m[w] == -INFINITY ? 0.f : sm_l[w] * expf(sm_m[w] - mb);
-    T* att = static_cast<T*>(a.att) + h * HD;
-    for (int d = threadIdx.x; d < HD; d += kThreadsB) {
-      float v = 0.f;
-      for (int w = 0; w < kWarpsB; ++w) v += sm_m[w] == -INFINITY ? 0.f : sm_o[w * HD + d] * expf(sm_m[w] - mb);
-      if (bh == 1) att[d] = from_f32<T>(v / lb);
-      else po[d] = v / lb;  // normalized, merged below with weights l exp(m - max)
-    }
-    if (bh > 1) {
-      if (threadIdx.x == 0) {
-        a.part_ml[(static_cast<int64_t>(h) * a.max_splits + j) * 2] = mb;
-        a.part_ml[(static_cast<int64_t>(h) * a.max_splits + j) * 2 + 1] = lb;
-      }
-      __threadfence();
-      __syncthreads();
-      if (threadIdx.x == 0) last_s = atomicAdd(a.head_counters + h, 1) == bh - 1;
-      __syncthreads();
-      if (last_s) {
-        __threadfence();
-        const float* ml = a.part_ml + static_cast<int64_t>(h) * a.max_splits * 2;
-        const float* pp = a.part_o + static_cast<int64_t>(h) * a.max_splits * HD;
-        float mx = -INFINITY;
-        for (int i = 0; i < bh; ++i) mx = fmaxf(mx, __ldcg(ml + 2 * i));
-        for (int d = threadIdx.x; d < HD; d += kThreadsB) {
-          float v = 0.f, total = 0.f;
-          for (int i = 0; i < bh; ++i) {
-            const float wgt = __ldcg(ml + 2 * i + 1) * expf(__ldcg(ml + 2 * i) - mx);
-            total += wgt;
-            v += wgt * __ldcg(pp + i * HD + d);
-          }
-          att[d] = from_f32<T>(v / total);
-        }
-        if (threadIdx.x == 0) a.head_counters[h] = 0;
-      }
-    }
-    __syncthreads();  // shared memory is reused by the next head
-  }
-}
-
-// Attention, variants 3-4: as attention_stage, but a warp's chunk is kChunkSteps2 key steps in one
-// register buffer (the first loaded before the barrier, as there), and the key split leaves no
-// block empty (attention_stage can give the new key to several blocks when its ranges overrun the
-// keys, e.g. 301 keys over 33 blocks of 10).
-constexpr int kChunkSteps2 = 6;  // 8 spills (64 bytes) at 128 registers
+// Attention: each head gets up to bh_all = blocks / heads blocks (at least 1; blocks loop over heads
+// when there are more heads than blocks); the keys go in contiguous ranges to as many blocks as
+// have whole chunks to take, none empty (attn_split), and a block's 16 warps take that range's
+// chunks of KPW x kChunkSteps keys in turn (online softmax in registers; LPK = HD / 8 lanes a key,
+// 8 dimensions a lane). A warp's first chunk is loaded before the barrier (cached keys do not depend
+// on the step): with 6 steps a chunk, 4 blocks of a head cover 768 keys (head_dim 128) in that one
+// load. The warps' partials meet in shared memory; a head split over several blocks publishes one
+// partial a block and the last block to finish merges them (head_counters). RoPE of q and of the
+// new key is applied in registers; the new key/value are written to the cache by the first head of
+// their group, in the block whose range ends with it.
+constexpr int kChunkSteps = 6;  // 8 spill (64 bytes at 128 registers); 4 need a second load past 512 keys
 
 struct AttnSplit {
   int bh_all;  // blocks a head can have (the grid's blocks / heads, at least 1)
@@ -392,9 +170,9 @@ __device__ __forceinline__ AttnSplit attn_split(int num_heads, int num_keys, int
 }
 
 template <typename T, int HD, typename Bar>
-__device__ void attention_stage2(const StepArgs& a, int layer, const float* cs, const float* sn, const int32_t* table,
+__device__ void attention_stage(const StepArgs& a, int layer, const float* cs, const float* sn, const int32_t* table,
                                  float* sm, Bar& bar) {
-  constexpr int LPK = HD / 8, KPW = 32 / LPK, S = kChunkSteps2, CK = KPW * S;
+  constexpr int LPK = HD / 8, KPW = 32 / LPK, S = kChunkSteps, CK = KPW * S;
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, sub = lane / LPK, dl = lane % LPK;
   const LayerPtrs& L = a.layers[layer];
   const int pos_new = a.start_pos[0];  // the new token's index among the keys

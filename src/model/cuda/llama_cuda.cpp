@@ -60,7 +60,6 @@ Result<std::unique_ptr<CudaLlama>> CudaLlama::create(const ModelWeights& w, cons
   // 4.05 ms a token against 4.48 ms (bench/results/gpu-h200-decode-2026-11-27.md).
   m->decode_step_ = m->fusion_ && (step == nullptr || std::string(step) != "0");
   m->step_profile_ = m->decode_step_ && std::getenv("NIBBLE_DECODE_STEP_PROFILE") != nullptr;
-  if (const char* v = std::getenv("NIBBLE_DECODE_STEP_VARIANT"); v != nullptr) m->step_variant_ = std::atoi(v);
   m->fused_weights_ = m->fused_weights_ok();
   return m;
 }

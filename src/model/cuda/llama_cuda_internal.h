@@ -166,7 +166,6 @@ class CudaLlama final : public ForwardBackend {
   // NIBBLE_DECODE_STEP_PROFILE=1 (diagnostics): the step kernel's stage times, summed per stage over
   // the layers, printed to stderr every 64 steps (report_step_profile, after each batch-1 step).
   bool step_profile_ = false;
-  int step_variant_ = 0;  // NIBBLE_DECODE_STEP_VARIANT (DecodeStepParams::variant), for comparison
   std::vector<double> prof_sum_;
   int64_t prof_steps_ = 0;
   uint64_t prof_last_end_ = 0;

@@ -194,7 +194,6 @@ bool CudaLlama::decode_step_params(const StepLayout& s, int64_t max_context_len,
   p.scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
   p.rope_style = c.rope_style;
   p.act_dtype = dtype_;
-  p.variant = step_variant_;
   p.profile = step_profile_ && layers_.size() * 5 + 1 < Context::kSyncCounters / 4 ? profile_buffer() : nullptr;
   return cuda::decode_step_applies(p, *ctx_);
 }
