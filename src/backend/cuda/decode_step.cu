@@ -55,7 +55,9 @@ __device__ void linear_stage(const StepArgs& a, const uint4* w, const uint4* w2,
   constexpr int R = E == Epi::kSwiglu ? 2 : 1;
   constexpr int U = 8 / R;
   const int lane = threadIdx.x % 32;
-  const int W = gridDim.x * kWarpsB, gw = blockIdx.x * kWarpsB + threadIdx.x / 32;
+  // Warps numbered across the blocks first: the rows left over when n % W != 0 (a stage's tail) go to
+  // warps of every SM, not to all warps of the first SMs.
+  const int W = gridDim.x * kWarpsB, gw = (threadIdx.x / 32) * gridDim.x + blockIdx.x;
   const int k8 = k / 8;
   const int steps = (k8 + 32 * U - 1) / (32 * U);
   const int rows = gw < n ? (n - gw + W - 1) / W : 0;

@@ -58,6 +58,12 @@ __device__ __forceinline__ unsigned ld_acquire(const unsigned* p) {
   return v;
 }
 
+__device__ __forceinline__ int atom_add_acq_rel(int32_t* p, int v) {
+  int old;
+  asm volatile("atom.acq_rel.gpu.global.add.s32 %0, [%1], %2;" : "=r"(old) : "l"(p), "r"(v) : "memory");
+  return old;
+}
+
 // Grid barrier, as arrive() (every warp, once its stage's writes are done) and wait() (every
 // thread, before the next stage reads them); every block makes the same sequence of calls. Each warp
 // counts itself in shared memory (release/acquire at block scope) as soon as its work is done, and
@@ -318,12 +324,12 @@ __device__ void attention_stage(const StepArgs& a, int layer, const float* cs, c
         a.part_ml[(static_cast<int64_t>(h) * a.max_splits + j) * 2] = mb;
         a.part_ml[(static_cast<int64_t>(h) * a.max_splits + j) * 2 + 1] = lb;
       }
-      __threadfence();
       __syncthreads();
-      if (threadIdx.x == 0) last_s = atomicAdd(a.head_counters + h, 1) == sp.bh - 1;
+      // Release (the block's partial, ordered by the block barrier) and acquire (the others', for
+      // the last block's reads below, ordered for its threads by the next block barrier).
+      if (threadIdx.x == 0) last_s = atom_add_acq_rel(a.head_counters + h, 1) == sp.bh - 1;
       __syncthreads();
       if (last_s) {
-        __threadfence();
         const float* ml = a.part_ml + static_cast<int64_t>(h) * a.max_splits * 2;
         const float* pp = a.part_o + static_cast<int64_t>(h) * a.max_splits * HD;
         float mx = -INFINITY;

@@ -57,7 +57,7 @@ Result<std::unique_ptr<CudaLlama>> CudaLlama::create(const ModelWeights& w, cons
   m->fusion_ = fusion == nullptr || std::string(fusion) != "0";
   const char* step = std::getenv("NIBBLE_DECODE_STEP");
   // On by default (NIBBLE_DECODE_STEP=0: the layer-by-layer fused kernels): on H200, 7B batch 1,
-  // 4.05 ms a token against 4.48 ms (bench/results/gpu-h200-decode-2026-11-27.md).
+  // 3.88 ms a token against 4.46 ms (bench/results/gpu-h200-decode-2026-11-27b.md).
   m->decode_step_ = m->fusion_ && (step == nullptr || std::string(step) != "0");
   m->step_profile_ = m->decode_step_ && std::getenv("NIBBLE_DECODE_STEP_PROFILE") != nullptr;
   m->fused_weights_ = m->fused_weights_ok();
