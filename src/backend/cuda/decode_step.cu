@@ -162,16 +162,6 @@ __device__ void linear_stage(const StepArgs& a, const uint4* w, const uint4* w2,
     compute(bb, c + 1);
     if (c + 3 < total) load(bb, c + 3);
   }
-  if constexpr (E == Epi::kSplit) {  // count this warp's rows for attention's per-head wait
-    if (lane == 0 && rows > 0) {
-      asm volatile("fence.acq_rel.gpu;" ::: "memory");  // lane 0 stored them: release
-      const int hd = a.q_dim / a.num_heads;
-      for (int i = 0; i < rows; ++i) {
-        const int row = gw + i * W;
-        atomicAdd(row < a.q_dim ? a.q_ready + row / hd : a.kv_ready + (row - a.q_dim) % a.kv_dim / hd, 1);
-      }
-    }
-  }
 }
 
 template <typename T, int HD>
@@ -202,7 +192,8 @@ __global__ void __launch_bounds__(kThreadsB, 1) decode_step_kernel(const __grid_
   for (int l = 0; l < a.num_layers; ++l) {
     const LayerPtrs& L = a.layers[l];
     linear_stage<T, Epi::kSplit>(a, L.wqkv, nullptr, L.attn_norm, a.x, a.q_dim + 2 * a.kv_dim, a.dim, xs, red, bar);
-    attention_stage<T, HD>(a, l, cs, sn, table, xs, bar);  // waits for its heads' rows only
+    bar.arrive();
+    attention_stage<T, HD>(a, l, cs, sn, table, xs, bar);  // its wait inside
     bar.arrive();
     linear_stage<T, Epi::kAdd>(a, L.wo, nullptr, nullptr, a.att, a.dim, a.q_dim, xs, red, bar);
     bar.arrive();
@@ -217,7 +208,6 @@ __global__ void __launch_bounds__(kThreadsB, 1) decode_step_kernel(const __grid_
     if (a.profile != nullptr && blockIdx.x == 0) a.profile[5 * a.num_layers] = global_ns();
     __threadfence();
     if (atomicAdd(a.barrier + 1, 1u) == gridDim.x - 1) {
-      for (int i = 0; i < a.num_heads + a.num_kv_heads; ++i) atomicExch(a.q_ready + i, 0);
       atomicExch(a.barrier, 0u);
       atomicExch(a.barrier + 1, 0u);
     }
@@ -276,7 +266,6 @@ bool decode_step_applies(const DecodeStepParams& p, const Context& ctx) {
   if (p.head_dim != 64 && p.head_dim != 128) return false;
   if (p.num_kv_heads <= 0 || p.num_heads % p.num_kv_heads != 0 || p.block_size <= 0) return false;
   if (p.max_context_len < 1 || p.max_context_len > INT_MAX / 2) return false;
-  if (2 * p.num_heads + p.num_kv_heads > Context::kSyncCounters - 2) return false;  // the step's counters
   const int64_t q_dim = p.num_heads * p.head_dim, kv_dim = p.num_kv_heads * p.head_dim;
   const DecodeStepLayer& l0 = p.layers[0];
   const int64_t dim = l0.wqkv.ndim() == 2 ? l0.wqkv.dim(1) : 0, hidden = l0.w_gate.ndim() == 2 ? l0.w_gate.dim(0) : 0;
@@ -340,8 +329,6 @@ Status decode_step(const DecodeStepParams& p, Context& ctx) {
   a.part_o = static_cast<float*>(ctx.workspace());
   a.part_ml = a.part_o + p.num_heads * a.max_splits * p.head_dim;
   a.head_counters = ctx.sync_counters();
-  a.q_ready = a.head_counters + p.num_heads;
-  a.kv_ready = a.q_ready + p.num_heads;
   a.barrier = reinterpret_cast<unsigned*>(ctx.sync_counters() + Context::kSyncCounters - 2);
   a.profile = reinterpret_cast<unsigned long long*>(p.profile);
   const size_t smem = smem_bytes(p, a.hidden, a.dim);

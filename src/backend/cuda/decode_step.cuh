@@ -42,8 +42,6 @@ struct StepArgs {
   float* part_o;          // [num_heads, max_splits, HD]  (attention partials, one a block)
   float* part_ml;         // [num_heads, max_splits, 2]
   int32_t* head_counters; // [num_heads], 0 between launches
-  int32_t* q_ready;       // [num_heads]: q rows written this step (all layers), 0 between launches
-  int32_t* kv_ready;      // [num_kv_heads]: k and v rows written this step
   unsigned* barrier;      // [2]: arrivals, exits; 0 between launches
   unsigned long long* profile;  // null, or [5 num_layers + 1] stage start times (DecodeStepParams)
 };
@@ -92,11 +90,6 @@ struct GridBarrier {
       }
     }
     __syncwarp();
-  }
-  // A profile point without a barrier (every block calls it where the others do).
-  __device__ void mark() {
-    if (threadIdx.x == 0 && profile != nullptr && blockIdx.x == 0) profile[passed] = global_ns();
-    ++passed;
   }
   __device__ void wait() {
     if (threadIdx.x == 0) {
@@ -220,24 +213,10 @@ __device__ void attention_stage(const StepArgs& a, int layer, const float* cs, c
   // is requested before the barrier that waits for q, k and v.
   const bool active = h0 < a.num_heads && j < sp.bh;
   load_chunk(active ? h0 / a.group : 0, key_lo + warp * CK, active ? main_hi : 0);
-  // No grid barrier after q|k|v: a head waits for its own q, k and v rows only (q_ready, kv_ready,
-  // counted by the q|k|v stage's warps with a release), so heads whose rows are done go ahead.
-  const unsigned q_target = static_cast<unsigned>(HD * (layer + 1)), kv_target = 2 * q_target;
-  auto wait_rows = [&](int h) {
-    if (threadIdx.x == 0) {
-      while (ld_acquire(reinterpret_cast<const unsigned*>(a.q_ready + h)) < q_target ||
-             ld_acquire(reinterpret_cast<const unsigned*>(a.kv_ready + h / a.group)) < kv_target) {
-      }
-    }
-    __syncthreads();  // also: every warp of the block is done with the q|k|v stage's xs
-  };
-  if (active) wait_rows(h0);
-  else __syncthreads();
-  bar.mark();
+  bar.wait();  // q, k and v of this step are complete
   if (j >= sp.bh) return;  // uniform over the block
   for (int h = h0; h < a.num_heads; h += gridDim.x / sp.bh_all) {
     const int kvh = h / a.group;
-    if (h != h0) wait_rows(h);
     const uint4 qraw = __ldcg(reinterpret_cast<const uint4*>(static_cast<const T*>(a.q) + h * HD) + dl);
     uint4 kraw = make_uint4(0, 0, 0, 0), vraw = make_uint4(0, 0, 0, 0);
     const bool new_here = has_new && warp == 0;  // warp 0 adds the new key
