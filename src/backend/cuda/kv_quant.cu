@@ -3,8 +3,8 @@
 // functions, shared with the CPU), and the Walsh-Hadamard rotation (HadamardParams) that the model
 // applies to q, k and v before the write and to the attention output after it, as on the CPU.
 // Both produce the CPU's bytes and floats exactly: the int8 absmax is exact in any order, every sum
-// of the int4 rule runs sequentially on one lane as on the CPU, the divisions and rintf are IEEE on the device,
-// and the butterflies run in the order of cpu::hadamard.
+// of the int4 rule runs in the format's fixed stripe-and-butterfly order (a lane a stripe), the
+// divisions and rintf are IEEE on the device, and the butterflies run in the order of cpu::hadamard.
 #include <cuda_runtime.h>
 
 #include <cmath>
@@ -34,6 +34,12 @@ __device__ __forceinline__ float warp_min(float v) {
   for (int o = 16; o > 0; o >>= 1) v = fminf(v, __shfl_xor_sync(0xffffffffu, v, o));
   return v;
 }
+// The format's butterfly (kv_butterfly): lane l ends with sum over the stripes, in the CPU's order.
+template <typename A>
+__device__ __forceinline__ A warp_butterfly(A v) {
+  for (int o = kKvStripes / 2; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
 // Pool fields are 2-byte values at any byte offset (odd head_dim * heads can make them odd).
 __device__ __forceinline__ void store_u16(uint8_t* p, uint16_t v) {
   p[0] = static_cast<uint8_t>(v & 0xFF);
@@ -55,12 +61,10 @@ __device__ void quantize_vector_warp(const T* __restrict__ x, uint8_t* __restric
     for (int i = lane; i < d; i += 32) q[i] = static_cast<uint8_t>(static_cast<int8_t>(kv_int8_code(to_f32(x[i]), s)));
     return;
   }
-  // int4: the format's rule (kv_int4_choose_scale_zero) on an f32 copy of the vector, with the same
-  // sequential sums as the CPU: lane c < 16 scores candidate c (kv_int4_sq_error over the whole
-  // vector), the warp keeps the least error (lowest c on ties, as the rule's in-order strict < does),
-  // and lane 0 runs the refit.
+  // int4: the format's rule (kv_int4_choose_scale_zero) on an f32 copy of the vector, every sum in
+  // the format's fixed order: lane l takes stripe l, the xor shuffles are the format's butterfly, so
+  // every lane holds the CPU's bits and makes the same choices (no broadcast needed).
   __shared__ float stage[kVecWarps][kMaxInt4Dim];
-  __shared__ KvScaleZeroBits chosen[kVecWarps];
   const int warp = threadIdx.x / 32;
   float lo = INFINITY, hi = -INFINITY;
   for (int i = lane; i < d; i += 32) {
@@ -72,21 +76,32 @@ __device__ void quantize_vector_warp(const T* __restrict__ x, uint8_t* __restric
   lo = warp_min(lo);  // min and max are exact in any order
   hi = warp_max(hi);
   __syncwarp();
-  const KvScaleZeroBits cand = kv_int4_candidate(lo, hi, lane % 16);
-  float err = lane < 16 ? kv_int4_sq_error(d, stage[warp], cand) : INFINITY;
-  int best = lane;
-  for (int o = 16; o > 0; o >>= 1) {
-    const float e2 = __shfl_xor_sync(0xffffffffu, err, o);
-    const int b2 = static_cast<int>(__shfl_xor_sync(0xffffffffu, static_cast<float>(best), o));
-    if (e2 < err || (e2 == err && b2 < best)) {
-      err = e2;
-      best = b2;
+  const float* xs = stage[warp];
+  auto sq_error = [&](KvScaleZeroBits c) { return warp_butterfly(kv_int4_sq_error_stripe(d, xs, c, lane)); };
+  KvScaleZeroBits sz = kv_int4_candidate(lo, hi, 0);
+  float best_err = sq_error(sz);
+  for (int c = 1; c < 16; ++c) {
+    const KvScaleZeroBits cand = kv_int4_candidate(lo, hi, c);
+    const float e = sq_error(cand);
+    if (e < best_err) {
+      best_err = e;
+      sz = cand;
     }
   }
-  if (lane == 0) chosen[warp] = kv_int4_refit(d, stage[warp], kv_int4_candidate(lo, hi, best), err);
-  __syncwarp();
-  const KvScaleZeroBits sz = chosen[warp];
-  __syncwarp();  // every lane has read chosen[warp] and lane 0 is done with stage[warp] before a reuse
+  for (int it = 0; it < 2; ++it) {  // kv_int4_refit
+    KvRefitSums t = kv_int4_refit_stripe(d, xs, sz, lane);
+    t.sq = warp_butterfly(t.sq);
+    t.sx = warp_butterfly(t.sx);
+    t.sqq = warp_butterfly(t.sqq);
+    t.sqx = warp_butterfly(t.sqx);
+    KvScaleZeroBits c;
+    if (!kv_int4_refit_fit(t, d, &c)) break;
+    const float e = sq_error(c);
+    if (!(e < best_err)) break;
+    best_err = e;
+    sz = c;
+  }
+  __syncwarp();  // every lane is done with stage[warp] before a reuse
   if (lane == 0) {
     store_u16(pool + f.scale_offset(slot, h), sz.scale);
     store_u16(pool + f.zero_offset(slot, h), sz.zero);
