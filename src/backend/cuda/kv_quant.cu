@@ -78,14 +78,34 @@ __device__ void quantize_vector_warp(const T* __restrict__ x, uint8_t* __restric
   __syncwarp();
   const float* xs = stage[warp];
   auto sq_error = [&](KvScaleZeroBits c) { return warp_butterfly(kv_int4_sq_error_stripe(d, xs, c, lane)); };
-  KvScaleZeroBits sz = kv_int4_candidate(lo, hi, 0);
-  float best_err = sq_error(sz);
+  // The 16 candidates' errors in one pass over the lane's stripe (independent chains; each is
+  // kv_int4_sq_error_stripe's loop), then their butterflies, then the choice in candidate order.
+  KvScaleZeroBits cand[16];
+  float cs[16], cz[16], err[16];
+#pragma unroll
+  for (int c = 0; c < 16; ++c) {
+    cand[c] = kv_int4_candidate(lo, hi, c);
+    cs[c] = kv_f16_value(cand[c].scale);
+    cz[c] = kv_f16_value(cand[c].zero);
+    err[c] = 0.f;
+  }
+  for (int i = lane; i < d; i += kKvStripes) {
+    const float v = xs[i];
+#pragma unroll
+    for (int c = 0; c < 16; ++c) {
+      const float r = v - fmaf(static_cast<float>(kv_int4_code(v, cs[c], cz[c])), cs[c], cz[c]);
+      err[c] = fmaf(r, r, err[c]);
+    }
+  }
+#pragma unroll
+  for (int c = 0; c < 16; ++c) err[c] = warp_butterfly(err[c]);
+  KvScaleZeroBits sz = cand[0];
+  float best_err = err[0];
+#pragma unroll
   for (int c = 1; c < 16; ++c) {
-    const KvScaleZeroBits cand = kv_int4_candidate(lo, hi, c);
-    const float e = sq_error(cand);
-    if (e < best_err) {
-      best_err = e;
-      sz = cand;
+    if (err[c] < best_err) {
+      best_err = err[c];
+      sz = cand[c];
     }
   }
   for (int it = 0; it < 2; ++it) {  // kv_int4_refit
