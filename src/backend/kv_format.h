@@ -110,37 +110,18 @@ NB_HD inline int kv_int4_code(float x, float scale, float zero) {
 // others clip the range, [min + i w / 25, max - j w / 25] for i, j = 0..3 (w = max - min), each as
 // kv_int4_scale_zero_bits stores it; then up to two least-squares refits of (scale, zero) to the
 // codes of the best so far. The candidate with the least squared reconstruction error
-// sum_i (x_i - (q_i s + z))^2 wins (the earlier one on ties).
-//
-// Every sum of the rule (f32 for the error, double for the refit) runs in one fixed order: stripe l
-// (0..31) adds the terms i = l, l + 32, ... in index order, then the 32 stripes combine as a warp's
-// xor butterfly does (offsets 16, 8, 4, 2, 1: p[l] += p[l ^ o]; additions commute, so every lane
-// ends with the same bits). A kernel gives each lane of a warp its stripe and shuffles; the CPU runs
-// the same stripes and butterfly: both store the same bits. (One lane running every sum in index
-// order made the GPU write ~100 µs a call, a latency chain of d dependent steps per candidate.)
-inline constexpr int kKvStripes = 32;
-template <typename A>
-NB_HD inline A kv_butterfly(A* p) {  // p[kKvStripes], overwritten; the combined sum
-  for (int o = kKvStripes / 2; o > 0; o >>= 1) {
-    A t[kKvStripes];
-    for (int l = 0; l < kKvStripes; ++l) t[l] = p[l] + p[l ^ o];
-    for (int l = 0; l < kKvStripes; ++l) p[l] = t[l];
-  }
-  return p[0];
-}
-NB_HD inline float kv_int4_sq_error_stripe(int64_t d, const float* x, KvScaleZeroBits sz, int l) {
+// sum_i (x_i - (q_i s + z))^2 wins (the earlier one on ties). Every sum runs sequentially in index
+// order (f32 for the error, double for the refit), so a writer that runs each sum on one thread
+// stores the same bits as the CPU; the terms may be computed anywhere (kv_quant.cu: a warp computes
+// the codes and residuals, one lane accumulates them in order).
+NB_HD inline float kv_int4_sq_error(int64_t d, const float* x, KvScaleZeroBits sz) {
   const float s = kv_f16_value(sz.scale), z = kv_f16_value(sz.zero);
   float e = 0.f;
-  for (int64_t i = l; i < d; i += kKvStripes) {
+  for (int64_t i = 0; i < d; ++i) {
     const float r = x[i] - fmaf(static_cast<float>(kv_int4_code(x[i], s, z)), s, z);
     e = fmaf(r, r, e);
   }
   return e;
-}
-NB_HD inline float kv_int4_sq_error(int64_t d, const float* x, KvScaleZeroBits sz) {
-  float p[kKvStripes];
-  for (int l = 0; l < kKvStripes; ++l) p[l] = kv_int4_sq_error_stripe(d, x, sz, l);
-  return kv_butterfly(p);
 }
 // Candidate c (0..15, c = 4 i + j) of the rule for a vector with range [lo, hi]: the range
 // [lo + i w / 25, hi - j w / 25], w = hi - lo, as stored; candidate 0 is min-max. Explicit fmaf (here
@@ -151,24 +132,13 @@ NB_HD inline KvScaleZeroBits kv_int4_candidate(float lo, float hi, int c) {
   const float w = hi - lo;
   return kv_int4_scale_zero_bits(fmaf(w, static_cast<float>(c / 4) / 25.f, lo), fmaf(-w, static_cast<float>(c % 4) / 25.f, hi));
 }
-// The refit's sums (q: the codes of the candidate being refit): sum q, sum x, sum q^2, sum q x.
+// The refit's sums over the codes q of the candidate being refit (sequential in index order): sum q,
+// sum x, sum q^2, sum q x.
 struct KvRefitSums {
   double sq, sx, sqq, sqx;
 };
-NB_HD inline KvRefitSums kv_int4_refit_stripe(int64_t d, const float* x, KvScaleZeroBits sz, int l) {
-  const float s = kv_f16_value(sz.scale), z = kv_f16_value(sz.zero);
-  KvRefitSums t{0.0, 0.0, 0.0, 0.0};
-  for (int64_t i = l; i < d; i += kKvStripes) {
-    const double q = kv_int4_code(x[i], s, z);
-    t.sq += q;
-    t.sx += x[i];
-    t.sqq = fma(q, q, t.sqq);
-    t.sqx = fma(q, static_cast<double>(x[i]), t.sqx);
-  }
-  return t;
-}
-// (s, z) = argmin sum (x_i - s q_i - z)^2 from the summed terms; false when the fit is degenerate
-// or out of the f16 range (the refit stops there).
+// (s, z) = argmin sum (x_i - s q_i - z)^2 from the sums; false when the fit is degenerate or out of
+// the f16 range (the refit stops there).
 NB_HD inline bool kv_int4_refit_fit(const KvRefitSums& t, int64_t d, KvScaleZeroBits* out) {
   const double n = static_cast<double>(d), den = fma(n, t.sqq, -(t.sq * t.sq));
   if (!(den > 0.0)) return false;
@@ -181,18 +151,15 @@ NB_HD inline bool kv_int4_refit_fit(const KvRefitSums& t, int64_t d, KvScaleZero
 // (whose error is best_err), each kept only if its error is lower.
 NB_HD inline KvScaleZeroBits kv_int4_refit(int64_t d, const float* x, KvScaleZeroBits best, float best_err) {
   for (int it = 0; it < 2; ++it) {
-    KvRefitSums st[kKvStripes];
-    for (int l = 0; l < kKvStripes; ++l) st[l] = kv_int4_refit_stripe(d, x, best, l);
-    double p[kKvStripes];
-    KvRefitSums t;
-    for (int l = 0; l < kKvStripes; ++l) p[l] = st[l].sq;
-    t.sq = kv_butterfly(p);
-    for (int l = 0; l < kKvStripes; ++l) p[l] = st[l].sx;
-    t.sx = kv_butterfly(p);
-    for (int l = 0; l < kKvStripes; ++l) p[l] = st[l].sqq;
-    t.sqq = kv_butterfly(p);
-    for (int l = 0; l < kKvStripes; ++l) p[l] = st[l].sqx;
-    t.sqx = kv_butterfly(p);
+    const float s = kv_f16_value(best.scale), z = kv_f16_value(best.zero);
+    KvRefitSums t{0.0, 0.0, 0.0, 0.0};
+    for (int64_t i = 0; i < d; ++i) {
+      const double q = kv_int4_code(x[i], s, z);
+      t.sq += q;
+      t.sx += x[i];
+      t.sqq = fma(q, q, t.sqq);
+      t.sqx = fma(q, static_cast<double>(x[i]), t.sqx);
+    }
     KvScaleZeroBits c;
     if (!kv_int4_refit_fit(t, d, &c)) break;
     const float e = kv_int4_sq_error(d, x, c);
@@ -202,7 +169,8 @@ NB_HD inline KvScaleZeroBits kv_int4_refit(int64_t d, const float* x, KvScaleZer
   }
   return best;
 }
-// The whole rule on one thread (the CPU). A kernel runs the same steps with a warp (kv_quant.cu).
+// The whole rule on one thread. (A kernel may evaluate the 16 candidates on 16 lanes and keep the
+// least error, the lowest c on ties — the same choice — then refit on one lane.)
 NB_HD inline KvScaleZeroBits kv_int4_choose_scale_zero(int64_t d, const float* x) {
   float lo = x[0], hi = x[0];
   for (int64_t i = 1; i < d; ++i) {

@@ -8,10 +8,10 @@
 // Tolerances.
 //  - kv_write: bytes must be EQUAL. Both sides run the one rule of backend/kv_format.h on the same
 //    f32 inputs (activations are rounded to act dtype first, then widened exactly): the int8 absmax
-//    is exact in any order; every sum of the int4 rule (kv_int4_choose_scale_zero) runs in the
-//    format's fixed stripe-and-butterfly order with explicit fmaf/fma, on the CPU as on the warp;
-//    x / s is an IEEE division on both (nvcc without fast math) and rintf rounds half to even on
-//    both, so no step differs.
+//    is exact in any order; every sum of the int4 rule (kv_int4_choose_scale_zero) runs in index
+//    order on one lane with explicit fmaf/fma, as on the CPU (the warp computes the terms); x / s is
+//    an IEEE division on both (nvcc without fast math) and rintf rounds half to even on both, so no
+//    step differs.
 //  - hadamard: EQUAL to cpu::hadamard (same butterflies in the same order, the same f32 norm, output
 //    rounded once to act dtype), and within 1e-5 * ||x|| of the double-precision matrix product.
 //  - attention: the kernel dequantizes to exactly the reference's floats (int8 q * s is exact in f32;

@@ -3,7 +3,7 @@
 // functions, shared with the CPU), and the Walsh-Hadamard rotation (HadamardParams) that the model
 // applies to q, k and v before the write and to the attention output after it, as on the CPU.
 // Both produce the CPU's bytes and floats exactly: the int8 absmax is exact in any order, every sum
-// of the int4 rule runs in the format's fixed stripe-and-butterfly order (a lane a stripe), the
+// of the int4 rule runs sequentially on one lane as on the CPU (the warp computes the terms), the
 // divisions and rintf are IEEE on the device, and the butterflies run in the order of cpu::hadamard.
 #include <cuda_runtime.h>
 
@@ -34,12 +34,6 @@ __device__ __forceinline__ float warp_min(float v) {
   for (int o = 16; o > 0; o >>= 1) v = fminf(v, __shfl_xor_sync(0xffffffffu, v, o));
   return v;
 }
-// The format's butterfly (kv_butterfly): lane l ends with sum over the stripes, in the CPU's order.
-template <typename A>
-__device__ __forceinline__ A warp_butterfly(A v) {
-  for (int o = kKvStripes / 2; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
 // Pool fields are 2-byte values at any byte offset (odd head_dim * heads can make them odd).
 __device__ __forceinline__ void store_u16(uint8_t* p, uint16_t v) {
   p[0] = static_cast<uint8_t>(v & 0xFF);
@@ -62,9 +56,15 @@ __device__ void quantize_vector_warp(const T* __restrict__ x, uint8_t* __restric
     return;
   }
   // int4: the format's rule (kv_int4_choose_scale_zero) on an f32 copy of the vector, every sum in
-  // the format's fixed order: lane l takes stripe l, the xor shuffles are the format's butterfly, so
-  // every lane holds the CPU's bits and makes the same choices (no broadcast needed).
+  // index order on one lane as on the CPU. Lane c < 16 scores candidate c (its loop unrolled: the
+  // divisions of successive terms overlap, the sum stays in order); the warp keeps the least error
+  // (lowest c on ties, as the rule's in-order strict <). The refit: the warp computes the codes and
+  // the residuals into shared memory, lane 0 adds them up in order (kv_int4_refit's arithmetic).
   __shared__ float stage[kVecWarps][kMaxInt4Dim];
+  __shared__ float terms[kVecWarps][kMaxInt4Dim];
+  __shared__ KvScaleZeroBits chosen[kVecWarps];
+  __shared__ int more[kVecWarps];
+  __shared__ float refit_err[kVecWarps];
   const int warp = threadIdx.x / 32;
   float lo = INFINITY, hi = -INFINITY;
   for (int i = lane; i < d; i += 32) {
@@ -77,51 +77,65 @@ __device__ void quantize_vector_warp(const T* __restrict__ x, uint8_t* __restric
   hi = warp_max(hi);
   __syncwarp();
   const float* xs = stage[warp];
-  auto sq_error = [&](KvScaleZeroBits c) { return warp_butterfly(kv_int4_sq_error_stripe(d, xs, c, lane)); };
-  // The 16 candidates' errors in one pass over the lane's stripe (independent chains; each is
-  // kv_int4_sq_error_stripe's loop), then their butterflies, then the choice in candidate order.
-  KvScaleZeroBits cand[16];
-  float cs[16], cz[16], err[16];
-#pragma unroll
-  for (int c = 0; c < 16; ++c) {
-    cand[c] = kv_int4_candidate(lo, hi, c);
-    cs[c] = kv_f16_value(cand[c].scale);
-    cz[c] = kv_f16_value(cand[c].zero);
-    err[c] = 0.f;
+  float* tm = terms[warp];
+  float err = INFINITY;
+  if (lane < 16) {  // kv_int4_sq_error
+    const KvScaleZeroBits c = kv_int4_candidate(lo, hi, lane);
+    const float s = kv_f16_value(c.scale), z = kv_f16_value(c.zero);
+    float e = 0.f;
+#pragma unroll 8
+    for (int i = 0; i < d; ++i) {
+      const float r = xs[i] - fmaf(static_cast<float>(kv_int4_code(xs[i], s, z)), s, z);
+      e = fmaf(r, r, e);
+    }
+    err = e;
   }
-  for (int i = lane; i < d; i += kKvStripes) {
-    const float v = xs[i];
-#pragma unroll
-    for (int c = 0; c < 16; ++c) {
-      const float r = v - fmaf(static_cast<float>(kv_int4_code(v, cs[c], cz[c])), cs[c], cz[c]);
-      err[c] = fmaf(r, r, err[c]);
+  int best = lane;
+  for (int o = 16; o > 0; o >>= 1) {
+    const float e2 = __shfl_xor_sync(0xffffffffu, err, o);
+    const int b2 = static_cast<int>(__shfl_xor_sync(0xffffffffu, static_cast<float>(best), o));
+    if (e2 < err || (e2 == err && b2 < best)) {
+      err = e2;
+      best = b2;
     }
   }
-#pragma unroll
-  for (int c = 0; c < 16; ++c) err[c] = warp_butterfly(err[c]);
-  KvScaleZeroBits sz = cand[0];
-  float best_err = err[0];
-#pragma unroll
-  for (int c = 1; c < 16; ++c) {
-    if (err[c] < best_err) {
-      best_err = err[c];
-      sz = cand[c];
-    }
-  }
+  KvScaleZeroBits sz = kv_int4_candidate(lo, hi, best);
   for (int it = 0; it < 2; ++it) {  // kv_int4_refit
-    KvRefitSums t = kv_int4_refit_stripe(d, xs, sz, lane);
-    t.sq = warp_butterfly(t.sq);
-    t.sx = warp_butterfly(t.sx);
-    t.sqq = warp_butterfly(t.sqq);
-    t.sqx = warp_butterfly(t.sqx);
-    KvScaleZeroBits c;
-    if (!kv_int4_refit_fit(t, d, &c)) break;
-    const float e = sq_error(c);
-    if (!(e < best_err)) break;
-    best_err = e;
+    const float s = kv_f16_value(sz.scale), z = kv_f16_value(sz.zero);
+    for (int i = lane; i < d; i += 32) tm[i] = static_cast<float>(kv_int4_code(xs[i], s, z));
+    __syncwarp();
+    if (lane == 0) {
+      KvRefitSums t{0.0, 0.0, 0.0, 0.0};
+      for (int i = 0; i < d; ++i) {
+        const double q = tm[i];
+        t.sq += q;
+        t.sx += xs[i];
+        t.sqq = fma(q, q, t.sqq);
+        t.sqx = fma(q, static_cast<double>(xs[i]), t.sqx);
+      }
+      more[warp] = kv_int4_refit_fit(t, d, &chosen[warp]);
+    }
+    __syncwarp();
+    if (!more[warp]) break;
+    const KvScaleZeroBits c = chosen[warp];
+    const float cs = kv_f16_value(c.scale), cz = kv_f16_value(c.zero);
+    __syncwarp();  // every lane has read more/chosen and lane 0 is done with the codes
+    for (int i = lane; i < d; i += 32) {  // kv_int4_sq_error's terms
+      tm[i] = xs[i] - fmaf(static_cast<float>(kv_int4_code(xs[i], cs, cz)), cs, cz);
+    }
+    __syncwarp();
+    if (lane == 0) {
+      float e = 0.f;
+      for (int i = 0; i < d; ++i) e = fmaf(tm[i], tm[i], e);
+      refit_err[warp] = e;
+    }
+    __syncwarp();
+    const float e = refit_err[warp];
+    if (!(e < err)) break;
+    err = e;
     sz = c;
   }
-  __syncwarp();  // every lane is done with stage[warp] before a reuse
+  __syncwarp();  // every lane is done with stage[warp] and terms[warp] before a reuse
   if (lane == 0) {
     store_u16(pool + f.scale_offset(slot, h), sz.scale);
     store_u16(pool + f.zero_offset(slot, h), sz.zero);
