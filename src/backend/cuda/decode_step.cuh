@@ -175,9 +175,9 @@ __device__ __forceinline__ AttnSplit attn_split(int num_heads, int num_keys, int
   return s;
 }
 
-template <typename T, int HD, typename Bar>
+template <typename T, int HD>
 __device__ void attention_stage(const StepArgs& a, int layer, const float* cs, const float* sn, const int32_t* table,
-                                 float* sm, Bar& bar) {
+                                float* sm, GridBarrier& bar) {
   constexpr int LPK = HD / 8, KPW = 32 / LPK, S = kChunkSteps, CK = KPW * S;
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, sub = lane / LPK, dl = lane % LPK;
   const LayerPtrs& L = a.layers[layer];
@@ -188,7 +188,7 @@ __device__ void attention_stage(const StepArgs& a, int layer, const float* cs, c
   const AttnSplit sp = attn_split(a.num_heads, num_keys, CK);
   const int j = blockIdx.x % sp.bh_all, h0 = blockIdx.x / sp.bh_all;
   const int key_lo = j * sp.range, key_hi = min(num_keys, key_lo + sp.range);
-  const bool has_new = key_hi == num_keys;  // only the last block: none is empty
+  const bool has_new = key_hi == num_keys;  // of the blocks with keys (j < bh), only the last
   const int main_hi = has_new ? pos_new : key_hi;
   float* sm_o = sm;                      // [kWarpsB][HD]
   float* sm_m = sm + kWarpsB * HD;       // [kWarpsB]
