@@ -114,23 +114,11 @@ NB_HD inline int kv_int4_code(float x, float scale, float zero) {
 // order (f32 for the error, double for the refit), so a writer that runs each sum on one thread
 // stores the same bits as the CPU; the terms may be computed anywhere (kv_quant.cu: a warp computes
 // the codes and residuals, one lane accumulates them in order).
-// On the device the loops below are unrolled: successive terms (each with a division) overlap
-// while the sums still run in index order.
-#if defined(__CUDA_ARCH__)
-#define NB_KV_UNROLL _Pragma("unroll 8")
-#else
-#define NB_KV_UNROLL
-#endif
-// x minus its reconstruction from the grid (s, z): one term of the squared error.
-NB_HD inline float kv_int4_residual(float x, float s, float z) {
-  return x - fmaf(static_cast<float>(kv_int4_code(x, s, z)), s, z);
-}
 NB_HD inline float kv_int4_sq_error(int64_t d, const float* x, KvScaleZeroBits sz) {
   const float s = kv_f16_value(sz.scale), z = kv_f16_value(sz.zero);
   float e = 0.f;
-  NB_KV_UNROLL
   for (int64_t i = 0; i < d; ++i) {
-    const float r = kv_int4_residual(x[i], s, z);
+    const float r = x[i] - fmaf(static_cast<float>(kv_int4_code(x[i], s, z)), s, z);
     e = fmaf(r, r, e);
   }
   return e;
@@ -149,20 +137,6 @@ NB_HD inline KvScaleZeroBits kv_int4_candidate(float lo, float hi, int c) {
 struct KvRefitSums {
   double sq, sx, sqq, sqx;
 };
-// The sums for the codes code(i) (0..15) of x[0, d), in index order.
-template <typename Code>
-NB_HD inline KvRefitSums kv_int4_refit_sums(int64_t d, const float* x, Code code) {
-  KvRefitSums t{0.0, 0.0, 0.0, 0.0};
-  NB_KV_UNROLL
-  for (int64_t i = 0; i < d; ++i) {
-    const double q = code(i);
-    t.sq += q;
-    t.sx += x[i];
-    t.sqq = fma(q, q, t.sqq);
-    t.sqx = fma(q, static_cast<double>(x[i]), t.sqx);
-  }
-  return t;
-}
 // (s, z) = argmin sum (x_i - s q_i - z)^2 from the sums; false when the fit is degenerate or out of
 // the f16 range (the refit stops there).
 NB_HD inline bool kv_int4_refit_fit(const KvRefitSums& t, int64_t d, KvScaleZeroBits* out) {
@@ -178,7 +152,14 @@ NB_HD inline bool kv_int4_refit_fit(const KvRefitSums& t, int64_t d, KvScaleZero
 NB_HD inline KvScaleZeroBits kv_int4_refit(int64_t d, const float* x, KvScaleZeroBits best, float best_err) {
   for (int it = 0; it < 2; ++it) {
     const float s = kv_f16_value(best.scale), z = kv_f16_value(best.zero);
-    const KvRefitSums t = kv_int4_refit_sums(d, x, [&](int64_t i) { return kv_int4_code(x[i], s, z); });
+    KvRefitSums t{0.0, 0.0, 0.0, 0.0};
+    for (int64_t i = 0; i < d; ++i) {
+      const double q = kv_int4_code(x[i], s, z);
+      t.sq += q;
+      t.sx += x[i];
+      t.sqq = fma(q, q, t.sqq);
+      t.sqx = fma(q, static_cast<double>(x[i]), t.sqx);
+    }
     KvScaleZeroBits c;
     if (!kv_int4_refit_fit(t, d, &c)) break;
     const float e = kv_int4_sq_error(d, x, c);

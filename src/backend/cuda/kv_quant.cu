@@ -56,10 +56,10 @@ __device__ void quantize_vector_warp(const T* __restrict__ x, uint8_t* __restric
     return;
   }
   // int4: the format's rule (kv_int4_choose_scale_zero) on an f32 copy of the vector, every sum in
-  // index order on one lane as on the CPU. Lane c < 16 scores candidate c (kv_int4_sq_error); the
-  // warp keeps the least error (lowest c on ties, as the rule's in-order strict <). The refit: the
-  // warp computes the codes and the residuals into shared memory, lane 0 adds them up in order
-  // (kv_int4_refit_sums, kv_int4_refit_fit, as kv_int4_refit).
+  // index order on one lane as on the CPU. Lane c < 16 scores candidate c (its loop unrolled: the
+  // divisions of successive terms overlap, the sum stays in order); the warp keeps the least error
+  // (lowest c on ties, as the rule's in-order strict <). The refit: the warp computes the codes and
+  // the residuals into shared memory, lane 0 adds them up in order (kv_int4_refit's arithmetic).
   __shared__ float stage[kVecWarps][kMaxInt4Dim];
   __shared__ float terms[kVecWarps][kMaxInt4Dim];
   __shared__ KvScaleZeroBits chosen[kVecWarps];
@@ -79,7 +79,17 @@ __device__ void quantize_vector_warp(const T* __restrict__ x, uint8_t* __restric
   const float* xs = stage[warp];
   float* tm = terms[warp];
   float err = INFINITY;
-  if (lane < 16) err = kv_int4_sq_error(d, xs, kv_int4_candidate(lo, hi, lane));
+  if (lane < 16) {  // kv_int4_sq_error
+    const KvScaleZeroBits c = kv_int4_candidate(lo, hi, lane);
+    const float s = kv_f16_value(c.scale), z = kv_f16_value(c.zero);
+    float e = 0.f;
+#pragma unroll 8
+    for (int i = 0; i < d; ++i) {
+      const float r = xs[i] - fmaf(static_cast<float>(kv_int4_code(xs[i], s, z)), s, z);
+      e = fmaf(r, r, e);
+    }
+    err = e;
+  }
   int best = lane;
   for (int o = 16; o > 0; o >>= 1) {
     const float e2 = __shfl_xor_sync(0xffffffffu, err, o);
@@ -95,7 +105,14 @@ __device__ void quantize_vector_warp(const T* __restrict__ x, uint8_t* __restric
     for (int i = lane; i < d; i += 32) tm[i] = static_cast<float>(kv_int4_code(xs[i], s, z));
     __syncwarp();
     if (lane == 0) {
-      const KvRefitSums t = kv_int4_refit_sums(d, xs, [&](int64_t i) { return static_cast<int>(tm[i]); });
+      KvRefitSums t{0.0, 0.0, 0.0, 0.0};
+      for (int i = 0; i < d; ++i) {
+        const double q = tm[i];
+        t.sq += q;
+        t.sx += xs[i];
+        t.sqq = fma(q, q, t.sqq);
+        t.sqx = fma(q, static_cast<double>(xs[i]), t.sqx);
+      }
       more[warp] = kv_int4_refit_fit(t, d, &chosen[warp]);
     }
     __syncwarp();
@@ -103,7 +120,9 @@ __device__ void quantize_vector_warp(const T* __restrict__ x, uint8_t* __restric
     const KvScaleZeroBits c = chosen[warp];
     const float cs = kv_f16_value(c.scale), cz = kv_f16_value(c.zero);
     __syncwarp();  // every lane has read more/chosen and lane 0 is done with the codes
-    for (int i = lane; i < d; i += 32) tm[i] = kv_int4_residual(xs[i], cs, cz);  // kv_int4_sq_error's terms
+    for (int i = lane; i < d; i += 32) {  // kv_int4_sq_error's terms
+      tm[i] = xs[i] - fmaf(static_cast<float>(kv_int4_code(xs[i], cs, cz)), cs, cz);
+    }
     __syncwarp();
     if (lane == 0) {
       float e = 0.f;
