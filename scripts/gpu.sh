@@ -23,7 +23,8 @@
 #                          unfused": base = layer-by-layer fused kernels, prof = the persistent step with
 #                          its stage times, step1, unfused, nopdl, gemvN;
 #                          a switch may repeat, its runs append to one file);
-#                          7bw4 = the 7B quantized RTN W4 g128 here, `bench gpu` on it (W4A16 kernels);
+#                          7bw4 = the 7B quantized RTN W4 g128 here, `bench gpu` on it (W4A16 kernels;
+#                          then decode batch 1 with the switches NIBBLE_7BW4_AB lists, as NIBBLE_7B_AB);
 #                          w4pipe (with 7bw4 and/or gemm) = those again with NIBBLE_W4_PIPE=1;
 #                          gemm, kv, w8a8 = `nibble bench gemm|kv|w8a8` (kernel level, issue 6);
 #                          spec = `nibble bench spec --device cuda` (n-gram drafting on a copy task, SmolLM2);
@@ -161,17 +162,22 @@ if [ "${result[build]:-}" = ok ] && [ "$bench" != none ]; then
     "$nib" bench gpu -m "$m7" --device cuda --dtype f16 -p 512 -n 64 -r 5 >"$out/bench_7b.txt" 2>&1
     record bench_7b $?
   fi
+  ab_envs() {  # the environment of a decode switch (NIBBLE_7B_AB, NIBBLE_7BW4_AB); false for an unknown one
+    case $1 in
+      nopdl) envs=(NIBBLE_DECODE_STEP=0 NIBBLE_PDL=0);;  # the layer-by-layer path without PDL
+      unfused) envs=(NIBBLE_PDL=0 NIBBLE_DECODE_FUSION=0);;
+      gemv*) envs=(NIBBLE_DECODE_STEP=0 NIBBLE_GEMV=${1#gemv});;  # the layer-by-layer path's GEMV variant
+      base) envs=(NIBBLE_DECODE_STEP=0);;  # the layer-by-layer kernels, for a same-run reference
+      step1) envs=(NIBBLE_DECODE_STEP=1);;  # the persistent decode step (the default)
+      prof) envs=(NIBBLE_DECODE_STEP=1 NIBBLE_DECODE_STEP_PROFILE=1);;  # + its stage times
+      u6) envs=(NIBBLE_DECODE_STEP=1 NIBBLE_W4_STEP_UNITS=6);;  # W4 stages with 6 units a load buffer
+      u6prof) envs=(NIBBLE_DECODE_STEP=1 NIBBLE_W4_STEP_UNITS=6 NIBBLE_DECODE_STEP_PROFILE=1);;
+      *) return 1;;
+    esac
+  }
   if has 7bab; then  # decode batch 1 with switches, for comparison in the same run (NIBBLE_7B_AB lists them)
     for ab in ${NIBBLE_7B_AB:-base prof unfused}; do
-      case $ab in
-        nopdl) envs=(NIBBLE_DECODE_STEP=0 NIBBLE_PDL=0);;  # the layer-by-layer path without PDL
-        unfused) envs=(NIBBLE_PDL=0 NIBBLE_DECODE_FUSION=0);;
-        gemv*) envs=(NIBBLE_DECODE_STEP=0 NIBBLE_GEMV=${ab#gemv});;  # the layer-by-layer path's GEMV variant
-        base) envs=(NIBBLE_DECODE_STEP=0);;  # the layer-by-layer fused kernels, for a same-run reference
-        step1) envs=(NIBBLE_DECODE_STEP=1);;  # the persistent decode step (the default)
-        prof) envs=(NIBBLE_DECODE_STEP=1 NIBBLE_DECODE_STEP_PROFILE=1);;  # + its stage times
-        *) continue;;
-      esac
+      ab_envs "$ab" || continue
       env "${envs[@]}" "$nib" bench gpu -m "$m7" --device cuda --dtype f16 -p 512 -n 64 -r 5 --batches 1 \
         >>"$out/bench_7b_$ab.txt" 2>&1  # appended: a switch may be listed more than once (interleaved repeats)
       record "bench_7b_$ab" $?
@@ -187,6 +193,12 @@ if [ "${result[build]:-}" = ok ] && [ "$bench" != none ]; then
     "$nib" bench gpu -m "$m7q" --device cuda --dtype f16 -p 512 -n 64 -r 5 --batches 1,2,4,8,16,32 \
       >"$out/bench_7b_w4.txt" 2>&1
     record bench_7b_w4 $?
+    for ab in ${NIBBLE_7BW4_AB:-}; do  # decode batch 1 of the W4 model with switches (as NIBBLE_7B_AB)
+      ab_envs "$ab" || continue
+      env "${envs[@]}" "$nib" bench gpu -m "$m7q" --device cuda --dtype f16 -p 512 -n 64 -r 5 --batches 1 \
+        >>"$out/bench_7b_w4_$ab.txt" 2>&1
+      record "bench_7b_w4_$ab" $?
+    done
     if has w4pipe; then  # the same with the W4 kernel's ping-pong load schedule, in the same run
       NIBBLE_W4_PIPE=1 "$nib" bench gpu -m "$m7q" --device cuda --dtype f16 -p 512 -n 64 -r 5 --batches 1,2,4,8,16,32 \
         >"$out/bench_7b_w4_pipe.txt" 2>&1

@@ -269,6 +269,9 @@ struct DecodeStepLayer {
   const float* ffn_norm = nullptr;   // [dim] f32
   float* k_cache = nullptr;          // [num_blocks, block_size, num_kv_heads, head_dim], act dtype
   float* v_cache = nullptr;
+  // 4-bit weights (kQGroup; on CUDA as cuda::upload_w4 packs them): q, k and v stay apart — wqkv
+  // then holds the q rows [q_dim, dim] only, and these the k and v rows [kv_dim, dim]. Empty otherwise.
+  Tensor wk, wv;
 };
 struct DecodeStepParams {
   static constexpr int kMaxLayers = 40;  // the CUDA kernel takes every layer's pointers by value
@@ -288,7 +291,8 @@ struct DecodeStepParams {
   RopeStyle rope_style = RopeStyle::kHalf;
   DType act_dtype = DType::kF32;
   // Diagnostics (CUDA): null, or [5 num_layers + 1] device u64s that receive the time (ns) at which
-  // each stage starts (q|k|v, attention, o_proj, gate/up, down of every layer) and the step ends.
+  // each stage starts (q|k|v, attention, o_proj, gate/up, down of every layer) and the step ends;
+  // with 4-bit weights [15 num_layers + 1]: then two a stage (W4 stages: input staged, sums done).
   uint64_t* profile = nullptr;
 };
 

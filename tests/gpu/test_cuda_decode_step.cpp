@@ -27,6 +27,7 @@
 #include <vector>
 
 #include "backend/cpu/cpu_ops.h"
+#include "../cpp/w4_test_util.h"
 #include "backend/cuda/cuda_ops.h"
 #include "gpu_test_util.h"
 
@@ -41,12 +42,20 @@ struct Config {
   RopeStyle style;
 };
 
+// 4-bit weights (group size in inputs, -1 one group a row; symmetric or with zero points), or none.
+struct W4 {
+  bool on = false;
+  int64_t group = 128;
+  bool sym = false;
+};
+
 class CudaDecodeStep : public gpu_test::CudaTest {
  protected:
-  void check(const Config& c, DType t, uint32_t seed) {
+  void check(const Config& c, DType t, uint32_t seed, W4 w4 = {}) {
     const std::string what = "layers " + std::to_string(c.layers) + " dim " + std::to_string(c.dim) + " heads " +
                              std::to_string(c.heads) + "/" + std::to_string(c.kv_heads) + " hd " + std::to_string(c.hd) +
-                             " pos " + std::to_string(c.start_pos) + " " + std::string(dtype_name(t));
+                             " pos " + std::to_string(c.start_pos) + " " + std::string(dtype_name(t)) +
+                             (w4.on ? " w4 group " + std::to_string(w4.group) + (w4.sym ? " sym" : " asym") : "");
     const int64_t q_dim = c.heads * c.hd, kv_dim = c.kv_heads * c.hd, nqkv = q_dim + 2 * kv_dim;
     const int64_t block = 16, ctx_len = c.start_pos + 1;
     const int64_t nblocks = (ctx_len + block - 1) / block + 3;  // a few unused blocks in the pool
@@ -57,22 +66,40 @@ class CudaDecodeStep : public gpu_test::CudaTest {
     const int64_t slot = int64_t{table[static_cast<size_t>(c.start_pos / block)]} * block + c.start_pos % block;
     const size_t cache_elems = static_cast<size_t>(nblocks * block * kv_dim);
 
+    // Weights: wqkv (q rows only with W4), wo, wg, wu, wd, then with W4 wk, wv; host tensors for the
+    // reference (f32 rounded to the act dtype, or kQGroup) and their device copies.
     struct HostLayer {
-      std::vector<float> wqkv, wo, wg, wu, wd, an, fn, kc, vc;
+      std::vector<Tensor> w;
+      std::vector<float> an, fn, kc, vc;
     };
     std::vector<HostLayer> hl(static_cast<size_t>(c.layers));
     uint32_t s = seed;
-    auto weights = [&](int64_t n, int64_t k) {
-      std::vector<float> w = random_normal(static_cast<size_t>(n * k), s++, std::sqrt(0.5f / static_cast<float>(k)));
-      gpu_test::round_all(w, t);
+    auto weights = [&](int64_t n, int64_t k) -> Tensor {
+      // N(0, 0.5 / K), or 4-bit codes whose (q - z) s has about that spread (|q - z| ~ 6.5 asym, 4.6 sym).
+      const float sd = std::sqrt(0.5f / static_cast<float>(k));
+      if (w4.on) {
+        auto q = w4_test::random_w4(n, k, w4.group, w4.sym, gpu_test::seed(s++), sd / (w4.sym ? 4.6f : 6.5f));
+        EXPECT_TRUE(q.ok()) << q.status().to_string();
+        return q.ok() ? std::move(*q) : Tensor();
+      }
+      const int64_t shape[2] = {n, k};
+      Tensor w = Tensor::empty(shape, 2, DType::kF32);
+      std::vector<float> v = random_normal(static_cast<size_t>(n * k), s++, sd);
+      gpu_test::round_all(v, t);
+      std::copy(v.begin(), v.end(), w.ptr<float>());
       return w;
     };
     for (HostLayer& h : hl) {
-      h.wqkv = weights(nqkv, c.dim);
-      h.wo = weights(c.dim, q_dim);
-      h.wg = weights(c.hidden, c.dim);
-      h.wu = weights(c.hidden, c.dim);
-      h.wd = weights(c.dim, c.hidden);
+      h.w.push_back(weights(w4.on ? q_dim : nqkv, c.dim));
+      h.w.push_back(weights(c.dim, q_dim));
+      h.w.push_back(weights(c.hidden, c.dim));
+      h.w.push_back(weights(c.hidden, c.dim));
+      h.w.push_back(weights(c.dim, c.hidden));
+      if (w4.on) {
+        h.w.push_back(weights(kv_dim, c.dim));
+        h.w.push_back(weights(kv_dim, c.dim));
+      }
+      if (HasFailure()) return;
       h.an = random_normal(static_cast<size_t>(c.dim), s++, 0.3f);
       h.fn = random_normal(static_cast<size_t>(c.dim), s++, 0.3f);
       for (float& v : h.an) v += 1.f;
@@ -90,16 +117,14 @@ class CudaDecodeStep : public gpu_test::CudaTest {
 
     // Reference.
     std::vector<float> x = x0, q(q_dim), k(kv_dim), v(kv_dim), att(q_dim), hb(c.hidden);
-    auto host_t = [](std::vector<float>& w, int64_t n, int64_t k2) {
-      const int64_t shape[2] = {n, k2};
-      return Tensor::view(w.data(), shape, 2, DType::kF32, nullptr, Device::kCPU);
-    };
     DecodeStepParams hp;
     std::vector<HostLayer> ref = hl;
     for (HostLayer& h : ref) {
-      hp.layers.push_back({host_t(h.wqkv, nqkv, c.dim), host_t(h.wo, c.dim, q_dim), host_t(h.wg, c.hidden, c.dim),
-                           host_t(h.wu, c.hidden, c.dim), host_t(h.wd, c.dim, c.hidden), h.an.data(), h.fn.data(),
-                           h.kc.data(), h.vc.data()});
+      hp.layers.push_back({h.w[0], h.w[1], h.w[2], h.w[3], h.w[4], h.an.data(), h.fn.data(), h.kc.data(), h.vc.data(), {}, {}});
+      if (w4.on) {
+        hp.layers.back().wk = h.w[5];
+        hp.layers.back().wv = h.w[6];
+      }
     }
     hp.x = x.data();
     hp.q = q.data();
@@ -124,9 +149,14 @@ class CudaDecodeStep : public gpu_test::CudaTest {
 
     // Device.
     std::vector<cuda::DeviceBuffer> keep;
-    auto dev = [&](const std::vector<float>& w, int64_t n, int64_t k2) {
-      keep.push_back(upload_act(w, t));
-      const int64_t shape[2] = {n, k2};
+    auto dev = [&](const Tensor& w) -> Tensor {
+      if (w4.on) {
+        auto d = cuda::upload_w4(w, ctx());
+        EXPECT_TRUE(d.ok()) << d.status().to_string();
+        return d.ok() ? std::move(*d) : Tensor();
+      }
+      keep.push_back(upload_act(std::vector<float>(w.ptr<float>(), w.ptr<float>() + w.numel()), t));
+      const int64_t shape[2] = {w.dim(0), w.dim(1)};
       return Tensor::view(keep.back().data(), shape, 2, t, nullptr, Device::kCUDA);
     };
     auto devf = [&](const std::vector<float>& w) {
@@ -139,10 +169,14 @@ class CudaDecodeStep : public gpu_test::CudaTest {
     for (const HostLayer& h : hl) {
       kcs.push_back(upload_act(h.kc, t));
       vcs.push_back(upload_act(h.vc, t));
-      p.layers.push_back({dev(h.wqkv, nqkv, c.dim), dev(h.wo, c.dim, q_dim), dev(h.wg, c.hidden, c.dim),
-                          dev(h.wu, c.hidden, c.dim), dev(h.wd, c.dim, c.hidden), devf(h.an), devf(h.fn),
-                          kcs.back().as<float>(), vcs.back().as<float>()});
+      p.layers.push_back({dev(h.w[0]), dev(h.w[1]), dev(h.w[2]), dev(h.w[3]), dev(h.w[4]), devf(h.an), devf(h.fn),
+                          kcs.back().as<float>(), vcs.back().as<float>(), {}, {}});
+      if (w4.on) {
+        p.layers.back().wk = dev(h.w[5]);
+        p.layers.back().wv = dev(h.w[6]);
+      }
     }
+    if (HasFailure()) return;
     cuda::DeviceBuffer d_x = upload_act(x0, t), d_q = poisoned(q_dim * 2), d_k = poisoned(kv_dim * 2),
                        d_v = poisoned(kv_dim * 2), d_att = poisoned(q_dim * 2), d_hb = poisoned(c.hidden * 2);
     cuda::DeviceBuffer d_table = upload(table), d_pos = upload(std::vector<int32_t>{pos}),
@@ -203,6 +237,30 @@ TEST_F(CudaDecodeStep, MatchesReference) {
       check(c, t, s += 100);
       if (HasFatalFailure()) return;
     }
+}
+
+// The W4A16 stages (decode_step_w4.cuh): the same configs with 4-bit weights (K and every output a
+// multiple of 64), groups of 128 with zero points (f16), 64 symmetric (bf16) and one group a row.
+// Same tolerance: the kernel multiplies by weights rounded once to the act dtype and by the normed
+// input rounded to it (the f16/bf16 step keeps that in f32), one more rounding a stage of the same
+// size as those counted above. A wrong tile, chunk, group or split sum moves values by O(1).
+TEST_F(CudaDecodeStep, W4MatchesReference) {
+  if (ctx().info().major < 8) GTEST_SKIP() << "W4A16 needs mma.m16n8k16 (sm_80+)";
+  const Config configs[] = {
+      {2, 256, 512, 4, 2, 64, 37, RopeStyle::kHalf},
+      {2, 256, 384, 2, 2, 128, 5, RopeStyle::kInterleaved},
+      {1, 512, 256, 4, 1, 128, 300, RopeStyle::kHalf},
+      {1, 2048, 512, 32, 8, 64, 2000, RopeStyle::kHalf},
+      {1, 2560, 6912, 20, 4, 128, 70, RopeStyle::kHalf},  // tiles split between warps and blocks
+  };
+  uint32_t s = 17;
+  for (const Config& c : configs) {
+    check(c, DType::kF16, s += 100, {true, 128, false});
+    if (HasFatalFailure() || HasFailure()) return;
+    check(c, DType::kBF16, s += 100, {true, 64, true});
+    if (HasFatalFailure() || HasFailure()) return;
+  }
+  check(configs[0], DType::kF16, s += 100, {true, -1, false});
 }
 
 TEST_F(CudaDecodeStep, DeclinesWhatItDoesNotTake) {

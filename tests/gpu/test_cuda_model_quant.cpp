@@ -271,6 +271,26 @@ TEST_F(CudaModelQuant, SmolLM2KvInt8F16CloseToCpu) {
   check("SmolLM2 kv int8 f16", smollm2, {KvCacheDType::kInt8, "f16", 5e-2, 0, {1, 16, 16}});
 }
 
+// ---- W4A16 weights ----
+
+// SmolLM2 as `nibble quantize --method rtn --wbits 4 --group-size 64` makes it: on the GPU in f16 the
+// linears stay packed (upload_w4) and one-sequence decode steps run the persistent step's W4 stages
+// (head_dim 64, every width a multiple of 64); prompts run the W4A16 matmul. The weights are the same
+// codes on both sides; the GPU multiplies by them rounded once to f16 (2^-11), below the f16
+// activations' own error (Tolerances).
+Result<ModelWeights> smollm2_w4(bool) {
+  NB_ASSIGN_OR_RETURN(ModelWeights w, load_weights("SmolLM2-135M-Instruct.Q4_1.gguf"));
+  quant::QuantizeOptions o;
+  o.method = quant::QuantMethod::kRtn;
+  o.spec = quant::QuantSpec{4, 64, false};
+  NB_ASSIGN_OR_RETURN(quant::QuantizedModel qm, quant::quantize_model(std::move(w), nullptr, o, nullptr, nullptr));
+  return quant::runtime_weights(qm);
+}
+TEST_F(CudaModelQuant, SmolLM2W4F16DecodeStepCloseToCpu) {
+  NB_SKIP_WITHOUT("SmolLM2-135M-Instruct.Q4_1.gguf");
+  check("SmolLM2 W4 g64 f16", smollm2_w4, {KvCacheDType::kF32, "f16", 5e-2, 0, {1, 24, 16}});
+}
+
 // ---- W8A8 weights ----
 
 // 64 one-token sequences in one decode-shaped batch (graph, W8A8 GEMMs of 64 rows): see Tolerances.

@@ -77,7 +77,13 @@ void decode_step(const DecodeStepParams& p) {
     fused_linear(f);
   };
   for (const DecodeStepLayer& l : p.layers) {
-    linear(l.wqkv, nullptr, p.x, l.attn_norm, p.q, LinearEpilogue::kSplit);
+    if (l.wk.ndim() == 2) {  // q, k and v apart
+      linear(l.wqkv, nullptr, p.x, l.attn_norm, p.q, LinearEpilogue::kStore);
+      linear(l.wk, nullptr, p.x, l.attn_norm, p.k, LinearEpilogue::kStore);
+      linear(l.wv, nullptr, p.x, l.attn_norm, p.v, LinearEpilogue::kStore);
+    } else {
+      linear(l.wqkv, nullptr, p.x, l.attn_norm, p.q, LinearEpilogue::kSplit);
+    }
     const RopeParams rp{p.q, p.k, p.position, p.inv_freq, 1, p.num_heads, p.num_kv_heads, p.head_dim, p.rope_style};
     const KvWriteParams kp{p.k, p.v, l.k_cache, l.v_cache, p.slot, 1, p.num_kv_heads, p.head_dim};
     rope_kv_write({rp, kp});

@@ -32,6 +32,9 @@
 #include "backend/cuda/cuda_check.h"
 #include "backend/cuda/cuda_ops.h"
 #include "backend/cuda/decode_step.cuh"
+#include "backend/cuda/decode_step_w4.cuh"
+#include "backend/w4_layout.h"
+#include "core/group_quant.h"
 
 namespace nb::cuda {
 
@@ -41,8 +44,6 @@ using detail::to_f32;
 namespace {
 
 using namespace step;  // NOLINT: the kernel's pieces (decode_step.cuh)
-
-enum class Epi { kSplit, kAdd, kSwiglu };
 
 
 // One linear stage: rows gw, gw + W, ... of the weight(s), each a warp streaming the row in chunks
@@ -164,7 +165,7 @@ __device__ void linear_stage(const StepArgs& a, const uint4* w, const uint4* w2,
   }
 }
 
-template <typename T, int HD>
+template <typename T, int HD, bool W4, int WU = kW4Units>
 __global__ void __launch_bounds__(kThreadsB, 1) decode_step_kernel(const __grid_constant__ StepArgs a) {
   // Dynamic shared memory: xs [xs_floats] (a linear stage's input), the step's RoPE angles cos and
   // sin [HD / 2] each, the sequence's block table [table_entries] (constant through the step).
@@ -191,15 +192,28 @@ __global__ void __launch_bounds__(kThreadsB, 1) decode_step_kernel(const __grid_
   bar.arrive();
   for (int l = 0; l < a.num_layers; ++l) {
     const LayerPtrs& L = a.layers[l];
-    linear_stage<T, Epi::kSplit>(a, L.wqkv, nullptr, L.attn_norm, a.x, a.q_dim + 2 * a.kv_dim, a.dim, xs, red, bar);
-    bar.arrive();
-    attention_stage<T, HD>(a, l, cs, sn, table, xs, bar);  // its wait inside
-    bar.arrive();
-    linear_stage<T, Epi::kAdd>(a, L.wo, nullptr, nullptr, a.att, a.dim, a.q_dim, xs, red, bar);
-    bar.arrive();
-    linear_stage<T, Epi::kSwiglu>(a, L.wg, L.wu, L.ffn_norm, a.x, a.hidden, a.dim, xs, red, bar);
-    bar.arrive();
-    linear_stage<T, Epi::kAdd>(a, L.wd, nullptr, nullptr, a.hb, a.dim, a.hidden, xs, red, bar);
+    if constexpr (W4) {
+      // Two parameter regions in turn: q|k|v and gate/up use the first, o_proj and down the second.
+      w4_stage<T, Epi::kSplit, WU>(a, w4_stage_of(a, 0, L.wqkv, L.wk, L.wv), L.attn_norm, a.x, xs, 0, red, bar);
+      bar.arrive();
+      attention_stage<T, HD>(a, l, cs, sn, table, xs, bar);
+      bar.arrive();
+      w4_stage<T, Epi::kAdd, WU>(a, w4_stage_of(a, 1, L.wo, L.wo, L.wo), nullptr, a.att, xs, 1, red, bar);
+      bar.arrive();
+      w4_stage<T, Epi::kSwiglu, WU>(a, w4_stage_of(a, 2, L.wg, L.wu, L.wu), L.ffn_norm, a.x, xs, 0, red, bar);
+      bar.arrive();
+      w4_stage<T, Epi::kAdd, WU>(a, w4_stage_of(a, 3, L.wd, L.wd, L.wd), nullptr, a.hb, xs, 1, red, bar);
+    } else {
+      linear_stage<T, Epi::kSplit>(a, L.wqkv, nullptr, L.attn_norm, a.x, a.q_dim + 2 * a.kv_dim, a.dim, xs, red, bar);
+      bar.arrive();
+      attention_stage<T, HD>(a, l, cs, sn, table, xs, bar);  // its wait inside
+      bar.arrive();
+      linear_stage<T, Epi::kAdd>(a, L.wo, nullptr, nullptr, a.att, a.dim, a.q_dim, xs, red, bar);
+      bar.arrive();
+      linear_stage<T, Epi::kSwiglu>(a, L.wg, L.wu, L.ffn_norm, a.x, a.hidden, a.dim, xs, red, bar);
+      bar.arrive();
+      linear_stage<T, Epi::kAdd>(a, L.wd, nullptr, nullptr, a.hb, a.dim, a.hidden, xs, red, bar);
+    }
     if (l + 1 < a.num_layers) bar.arrive();
   }
   // The last block out resets the barrier for the next launch (every block has passed every
@@ -221,19 +235,59 @@ bool weight_ok(const Tensor& w, int64_t n, int64_t k, DType act) {
          aligned16(w.data());
 }
 
+// A 4-bit weight as cuda::upload_w4 makes it (backend/w4_layout.h: K a multiple of 64, groups of
+// whole 64-input chunks), n rows in whole tiles of 16, with the step's group size.
+bool w4_weight_ok(const Tensor& w, int64_t n, int64_t k, int64_t group) {
+  const GroupQuant* q = w.dtype() == DType::kQGroup ? w.group_quant() : nullptr;
+  return q != nullptr && q->bits == 4 && !q->act_int8 && q->g_idx.empty() && w.ndim() == 2 &&
+         w.device() == Device::kCUDA && w.dim(0) == n && w.dim(1) == k && n % 16 == 0 && k % 64 == 0 &&
+         q->group_size == group && (group < 0 || group % 64 == 0) && aligned16(w.data());
+}
+
+bool is_w4(const DecodeStepParams& p) { return !p.layers.empty() && p.layers[0].wqkv.dtype() == DType::kQGroup; }
+
+// Words of one W4 parameter region: the most tiles a block takes in a stage, x matrices read
+// together x groups x 16 rows.
+int64_t w4_param_words(const DecodeStepParams& p, int64_t dim, int64_t hidden, int blocks) {
+  const int64_t q_dim = p.num_heads * p.head_dim, kv_dim = p.num_kv_heads * p.head_dim;
+  const int64_t group = p.layers[0].wqkv.group_quant()->group_size;
+  auto words = [&](int64_t n, int64_t k, int64_t r) {  // r weights' tiles taken together (gate/up: pairs)
+    const int64_t g = group < 0 ? 1 : (k + group - 1) / group;
+    return (n / 16 + blocks - 1) / blocks * r * g * 16;
+  };
+  return std::max({words(q_dim + 2 * kv_dim, dim, 1), words(dim, q_dim, 1), words(hidden, dim, 2), words(dim, hidden, 1)});
+}
+
 // Also the attention stage's per-warp partials ([kWarpsB][HD + 2]) live there.
 int64_t xs_floats(const DecodeStepParams& p, int64_t hidden, int64_t dim) {
   return std::max({dim, hidden, p.num_heads * p.head_dim, kWarpsB * (p.head_dim + 2) + p.head_dim});
 }
 int64_t table_entries(const DecodeStepParams& p) { return (p.max_context_len + p.block_size - 1) / p.block_size; }
-// xs, the RoPE angles and the block table (see the kernel).
-size_t smem_bytes(const DecodeStepParams& p, int64_t hidden, int64_t dim) {
-  return static_cast<size_t>(xs_floats(p, hidden, dim) + p.head_dim + table_entries(p)) * 4;
+// The most tiles one warp touches in a W4 stage (its units: an even share of its block's).
+int64_t w4_part_tiles(const DecodeStepParams& p, int64_t dim, int64_t hidden, int blocks) {
+  const int64_t q_dim = p.num_heads * p.head_dim, kv_dim = p.num_kv_heads * p.head_dim;
+  auto tiles = [&](int64_t n, int64_t k, int64_t r) {  // r: tiles a block takes together (gate/up: pairs)
+    const int64_t nt = (n / 16 + blocks - 1) / blocks * r, chunks = k / 64;
+    return std::min(nt, (nt * chunks + kWarpsB - 1) / kWarpsB / chunks + 2);
+  };
+  return std::max({tiles(q_dim + 2 * kv_dim, dim, 1), tiles(dim, q_dim, 1), tiles(hidden, dim, 2), tiles(dim, hidden, 1)});
 }
 
-template <typename T, int HD>
+// xs, the RoPE angles and the block table (see the kernel); then, for W4 weights, from a 16-byte
+// boundary, the two parameter regions and the warps' tile sums [kWarpsB][part_tiles][16].
+int64_t ps_offset(const DecodeStepParams& p, int64_t hidden, int64_t dim) {
+  return (xs_floats(p, hidden, dim) + p.head_dim + table_entries(p) + 3) / 4 * 4;
+}
+size_t smem_bytes(const DecodeStepParams& p, int64_t hidden, int64_t dim, int blocks) {
+  if (!is_w4(p)) return static_cast<size_t>(xs_floats(p, hidden, dim) + p.head_dim + table_entries(p)) * 4;
+  return static_cast<size_t>(ps_offset(p, hidden, dim) + 2 * w4_param_words(p, dim, hidden, blocks) +
+                             kWarpsB * w4_part_tiles(p, dim, hidden, blocks) * 16) *
+         4;
+}
+
+template <typename T, int HD, bool W4, int WU = kW4Units>
 Status launch(const StepArgs& a, size_t smem, Context& ctx) {
-  auto kernel = decode_step_kernel<T, HD>;
+  auto kernel = decode_step_kernel<T, HD, W4, WU>;
   NB_CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
   int per_sm = 0;
   NB_CUDA_RETURN_IF_ERROR(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreadsB, smem));
@@ -270,13 +324,20 @@ bool decode_step_applies(const DecodeStepParams& p, const Context& ctx) {
   const DecodeStepLayer& l0 = p.layers[0];
   const int64_t dim = l0.wqkv.ndim() == 2 ? l0.wqkv.dim(1) : 0, hidden = l0.w_gate.ndim() == 2 ? l0.w_gate.dim(0) : 0;
   if (dim % 8 != 0 || hidden % 8 != 0 || q_dim % 8 != 0 || dim <= 0 || hidden <= 0) return false;
-  if (smem_bytes(p, hidden, dim) > ctx.info().shared_per_block_optin) return false;
+  const bool w4 = is_w4(p);
+  if (w4 && (l0.wqkv.group_quant() == nullptr || ctx.info().major < 8)) return false;  // W4: mma.m16n8k16
+  if (smem_bytes(p, hidden, dim, ctx.info().num_sms) > ctx.info().shared_per_block_optin) return false;
   if (decode_step_workspace_bytes(p) > ctx.workspace_bytes() || ctx.info().num_sms > kMaxBlocks) return false;
+  const int64_t group = w4 ? l0.wqkv.group_quant()->group_size : 0;
   for (const DecodeStepLayer& l : p.layers) {
-    if (!weight_ok(l.wqkv, q_dim + 2 * kv_dim, dim, p.act_dtype) || !weight_ok(l.wo, dim, q_dim, p.act_dtype) ||
-        !weight_ok(l.w_gate, hidden, dim, p.act_dtype) || !weight_ok(l.w_up, hidden, dim, p.act_dtype) ||
-        !weight_ok(l.w_down, dim, hidden, p.act_dtype) || l.attn_norm == nullptr || l.ffn_norm == nullptr ||
-        l.k_cache == nullptr || l.v_cache == nullptr) {
+    const bool ok = w4 ? w4_weight_ok(l.wqkv, q_dim, dim, group) && w4_weight_ok(l.wk, kv_dim, dim, group) &&
+                             w4_weight_ok(l.wv, kv_dim, dim, group) && w4_weight_ok(l.wo, dim, q_dim, group) &&
+                             w4_weight_ok(l.w_gate, hidden, dim, group) && w4_weight_ok(l.w_up, hidden, dim, group) &&
+                             w4_weight_ok(l.w_down, dim, hidden, group)
+                       : weight_ok(l.wqkv, q_dim + 2 * kv_dim, dim, p.act_dtype) &&
+                             weight_ok(l.wo, dim, q_dim, p.act_dtype) && weight_ok(l.w_gate, hidden, dim, p.act_dtype) &&
+                             weight_ok(l.w_up, hidden, dim, p.act_dtype) && weight_ok(l.w_down, dim, hidden, p.act_dtype);
+    if (!ok || l.attn_norm == nullptr || l.ffn_norm == nullptr || l.k_cache == nullptr || l.v_cache == nullptr) {
       return false;
     }
   }
@@ -290,7 +351,8 @@ bool decode_step_applies(const DecodeStepParams& p, const Context& ctx) {
 Status decode_step(const DecodeStepParams& p, Context& ctx) {
   if (!decode_step_applies(p, ctx)) {
     return invalid_argument("decode_step: needs 1.." + std::to_string(DecodeStepParams::kMaxLayers) +
-                            " layers of f16/bf16 device weights in the activation dtype (K % 8 == 0), head_dim 64 or "
+                            " layers of f16/bf16 device weights in the activation dtype (K % 8 == 0) or of 4-bit "
+                            "weights from cuda::upload_w4 (one group size, q, k and v apart), head_dim 64 or "
                             "128, 16-byte aligned buffers and enough workspace; run the fused ops layer by layer");
   }
   const DecodeStepLayer& l0 = p.layers[0];
@@ -299,7 +361,8 @@ Status decode_step(const DecodeStepParams& p, Context& ctx) {
     const DecodeStepLayer& l = p.layers[i];
     a.layers[i] = {static_cast<const uint4*>(l.wqkv.data()), static_cast<const uint4*>(l.wo.data()),
                    static_cast<const uint4*>(l.w_gate.data()), static_cast<const uint4*>(l.w_up.data()),
-                   static_cast<const uint4*>(l.w_down.data()), l.attn_norm, l.ffn_norm, l.k_cache, l.v_cache};
+                   static_cast<const uint4*>(l.w_down.data()), static_cast<const uint4*>(l.wk.data()),
+                   static_cast<const uint4*>(l.wv.data()), l.attn_norm, l.ffn_norm, l.k_cache, l.v_cache};
   }
   a.num_layers = static_cast<int>(p.layers.size());
   a.dim = static_cast<int>(l0.wqkv.dim(1));
@@ -331,11 +394,43 @@ Status decode_step(const DecodeStepParams& p, Context& ctx) {
   a.head_counters = ctx.sync_counters();
   a.barrier = reinterpret_cast<unsigned*>(ctx.sync_counters() + Context::kSyncCounters - 2);
   a.profile = reinterpret_cast<unsigned long long*>(p.profile);
-  const size_t smem = smem_bytes(p, a.hidden, a.dim);
-  if (p.act_dtype == DType::kF16) {
-    return p.head_dim == 64 ? launch<__half, 64>(a, smem, ctx) : launch<__half, 128>(a, smem, ctx);
+  const int blocks = ctx.info().num_sms;
+  const size_t smem = smem_bytes(p, a.hidden, a.dim, blocks);
+  if (is_w4(p)) {
+    const int64_t group = l0.wqkv.group_quant()->group_size;
+    const int64_t q_dim = a.q_dim, kv_dim = a.kv_dim, dim = a.dim, hidden = a.hidden;
+    // (rows of each weight, inputs): q|k|v, o_proj, gate/up, down
+    const int64_t shapes[4][4] = {{q_dim, kv_dim, kv_dim, dim}, {dim, 0, 0, q_dim}, {hidden, hidden, 0, dim},
+                                  {dim, 0, 0, hidden}};
+    for (int i = 0; i < 4; ++i) {
+      W4Dims& d = a.w4[i];
+      d.k = static_cast<int>(shapes[i][3]);
+      d.group = static_cast<int>(group < 0 ? d.k : group);
+      for (int j = 0; j < 3; ++j) {
+        const int64_t n = shapes[i][j], n_pad = (n + W4Layout::kRowAlign - 1) / W4Layout::kRowAlign * W4Layout::kRowAlign;
+        d.tiles[j] = static_cast<int>(n / 16);
+        d.param_offset[j] = n_pad * d.k / 2;  // backend/w4_layout.h: the params follow the codes
+      }
+    }
+    a.ps_offset = static_cast<int>(ps_offset(p, a.hidden, a.dim));
+    a.ps_words = static_cast<int>(w4_param_words(p, a.dim, a.hidden, blocks));
+    a.part_offset = a.ps_offset + 2 * a.ps_words;
+    a.part_tiles = static_cast<int>(w4_part_tiles(p, a.dim, a.hidden, blocks));
+    if (p.act_dtype == DType::kF16) {
+      const char* units = std::getenv("NIBBLE_W4_STEP_UNITS");  // comparison switch (decode_step_w4.cuh)
+      if (units != nullptr && std::string(units) == "6") {
+        return p.head_dim == 64 ? launch<__half, 64, true, 6>(a, smem, ctx) : launch<__half, 128, true, 6>(a, smem, ctx);
+      }
+      return p.head_dim == 64 ? launch<__half, 64, true>(a, smem, ctx) : launch<__half, 128, true>(a, smem, ctx);
+    }
+    return p.head_dim == 64 ? launch<__nv_bfloat16, 64, true>(a, smem, ctx)
+                            : launch<__nv_bfloat16, 128, true>(a, smem, ctx);
   }
-  return p.head_dim == 64 ? launch<__nv_bfloat16, 64>(a, smem, ctx) : launch<__nv_bfloat16, 128>(a, smem, ctx);
+  if (p.act_dtype == DType::kF16) {
+    return p.head_dim == 64 ? launch<__half, 64, false>(a, smem, ctx) : launch<__half, 128, false>(a, smem, ctx);
+  }
+  return p.head_dim == 64 ? launch<__nv_bfloat16, 64, false>(a, smem, ctx)
+                          : launch<__nv_bfloat16, 128, false>(a, smem, ctx);
 }
 
 }  // namespace nb::cuda

@@ -16,12 +16,25 @@ using detail::to_f32;
 
 constexpr int kWarpsB = 16;  // one block an SM: one staging of the input and half the barrier arrivals of 2 x 8
 constexpr int kThreadsB = kWarpsB * 32;
-constexpr int kMaxBlocks = 1024;  // partials a head can have (one a block); plans the workspace
+constexpr int kMaxBlocks = 1024;
+enum class Epi { kSplit, kAdd, kSwiglu };  // a linear stage's epilogue: q|k|v, += x, SwiGLU
+  // partials a head can have (one a block); plans the workspace
 
 struct LayerPtrs {
   const uint4 *wqkv, *wo, *wg, *wu, *wd;
+  const uint4 *wk, *wv;  // W4 weights: wqkv holds the q rows only, these the k and v rows
   const float *attn_norm, *ffn_norm;
   void *k_cache, *v_cache;
+};
+
+// A W4 linear stage's shape (decode_step_w4.cuh), planned on the host: row tiles of 16 of each weight
+// (q, k, v for q|k|v; gate and up share tiles[0]), inputs, the group size, and the byte offset of each
+// weight's group parameters after its codes.
+struct W4Dims {
+  int tiles[3];
+  int k;
+  int group;  // inputs a group (k: one group a row)
+  long long param_offset[3];
 };
 
 struct StepArgs {
@@ -31,6 +44,11 @@ struct StepArgs {
   int num_heads, num_kv_heads, group, block_size;
   int max_splits;     // partials a head (the grid's blocks)
   int xs_floats;      // floats of the linear stages' input buffer in shared memory
+  W4Dims w4[4];       // W4 weights: q|k|v, o_proj, gate/up, down
+  int ps_offset;      // W4 weights: words of shared memory before the two parameter regions
+  int ps_words;       // W4 weights: words of each parameter region
+  int part_offset;    // W4 weights: words of shared memory before the warps' tile sums
+  int part_tiles;     // W4 weights: the most tiles a warp touches in a stage
   float eps, scale;
   bool interleaved;
   void *x, *q, *k, *v, *att, *hb;

@@ -102,6 +102,7 @@ class CudaLlama final : public ForwardBackend {
   // Fills the persistent decode step's params; false when that kernel does not take this step.
   bool decode_step_params(const StepLayout& s, int64_t max_context_len, const KvPools& kv, DecodeStepParams* out) const;
   bool fused_weights_ok() const;
+  bool w4_weights_ok() const;  // every linear in the W4A16 layout: the decode step's W4 stages take them
   // FusedLinearParams for weight w, input x, output y, `rows` rows (the rest as the epilogue needs).
   FusedLinearParams fused_params(const Tensor& w, const float* x, float* y, int64_t rows,
                                  LinearEpilogue e = LinearEpilogue::kStore) const;
@@ -161,6 +162,7 @@ class CudaLlama final : public ForwardBackend {
   std::map<std::tuple<int64_t, int64_t, int64_t, const void*, int64_t, int64_t, int64_t>, cuda::Graph> graphs_;
   bool w4_fallback_noted_ = false;
   bool fused_weights_ = false;  // fused_weights_ok(), once after the upload
+  bool w4_weights_ = false;     // w4_weights_ok(), once after the upload
   bool fusion_ = true;  // decode fusions (NIBBLE_DECODE_FUSION=0 turns them off, for comparison)
   bool decode_step_ = true;  // the persistent decode-step kernel (NIBBLE_DECODE_STEP=0 turns it off)
   // NIBBLE_DECODE_STEP_PROFILE=1 (diagnostics): the step kernel's stage times, summed per stage over

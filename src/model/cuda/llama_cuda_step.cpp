@@ -5,6 +5,7 @@
 // decode_attention, which read only the act-dtype cache).
 #include <cmath>
 
+#include "core/group_quant.h"
 #include "model/cuda/llama_cuda_internal.h"
 
 namespace nb::cuda_model {
@@ -16,6 +17,17 @@ bool CudaLlama::fused_weights_ok() const {
     for (const Tensor* t : {&w.wqkv, &w.wo, &w.w_gate, &w.w_up, &w.w_down}) {
       if (t->dtype() == DType::kQGroup) return false;
       if (!cuda::fused_linear_applies(fused_params(*t, acts().x, acts().q, 1))) return false;
+    }
+  }
+  return !layers_.empty();
+}
+
+bool CudaLlama::w4_weights_ok() const {
+  // Every linear packed for the W4A16 kernels (upload_w4; a weight it declined was dequantized).
+  for (const DeviceLayer& w : layers_) {
+    for (const Tensor* t : {&w.wq, &w.wk, &w.wv, &w.wo, &w.w_gate, &w.w_up, &w.w_down}) {
+      const GroupQuant* g = t->dtype() == DType::kQGroup ? t->group_quant() : nullptr;
+      if (g == nullptr || g->bits != 4 || g->act_int8) return false;
     }
   }
   return !layers_.empty();
@@ -162,7 +174,7 @@ Status CudaLlama::enqueue_layer_fused(size_t l, const StepLayout& s, int64_t max
 // One sequence, one token, act-dtype cache: the whole step as one persistent kernel (decode_step.cu).
 bool CudaLlama::decode_step_params(const StepLayout& s, int64_t max_context_len, const KvPools& kv,
                                    DecodeStepParams* out) const {
-  if (!decode_step_ || s.tokens != 1 || s.seqs != 1 || !fused_applies(1)) return false;
+  if (!decode_step_ || s.tokens != 1 || s.seqs != 1 || !(fused_applies(1) || w4_weights_)) return false;
   if (kv.dtype != KvCacheDType::kF32) return false;  // the act-dtype cache (int8/int4 pools: the layer path)
   const ModelConfig& c = config_;
   const IdxOffsets o = idx_offsets(max_tokens_, max_seqs_, max_rows_, max_table_);
@@ -172,7 +184,11 @@ bool CudaLlama::decode_step_params(const StepLayout& s, int64_t max_context_len,
   p.layers.clear();
   for (size_t l = 0; l < layers_.size(); ++l) {
     const DeviceLayer& w = layers_[l];
-    p.layers.push_back({w.wqkv, w.wo, w.w_gate, w.w_up, w.w_down, w.attn_norm, w.ffn_norm, kv.k[l], kv.v[l]});
+    if (w4_weights_) {  // q, k and v apart (W4A16: packed one by one)
+      p.layers.push_back({w.wq, w.wo, w.w_gate, w.w_up, w.w_down, w.attn_norm, w.ffn_norm, kv.k[l], kv.v[l], w.wk, w.wv});
+    } else {
+      p.layers.push_back({w.wqkv, w.wo, w.w_gate, w.w_up, w.w_down, w.attn_norm, w.ffn_norm, kv.k[l], kv.v[l], {}, {}});
+    }
   }
   p.x = x;
   p.q = q;
@@ -194,7 +210,7 @@ bool CudaLlama::decode_step_params(const StepLayout& s, int64_t max_context_len,
   p.scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
   p.rope_style = c.rope_style;
   p.act_dtype = dtype_;
-  p.profile = step_profile_ && layers_.size() * 5 + 1 < Context::kSyncCounters / 4 ? profile_buffer() : nullptr;
+  p.profile = step_profile_ && layers_.size() * 15 + 1 < Context::kSyncCounters / 4 ? profile_buffer() : nullptr;
   return cuda::decode_step_applies(p, *ctx_);
 }
 
