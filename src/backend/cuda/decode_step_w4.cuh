@@ -23,6 +23,8 @@
 // activation type (the mma's B operand), already normalized: x * rsqrt(mean x^2 + eps) * w_norm
 // rounded once to T, as the layer-by-layer path's rms_norm writes it.
 #pragma once
+#include <type_traits>
+
 #include "backend/cuda/decode_step.cuh"
 #include "backend/cuda/w4_kernels.cuh"
 
@@ -99,13 +101,35 @@ struct W4Int<__nv_bfloat16> {
   __device__ __forceinline__ static T2 make2(float v) { return __float2bfloat162_rn(v); }
 };
 
-// The zero-point constants of a row pair: the low nibbles are row gid's (zlo = B + z0), the high
-// ones row gid + 8's (zhi = -(B / 16 + z1) for f16, B + z1 for bf16).
+// The zero-point constants of a row pair from its packed parameters (f16 scale low, f16 zero point
+// high): the low nibbles are row gid's (zlo = B + z0), the high ones row gid + 8's (zhi = -(B / 16
+// + z1) for f16, B + z1 for bf16). f16 works on the halves directly (z is an integer: exact).
 template <typename T>
-__device__ __forceinline__ void w4_int_zeros(float z0, float z1, typename W4Int<T>::T2& zlo, typename W4Int<T>::T2& zhi) {
+__device__ __forceinline__ void w4_int_zeros(uint32_t p0, uint32_t p1, typename W4Int<T>::T2& zlo,
+                                             typename W4Int<T>::T2& zhi) {
   using I = W4Int<T>;
-  zlo = I::make2(I::kBase + z0);
-  zhi = I::kShiftHigh ? I::make2(I::kBase + z1) : I::make2(-(I::kBase / 16.f + z1));
+  if constexpr (std::is_same_v<T, __half>) {
+    const uint32_t z0 = __byte_perm(p0, 0, 0x3232), z1 = __byte_perm(p1, 0, 0x3232);  // (z, z)
+    zlo = __hadd2(*reinterpret_cast<const __half2*>(&z0), __float2half2_rn(I::kBase));
+    zhi = __hfma2(*reinterpret_cast<const __half2*>(&z1), __float2half2_rn(-1.f), __float2half2_rn(-I::kBase / 16.f));
+  } else {
+    const float z0 = __half2float(__ushort_as_half(static_cast<unsigned short>(p0 >> 16)));
+    const float z1 = __half2float(__ushort_as_half(static_cast<unsigned short>(p1 >> 16)));
+    zlo = I::make2(I::kBase + z0);
+    zhi = I::make2(I::kBase + z1);
+  }
+}
+
+// (a & mask) | magic as one lop3 (the compiler splits it in two: SASS LOP3 takes one immediate).
+template <uint32_t kMask, uint32_t kOr>
+__device__ __forceinline__ uint32_t and_or(uint32_t a) {
+#if defined(__CUDA_ARCH__)
+  uint32_t r;
+  asm("lop3.b32 %0, %1, %2, %3, 0xea;\n" : "=r"(r) : "r"(a), "n"(kMask), "n"(kOr));
+  return r;
+#else
+  return (a & kMask) | kOr;
+#endif
 }
 
 // One 32-bit word of codes (W4Layout: nibble reg + 4h = A register reg, half h) to the four A
@@ -119,14 +143,14 @@ __device__ __forceinline__ void w4_int_word(uint32_t w, typename W4Int<T>::T2 zl
 #pragma unroll
   for (int i = 0; i < 2; ++i) {
     const uint32_t q = w >> (8 * i);
-    uint32_t lo = (q & 0x000F000Fu) | I::kMagic;
+    uint32_t lo = and_or<0x000F000Fu, I::kMagic>(q);
     const T2 l = __hsub2(*reinterpret_cast<T2*>(&lo), zlo);
     T2 h;
     if constexpr (I::kShiftHigh) {
-      uint32_t hi = ((q >> 4) & 0x000F000Fu) | I::kMagic;
+      uint32_t hi = and_or<0x000F000Fu, I::kMagic>(q >> 4);
       h = __hsub2(*reinterpret_cast<T2*>(&hi), zhi);
     } else {
-      uint32_t hi = (q & 0x00F000F0u) | I::kMagic;
+      uint32_t hi = and_or<0x00F000F0u, I::kMagic>(q);
       h = __hfma2(*reinterpret_cast<T2*>(&hi), I::make2(1.f / 16.f), zhi);
     }
     a[2 * i] = *reinterpret_cast<const uint32_t*>(&l);
@@ -263,10 +287,8 @@ __device__ void w4_stage(const StepArgs& a, const W4Stage& s, const float* nw, c
       // Row gid's zero point for the low nibbles, row gid + 8's for the high ones; the scales after.
       using I = W4Int<T>;
       const uint32_t pr0 = pp[0], pr1 = pp[8];
-      const float z0 = __half2float(__ushort_as_half(static_cast<unsigned short>(pr0 >> 16)));
-      const float z1 = __half2float(__ushort_as_half(static_cast<unsigned short>(pr1 >> 16)));
       typename I::T2 zlo, zhi;
-      w4_int_zeros<T>(z0, z1, zlo, zhi);
+      w4_int_zeros<T>(pr0, pr1, zlo, zhi);
       const uint32_t* words = reinterpret_cast<const uint32_t*>(&buf[i]);
       float d[4] = {0.f, 0.f, 0.f, 0.f};
 #pragma unroll
