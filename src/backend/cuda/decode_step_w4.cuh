@@ -5,23 +5,32 @@
 // weights themselves; inside the step the weight stream runs on across stages as for f16.
 //
 // Work split: the stage's row tiles of 16 (the mma's A rows; q|k|v are the concatenation of three
-// weights, gate/up a pair read together) go in contiguous ranges to the blocks (block b takes tiles
-// [b T / G, (b + 1) T / G)), and a block's (tile, 64-input chunk) units, flattened tile by tile, in
-// 16 contiguous ranges to its warps, so every warp reads contiguous codes and has the same number of
-// units within one. A unit is one 16-byte load a lane (16 rows x 64 inputs), dequantized in
-// registers with w4::dequant_word into four mma.m16n8k16 (token 0 of the 8 columns; the column is
-// what this lane group's B fragments hold, the other columns are never read). Each warp leaves its
-// sum of every tile it touches in shared memory; after a block barrier each row adds the sums of
-// the warps that took part of its tile in warp order and applies the epilogue (deterministic: no
-// atomics; the epilogue is out of the unrolled load/compute loop, which keeps its registers low).
+// weights, gate/up alternate gate tile j, up tile j, blocks taking whole pairs) go in contiguous
+// ranges to the blocks (block b takes tiles [b T / G, (b + 1) T / G)), and a block's (tile, 64-input
+// chunk) units, flattened tile by tile, in 16 contiguous ranges to its warps, so every warp reads
+// contiguous codes and has the same number of units within one. A unit is one 16-byte load a lane
+// (16 rows x 64 inputs), turned in registers into exact integers q - z (w4_int_word) for four
+// mma.m16n8k16 (token 0 of the 8 columns; the other columns are never read); the group's scale
+// multiplies the unit's f32 sums. Each warp leaves its sum of every tile it touches in shared
+// memory; after a block barrier each row adds the sums of the warps that took part of its tile in
+// warp order and applies the epilogue (deterministic: no atomics; the epilogue is out of the
+// unrolled load/compute loop, which keeps its registers low).
 //
-// Loads: two buffers of 8 / R units a lane in ping-pong (R = 2 for gate/up), the first two issued
-// before the stage's grid barrier, as linear_stage does. The group parameters of the block's tiles
-// (16 rows x 4 bytes a group) go to shared memory by cp.async before the barrier too (two regions,
-// alternating between consecutive W4 stages so that one stage's copies never overwrite what a
-// slower warp of the previous one still reads). The input is staged in shared memory in the
-// activation type (the mma's B operand), already normalized: x * rsqrt(mean x^2 + eps) * w_norm
-// rounded once to T, as the layer-by-layer path's rms_norm writes it.
+// Loads: two buffers of U units a lane in ping-pong, the first two issued before the stage's grid
+// barrier, as linear_stage does. The group parameters of the block's tiles (16 rows x 4 bytes a
+// group) go to shared memory by cp.async before the barrier too (two regions, alternating between
+// consecutive W4 stages so that one stage's copies never overwrite what a slower warp of the
+// previous one still reads). The input is staged in shared memory in the activation type (the
+// mma's B operand), already normalized: x * rsqrt(mean x^2 + eps) * w_norm rounded once to T, as
+// the layer-by-layer path's rms_norm writes it.
+//
+// Measured (H200, 7B RTN W4 g128, batch 1; bench/results/gpu-h200-w4step-2026-11-27.md): 2.44-2.46
+// ms a token, 38.2-38.5% of the W4 roofline, against 4.30 ms for the layer-by-layer W4 kernels and
+// 3.87 ms for the f16 step in the same run (1.58x its tokens/s). Stage profile (us a layer, block 0:
+// staging / units / sums + waiting at the barrier): q|k|v 1.8/8.5/4.9, o_proj 0.6/1.7/9.3, gate/up
+// 1.7/15.2/5.5, down 0.9/3.6/9.8 — the units run at ~81 instructions each (issue-bound, not
+// load-bound: 6 units a buffer instead of 4 changed nothing), and block 0 waits ~5-10 us a stage
+// for the slowest block.
 #pragma once
 #include <type_traits>
 
@@ -30,10 +39,9 @@
 
 namespace nb::cuda::step {
 
-// Units a lane holds in each of its two load buffers (R = 1; R = 2 holds half as many units of two
-// weights): 4 by default (a 128-register thread has no room for more with the step's other stages
-// around it: 8 spilled loaded words to local memory); NIBBLE_W4_STEP_UNITS=6 takes 6 (f16), for
-// comparison.
+// Units a lane holds in each of its two load buffers: 4 (6 measured the same, 2.439 vs 2.450 ms;
+// 8 spill loaded words to local memory at 128 registers a thread). NIBBLE_W4_STEP_UNITS=6 takes 6
+// (f16), for comparison.
 constexpr int kW4Units = 4;
 
 // One packed weight: codes [n_pad / 16][k / 64][32][4 words], then params [n_pad / 16][groups][16].
@@ -83,22 +91,16 @@ __device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wai
 // operations a weight than w4::dequant_word (no multiply by the scale), and no rounding of the
 // weight: the product is s * sum((q - z) x) with the sum in f32.
 template <typename T>
-struct W4Int;
-template <>
-struct W4Int<__half> {
-  static constexpr uint32_t kMagic = 0x64006400u;
-  static constexpr float kBase = 1024.f;
-  static constexpr bool kShiftHigh = false;
-  using T2 = __half2;
-  __device__ __forceinline__ static T2 make2(float v) { return __float2half2_rn(v); }
-};
-template <>
-struct W4Int<__nv_bfloat16> {
-  static constexpr uint32_t kMagic = 0x43004300u;
-  static constexpr float kBase = 128.f;
-  static constexpr bool kShiftHigh = true;
-  using T2 = __nv_bfloat162;
-  __device__ __forceinline__ static T2 make2(float v) { return __float2bfloat162_rn(v); }
+struct W4Int {
+  static constexpr bool kF16 = std::is_same_v<T, __half>;
+  static constexpr uint32_t kMagic = kF16 ? 0x64006400u : 0x43004300u;
+  static constexpr float kBase = kF16 ? 1024.f : 128.f;
+  static constexpr bool kShiftHigh = !kF16;
+  using T2 = std::conditional_t<kF16, __half2, __nv_bfloat162>;
+  __device__ __forceinline__ static T2 make2(float v) {
+    if constexpr (kF16) return __float2half2_rn(v);
+    else return __float2bfloat162_rn(v);
+  }
 };
 
 // The zero-point constants of a row pair from its packed parameters (f16 scale low, f16 zero point
