@@ -154,7 +154,7 @@ has() { [[ ",$bench," == *",$1,"* ]]; }
 nib=$build/nibble
 if [ "${result[build]:-}" = ok ] && [ "$bench" != none ]; then
   m7=$synth/llama-2-7b
-  if { has 7b || has 7bab || has hf || has load; } && [ ! -f "$m7/config.json.done" ]; then
+  if { has 7b || has 7bab || has 7bw4 || has hf || has load; } && [ ! -f "$m7/config.json.done" ]; then
     "$nib" synth --config llama-2-7b -o "$m7" --force >"$out/synth.log" 2>&1 && touch "$m7/config.json.done"
     record synth_7b $?
   fi

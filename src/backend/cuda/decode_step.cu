@@ -10,6 +10,8 @@
 // Measured (H200, 7B f16 batch 1, context 512-576, gpu.sh 7bab; docs/decode_step.md has the
 // history): 3.87-3.92 ms a token, 80.6-82.2% of the roofline, against 4.04-4.10 ms (78.0-78.8%)
 // for stop 13's step in the same runs; the layer-by-layer fused kernels take ~4.5 ms.
+// 4-bit weights (upload_w4) run W4 linear stages instead (decode_step_w4.cuh: 7B RTN W4 g128
+// 2.44-2.46 ms, 1.58x the f16 step's tokens/s in the same run).
 // NIBBLE_DECODE_STEP_PROFILE=1 prints where a layer's time goes (µs): q|k|v 26.4 (its bytes at the
 // copy bandwidth: 23.7), attention 8.9, o_proj 11.5 (7.9), gate/up 46.9 (42.5), down 23.4 (21.2).
 //
