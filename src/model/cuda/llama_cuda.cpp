@@ -404,42 +404,6 @@ Status CudaLlama::forward(const ForwardBatch& batch, const KvPools& kv, float* l
   return Status::Ok();
 }
 
-Status CudaLlama::report_step_profile() {
-  // [5 layers + 1] stage starts; W4 stages also write [2 per stage] (input staged, sums done).
-  const size_t n = layers_.size() * 5 + 1, n2 = w4_weights_ ? layers_.size() * 10 : 0;
-  std::vector<uint64_t> t(n + n2);
-  NB_RETURN_IF_ERROR(cuda::copy_to_host(t.data(), profile_buffer(), (n + n2) * 8, ctx_->stream()));
-  NB_RETURN_IF_ERROR(ctx_->synchronize());
-  if (t[n - 1] == prof_last_end_) return Status::Ok();  // this step did not run the step kernel
-  prof_last_end_ = t[n - 1];
-  prof_sum_.resize(5 + 15, 0.0);
-  for (size_t i = 0; i + 1 < n; ++i) {
-    prof_sum_[i % 5] += static_cast<double>(t[i + 1] - t[i]);
-    if (n2 > 0 && i % 5 != 1) {  // a W4 stage: barrier -> staged -> sums -> next barrier
-      const uint64_t staged = t[n + 2 * i], sums = t[n + 2 * i + 1];
-      prof_sum_[5 + 3 * (i % 5)] += static_cast<double>(staged - t[i]);
-      prof_sum_[5 + 3 * (i % 5) + 1] += static_cast<double>(sums - staged);
-      prof_sum_[5 + 3 * (i % 5) + 2] += static_cast<double>(t[i + 1] - sums);
-    }
-  }
-  if (++prof_steps_ % 64 != 0) return Status::Ok();
-  const double per = 1e-3 / static_cast<double>(prof_steps_ * static_cast<int64_t>(layers_.size()));
-  if (n2 > 0) {
-    std::fprintf(stderr, "decode_step W4 stages (us a layer: staging / units / sums + barrier):");
-    for (int st : {0, 2, 3, 4}) {
-      std::fprintf(stderr, "  %s %.2f/%.2f/%.2f", st == 0 ? "q|k|v" : st == 2 ? "o_proj" : st == 3 ? "gate/up" : "down",
-                   prof_sum_[5 + 3 * st] * per, prof_sum_[6 + 3 * st] * per, prof_sum_[7 + 3 * st] * per);
-    }
-    std::fprintf(stderr, "\n");
-  }
-  std::fprintf(stderr,
-               "decode_step profile (%lld steps, us a layer): q|k|v %.2f  attention %.2f  o_proj %.2f  gate/up %.2f  "
-               "down %.2f  (each to the next stage's barrier)\n",
-               static_cast<long long>(prof_steps_), prof_sum_[0] * per, prof_sum_[1] * per, prof_sum_[2] * per,
-               prof_sum_[3] * per, prof_sum_[4] * per);
-  return Status::Ok();
-}
-
 Status CudaLlama::sample_on_device(const ForwardBatch& batch, int64_t rows) {
   // The rows' settings go up, the drawn ids (4 bytes a row) come back; the logits stay on the device.
   const size_t params_bytes = static_cast<size_t>(max_rows_) * sizeof(SampleRowParams);

@@ -2,8 +2,11 @@
 // GEMMs, or the GEMV / W4A16 / W8A8 kernels through cuda::matmul, and separate glue ops) and the
 // fused decode path for one or two rows (cuda::fused_linear, rope_kv_write, decode_attention; five
 // launches a layer; with an int8/int4 KV cache the general glue replaces rope_kv_write and
-// decode_attention, which read only the act-dtype cache).
+// decode_attention, which read only the act-dtype cache); for one sequence the persistent decode
+// step (cuda::decode_step, f16/bf16 or W4 weights) and its stage profile (report_step_profile).
 #include <cmath>
+#include <cstdio>
+#include <vector>
 
 #include "core/group_quant.h"
 #include "model/cuda/llama_cuda_internal.h"
@@ -243,6 +246,42 @@ Status CudaLlama::enqueue(const StepLayout& s, int64_t max_query_len, int64_t ma
   auto* xg = static_cast<float*>(act(xg_));
   NB_RETURN_IF_ERROR(cuda::embedding({normed, di + o.rows, xg, s.rows, a}, ctx));
   return cuda::matmul_to_f32({output_, xg, logits_d_.as<float>(), s.rows, a}, ctx);
+}
+
+Status CudaLlama::report_step_profile() {
+  // [5 layers + 1] stage starts; W4 stages also write [2 per stage] (input staged, sums done).
+  const size_t n = layers_.size() * 5 + 1, n2 = w4_weights_ ? layers_.size() * 10 : 0;
+  std::vector<uint64_t> t(n + n2);
+  NB_RETURN_IF_ERROR(cuda::copy_to_host(t.data(), profile_buffer(), (n + n2) * 8, ctx_->stream()));
+  NB_RETURN_IF_ERROR(ctx_->synchronize());
+  if (t[n - 1] == prof_last_end_) return Status::Ok();  // this step did not run the step kernel
+  prof_last_end_ = t[n - 1];
+  prof_sum_.resize(5 + 15, 0.0);
+  for (size_t i = 0; i + 1 < n; ++i) {
+    prof_sum_[i % 5] += static_cast<double>(t[i + 1] - t[i]);
+    if (n2 > 0 && i % 5 != 1) {  // a W4 stage: barrier -> staged -> sums -> next barrier
+      const uint64_t staged = t[n + 2 * i], sums = t[n + 2 * i + 1];
+      prof_sum_[5 + 3 * (i % 5)] += static_cast<double>(staged - t[i]);
+      prof_sum_[5 + 3 * (i % 5) + 1] += static_cast<double>(sums - staged);
+      prof_sum_[5 + 3 * (i % 5) + 2] += static_cast<double>(t[i + 1] - sums);
+    }
+  }
+  if (++prof_steps_ % 64 != 0) return Status::Ok();
+  const double per = 1e-3 / static_cast<double>(prof_steps_ * static_cast<int64_t>(layers_.size()));
+  if (n2 > 0) {
+    std::fprintf(stderr, "decode_step W4 stages (us a layer: staging / units / sums + barrier):");
+    for (int st : {0, 2, 3, 4}) {
+      std::fprintf(stderr, "  %s %.2f/%.2f/%.2f", st == 0 ? "q|k|v" : st == 2 ? "o_proj" : st == 3 ? "gate/up" : "down",
+                   prof_sum_[5 + 3 * st] * per, prof_sum_[6 + 3 * st] * per, prof_sum_[7 + 3 * st] * per);
+    }
+    std::fprintf(stderr, "\n");
+  }
+  std::fprintf(stderr,
+               "decode_step profile (%lld steps, us a layer): q|k|v %.2f  attention %.2f  o_proj %.2f  gate/up %.2f  "
+               "down %.2f  (each to the next stage's barrier)\n",
+               static_cast<long long>(prof_steps_), prof_sum_[0] * per, prof_sum_[1] * per, prof_sum_[2] * per,
+               prof_sum_[3] * per, prof_sum_[4] * per);
+  return Status::Ok();
 }
 
 }  // namespace nb::cuda_model
