@@ -32,8 +32,11 @@
 #                          qtable = scripts/quant_table.sh on the GPU, whole WikiText-2 test split (needs
 #                          gpu_carry_b/text/wikitext-2-raw.{test,valid}.txt; NIBBLE_QTABLE_ROWS, _JOBS,
 #                          _BATCH = eval --batch-tokens, default 256);
+#                          w8serve = `nibble serve` of the 7B in f16 and RTN W8A8, `bench serve` at
+#                          NIBBLE_W8SERVE_CONCURRENCY (128) requests in flight (issue 6)
 #                          qppl = perplexity of RTN W4 g64, naive W8A8 and KV int8/int4 SmolLM2 on the GPU
-#                          (f16 and f32; needs gpu_carry_b/text/wikitext-2-raw.test.txt)
+#                          (f16 and f32; needs gpu_carry_b/text/wikitext-2-raw.test.txt; NIBBLE_QPPL_WINDOWS
+#                          windows (2), NIBBLE_QPPL_MODELS picks rows: base rtn_w4g64 naive_w8a8 kv_int8 kv_int4)
 #   NIBBLE_SYNTH_DIR       where the 7B model is generated (default /tmp/nibble-synth)
 # Models: gpu_carry/models holds stories260K and the first part of the SmolLM2 GGUF; the rest comes in
 # gpu_carry_b/ (a second call, carry ["gpu_carry_b"], while the machine is warm: the carry limit is
@@ -95,6 +98,9 @@ else
 fi
 
 # ---- configure + build ----
+# CUTLASS headers for the sm_90a W8A8 kernel: unpacked from a carried third_party/download wheel
+# (carry ["gpu_carry", "third_party/download"]); without it the build keeps the cuBLASLt path only.
+scripts/cutlass_headers.sh --offline >"$out/cutlass.log" 2>&1 || echo "gpu.sh: no CUTLASS headers (see cutlass.log)"
 t0=$(date +%s)
 { echo "== cmake ${cmake_args[*]}"; cmake -S . -B "$build" "${cmake_args[@]}"; } >"$out/build.log" 2>&1
 record configure $?
@@ -154,7 +160,7 @@ has() { [[ ",$bench," == *",$1,"* ]]; }
 nib=$build/nibble
 if [ "${result[build]:-}" = ok ] && [ "$bench" != none ]; then
   m7=$synth/llama-2-7b
-  if { has 7b || has 7bab || has 7bw4 || has hf || has load; } && [ ! -f "$m7/config.json.done" ]; then
+  if { has 7b || has 7bab || has 7bw4 || has w8serve || has hf || has load; } && [ ! -f "$m7/config.json.done" ]; then
     "$nib" synth --config llama-2-7b -o "$m7" --force >"$out/synth.log" 2>&1 && touch "$m7/config.json.done"
     record synth_7b $?
   fi
@@ -206,7 +212,8 @@ if [ "${result[build]:-}" = ok ] && [ "$bench" != none ]; then
     fi
   fi
   for b in gemm kv w8a8; do  # kernel-level benchmarks (bench gemm: W4A16 vs f16; kv: int8/int4 KV attention)
-    if has $b; then "$nib" bench $b >"$out/bench_$b.txt" 2>&1; record "bench_$b" $?; fi
+    extra=(); [ $b = w8a8 ] && extra=(--m "${NIBBLE_W8A8_M:-16,64,128,256,512,1024,2048,4096}")
+    if has $b; then "$nib" bench $b "${extra[@]}" >"$out/bench_$b.txt" 2>&1; record "bench_$b" $?; fi
   done
   if has gemm && has w4pipe; then  # W4A16 vs f16 again with NIBBLE_W4_PIPE=1
     NIBBLE_W4_PIPE=1 "$nib" bench gemm >"$out/bench_gemm_pipe.txt" 2>&1
@@ -244,6 +251,7 @@ if [ "${result[build]:-}" = ok ] && [ "$bench" != none ]; then
     rc=0
     for spec in "base:$smol:f32" "rtn_w4g64:$q/w4g64:f32" "naive_w8a8:$q/w8a8:f32" "kv_int8:$smol:int8" "kv_int4:$smol:int4"; do
       IFS=: read -r name m kv <<<"$spec"
+      [[ " ${NIBBLE_QPPL_MODELS:-base rtn_w4g64 naive_w8a8 kv_int8 kv_int4} " == *" $name "* ]] || continue
       for dt in f16 f32; do
         r=$("$nib" eval ppl -m "$m" --data "$txt" --ctx 2048 --max-windows "${NIBBLE_QPPL_WINDOWS:-2}" --device cuda \
           --dtype $dt --kv-cache-dtype "$kv" --json 2>>"$out/qppl.log") || rc=1
@@ -267,6 +275,26 @@ if [ "${result[build]:-}" = ok ] && [ "$bench" != none ]; then
       >"$out/qtable.md" 2>"$out/qtable.log"
     record qtable $?
     mkdir -p "$out/qtable"; cp $qt/*.json $qt/*.make_seconds "$out/qtable/" 2>/dev/null
+  fi
+  if has w8serve; then  # serving throughput, W8A8 vs f16, of the synthesized 7B at a fixed concurrency
+    m7w8=$synth/llama-2-7b-w8a8
+    if [ ! -f "$m7w8/done" ]; then
+      "$nib" quantize -m "$m7" -o "$m7w8" --method rtn --wbits 8 --group-size -1 --sym --act-int8 -t "$(nproc)" \
+        >"$out/quantize_7b_w8a8.log" 2>&1 && touch "$m7w8/done"
+      record quantize_7b_w8a8 $?
+    fi
+    conc=${NIBBLE_W8SERVE_CONCURRENCY:-128}
+    for spec in "f16:$m7" "w8a8:$m7w8"; do
+      IFS=: read -r name m <<<"$spec"
+      "$nib" serve -m "$m" --device cuda --dtype f16 --port 8198 --kv-cache-memory 24GiB --max-num-seqs 256 \
+        --max-batched-tokens 4096 >"$out/w8serve_server_$name.log" 2>&1 &
+      spid=$!
+      for i in $(seq 300); do curl -sf http://127.0.0.1:8198/health >/dev/null 2>&1 && break; sleep 1; done
+      "$nib" bench serve --url http://127.0.0.1:8198 -m "$m7" --num-prompts $((conc * 4)) --request-rate inf \
+        --max-concurrency "$conc" --input-len 128 --output-len 128 --seed 1 >"$out/w8serve_$name.txt" 2>&1
+      record "w8serve_$name" $?
+      kill $spid 2>/dev/null; wait $spid 2>/dev/null
+    done
   fi
   if has serve && [ -f "$smol" ]; then
     "$nib" serve -m "$smol" --device cuda --dtype f16 --port 8199 --kv-cache-memory 8GiB --max-num-seqs 256 \
@@ -313,12 +341,15 @@ fi
   [ -f "$out/bench_7b_w4.txt" ] && grep -E -A7 'decode batch 1|batch sweep' "$out/bench_7b_w4.txt" | grep -v '^--$'
   [ -f "$out/bench_7b_w4_pipe.txt" ] && grep -E 'decode batch 1' "$out/bench_7b_w4_pipe.txt" | sed 's/^/w4 pipe: /'
   for f in bench_gemm.txt bench_gemm_pipe.txt; do [ -f "$out/$f" ] && { echo "$f:"; grep -E '^ *(M|[0-9]+) ' "$out/$f" | head -12; }; done
-  for b in gemm kv w8a8; do [ -f "$out/bench_$b.txt" ] && { echo "== bench $b"; tail -25 "$out/bench_$b.txt"; }; done
+  for b in gemm kv w8a8; do [ -f "$out/bench_$b.txt" ] && { echo "== bench $b"; tail -40 "$out/bench_$b.txt"; }; done
   [ -f "$out/load.txt" ] && grep -E 'first token' "$out/load.txt" | tail -2
   [ -f "$out/spec_gpu.txt" ] && tail -14 "$out/spec_gpu.txt"
   [ -f "$out/batching_gpu.txt" ] && grep -E 'continuous|static' "$out/batching_gpu.txt"
   [ -f "$out/qppl.txt" ] && cat "$out/qppl.txt"
   [ -f "$out/serve.txt" ] && grep -E 'Request rate|Failed requests|Request throughput|P99 TTFT' "$out/serve.txt"
+  for f in w8serve_f16.txt w8serve_w8a8.txt; do
+    [ -f "$out/$f" ] && grep -E 'Failed requests|Request throughput|Output token throughput|Mean TPOT' "$out/$f" | sed "s/^/$f: /"
+  done
   printf '%-12s %s\n' "logs" "$out"
 } | tee "$out/summary.txt"
 for s in "${order[@]}"; do [ "${result[$s]}" = ok ] || exit 1; done

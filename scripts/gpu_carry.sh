@@ -41,8 +41,9 @@ while IFS= read -r link; do
 done < <(find "$carry/root" -type l)
 
 # Models for the GPU tests: stories260K whole; the SmolLM2 GGUF (98 MB) split in two, since one device
-# call carries at most 64 MiB: the first 50 MiB here, the rest in gpu_carry_b/ (carried by a second call
-# while the machine is warm; scripts/gpu.sh joins and checks them).
+# call carries at most 64 MiB (with the working tree): the first 40 MiB here, the rest in gpu_carry_b/
+# (carried by a second call while the machine is warm; scripts/gpu.sh joins and checks them). 40 MiB
+# leaves room beside gpu_carry/ for the CUTLASS wheel (third_party/download, ~6 MB) that the build needs.
 mkdir -p "$carry/models" gpu_carry_b
 shared=${NIBBLE_SHARED_DATA:-../shared/data}
 cp "$shared"/stories260K/stories260K.bin "$shared"/stories260K/tok512.* "$carry/models/"
@@ -50,8 +51,8 @@ mkdir -p gpu_carry_b/text  # for gpu.sh qppl and qtable (perplexity of quantized
 cp "$shared"/text/wikitext-2-raw.test.txt "$shared"/text/wikitext-2-raw.valid.txt gpu_carry_b/text/
 smol=models/SmolLM2-135M-Instruct.Q4_1.gguf
 if [ -f "$smol" ]; then
-  head -c 52428800 "$smol" >"$carry/models/smollm2.part_a"
-  tail -c +52428801 "$smol" >gpu_carry_b/smollm2.part_b
+  head -c 41943040 "$smol" >"$carry/models/smollm2.part_a"
+  tail -c +41943041 "$smol" >gpu_carry_b/smollm2.part_b
   sha256sum "$smol" | cut -d' ' -f1 >"$carry/models/smollm2.sha256"
 else
   echo "gpu_carry: $smol not found (run scripts/setup.sh); the SmolLM2 GPU tests will skip" >&2

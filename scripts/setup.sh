@@ -37,6 +37,11 @@ if [ ! -f "$smol" ]; then
   rm -rf models/.download
 fi
 
+# CUTLASS headers (PyPI nvidia-cutlass) for the sm_90a W8A8 GEMM; only a CUDA build uses them.
+if [ "${NIBBLE_CUDA:-ON}" != OFF ] && { command -v nvcc >/dev/null || [ -x /usr/local/cuda/bin/nvcc ]; }; then
+  scripts/cutlass_headers.sh
+fi
+
 cuda_flag=()
 if [ -n "${NIBBLE_CUDA:-}" ]; then cuda_flag=(-DNIBBLE_CUDA="$NIBBLE_CUDA"); fi
 if ! command -v nvcc >/dev/null && [ -x /usr/local/cuda/bin/nvcc ]; then export PATH=/usr/local/cuda/bin:$PATH; fi

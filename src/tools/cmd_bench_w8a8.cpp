@@ -1,9 +1,10 @@
-// nibble bench w8a8: W8A8 linears on the GPU (backend/cuda/w8a8.h: per-token int8 quantization +
-// cuBLASLt int8 GEMM + scale epilogue) against cuBLAS f16 (cuda::matmul) on the Llama-2-7B linear
-// shapes, at each M of --m (issue 6 acceptance: W8A8 GEMM at M >= 1024 >= 1.6x cuBLAS FP16).
-// Per shape and M: median time of each path (f16 activations in, f16 out), the W8A8 path's
-// quantization step alone, rates as 2 M N K / time, and the speedup; then one decoder layer's seven
-// linears together (q, k, v, o at 4096x4096, gate and up at 11008x4096, down at 4096x11008).
+// nibble bench w8a8: W8A8 linears on the GPU (backend/cuda/w8a8.h) against cuBLAS f16 (cuda::matmul)
+// on the Llama-2-7B linear shapes, at each M of --m (issue 6 acceptance: W8A8 GEMM at M >= 1024
+// >= 1.6x cuBLAS FP16). Per shape and M, median times (f16 activations in, f16 out) of: cuBLAS f16;
+// the cuBLASLt path (quantize + int8 GEMM to int32 + epilogue kernel); the fused path (quantize +
+// the sm_90a CUTLASS GEMM with the scales in its epilogue); that GEMM alone on ready int8 codes; the
+// quantization alone. Rates are 2 M N K / time. Then one decoder layer's seven linears together
+// (q, k, v, o at 4096x4096, gate and up at 11008x4096, down at 4096x11008).
 // Contents are constant bytes (finite values); GEMM time does not depend on them.
 #include <algorithm>
 #include <chrono>
@@ -21,6 +22,7 @@
 #include "backend/cuda/cuda_ops.h"
 #include "backend/cuda/device.h"
 #include "backend/cuda/w8a8.h"
+#include "backend/cuda/w8a8_sm90.h"
 #include "core/group_quant.h"
 #endif
 
@@ -38,8 +40,35 @@ struct Linear {
 };
 const Linear kLinears[] = {{"q/k/v/o", 4096, 4096, 4}, {"gate/up", 11008, 4096, 2}, {"down", 4096, 11008, 1}};
 
+// Times (seconds) of one shape, or of a layer's seven linears summed.
+struct Times {
+  double flops = 0, f16 = 0, lt = 0, fu = 0, g = 0, q = 0;
+  void add(int times, double fl, double a, double b, double c, double e, double f) {
+    flops += times * fl;
+    f16 += times * a;
+    lt += times * b;
+    fu += times * c;
+    g += times * e;
+    q += times * f;
+  }
+};
+
+// One row: times in microseconds, the rate of each path, and its speedup over cuBLAS f16 (a fused
+// column is "-" where that kernel is not available).
+void print_row(int64_t m, const char* name, const std::string& shape, double flops, double f16, double lt, double fu,
+               double g, double q) {
+  auto col = [&](double t) {
+    char b[64];
+    if (t <= 0) return std::string("        -      -      -");
+    std::snprintf(b, sizeof b, " %8.1f %6.0f %5.2fx", t * 1e6, flops / t / 1e12, f16 / t);
+    return std::string(b);
+  };
+  std::printf("  %5lld  %-8s %-11s %8.1f %6.0f |%s |%s |%s | %7.1f\n", static_cast<long long>(m), name, shape.c_str(),
+              f16 * 1e6, flops / f16 / 1e12, col(lt).c_str(), col(fu).c_str(), col(g).c_str(), q * 1e6);
+}
+
 Status bench_m(cuda::Context& ctx, int64_t m, int runs) {
-  double layer_f16 = 0, layer_w8 = 0, layer_flops = 0;
+  Times layer;
   for (const Linear& l : kLinears) {
     const size_t wf16 = static_cast<size_t>(l.n * l.k) * 2, w8 = cuda::w8a8_device_bytes(l.n, l.k);
     NB_ASSIGN_OR_RETURN(cuda::DeviceBuffer w_f16, cuda::DeviceBuffer::allocate(wf16));
@@ -64,23 +93,36 @@ Status bench_m(cuda::Context& ctx, int64_t m, int runs) {
     NB_ASSIGN_OR_RETURN(double t_f16, time_gpu(ctx, runs, 0, [&](int) {
       return cuda::matmul({tf16, x.as<float>(), y.as<float>(), m, DType::kF16}, ctx);
     }));
-    NB_ASSIGN_OR_RETURN(double t_w8, time_gpu(ctx, runs, 0, [&](int) {
-      return cuda::matmul_w8a8({tq, x.as<float>(), y.as<float>(), m, DType::kF16}, ctx);
+    const MatmulParams pw{tq, x.as<float>(), y.as<float>(), m, DType::kF16};
+    NB_ASSIGN_OR_RETURN(double t_lt, time_gpu(ctx, runs, 0, [&](int) {
+      return cuda::matmul_w8a8_path(pw, ctx, cuda::W8A8Path::kCublasLt);
     }));
     NB_ASSIGN_OR_RETURN(double t_q, time_gpu(ctx, runs, 0, [&](int) {
       return cuda::quantize_act_int8(x.as<float>(), m, l.k, DType::kF16, xq.as<int8_t>(), d.as<float>(), ctx);
     }));
+    // The fused path (quantization kernel + CUTLASS GEMM with the scales in its epilogue), and its
+    // GEMM alone on codes already made: what a layer pays once the quantization is fused into the
+    // op that produces the activation.
+    double t_fu = 0, t_g = 0;
+#ifdef NIBBLE_HAVE_CUTLASS
+    if (cuda::w8a8_fused_available(m, l.n, l.k, DType::kF16)) {
+      NB_ASSIGN_OR_RETURN(t_fu, time_gpu(ctx, runs, 0, [&](int) {
+        return cuda::matmul_w8a8_path(pw, ctx, cuda::W8A8Path::kFused);
+      }));
+      const auto* wq = static_cast<const int8_t*>(w_q.data());
+      const auto* sc = reinterpret_cast<const float*>(static_cast<const uint8_t*>(w_q.data()) +
+                                                      cuda::w8a8_scales_offset(l.n, l.k));
+      NB_ASSIGN_OR_RETURN(t_g, time_gpu(ctx, runs, 0, [&](int) {
+        return cuda::w8a8_gemm_sm90(xq.as<int8_t>(), wq, sc, d.as<float>(), y.data(), DType::kF16, m, l.n, l.k,
+                                    ctx.stream());
+      }));
+    }
+#endif
     const double flops = 2.0 * static_cast<double>(m) * static_cast<double>(l.n) * static_cast<double>(l.k);
-    std::printf("  %5lld  %-8s %6lldx%-6lld %9.1f %7.0f %9.1f %7.0f %8.1f %7.2fx\n", static_cast<long long>(m), l.name,
-                static_cast<long long>(l.n), static_cast<long long>(l.k), t_f16 * 1e6, flops / t_f16 / 1e12, t_w8 * 1e6,
-                flops / t_w8 / 1e12, t_q * 1e6, t_f16 / t_w8);
-    layer_f16 += l.per_layer * t_f16;
-    layer_w8 += l.per_layer * t_w8;
-    layer_flops += l.per_layer * flops;
+    print_row(m, l.name, std::to_string(l.n) + "x" + std::to_string(l.k), flops, t_f16, t_lt, t_fu, t_g, t_q);
+    layer.add(l.per_layer, flops, t_f16, t_lt, t_fu, t_g, t_q);
   }
-  std::printf("  %5lld  %-8s %13s %9.1f %7.0f %9.1f %7.0f %8s %7.2fx\n", static_cast<long long>(m), "layer", "7 linears",
-              layer_f16 * 1e6, layer_flops / layer_f16 / 1e12, layer_w8 * 1e6, layer_flops / layer_w8 / 1e12, "",
-              layer_f16 / layer_w8);
+  print_row(m, "layer", "7 linears", layer.flops, layer.f16, layer.lt, layer.fu, layer.g, layer.q);
   return Status::Ok();
 }
 #endif
@@ -103,9 +145,12 @@ int run_bench_w8a8_impl(int argc, char** argv) {
     // Workspace for the largest M unchunked: cuBLASLt scratch + codes + scales + int32 products.
     const size_t ws = (size_t{16} << 20) + static_cast<size_t>(max_m) * (11008 + 4 + 11008 * 4);
     NB_ASSIGN_OR_RETURN(std::unique_ptr<cuda::Context> ctx, cuda::Context::create(0, ws));
-    std::printf("device %s; f16 activations in and out; rates in TFLOP/s (f16) and TOP/s (int8)\n", info.name.c_str());
-    std::printf("  %5s  %-8s %13s %9s %7s %9s %7s %8s %8s\n", "M", "linear", "N x K", "f16 us", "TFLOPs", "w8a8 us",
-                "TOPs", "quant us", "speedup");
+    std::printf("device %s; f16 activations in and out; us, TFLOP/s (f16) or TOP/s (int8), speedup over f16\n",
+                info.name.c_str());
+    std::printf("  lt = quantize + cuBLASLt int8 GEMM (int32 out) + epilogue kernel; fused = quantize + sm_90a GEMM\n"
+                "  with the scales in its epilogue; gemm = that GEMM alone on int8 codes; quant = quantize alone\n");
+    std::printf("  %5s  %-8s %-11s %8s %6s | %24s | %24s | %24s | %7s\n", "M", "linear", "N x K", "f16 us", "TF/s",
+                "lt: us TOP/s speedup", "fused: us TOP/s speedup", "gemm: us TOP/s speedup", "quant");
     for (int64_t m : ms) NB_RETURN_IF_ERROR(bench_m(*ctx, m, static_cast<int>(runs)));
     return Status::Ok();
   };

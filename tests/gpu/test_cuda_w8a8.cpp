@@ -83,7 +83,8 @@ std::vector<float> make_acts(int64_t m, int64_t k, uint32_t s, DType act) {
 class CudaW8A8 : public CudaTest {
  protected:
   // One product on `c` (the fixture's Context unless given), checked against the reference.
-  void check(int64_t m, int64_t n, int64_t k, DType act, uint32_t s, cuda::Context* c = nullptr) {
+  void check(int64_t m, int64_t n, int64_t k, DType act, uint32_t s, cuda::Context* c = nullptr,
+             cuda::W8A8Path path = cuda::W8A8Path::kAuto, bool prequantized = false) {
     cuda::Context& cx = c != nullptr ? *c : ctx();
     const std::string what = "m " + std::to_string(m) + " n " + std::to_string(n) + " k " + std::to_string(k) +
                              " act " + std::string(dtype_name(act));
@@ -101,7 +102,15 @@ class CudaW8A8 : public CudaTest {
     Tensor dw = Tensor::view(d_w.data(), shape, 2, DType::kQGroup, nullptr, Device::kCUDA);
     dw.set_group_quant(std::make_shared<const GroupQuant>(*w.group_quant()));
     MatmulParams p{dw, d_x.as<float>(), d_y.as<float>(), m, act};
-    const Status st = cuda::matmul_w8a8(p, cx);
+    Status st;
+    if (prequantized) {  // quantize_act_int8, then the GEMM step on its codes
+      cuda::DeviceBuffer d_q = poisoned(static_cast<size_t>(m * k)), d_d = poisoned(static_cast<size_t>(m) * 4);
+      st = cuda::quantize_act_int8(d_x.as<float>(), m, k, act, d_q.as<int8_t>(), d_d.as<float>(), cx);
+      if (st.ok()) st = cuda::matmul_w8a8_quantized(dw, d_q.as<int8_t>(), d_d.as<float>(), d_y.data(), m, act, cx);
+      NB_ASSERT_OK(cx.synchronize());  // d_q and d_d go out of scope here
+    } else {
+      st = cuda::matmul_w8a8_path(p, cx, path);
+    }
     ASSERT_TRUE(st.ok()) << what << ": " << st.to_string();
     std::vector<uint8_t> bytes(static_cast<size_t>(m * n) * gpu_test::elem_bytes(act));
     NB_ASSERT_OK(cuda::copy_to_host(bytes.data(), d_y.data(), bytes.size(), cx.stream()));
@@ -154,6 +163,51 @@ TEST_F(CudaW8A8, ChunkedRowsMatchReference) {
   ASSERT_TRUE(small.ok()) << small.status().to_string();
   check(45, n, k, DType::kF16, 13000, small->get());  // chunks of 16 rows: 16, 16, 13
   check(7, n, k, DType::kF32, 13003, small->get());
+}
+
+// The fused sm_90a kernel (CUTLASS GEMM with the scales in its epilogue) gives the reference's
+// bits too: M in its 64 x 64 tiles (up to 128 rows) and its 128 x 128 ones (above), partial tiles,
+// N not a multiple of the tile, K from one 128-deep step to many. Both paths are forced.
+TEST_F(CudaW8A8, FusedSm90MatchesReferenceExactly) {
+  if (!cuda::w8a8_fused_available(256, 256, 256, DType::kF16)) {
+    GTEST_SKIP() << "the fused W8A8 GEMM needs an sm_90 device and a build with the CUTLASS headers";
+  }
+  struct Case {
+    int64_t m, n, k;
+  };
+  const Case cases[] = {{1, 64, 128}, {77, 136, 256}, {128, 256, 4096}, {300, 1024, 768}, {520, 2048, 1024},
+                        {130, 264, 11008}};
+  uint32_t s = 14000;
+  for (const Case& c : cases)
+    for (DType act : {DType::kF16, DType::kBF16})
+      for (cuda::W8A8Path path : {cuda::W8A8Path::kFused, cuda::W8A8Path::kCublasLt}) {
+        check(c.m, c.n, c.k, act, s, nullptr, path);
+        if (HasFatalFailure()) return;
+      }
+  // Chunked rows through the fused kernel: a workspace for 20 rows of the cuBLASLt path holds 100.
+  const int64_t n = 256, k = 512;
+  const size_t per_row = static_cast<size_t>(k) + 4 + static_cast<size_t>(n) * 4;
+  auto small = cuda::Context::create(0, (size_t{8} << 20) + 3 * 256 + 20 * per_row);
+  ASSERT_TRUE(small.ok()) << small.status().to_string();
+  check(333, n, k, DType::kF16, 14100, small->get(), cuda::W8A8Path::kFused);
+  // f32 activations have no fused kernel: forcing it is an error, not a silent fallback.
+  EXPECT_FALSE(cuda::w8a8_fused_available(256, 256, 256, DType::kF32));
+}
+
+// Linears sharing an input quantize it once (the model's q, k, v and gate, up): the GEMM step on
+// quantize_act_int8's codes gives the reference's bits too: through the fused kernel (f16, bf16 on
+// sm_90a; both of its tile sizes) and the cuBLASLt path (f32), whose int32 products also go through
+// a workspace that takes a few rows at a time.
+TEST_F(CudaW8A8, PrequantizedInputMatchesReference) {
+  uint32_t s = 15000;
+  for (int64_t m : {int64_t{3}, int64_t{130}, int64_t{300}})
+    for (DType act : kActs) {
+      check(m, 264, 512, act, s += 3, nullptr, cuda::W8A8Path::kAuto, true);
+      if (HasFatalFailure()) return;
+    }
+  auto small = cuda::Context::create(0, (size_t{8} << 20) + 256 + 20 * 264 * 4);
+  ASSERT_TRUE(small.ok()) << small.status().to_string();
+  check(45, 264, 512, DType::kF32, s += 3, small->get(), cuda::W8A8Path::kAuto, true);  // 20 rows at a time
 }
 
 TEST_F(CudaW8A8, RejectsOtherWeights) {

@@ -25,6 +25,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <array>
 #include <climits>
 #include <cstdint>
 #include <cstdlib>
@@ -248,16 +249,34 @@ bool w4_weight_ok(const Tensor& w, int64_t n, int64_t k, int64_t group) {
 
 bool is_w4(const DecodeStepParams& p) { return !p.layers.empty() && p.layers[0].wqkv.dtype() == DType::kQGroup; }
 
-// Words of one W4 parameter region: the most tiles a block takes in a stage, x matrices read
-// together x groups x 16 rows.
-int64_t w4_param_words(const DecodeStepParams& p, int64_t dim, int64_t hidden, int blocks) {
+// The four W4 linear stages of a layer (q|k|v, o_proj, gate/up, down): the rows of each weight
+// read in the stage (0 = none), the inputs, and how many tiles a block takes together (gate/up:
+// pairs, one of each). The shared-memory plan and the kernel's stage table both come from here.
+struct W4StageShape {
+  int64_t rows[3];
+  int64_t k;
+  int64_t together;
+  // The most tiles one block takes in the stage (whole groups of `together`).
+  int64_t block_tiles(int blocks) const {
+    const int64_t sets = (rows[0] + rows[1] + rows[2]) / 16 / together;
+    return (sets + blocks - 1) / blocks * together;
+  }
+};
+std::array<W4StageShape, 4> w4_stages(const DecodeStepParams& p, int64_t dim, int64_t hidden) {
   const int64_t q_dim = p.num_heads * p.head_dim, kv_dim = p.num_kv_heads * p.head_dim;
+  return {{{{q_dim, kv_dim, kv_dim}, dim, 1}, {{dim, 0, 0}, q_dim, 1}, {{hidden, hidden, 0}, dim, 2},
+           {{dim, 0, 0}, hidden, 1}}};
+}
+
+// Words of one W4 parameter region: the most tiles a block takes in a stage x groups x 16 rows.
+int64_t w4_param_words(const DecodeStepParams& p, int64_t dim, int64_t hidden, int blocks) {
   const int64_t group = p.layers[0].wqkv.group_quant()->group_size;
-  auto words = [&](int64_t n, int64_t k, int64_t r) {  // r weights' tiles taken together (gate/up: pairs)
-    const int64_t g = group < 0 ? 1 : (k + group - 1) / group;
-    return (n / 16 + blocks - 1) / blocks * r * g * 16;
-  };
-  return std::max({words(q_dim + 2 * kv_dim, dim, 1), words(dim, q_dim, 1), words(hidden, dim, 2), words(dim, hidden, 1)});
+  int64_t most = 0;
+  for (const W4StageShape& st : w4_stages(p, dim, hidden)) {
+    const int64_t g = group < 0 ? 1 : (st.k + group - 1) / group;
+    most = std::max(most, st.block_tiles(blocks) * g * 16);
+  }
+  return most;
 }
 
 // Also the attention stage's per-warp partials ([kWarpsB][HD + 2]) live there.
@@ -267,12 +286,12 @@ int64_t xs_floats(const DecodeStepParams& p, int64_t hidden, int64_t dim) {
 int64_t table_entries(const DecodeStepParams& p) { return (p.max_context_len + p.block_size - 1) / p.block_size; }
 // The most tiles one warp touches in a W4 stage (its units: an even share of its block's).
 int64_t w4_part_tiles(const DecodeStepParams& p, int64_t dim, int64_t hidden, int blocks) {
-  const int64_t q_dim = p.num_heads * p.head_dim, kv_dim = p.num_kv_heads * p.head_dim;
-  auto tiles = [&](int64_t n, int64_t k, int64_t r) {  // r: tiles a block takes together (gate/up: pairs)
-    const int64_t nt = (n / 16 + blocks - 1) / blocks * r, chunks = k / 64;
-    return std::min(nt, (nt * chunks + kWarpsB - 1) / kWarpsB / chunks + 2);
-  };
-  return std::max({tiles(q_dim + 2 * kv_dim, dim, 1), tiles(dim, q_dim, 1), tiles(hidden, dim, 2), tiles(dim, hidden, 1)});
+  int64_t most = 0;
+  for (const W4StageShape& st : w4_stages(p, dim, hidden)) {
+    const int64_t nt = st.block_tiles(blocks), chunks = st.k / 64;
+    most = std::max(most, std::min(nt, (nt * chunks + kWarpsB - 1) / kWarpsB / chunks + 2));
+  }
+  return most;
 }
 
 // xs, the RoPE angles and the block table (see the kernel); then, for W4 weights, from a 16-byte
@@ -400,16 +419,14 @@ Status decode_step(const DecodeStepParams& p, Context& ctx) {
   const size_t smem = smem_bytes(p, a.hidden, a.dim, blocks);
   if (is_w4(p)) {
     const int64_t group = l0.wqkv.group_quant()->group_size;
-    const int64_t q_dim = a.q_dim, kv_dim = a.kv_dim, dim = a.dim, hidden = a.hidden;
-    // (rows of each weight, inputs): q|k|v, o_proj, gate/up, down
-    const int64_t shapes[4][4] = {{q_dim, kv_dim, kv_dim, dim}, {dim, 0, 0, q_dim}, {hidden, hidden, 0, dim},
-                                  {dim, 0, 0, hidden}};
+    const std::array<W4StageShape, 4> stages = w4_stages(p, a.dim, a.hidden);
     for (int i = 0; i < 4; ++i) {
       W4Dims& d = a.w4[i];
-      d.k = static_cast<int>(shapes[i][3]);
+      d.k = static_cast<int>(stages[i].k);
       d.group = static_cast<int>(group < 0 ? d.k : group);
       for (int j = 0; j < 3; ++j) {
-        const int64_t n = shapes[i][j], n_pad = (n + W4Layout::kRowAlign - 1) / W4Layout::kRowAlign * W4Layout::kRowAlign;
+        const int64_t n = stages[i].rows[j];
+        const int64_t n_pad = (n + W4Layout::kRowAlign - 1) / W4Layout::kRowAlign * W4Layout::kRowAlign;
         d.tiles[j] = static_cast<int>(n / 16);
         d.param_offset[j] = n_pad * d.k / 2;  // backend/w4_layout.h: the params follow the codes
       }

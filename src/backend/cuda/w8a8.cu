@@ -16,6 +16,7 @@
 #include "backend/cuda/common.cuh"
 #include "backend/cuda/cuda_check.h"
 #include "backend/cuda/w8a8.h"
+#include "backend/cuda/w8a8_sm90.h"
 #include "core/group_quant.h"
 
 namespace nb::cuda {
@@ -184,17 +185,84 @@ Status quantize_act_int8(const float* x, int64_t m, int64_t k, DType act_dtype, 
   });
 }
 
-Status matmul_w8a8(const MatmulParams& p, Context& ctx) {
-  NB_RETURN_IF_ERROR(w8a8_check(p.weight));
-  if (p.weight.device() != Device::kCUDA) return invalid_argument("matmul_w8a8: the weight must be a device view (w8a8.h)");
-  if (p.m <= 0) return Status::Ok();
-  const int64_t n = p.weight.dim(0), k = p.weight.dim(1);
+Status matmul_w8a8(const MatmulParams& p, Context& ctx) { return matmul_w8a8_path(p, ctx, W8A8Path::kAuto); }
+
+bool w8a8_fused_available(int64_t m, int64_t n, int64_t k, DType act_dtype) {
+#ifdef NIBBLE_HAVE_CUTLASS
+  return w8a8_sm90_supported(m, n, k, act_dtype);
+#else
+  (void)m, (void)n, (void)k, (void)act_dtype;
+  return false;
+#endif
+}
+
+namespace {
+
+// The GEMM step on codes already made: y[rows] from xq/d, by the fused kernel or by cuBLASLt into
+// the int32 scratch `iv` (iv_rows rows at a time) and the epilogue kernel.
+struct W8A8Weight {
+  const int8_t* wq;
+  const float* scales;
+  int64_t n, k;
+};
+Status w8a8_gemm(const W8A8Weight& w, const int8_t* xq, const float* d, void* y, int64_t rows, DType act, bool fused,
+                 void* lt_ws, int32_t* iv, int64_t iv_rows, Context& ctx) {
+  cudaStream_t stream = detail::as_stream(ctx.stream());
+  if (fused) {
+#ifdef NIBBLE_HAVE_CUTLASS
+    return w8a8_gemm_sm90(xq, w.wq, w.scales, d, y, act, rows, w.n, w.k, stream);
+#else
+    return unimplemented("W8A8: this build has no fused GEMM (no CUTLASS headers)");
+#endif
+  }
+  int device = 0;
+  NB_CUDA_RETURN_IF_ERROR(cudaGetDevice(&device));
+  const size_t act_bytes = act == DType::kF32 ? 4 : 2;
+  for (int64_t r0 = 0; r0 < rows; r0 += iv_rows) {
+    const int64_t mr = std::min(iv_rows, rows - r0);
+    NB_ASSIGN_OR_RETURN(LtPlan plan, lt_plan(device, mr, w.n, w.k));
+    const int32_t alpha = 1, beta = 0;
+    NB_CUDA_RETURN_IF_ERROR(cublasLtMatmul(lt_state().handle, plan.op, &alpha, w.wq, plan.a, xq + r0 * w.k, plan.b,
+                                           &beta, iv, plan.d, iv, plan.d, &plan.algo, lt_ws, kLtWorkspace, stream));
+    void* yr = static_cast<uint8_t*>(y) + static_cast<size_t>(r0 * w.n) * act_bytes;
+    NB_RETURN_IF_ERROR(dispatch(act, [&](auto tag) -> Status {
+      using T = decltype(tag);
+      const int64_t quads = mr * w.n / 4;
+      const unsigned blocks = static_cast<unsigned>(std::min<int64_t>(ceil_div(quads, 256), 65536));
+      w8a8_epilogue_kernel<T><<<blocks, 256, 0, stream>>>(iv, w.scales, d + r0, static_cast<T*>(yr), mr, w.n);
+      NB_CUDA_RETURN_IF_ERROR(cudaGetLastError());
+      return Status::Ok();
+    }));
+  }
+  return Status::Ok();
+}
+
+Result<W8A8Weight> weight_of(const Tensor& weight) {
+  NB_RETURN_IF_ERROR(w8a8_check(weight));
+  if (weight.device() != Device::kCUDA) return invalid_argument("matmul_w8a8: the weight must be a device view (w8a8.h)");
+  const int64_t n = weight.dim(0), k = weight.dim(1);
   if (k * 255 * 127 >= (int64_t{1} << 31)) return unimplemented("W8A8: K too large for exact int32 sums (K < 66000)");
-  const auto* wbytes = static_cast<const uint8_t*>(p.weight.data());
-  const auto* wq = reinterpret_cast<const int8_t*>(wbytes);
-  const auto* scales = reinterpret_cast<const float*>(wbytes + w8a8_scales_offset(n, k));
-  // Workspace: [cuBLASLt scratch | xq (mc x k) | d (mc) | iv (mc x n)], mc rows at a time.
-  const size_t per_row = static_cast<size_t>(k) + 4 + static_cast<size_t>(n) * 4;
+  const auto* wbytes = static_cast<const uint8_t*>(weight.data());
+  return W8A8Weight{reinterpret_cast<const int8_t*>(wbytes), reinterpret_cast<const float*>(wbytes + w8a8_scales_offset(n, k)),
+                    n, k};
+}
+
+bool use_fused(W8A8Path path, int64_t m, int64_t n, int64_t k, DType act) {
+  return path == W8A8Path::kFused || (path == W8A8Path::kAuto && m >= kW8A8FusedMinM && w8a8_fused_available(m, n, k, act));
+}
+
+}  // namespace
+
+Status matmul_w8a8_path(const MatmulParams& p, Context& ctx, W8A8Path path) {
+  NB_ASSIGN_OR_RETURN(const W8A8Weight w, weight_of(p.weight));
+  if (p.m <= 0) return Status::Ok();
+  const int64_t n = w.n, k = w.k;
+  const bool fused = use_fused(path, p.m, n, k, p.act_dtype);
+  if (fused && !w8a8_fused_available(p.m, n, k, p.act_dtype)) {
+    return unimplemented("W8A8: the fused sm_90a GEMM is not available for this shape, dtype or device");
+  }
+  // Workspace: [cuBLASLt scratch | xq (mc x k) | d (mc) | iv (mc x n, cuBLASLt path only)], mc rows at a time.
+  const size_t per_row = static_cast<size_t>(k) + 4 + (fused ? 0 : static_cast<size_t>(n) * 4);
   const size_t fixed = kLtWorkspace + 3 * kAlign;
   if (ctx.workspace_bytes() < fixed + per_row) {
     return resource_exhausted("W8A8: the Context workspace (" + std::to_string(ctx.workspace_bytes()) +
@@ -204,33 +272,34 @@ Status matmul_w8a8(const MatmulParams& p, Context& ctx) {
   if (mc >= 16) mc -= mc % 16;
   mc = std::min(mc, p.m);
   auto* ws = static_cast<uint8_t*>(ctx.workspace());
-  void* lt_ws = ws;
   auto* xq = reinterpret_cast<int8_t*>(ws + kLtWorkspace);
   auto* d = reinterpret_cast<float*>(ws + kLtWorkspace + align_up(static_cast<size_t>(mc * k)));
   auto* iv = reinterpret_cast<int32_t*>(reinterpret_cast<uint8_t*>(d) + align_up(static_cast<size_t>(mc) * 4));
-  cudaStream_t stream = detail::as_stream(ctx.stream());
-  int device = 0;
-  NB_CUDA_RETURN_IF_ERROR(cudaGetDevice(&device));
   const size_t act = p.act_dtype == DType::kF32 ? 4 : 2;
   for (int64_t r0 = 0; r0 < p.m; r0 += mc) {
     const int64_t rows = std::min(mc, p.m - r0);
     const auto* x = reinterpret_cast<const float*>(reinterpret_cast<const uint8_t*>(p.x) + static_cast<size_t>(r0 * k) * act);
     NB_RETURN_IF_ERROR(quantize_act_int8(x, rows, k, p.act_dtype, xq, d, ctx));
-    NB_ASSIGN_OR_RETURN(LtPlan plan, lt_plan(device, rows, n, k));
-    const int32_t alpha = 1, beta = 0;
-    NB_CUDA_RETURN_IF_ERROR(cublasLtMatmul(lt_state().handle, plan.op, &alpha, wq, plan.a, xq, plan.b, &beta, iv, plan.d,
-                                           iv, plan.d, &plan.algo, lt_ws, kLtWorkspace, stream));
     void* y = reinterpret_cast<uint8_t*>(p.y) + static_cast<size_t>(r0 * n) * act;
-    NB_RETURN_IF_ERROR(dispatch(p.act_dtype, [&](auto tag) -> Status {
-      using T = decltype(tag);
-      const int64_t quads = rows * n / 4;
-      const unsigned blocks = static_cast<unsigned>(std::min<int64_t>(ceil_div(quads, 256), 65536));
-      w8a8_epilogue_kernel<T><<<blocks, 256, 0, stream>>>(iv, scales, d, static_cast<T*>(y), rows, n);
-      NB_CUDA_RETURN_IF_ERROR(cudaGetLastError());
-      return Status::Ok();
-    }));
+    NB_RETURN_IF_ERROR(w8a8_gemm(w, xq, d, y, rows, p.act_dtype, fused, ws, iv, rows, ctx));
   }
   return Status::Ok();
+}
+
+Status matmul_w8a8_quantized(const Tensor& weight, const int8_t* xq, const float* d, void* y, int64_t m, DType act_dtype,
+                             Context& ctx) {
+  NB_ASSIGN_OR_RETURN(const W8A8Weight w, weight_of(weight));
+  if (m <= 0) return Status::Ok();
+  const bool fused = use_fused(W8A8Path::kAuto, m, w.n, w.k, act_dtype);
+  // Workspace: [cuBLASLt scratch | iv (rows x n)] on the cuBLASLt path.
+  const size_t fixed = kLtWorkspace + kAlign, per_row = static_cast<size_t>(w.n) * 4;
+  if (!fused && ctx.workspace_bytes() < fixed + per_row) {
+    return resource_exhausted("W8A8: the Context workspace (" + std::to_string(ctx.workspace_bytes()) +
+                              " bytes) is too small; it needs at least " + std::to_string(fixed + per_row));
+  }
+  const int64_t iv_rows = fused ? m : static_cast<int64_t>((ctx.workspace_bytes() - fixed) / per_row);
+  auto* ws = static_cast<uint8_t*>(ctx.workspace());
+  return w8a8_gemm(w, xq, d, y, m, act_dtype, fused, ws, reinterpret_cast<int32_t*>(ws + kLtWorkspace), iv_rows, ctx);
 }
 
 }  // namespace nb::cuda

@@ -7,7 +7,8 @@
 // so the GPU's f32 outputs equal the CPU reference's bit for bit (f16/bf16 outputs: that value
 // rounded once). Three steps: a per-token quantization kernel (absmax, then the codes; a separate
 // kernel, not yet fused into RMSNorm/SwiGLU), an int8 x int8 -> int32 cuBLASLt GEMM (IMMA tensor
-// cores), and an epilogue kernel applying scale[n] * d_t and rounding to the activation dtype.
+// cores), and an epilogue kernel applying scale[n] * d_t and rounding to the activation dtype — or,
+// on sm_90a for f16/bf16, the last two as one CUTLASS kernel (see matmul_w8a8).
 // Scratch (codes, d, the int32 product) lives in ctx.workspace(); M is processed in chunks of rows
 // that fit it.
 //
@@ -35,7 +36,23 @@ Status w8a8_check(const Tensor& host_weight);
 Result<std::vector<uint8_t>> w8a8_repack(const Tensor& host_weight);
 
 // y[m, N] = W8A8(x[m, K], weight) with p.weight a device view as above and act_dtype f32/f16/bf16.
+// Where w8a8_fused_available says so (sm_90a, f16/bf16, CUTLASS built in; from kW8A8FusedMinM
+// rows up), the GEMM and the epilogue are one kernel (w8a8_sm90.h) and the int32 products never
+// reach memory; otherwise cuBLASLt's int8 GEMM writes them and the epilogue kernel reads them. Same
+// bits.
 Status matmul_w8a8(const MatmulParams& p, Context& ctx);
+inline constexpr int64_t kW8A8FusedMinM = 1;
+enum class W8A8Path { kAuto, kCublasLt, kFused };
+// The same with the path forced (tests and `nibble bench w8a8`); kFused where it is not available
+// is an error.
+Status matmul_w8a8_path(const MatmulParams& p, Context& ctx, W8A8Path path);
+bool w8a8_fused_available(int64_t m, int64_t n, int64_t k, DType act_dtype);
+
+// The GEMM step alone, on activations quantize_act_int8 already made (xq [m, K] int8 codes, d [m]
+// scales): for linears that share their input (q, k, v; gate, up), which then quantize it once.
+// Same bits as matmul_w8a8 on the activations themselves.
+Status matmul_w8a8_quantized(const Tensor& weight, const int8_t* xq, const float* d, void* y, int64_t m, DType act_dtype,
+                             Context& ctx);
 
 // The per-token quantization step alone (for tests and benchmarks): xq[m, k] int8 codes and
 // d[m] f32 scales of x (act_dtype), as cpu::quantize_act_int8_row computes them.

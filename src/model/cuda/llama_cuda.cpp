@@ -245,6 +245,10 @@ Status CudaLlama::allocate_scratch() {
   NB_ASSIGN_OR_RETURN(hb_, DeviceBuffer::allocate(t * hidden * ab));
   NB_ASSIGN_OR_RETURN(hb2_, DeviceBuffer::allocate(t * hidden * ab));
   NB_ASSIGN_OR_RETURN(xg_, DeviceBuffer::allocate(static_cast<size_t>(max_rows_) * dim * ab));
+  if (!layers_.empty() && is_w8a8(layers_[0].wq)) {
+    NB_ASSIGN_OR_RETURN(w8q_, DeviceBuffer::allocate(t * dim));
+    NB_ASSIGN_OR_RETURN(w8d_, DeviceBuffer::allocate(t * 4));
+  }
   const size_t logits_bytes = static_cast<size_t>(max_rows_ * c.vocab_size) * 4;
   NB_ASSIGN_OR_RETURN(logits_d_, DeviceBuffer::allocate(logits_bytes));
   NB_ASSIGN_OR_RETURN(logits_h_, PinnedBuffer::allocate(logits_bytes));

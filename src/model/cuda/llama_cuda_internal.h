@@ -146,6 +146,9 @@ class CudaLlama final : public ForwardBackend {
   DeviceBuffer inv_freq_;
   // Activations for up to max_batch_tokens rows.
   DeviceBuffer x_, xb_, q_, k_, v_, att_, ob_, hb_, hb2_, xg_, logits_d_;
+  // W8A8 models: the normed input's int8 codes [tokens, dim] and scales [tokens], made once for the
+  // linears that share it (q, k, v; gate, up). Empty for other models.
+  DeviceBuffer w8q_, w8d_;
   // Staging: int32 [tokens | positions | query_start | start_pos | rows | block tables], int64 slots.
   int64_t max_tokens_ = 0, max_seqs_ = 0, max_rows_ = 0, max_table_ = 0;
   DeviceBuffer idx_d_, slots_d_, greedy_d_;
