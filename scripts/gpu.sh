@@ -33,7 +33,7 @@
 #                          gpu_carry_b/text/wikitext-2-raw.{test,valid}.txt; NIBBLE_QTABLE_ROWS, _JOBS,
 #                          _BATCH = eval --batch-tokens, default 256);
 #                          w8serve = `nibble serve` of the 7B in f16 and RTN W8A8, `bench serve` at
-#                          NIBBLE_W8SERVE_CONCURRENCY (128) requests in flight (issue 6)
+#                          NIBBLE_W8SERVE_CONCURRENCY (128) requests in flight, NIBBLE_W8SERVE_REPEATS runs (issue 6)
 #                          qppl = perplexity of RTN W4 g64, naive W8A8 and KV int8/int4 SmolLM2 on the GPU
 #                          (f16 and f32; needs gpu_carry_b/text/wikitext-2-raw.test.txt; NIBBLE_QPPL_WINDOWS
 #                          windows (2), NIBBLE_QPPL_MODELS picks rows: base rtn_w4g64 naive_w8a8 kv_int8 kv_int4)
@@ -290,9 +290,12 @@ if [ "${result[build]:-}" = ok ] && [ "$bench" != none ]; then
         --max-batched-tokens 4096 >"$out/w8serve_server_$name.log" 2>&1 &
       spid=$!
       for i in $(seq 300); do curl -sf http://127.0.0.1:8198/health >/dev/null 2>&1 && break; sleep 1; done
-      "$nib" bench serve --url http://127.0.0.1:8198 -m "$m7" --num-prompts $((conc * 4)) --request-rate inf \
-        --max-concurrency "$conc" --input-len 128 --output-len 128 --seed 1 >"$out/w8serve_$name.txt" 2>&1
-      record "w8serve_$name" $?
+      rc=0
+      for rep in $(seq "${NIBBLE_W8SERVE_REPEATS:-1}"); do  # repeats appended, the server kept up
+        "$nib" bench serve --url http://127.0.0.1:8198 -m "$m7" --num-prompts $((conc * 4)) --request-rate inf \
+          --max-concurrency "$conc" --input-len 128 --output-len 128 --seed "$rep" >>"$out/w8serve_$name.txt" 2>&1 || rc=1
+      done
+      record "w8serve_$name" $rc
       kill $spid 2>/dev/null; wait $spid 2>/dev/null
     done
   fi

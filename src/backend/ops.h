@@ -35,6 +35,11 @@ struct RmsNormParams {
   int64_t dim;
   float eps;
   DType act_dtype = DType::kF32;  // of x and y (weight stays f32)
+  // Optional, for W8A8 linears that read y: y's int8 codes [rows, dim] and scales [rows], as the
+  // per-token quantizer makes them from y as stored (cpu::quantize_act_int8_row on the CPU,
+  // cuda::quantize_act_int8 on the GPU). Null: not made.
+  int8_t* y_codes = nullptr;
+  float* y_scales = nullptr;
 };
 
 // Fused residual add + RMSNorm, row by row: x += residual (x is updated in place, rounded to
@@ -49,6 +54,8 @@ struct AddRmsNormParams {
   int64_t dim;
   float eps;
   DType act_dtype = DType::kF32;  // of x, residual and y
+  int8_t* y_codes = nullptr;      // optional int8 codes of y, as RmsNormParams::y_codes
+  float* y_scales = nullptr;
 };
 
 // Rotates q and k in place. Token t has position positions[t].

@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cmath>
 #include <random>
 #include <vector>
@@ -151,6 +152,47 @@ void expect_same_linear(const Tensor& back, const QuantizedLinear& l) {
   const std::vector<float> w0 = dequantize(l), w1 = dequantize(*b);
   for (size_t i = 0; i < w0.size(); ++i) ASSERT_EQ(w1[i], w0[i]) << "element " << i;
   EXPECT_EQ(b->q, l.q);
+}
+
+// The norms that feed W8A8 linears can write y's int8 codes (RmsNormParams::y_codes): the
+// reference and the fast rms_norm, and add_rms_norm, give exactly the row quantizer's codes and
+// scales of the y each writes (row 0 all zero: d = 0, codes 0), and the same y as without them.
+TEST(W8A8NormCodes, MatchTheRowQuantizerOfY) {
+  const int64_t rows = 5, dim = 96;
+  std::mt19937 rng(7);
+  std::normal_distribution<float> nd(0.f, 2.f);
+  std::vector<float> x(static_cast<size_t>(rows * dim)), res(x.size()), w(static_cast<size_t>(dim));
+  for (float& v : x) v = nd(rng);
+  for (float& v : res) v = nd(rng);
+  for (float& v : w) v = nd(rng);
+  std::fill(x.begin(), x.begin() + dim, 0.f);
+  std::fill(res.begin(), res.begin() + dim, 0.f);
+  for (int op = 0; op < 3; ++op) {  // reference rms_norm, fast rms_norm, reference add_rms_norm
+    std::vector<float> xa = x, xb = x, y0(x.size()), y1(x.size());
+    std::vector<int8_t> codes(x.size(), 99);
+    std::vector<float> scales(static_cast<size_t>(rows), -1.f);
+    RmsNormParams p{xa.data(), w.data(), y0.data(), rows, dim, 1e-5f};
+    AddRmsNormParams a{xa.data(), res.data(), w.data(), y0.data(), rows, dim, 1e-5f};
+    if (op == 0) cpu::ref::rms_norm(p);
+    if (op == 1) cpu::rms_norm(p);
+    if (op == 2) cpu::ref::add_rms_norm(a);
+    p.x = xb.data();
+    p.y = a.y = y1.data();
+    a.x = xb.data();
+    p.y_codes = a.y_codes = codes.data();
+    p.y_scales = a.y_scales = scales.data();
+    if (op == 0) cpu::ref::rms_norm(p);
+    if (op == 1) cpu::rms_norm(p);
+    if (op == 2) cpu::ref::add_rms_norm(a);
+    EXPECT_EQ(y0, y1) << "op " << op;
+    for (int64_t r = 0; r < rows; ++r) {
+      std::vector<int8_t> want(static_cast<size_t>(dim));
+      const float d = cpu::quantize_act_int8_row(y1.data() + r * dim, dim, want.data());
+      EXPECT_EQ(scales[static_cast<size_t>(r)], d) << "op " << op << " row " << r;
+      EXPECT_TRUE(std::equal(want.begin(), want.end(), codes.begin() + r * dim)) << "op " << op << " row " << r;
+    }
+    EXPECT_EQ(scales[0], 0.f);
+  }
 }
 
 TEST(QuantFormats, BitStreamMatchesAutoGptqThreeBitLayout) {

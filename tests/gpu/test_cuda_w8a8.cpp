@@ -18,6 +18,7 @@
 
 #include "backend/cpu/cpu_ops.h"
 #include "backend/cpu/matmul_internal.h"
+#include "backend/cuda/cuda_ops.h"
 #include "backend/cuda/w8a8.h"
 #include "core/group_quant.h"
 #include "gpu_test_util.h"
@@ -208,6 +209,66 @@ TEST_F(CudaW8A8, PrequantizedInputMatchesReference) {
   auto small = cuda::Context::create(0, (size_t{8} << 20) + 256 + 20 * 264 * 4);
   ASSERT_TRUE(small.ok()) << small.status().to_string();
   check(45, 264, 512, DType::kF32, s += 3, small->get(), cuda::W8A8Path::kAuto, true);  // 20 rows at a time
+}
+
+// The norms that feed W8A8 linears write y's int8 codes too (RmsNormParams::y_codes): they must be
+// the bits quantize_act_int8 makes from that y, and y must be what the norm writes without them.
+// rms_norm is run in place (y = x) as well, where the third pass reads back what pass two wrote.
+TEST_F(CudaW8A8, NormCodesMatchQuantizer) {
+  uint32_t s = 16000;
+  for (int64_t rows : {int64_t{1}, int64_t{7}, int64_t{130}})
+    for (int64_t dim : {int64_t{64}, int64_t{576}, int64_t{4096}})
+      for (DType act : kActs)
+        for (int mode = 0; mode < 3; ++mode) {  // add_rms_norm, rms_norm, rms_norm in place
+          const std::string what = "rows " + std::to_string(rows) + " dim " + std::to_string(dim) + " act " +
+                                   std::string(dtype_name(act)) + " mode " + std::to_string(mode);
+          const size_t n = static_cast<size_t>(rows * dim), eb = gpu_test::elem_bytes(act);
+          const std::vector<float> x = make_acts(rows, dim, s++, act), r = make_acts(rows, dim, s++, act);
+          const std::vector<float> w = gpu_test::random_normal(static_cast<size_t>(dim), s++);
+          cuda::DeviceBuffer d_w = upload(w), d_r = upload_act(r, act);
+          auto run = [&](int8_t* codes, float* scales, std::vector<uint8_t>* y_bytes) {
+            cuda::DeviceBuffer d_x = upload_act(x, act), d_y = poisoned(n * eb);
+            float* y = mode == 2 ? d_x.as<float>() : d_y.as<float>();
+            if (mode == 0) {
+              AddRmsNormParams p{d_x.as<float>(), d_r.as<float>(), d_w.as<float>(), y, rows, dim, 1e-5f, act};
+              p.y_codes = codes;
+              p.y_scales = scales;
+              NB_ASSERT_OK(cuda::add_rms_norm(p, ctx()));
+            } else {
+              RmsNormParams p{d_x.as<float>(), d_w.as<float>(), y, rows, dim, 1e-5f, act};
+              p.y_codes = codes;
+              p.y_scales = scales;
+              NB_ASSERT_OK(cuda::rms_norm(p, ctx()));
+            }
+            y_bytes->resize(n * eb);
+            NB_ASSERT_OK(cuda::copy_to_host(y_bytes->data(), y, y_bytes->size(), ctx().stream()));
+            NB_ASSERT_OK(ctx().synchronize());
+          };
+          std::vector<uint8_t> y_plain, y_coded;
+          run(nullptr, nullptr, &y_plain);
+          cuda::DeviceBuffer d_q = poisoned(n), d_d = poisoned(static_cast<size_t>(rows) * 4);
+          run(d_q.as<int8_t>(), d_d.as<float>(), &y_coded);
+          if (HasFatalFailure()) return;
+          EXPECT_TRUE(y_coded == y_plain) << what << ": y changed when codes are made";
+          // The quantizer on the norm's own output.
+          cuda::DeviceBuffer d_y = upload(y_coded), d_q2 = poisoned(n), d_d2 = poisoned(static_cast<size_t>(rows) * 4);
+          NB_ASSERT_OK(cuda::quantize_act_int8(d_y.as<float>(), rows, dim, act, d_q2.as<int8_t>(), d_d2.as<float>(), ctx()));
+          std::vector<int8_t> got_q(n), want_q(n);
+          std::vector<float> got_d(static_cast<size_t>(rows)), want_d(static_cast<size_t>(rows));
+          NB_ASSERT_OK(cuda::copy_to_host(got_q.data(), d_q.data(), n, ctx().stream()));
+          NB_ASSERT_OK(cuda::copy_to_host(want_q.data(), d_q2.data(), n, ctx().stream()));
+          NB_ASSERT_OK(cuda::copy_to_host(got_d.data(), d_d.data(), got_d.size() * 4, ctx().stream()));
+          NB_ASSERT_OK(cuda::copy_to_host(want_d.data(), d_d2.data(), want_d.size() * 4, ctx().stream()));
+          NB_ASSERT_OK(ctx().synchronize());
+          EXPECT_TRUE(got_q == want_q) << what << ": codes differ";
+          EXPECT_TRUE(got_d == want_d) << what << ": scales differ";
+        }
+  // Codes without scales (or the reverse) is a caller's mistake, not a silent skip.
+  cuda::DeviceBuffer d_x = upload(std::vector<float>(64, 1.f)), d_w = upload(std::vector<float>(64, 1.f));
+  cuda::DeviceBuffer d_q = poisoned(64);
+  RmsNormParams p{d_x.as<float>(), d_w.as<float>(), d_x.as<float>(), 1, 64, 1e-5f};
+  p.y_codes = d_q.as<int8_t>();
+  EXPECT_EQ(cuda::rms_norm(p, ctx()).code(), StatusCode::kInvalidArgument);
 }
 
 TEST_F(CudaW8A8, RejectsOtherWeights) {

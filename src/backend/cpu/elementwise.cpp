@@ -4,6 +4,7 @@
 #include <vector>
 
 #include "backend/cpu/cpu_ops.h"
+#include "backend/cpu/matmul_internal.h"
 #include "backend/cpu/simd.h"
 
 namespace nb::cpu {
@@ -37,6 +38,7 @@ void rms_norm(const RmsNormParams& p) {
     const float inv = 1.f / std::sqrt(ss / static_cast<float>(p.dim) + p.eps);
     for (int64_t i = 0; i < p.dim; ++i) y[i] = x[i] * inv * p.weight[i];
 #endif
+    if (p.y_codes != nullptr) p.y_scales[r] = quantize_act_int8_row(y, p.dim, p.y_codes + r * p.dim);
   }
 }
 

@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "backend/cpu/cpu_ops.h"
+#include "backend/cpu/matmul_internal.h"
 
 namespace nb::cpu::ref {
 
@@ -30,6 +31,7 @@ void rms_norm(const RmsNormParams& p) {
     for (int64_t i = 0; i < p.dim; ++i) ss += static_cast<double>(x[i]) * x[i];
     const double inv = 1.0 / std::sqrt(ss / static_cast<double>(p.dim) + p.eps);
     for (int64_t i = 0; i < p.dim; ++i) y[i] = static_cast<float>(x[i] * inv * p.weight[i]);
+    if (p.y_codes != nullptr) p.y_scales[r] = quantize_act_int8_row(y, p.dim, p.y_codes + r * p.dim);
   }
 }
 

@@ -11,7 +11,10 @@ namespace nb::cpu::ref {
 void add_rms_norm(const AddRmsNormParams& p) {
   const int64_t n = p.rows * p.dim;
   for (int64_t i = 0; i < n; ++i) p.x[i] += p.residual[i];
-  rms_norm({p.x, p.weight, p.y, p.rows, p.dim, p.eps});
+  RmsNormParams r{p.x, p.weight, p.y, p.rows, p.dim, p.eps};
+  r.y_codes = p.y_codes;
+  r.y_scales = p.y_scales;
+  rms_norm(r);
 }
 
 void kv_write(const KvWriteParams& p) {

@@ -85,11 +85,26 @@ __device__ __forceinline__ float block_sum(float v, float* scratch) {
   return total;
 }
 
+// Max over the block of one float per thread (as block_sum).
+__device__ __forceinline__ float block_max(float v, float* scratch) {
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  if (lane == 0) scratch[warp] = v;
+  __syncthreads();
+  float m = 0.f;
+  for (int w = 0; w < static_cast<int>(blockDim.x / 32); ++w) m = fmaxf(m, scratch[w]);
+  __syncthreads();
+  return m;
+}
+
 // One block per row. With `residual` non-null, first x += residual (stored rounded to T), and the norm
-// is taken of the stored x. The second pass re-reads x from global memory (L1/L2-resident).
+// is taken of the stored x. The second pass re-reads x from global memory (L1/L2-resident). With
+// `codes` non-null, a third pass quantizes the stored y row as w8a8.cu's quantize_act_int8_kernel
+// does (the same operations: absmax, d = amax / 127, rint(y * (1 / d)) clamped), so a W8A8 linear
+// reading y needs no quantization kernel of its own.
 template <typename T>
 __global__ void rms_norm_kernel(T* x, const T* __restrict__ residual, const float* __restrict__ weight, T* y,
-                                int64_t dim, float eps) {
+                                int64_t dim, float eps, int8_t* codes, float* scales) {
   __shared__ float scratch[kRowThreads / 32];
   const int64_t base = static_cast<int64_t>(blockIdx.x) * dim;
   float ss = 0.f;
@@ -108,8 +123,20 @@ __global__ void rms_norm_kernel(T* x, const T* __restrict__ residual, const floa
   // (block_sum's barriers order it anyway).
   const float total = block_sum(ss, scratch);
   const float inv = rsqrtf(total / static_cast<float>(dim) + eps);
+  float amax = 0.f;
   for (int64_t j = threadIdx.x; j < dim; j += blockDim.x) {
-    y[base + j] = from_f32<T>(to_f32(x[base + j]) * inv * weight[j]);
+    const T v = from_f32<T>(to_f32(x[base + j]) * inv * weight[j]);
+    y[base + j] = v;
+    amax = fmaxf(amax, fabsf(to_f32(v)));
+  }
+  if (codes == nullptr) return;
+  amax = block_max(amax, scratch);  // each thread reads back below only the y elements it wrote
+  const float dt = amax / 127.f;
+  const float id = dt != 0.f ? 1.f / dt : 0.f;
+  if (threadIdx.x == 0) scales[blockIdx.x] = dt;
+  for (int64_t j = threadIdx.x; j < dim; j += blockDim.x) {
+    const float v = rintf(__fmul_rn(to_f32(y[base + j]), id));
+    codes[base + j] = static_cast<int8_t>(fminf(fmaxf(v, -127.f), 127.f));
   }
 }
 
@@ -171,14 +198,18 @@ Status check_grid_rows(int64_t rows, const char* op) {
 }
 
 Status launch_rms_norm(float* x, const float* residual, const float* weight, float* y, int64_t rows, int64_t dim,
-                       float eps, DType act, const char* op, Context& ctx) {
+                       float eps, DType act, int8_t* codes, float* scales, const char* op, Context& ctx) {
+  if ((codes == nullptr) != (scales == nullptr)) {
+    return invalid_argument(std::string(op) + ": y_codes and y_scales go together (both or neither)");
+  }
   if (rows <= 0 || dim <= 0) return Status::Ok();
   NB_RETURN_IF_ERROR(check_grid_rows(rows, op));
   cudaStream_t stream = detail::as_stream(ctx.stream());
   return detail::dispatch_act(act, op, [&](auto tag) -> Status {
     using T = decltype(tag);
     rms_norm_kernel<T><<<static_cast<unsigned>(rows), kRowThreads, 0, stream>>>(
-        reinterpret_cast<T*>(x), reinterpret_cast<const T*>(residual), weight, reinterpret_cast<T*>(y), dim, eps);
+        reinterpret_cast<T*>(x), reinterpret_cast<const T*>(residual), weight, reinterpret_cast<T*>(y), dim, eps, codes,
+        scales);
     NB_CUDA_RETURN_IF_ERROR(cudaGetLastError());
     return Status::Ok();
   });
@@ -215,12 +246,13 @@ Status embedding(const EmbeddingParams& p, Context& ctx) {
 Status rms_norm(const RmsNormParams& p, Context& ctx) {
   // y may alias x: each element is read (pass 2) by the thread that then writes it.
   return launch_rms_norm(const_cast<float*>(p.x), nullptr, p.weight, p.y, p.rows, p.dim, p.eps, p.act_dtype,
-                         "rms_norm", ctx);
+                         p.y_codes, p.y_scales, "rms_norm", ctx);
 }
 
 Status add_rms_norm(const AddRmsNormParams& p, Context& ctx) {
   if (p.y == p.x || p.y == p.residual) return invalid_argument("add_rms_norm: y must not alias x or residual");
-  return launch_rms_norm(p.x, p.residual, p.weight, p.y, p.rows, p.dim, p.eps, p.act_dtype, "add_rms_norm", ctx);
+  return launch_rms_norm(p.x, p.residual, p.weight, p.y, p.rows, p.dim, p.eps, p.act_dtype, p.y_codes, p.y_scales,
+                         "add_rms_norm", ctx);
 }
 
 Status rope(const RopeParams& p, Context& ctx) {

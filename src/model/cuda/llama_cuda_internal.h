@@ -149,6 +149,15 @@ class CudaLlama final : public ForwardBackend {
   // W8A8 models: the normed input's int8 codes [tokens, dim] and scales [tokens], made once for the
   // linears that share it (q, k, v; gate, up). Empty for other models.
   DeviceBuffer w8q_, w8d_;
+  // A norm that writes xb, made to write xb's codes and scales into w8q_ / w8d_ too (W8A8 models).
+  template <typename P>
+  P w8a8_norm_codes(P p) const {
+    if (w8q_.data() != nullptr) {
+      p.y_codes = static_cast<int8_t*>(w8q_.data());
+      p.y_scales = static_cast<float*>(w8d_.data());
+    }
+    return p;
+  }
   // Staging: int32 [tokens | positions | query_start | start_pos | rows | block tables], int64 slots.
   int64_t max_tokens_ = 0, max_seqs_ = 0, max_rows_ = 0, max_table_ = 0;
   DeviceBuffer idx_d_, slots_d_, greedy_d_;

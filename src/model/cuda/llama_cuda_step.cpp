@@ -121,18 +121,16 @@ Status CudaLlama::enqueue_layer(size_t l, const StepLayout& s, int64_t max_query
   const auto [x, xb, q, k, v, att, ob, hb, hb2] = acts();
   const DType a = dtype_;
   const DeviceLayer& w = layers_[l];
-  // Linears sharing an input: W8A8 weights quantize it once (the same codes each would make).
+  // Linears reading the normed input xb: W8A8 models have its int8 codes from the norm that wrote it
+  // (w8a8_norm_codes), the same codes each linear would make.
   auto shared_input = [&](const Tensor* ws[], void* ys[], int count) -> Status {
-    bool w8 = w8q_.data() != nullptr;
-    for (int i = 0; i < count; ++i) w8 = w8 && is_w8a8(*ws[i]);
-    if (!w8) {
-      for (int i = 0; i < count; ++i) NB_RETURN_IF_ERROR(cuda::matmul({*ws[i], xb, static_cast<float*>(ys[i]), n, a}, ctx));
-      return Status::Ok();
+    for (int i = 0; i < count; ++i) {
+      if (w8q_.data() != nullptr && is_w8a8(*ws[i])) {
+        NB_RETURN_IF_ERROR(cuda::matmul_w8a8_quantized(*ws[i], w8q_.as<int8_t>(), w8d_.as<float>(), ys[i], n, a, ctx));
+      } else {
+        NB_RETURN_IF_ERROR(cuda::matmul({*ws[i], xb, static_cast<float*>(ys[i]), n, a}, ctx));
+      }
     }
-    auto* codes = w8q_.as<int8_t>();
-    auto* scales = w8d_.as<float>();
-    NB_RETURN_IF_ERROR(cuda::quantize_act_int8(xb, n, dim, a, codes, scales, ctx));
-    for (int i = 0; i < count; ++i) NB_RETURN_IF_ERROR(cuda::matmul_w8a8_quantized(*ws[i], codes, scales, ys[i], n, a, ctx));
     return Status::Ok();
   };
   // xb = attn_norm(x) on entry (the previous layer's last op, or the first norm).
@@ -141,14 +139,14 @@ Status CudaLlama::enqueue_layer(size_t l, const StepLayout& s, int64_t max_query
   NB_RETURN_IF_ERROR(shared_input(qkv_w, qkv_y, 3));
   NB_RETURN_IF_ERROR(rope_kv_attention(l, s, max_query_len, max_context_len, kv));
   NB_RETURN_IF_ERROR(cuda::matmul({w.wo, att, ob, n, a}, ctx));
-  NB_RETURN_IF_ERROR(cuda::add_rms_norm({x, ob, w.ffn_norm, xb, n, dim, c.norm_eps, a}, ctx));
+  NB_RETURN_IF_ERROR(cuda::add_rms_norm(w8a8_norm_codes(AddRmsNormParams{x, ob, w.ffn_norm, xb, n, dim, c.norm_eps, a}), ctx));
   const Tensor* gu_w[] = {&w.w_gate, &w.w_up};
   void* gu_y[] = {hb, hb2};
   NB_RETURN_IF_ERROR(shared_input(gu_w, gu_y, 2));
   NB_RETURN_IF_ERROR(cuda::swiglu({hb, hb2, hb, n * c.hidden_dim, a}, ctx));
   NB_RETURN_IF_ERROR(cuda::matmul({w.w_down, hb, ob, n, a}, ctx));
   const float* next_norm = l + 1 < layers_.size() ? layers_[l + 1].attn_norm : final_norm_;
-  return cuda::add_rms_norm({x, ob, next_norm, xb, n, dim, c.norm_eps, a}, ctx);
+  return cuda::add_rms_norm(w8a8_norm_codes(AddRmsNormParams{x, ob, next_norm, xb, n, dim, c.norm_eps, a}), ctx);
 }
 
 // Five launches a layer: [norm -> q|k|v], rope + KV write, attention, [o_proj -> += x],
@@ -252,7 +250,7 @@ Status CudaLlama::enqueue(const StepLayout& s, int64_t max_query_len, int64_t ma
     for (size_t l = 0; l < layers_.size(); ++l) NB_RETURN_IF_ERROR(enqueue_layer_fused(l, s, max_query_len, max_context_len, kv));
     NB_RETURN_IF_ERROR(cuda::rms_norm({x, final_norm_, xb, n, dim, c.norm_eps, a}, ctx));
   } else {
-    NB_RETURN_IF_ERROR(cuda::rms_norm({x, layers_[0].attn_norm, xb, n, dim, c.norm_eps, a}, ctx));
+    NB_RETURN_IF_ERROR(cuda::rms_norm(w8a8_norm_codes(RmsNormParams{x, layers_[0].attn_norm, xb, n, dim, c.norm_eps, a}), ctx));
     for (size_t l = 0; l < layers_.size(); ++l) NB_RETURN_IF_ERROR(enqueue_layer(l, s, max_query_len, max_context_len, kv));
   }
   if (s.rows == 0) return Status::Ok();
