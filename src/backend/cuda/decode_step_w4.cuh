@@ -28,9 +28,9 @@
 // ms a token, 38.2-38.5% of the W4 roofline, against 4.30 ms for the layer-by-layer W4 kernels and
 // 3.87 ms for the f16 step in the same run (1.58x its tokens/s). Stage profile (us a layer, block 0:
 // staging / units / sums + waiting at the barrier): q|k|v 1.8/8.5/4.9, o_proj 0.6/1.7/9.3, gate/up
-// 1.7/15.2/5.5, down 0.9/3.6/9.8 — the units run at ~81 instructions each (issue-bound, not
-// load-bound: 6 units a buffer instead of 4 changed nothing), and block 0 waits ~5-10 us a stage
-// for the slowest block.
+// 1.7/15.2/5.5, down 0.9/3.6/9.8, and block 0 waits ~5-10 us a stage for the slowest block. The
+// units are neither load-buffer-bound (6 units a buffer instead of 4 changed nothing) nor
+// issue-bound (a form with ~61 instead of ~81 instructions a unit ran as fast; docs/decode_step.md).
 #pragma once
 #include <type_traits>
 
