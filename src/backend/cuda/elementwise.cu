@@ -7,6 +7,7 @@
 #include <climits>
 #include <string>
 
+#include "backend/cuda/act_int8.cuh"
 #include "backend/cuda/common.cuh"
 #include "backend/cuda/cuda_check.h"
 #include "backend/cuda/cuda_ops.h"
@@ -100,8 +101,8 @@ __device__ __forceinline__ float block_max(float v, float* scratch) {
 // One block per row. With `residual` non-null, first x += residual (stored rounded to T), and the norm
 // is taken of the stored x. The second pass re-reads x from global memory (L1/L2-resident). With
 // `codes` non-null, a third pass quantizes the stored y row as w8a8.cu's quantize_act_int8_kernel
-// does (the same operations: absmax, d = amax / 127, rint(y * (1 / d)) clamped), so a W8A8 linear
-// reading y needs no quantization kernel of its own.
+// does (its absmax, then the same act_int8_codes), so a W8A8 linear reading y needs no quantization
+// kernel of its own.
 template <typename T>
 __global__ void rms_norm_kernel(T* x, const T* __restrict__ residual, const float* __restrict__ weight, T* y,
                                 int64_t dim, float eps, int8_t* codes, float* scales) {
@@ -130,14 +131,9 @@ __global__ void rms_norm_kernel(T* x, const T* __restrict__ residual, const floa
     amax = fmaxf(amax, fabsf(to_f32(v)));
   }
   if (codes == nullptr) return;
-  amax = block_max(amax, scratch);  // each thread reads back below only the y elements it wrote
-  const float dt = amax / 127.f;
-  const float id = dt != 0.f ? 1.f / dt : 0.f;
-  if (threadIdx.x == 0) scales[blockIdx.x] = dt;
-  for (int64_t j = threadIdx.x; j < dim; j += blockDim.x) {
-    const float v = rintf(__fmul_rn(to_f32(y[base + j]), id));
-    codes[base + j] = static_cast<int8_t>(fminf(fmaxf(v, -127.f), 127.f));
-  }
+  // Each thread reads back only the y elements it wrote (the same stride as pass 2).
+  detail::act_int8_codes(y + base, dim, block_max(amax, scratch), codes + base, scales + blockIdx.x,
+                         static_cast<int>(blockDim.x));
 }
 
 // One block per token. The angles pos * inv_freq[i] are formed in double (an f32 angle at position

@@ -13,6 +13,7 @@
 #include <string>
 #include <tuple>
 
+#include "backend/cuda/act_int8.cuh"
 #include "backend/cuda/common.cuh"
 #include "backend/cuda/cuda_check.h"
 #include "backend/cuda/w8a8.h"
@@ -47,14 +48,7 @@ __global__ void __launch_bounds__(kQuantThreads)
   __syncthreads();
   amax = warp_max[0];
   for (int w = 1; w < kQuantThreads / 32; ++w) amax = fmaxf(amax, warp_max[w]);
-  const float dt = amax / 127.f;
-  const float id = dt != 0.f ? 1.f / dt : 0.f;
-  if (threadIdx.x == 0) d[t] = dt;
-  int8_t* out = xq + t * k;
-  for (int64_t j = threadIdx.x; j < k; j += kQuantThreads) {
-    const float v = rintf(__fmul_rn(to_f32(row[j]), id));
-    out[j] = static_cast<int8_t>(fminf(fmaxf(v, -127.f), 127.f));
-  }
+  detail::act_int8_codes(row, k, amax, xq + t * k, d + t, kQuantThreads);
 }
 
 // y[t, n] = (float(iv[t, n]) * scale[n]) * d[t], four columns a thread (N % 4 == 0).
@@ -248,7 +242,7 @@ Result<W8A8Weight> weight_of(const Tensor& weight) {
 }
 
 bool use_fused(W8A8Path path, int64_t m, int64_t n, int64_t k, DType act) {
-  return path == W8A8Path::kFused || (path == W8A8Path::kAuto && m >= kW8A8FusedMinM && w8a8_fused_available(m, n, k, act));
+  return path == W8A8Path::kFused || (path == W8A8Path::kAuto && w8a8_fused_available(m, n, k, act));
 }
 
 }  // namespace

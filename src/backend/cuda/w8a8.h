@@ -36,12 +36,10 @@ Status w8a8_check(const Tensor& host_weight);
 Result<std::vector<uint8_t>> w8a8_repack(const Tensor& host_weight);
 
 // y[m, N] = W8A8(x[m, K], weight) with p.weight a device view as above and act_dtype f32/f16/bf16.
-// Where w8a8_fused_available says so (sm_90a, f16/bf16, CUTLASS built in; from kW8A8FusedMinM
-// rows up), the GEMM and the epilogue are one kernel (w8a8_sm90.h) and the int32 products never
-// reach memory; otherwise cuBLASLt's int8 GEMM writes them and the epilogue kernel reads them. Same
-// bits.
+// Where w8a8_fused_available says so (sm_90a, f16/bf16, CUTLASS built in), at any M, the GEMM and
+// the epilogue are one kernel (w8a8_sm90.h) and the int32 products never reach memory; otherwise
+// cuBLASLt's int8 GEMM writes them and the epilogue kernel reads them. Same bits.
 Status matmul_w8a8(const MatmulParams& p, Context& ctx);
-inline constexpr int64_t kW8A8FusedMinM = 1;
 enum class W8A8Path { kAuto, kCublasLt, kFused };
 // The same with the path forced (tests and `nibble bench w8a8`); kFused where it is not available
 // is an error.
