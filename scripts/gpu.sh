@@ -33,7 +33,8 @@
 #                          gpu_carry_b/text/wikitext-2-raw.{test,valid}.txt; NIBBLE_QTABLE_ROWS, _JOBS,
 #                          _BATCH = eval --batch-tokens, default 256);
 #                          w8serve = `nibble serve` of the 7B in f16 and RTN W8A8, `bench serve` at
-#                          NIBBLE_W8SERVE_CONCURRENCY (128) requests in flight, NIBBLE_W8SERVE_REPEATS runs (issue 6)
+#                          NIBBLE_W8SERVE_CONCURRENCY (128) requests in flight, NIBBLE_W8SERVE_REPEATS runs (issue 6);
+#                          NIBBLE_W8SERVE_CONFIGS picks of: f16 w8a8 f16kv8 w8a8kv8 (kv8: INT8 KV cache; default f16 w8a8)
 #                          qppl = perplexity of RTN W4 g64, naive W8A8 and KV int8/int4 SmolLM2 on the GPU
 #                          (f16 and f32; needs gpu_carry_b/text/wikitext-2-raw.test.txt; NIBBLE_QPPL_WINDOWS
 #                          windows (2), NIBBLE_QPPL_MODELS picks rows: base rtn_w4g64 naive_w8a8 kv_int8 kv_int4)
@@ -284,10 +285,11 @@ if [ "${result[build]:-}" = ok ] && [ "$bench" != none ]; then
       record quantize_7b_w8a8 $?
     fi
     conc=${NIBBLE_W8SERVE_CONCURRENCY:-128}
-    for spec in "f16:$m7" "w8a8:$m7w8"; do
-      IFS=: read -r name m <<<"$spec"
+    for spec in "f16:$m7:f32" "w8a8:$m7w8:f32" "f16kv8:$m7:int8" "w8a8kv8:$m7w8:int8"; do
+      IFS=: read -r name m kvd <<<"$spec"
+      [[ " ${NIBBLE_W8SERVE_CONFIGS:-f16 w8a8} " == *" $name "* ]] || continue
       "$nib" serve -m "$m" --device cuda --dtype f16 --port 8198 --kv-cache-memory 24GiB --max-num-seqs 256 \
-        --max-batched-tokens 4096 >"$out/w8serve_server_$name.log" 2>&1 &
+        --max-batched-tokens 4096 --kv-cache-dtype "$kvd" >"$out/w8serve_server_$name.log" 2>&1 &
       spid=$!
       for i in $(seq 300); do curl -sf http://127.0.0.1:8198/health >/dev/null 2>&1 && break; sleep 1; done
       rc=0

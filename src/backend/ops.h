@@ -79,6 +79,12 @@ struct SwigluParams {
   float* out;         // [n]; may alias gate
   int64_t n;
   DType act_dtype = DType::kF32;  // of gate, up and out
+  // Optional, for a W8A8 linear that reads out (down_proj): out's int8 codes [n] and scales [n / cols],
+  // one scale per row of `cols` elements (a token's hidden vector), as the per-token quantizer makes
+  // them from out as stored (as RmsNormParams::y_codes). Null: not made; cols is then unused.
+  int8_t* out_codes = nullptr;
+  float* out_scales = nullptr;
+  int64_t cols = 0;
 };
 
 // Writes each new token's K and V rows into the paged cache: row t goes to slot slot_mapping[t]

@@ -1,6 +1,7 @@
 #include "engine/engine.h"
 
 #include <algorithm>
+#include <chrono>
 #include <condition_variable>
 #include <cstring>
 #include <mutex>
@@ -368,6 +369,8 @@ int64_t Engine::Impl::accept(Sequence* s, const std::vector<int32_t>& tokens, st
 }
 
 void Engine::Impl::step() {
+  using Clock = std::chrono::steady_clock;
+  const Clock::time_point t_begin = Clock::now();
   propose_drafts();
   SchedulerOutput sched = scheduler.schedule();
   if (sched.batch.empty()) return;  // waiting for blocks; nothing runnable (cannot persist: see submit)
@@ -433,7 +436,9 @@ void Engine::Impl::step() {
     batch.sample_rows = sample_rows.data();
     batch.sampled_tokens = drawn.data();
   }
+  const Clock::time_point t_forward = Clock::now();
   const Status st = copied.ok() ? model.forward(batch, pools, logits.data()) : copied;
+  const Clock::time_point t_forward_end = Clock::now();
   if (!st.ok()) {
     for (const ScheduledSeq& s : sched.batch) finish(s.seq, FinishReason::kError, st.message());
     return;
@@ -465,8 +470,13 @@ void Engine::Impl::step() {
     }
     generated += accept(seq, next, std::move(lps));
   }
+  const auto seconds = [](Clock::duration d) { return std::chrono::duration<double>(d).count(); };
+  const double forward_s = seconds(t_forward_end - t_forward);
   std::lock_guard<std::mutex> lock(mu);
   stats.num_steps += 1;
+  stats.num_prefill_steps += prompt_work > 0 ? 1 : 0;
+  (prompt_work > 0 ? stats.prefill_forward_seconds : stats.decode_forward_seconds) += forward_s;
+  stats.step_host_seconds += seconds(Clock::now() - t_begin) - forward_s;
   stats.num_padding_tokens += sched.num_padding;
   stats.num_prompt_tokens_computed += prompt_work;
   stats.num_generated_tokens += generated;

@@ -86,6 +86,12 @@ struct EngineStats {
   int64_t num_requests_finished = 0;
   int64_t num_spec_steps = 0;               // verification steps (a sequence's step with drafts)
   int64_t num_draft_tokens = 0, num_accepted_tokens = 0, num_spec_rejections = 0;
+  // Where the engine thread's time goes (wall clock, seconds since start): the model's forward in
+  // steps that ran prompt tokens (prefill chunks, maybe with decodes) and in steps that did not
+  // (decode only), and the rest of every step (scheduling, batch assembly, sampling on the host,
+  // emitting outputs). Time outside steps is the engine waiting for work.
+  int64_t num_prefill_steps = 0;            // steps that ran at least one prompt token
+  double prefill_forward_seconds = 0, decode_forward_seconds = 0, step_host_seconds = 0;
 };
 
 class Engine {

@@ -89,6 +89,15 @@ std::string ServerMetrics::render(const EngineStats& st) const {
   scalar(&out, "nibble_engine_generated_tokens_total", "Tokens sampled by the engine.", "counter",
          static_cast<double>(st.num_generated_tokens));
   scalar(&out, "nibble_engine_steps_total", "Engine steps run.", "counter", static_cast<double>(st.num_steps));
+  scalar(&out, "nibble_engine_prefill_steps_total", "Engine steps that ran prompt tokens.", "counter",
+         static_cast<double>(st.num_prefill_steps));
+  scalar(&out, "nibble_engine_prefill_forward_seconds_total",
+         "Wall time of the model's forward in steps that ran prompt tokens.", "counter", st.prefill_forward_seconds);
+  scalar(&out, "nibble_engine_decode_forward_seconds_total",
+         "Wall time of the model's forward in steps that ran no prompt token.", "counter", st.decode_forward_seconds);
+  scalar(&out, "nibble_engine_step_host_seconds_total",
+         "Wall time of engine steps outside the forward (scheduling, batch assembly, host sampling, outputs).",
+         "counter", st.step_host_seconds);
   ttft_.render("nibble_time_to_first_token_seconds", "From request arrival to its first generated token.", &out);
   tpot_.render("nibble_time_per_output_token_seconds", "Mean time between output tokens of a choice, after the first.",
                &out);

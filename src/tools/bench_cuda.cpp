@@ -11,7 +11,7 @@
 
 namespace nb::tools {
 
-Result<double> time_gpu(cuda::Context& ctx, int runs, int reps, const std::function<Status(int)>& fn) {
+Result<double> time_gpu(cuda::Context& ctx, int runs, int reps, const std::function<Status(int)>& fn, bool graph) {
   cudaStream_t stream = static_cast<cudaStream_t>(ctx.stream());
   struct Events {
     cudaEvent_t e0 = nullptr, e1 = nullptr;
@@ -34,10 +34,26 @@ Result<double> time_gpu(cuda::Context& ctx, int runs, int reps, const std::funct
   }
   for (int i = 0; i < reps; ++i) NB_RETURN_IF_ERROR(fn(i));
   NB_RETURN_IF_ERROR(ctx.synchronize());
+  cuda::Graph g;
+  if (graph) {
+    NB_RETURN_IF_ERROR(cuda::Graph::begin_capture(stream));
+    Status st = Status::Ok();
+    for (int i = 0; i < reps && st.ok(); ++i) st = fn(i);
+    Result<cuda::Graph> captured = cuda::Graph::end_capture(stream);  // ends the capture either way
+    NB_RETURN_IF_ERROR(st);
+    if (!captured.ok()) return captured.status();
+    g = std::move(captured).value();
+    NB_RETURN_IF_ERROR(g.launch(stream));  // the graph's first launch uploads it: untimed
+    NB_RETURN_IF_ERROR(ctx.synchronize());
+  }
   std::vector<double> t;
   for (int r = 0; r < runs; ++r) {
     cudaEventRecord(ev.e0, stream);
-    for (int i = 0; i < reps; ++i) NB_RETURN_IF_ERROR(fn(i));
+    if (graph) {
+      NB_RETURN_IF_ERROR(g.launch(stream));
+    } else {
+      for (int i = 0; i < reps; ++i) NB_RETURN_IF_ERROR(fn(i));
+    }
     cudaEventRecord(ev.e1, stream);
     if (cudaEventSynchronize(ev.e1) != cudaSuccess) return internal_error("benchmark timing: a timed call failed on the GPU");
     float ms = 0.f;

@@ -7,6 +7,7 @@
 //                    bandwidth, bytes = every linear weight + the output head + one embedding row
 //                    + the K/V read by attention at that position
 //   batch sweep      decode steps of B sequences at context C (KV contents do not matter for time)
+// --parts picks some of them (e.g. only the sweep, under a profiler); the copy bandwidth is always measured.
 // Medians of -r runs (kernel timings: tools/bench_cuda.h); CUDA graphs as the engine uses them.
 #include <algorithm>
 #include <chrono>
@@ -127,6 +128,8 @@ int run_bench_gpu(int argc, char** argv) {
   args.option("-r,--runs", "repetitions (medians reported)", "5");
   args.option("--batches", "batch sizes of the decode sweep", "1,2,4,8,16,32,64,128,256");
   args.option("--sweep-context", "context of every sequence in the batch sweep", "128");
+  args.option("--parts", "what to measure, of: linears,gemm,forward (prefill + batch-1 decode),sweep",
+              "linears,gemm,forward,sweep");
   add_device_options(args);
   if (Status s = args.parse(argc, argv); !s.ok()) return fail("bench gpu", s);
   if (args.help_requested()) { std::fputs(args.usage().c_str(), stdout); return 0; }
@@ -139,6 +142,16 @@ int run_bench_gpu(int argc, char** argv) {
     const int runs = static_cast<int>(runs64);
     NB_ASSIGN_OR_RETURN(const std::vector<int64_t> batches, parse_sizes(args.get("--batches"), "--batches", 999999));
     const int64_t max_b = *std::max_element(batches.begin(), batches.end());
+    std::vector<std::string> parts;
+    for (size_t i = 0, j; i <= args.get("--parts").size(); i = j + 1) {
+      j = args.get("--parts").find(',', i);
+      if (j == std::string::npos) j = args.get("--parts").size();
+      parts.push_back(args.get("--parts").substr(i, j - i));
+      if (parts.back() != "linears" && parts.back() != "gemm" && parts.back() != "forward" && parts.back() != "sweep") {
+        return invalid_argument("--parts: unknown part '" + parts.back() + "' (linears, gemm, forward, sweep)");
+      }
+    }
+    const auto has = [&](const char* part) { return std::find(parts.begin(), parts.end(), part) != parts.end(); };
 
     const auto t_load = std::chrono::steady_clock::now();
     NB_ASSIGN_OR_RETURN(LoadedModel loaded, load_model(args.get("-m")));
@@ -163,20 +176,22 @@ int run_bench_gpu(int argc, char** argv) {
     const double bw = 2.0 * static_cast<double>(copy_bytes) / t_copy;
     a = cuda::DeviceBuffer();
     b = cuda::DeviceBuffer();
-    NB_RETURN_IF_ERROR(print_linear_rates(*ctx, dt, c, runs, bw));
-    // Dense GEMM rate.
-    const int64_t g = 8192;
-    NB_ASSIGN_OR_RETURN(double t_peak, gemm_seconds(*ctx, dt, g, {{g, g}}, runs));
-    const double peak = 2.0 * g * g * g / t_peak;
-    // The prefill's GEMMs alone.
+    if (has("linears")) NB_RETURN_IF_ERROR(print_linear_rates(*ctx, dt, c, runs, bw));
     const int64_t qd = c.num_heads * c.head_dim, kvd = c.num_kv_heads * c.head_dim;
-    const std::vector<Shape> layer = {{qd, c.dim}, {kvd, c.dim}, {kvd, c.dim}, {c.dim, qd},
-                                      {c.hidden_dim, c.dim}, {c.hidden_dim, c.dim}, {c.dim, c.hidden_dim}};
-    NB_ASSIGN_OR_RETURN(double t_layer, gemm_seconds(*ctx, dt, p, layer, runs));
-    double layer_flops = 0, layer_params = 0;
-    for (const Shape& s : layer) layer_params += static_cast<double>(s.n * s.k);
-    layer_flops = 2.0 * static_cast<double>(p) * layer_params;
-    const double prefill_gemm_rate = layer_flops / t_layer;
+    double peak = 0, prefill_gemm_rate = 0;
+    if (has("gemm")) {
+      // Dense GEMM rate.
+      const int64_t g = 8192;
+      NB_ASSIGN_OR_RETURN(double t_peak, gemm_seconds(*ctx, dt, g, {{g, g}}, runs));
+      peak = 2.0 * g * g * g / t_peak;
+      // The prefill's GEMMs alone.
+      const std::vector<Shape> layer = {{qd, c.dim}, {kvd, c.dim}, {kvd, c.dim}, {c.dim, qd},
+                                        {c.hidden_dim, c.dim}, {c.hidden_dim, c.dim}, {c.dim, c.hidden_dim}};
+      NB_ASSIGN_OR_RETURN(double t_layer, gemm_seconds(*ctx, dt, p, layer, runs));
+      double layer_params = 0;
+      for (const Shape& s : layer) layer_params += static_cast<double>(s.n * s.k);
+      prefill_gemm_rate = 2.0 * static_cast<double>(p) * layer_params / t_layer;
+    }
     ctx.reset();
 
     // Model prefill and batch-1 decode on a paged pool.
@@ -189,7 +204,7 @@ int run_bench_gpu(int argc, char** argv) {
     std::vector<float> logits(static_cast<size_t>(std::max<int64_t>(max_b, 1) * c.vocab_size));
     const std::span<const int32_t> t0(table.data(), static_cast<size_t>(seq_blocks));
     std::vector<double> pre, dec;
-    for (int r = 0; r <= runs; ++r) {
+    for (int r = 0; r <= runs && has("forward"); ++r) {
       const auto s0 = std::chrono::steady_clock::now();
       NB_RETURN_IF_ERROR(model->forward(ForwardBatch::single(std::span<const int32_t>(ids.data(), static_cast<size_t>(p)), 0, t0),
                                         kv.pools(), logits.data()));
@@ -203,7 +218,7 @@ int run_bench_gpu(int argc, char** argv) {
       pre.push_back(std::chrono::duration<double>(s1 - s0).count());
       dec.push_back(std::chrono::duration<double>(s2 - s1).count() / static_cast<double>(n));
     }
-    const double t_pre = median(pre), t_tok = median(dec);
+    const double t_pre = has("forward") ? median(pre) : 0, t_tok = has("forward") ? median(dec) : 0;
     // Linear weights as the device holds them: 4-bit kQGroup packed by upload_w4 (codes + f16
     // scale/zero), everything else in the activation dtype.
     double linear_bytes = 0;
@@ -224,17 +239,24 @@ int run_bench_gpu(int argc, char** argv) {
                 dts.c_str());
     std::printf("load to device       %.2f s\n", load_s);
     std::printf("copy bandwidth       %.0f GB/s (device-to-device, read+write)\n", bw / 1e9);
-    std::printf("dense GEMM rate      %.0f TFLOP/s (%s, 8192^3)\n", peak / 1e12, dts.c_str());
-    std::printf("prefill GEMMs        %.0f TFLOP/s at M=%lld = %.1f%% of the dense rate\n", prefill_gemm_rate / 1e12,
-                static_cast<long long>(p), 100.0 * prefill_gemm_rate / peak);
-    std::printf("prefill              %lld tokens in %.2f ms = %.0f tokens/s (whole forward)\n", static_cast<long long>(p),
-                t_pre * 1e3, static_cast<double>(p) / t_pre);
-    std::printf("decode batch 1       %.3f ms/token = %.1f tokens/s; roofline %.3f ms (%.2f GB/token) -> %.1f%% of roofline\n",
-                t_tok * 1e3, 1.0 / t_tok, roof * 1e3, (weight_bytes + kv_bytes) / 1e9, 100.0 * roof / t_tok);
+    if (has("gemm")) {
+      std::printf("dense GEMM rate      %.0f TFLOP/s (%s, 8192^3)\n", peak / 1e12, dts.c_str());
+      std::printf("prefill GEMMs        %.0f TFLOP/s at M=%lld = %.1f%% of the dense rate\n", prefill_gemm_rate / 1e12,
+                  static_cast<long long>(p), 100.0 * prefill_gemm_rate / peak);
+    }
+    if (has("forward")) {
+      std::printf("prefill              %lld tokens in %.2f ms = %.0f tokens/s (whole forward)\n",
+                  static_cast<long long>(p), t_pre * 1e3, static_cast<double>(p) / t_pre);
+      std::printf("decode batch 1       %.3f ms/token = %.1f tokens/s; roofline %.3f ms (%.2f GB/token) -> %.1f%% of roofline\n",
+                  t_tok * 1e3, 1.0 / t_tok, roof * 1e3, (weight_bytes + kv_bytes) / 1e9, 100.0 * roof / t_tok);
+    }
 
     // Batch sweep.
-    std::printf("batch sweep (context %lld): batch  ms/step  tokens/s\n", static_cast<long long>(sweep_ctx));
+    if (has("sweep")) {
+      std::printf("batch sweep (context %lld): batch  ms/step  tokens/s\n", static_cast<long long>(sweep_ctx));
+    }
     for (int64_t bsz : batches) {
+      if (!has("sweep")) break;
       std::vector<int32_t> toks(static_cast<size_t>(bsz), 1);
       std::vector<double> steps;
       for (int64_t i = 0; i < n + 2; ++i) {

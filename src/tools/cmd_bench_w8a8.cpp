@@ -39,6 +39,9 @@ struct Linear {
   int per_layer;
 };
 const Linear kLinears[] = {{"q/k/v/o", 4096, 4096, 4}, {"gate/up", 11008, 4096, 2}, {"down", 4096, 11008, 1}};
+// The same layer with q|k|v and gate|up each one matrix (--layout fused): fewer, larger GEMMs.
+const Linear kFusedLinears[] = {{"q|k|v", 12288, 4096, 1}, {"o", 4096, 4096, 1}, {"gate|up", 22016, 4096, 1},
+                                {"down", 4096, 11008, 1}};
 
 // Times (seconds) of one shape, or of a layer's seven linears summed.
 struct Times {
@@ -67,9 +70,11 @@ void print_row(int64_t m, const char* name, const std::string& shape, double flo
               f16 * 1e6, flops / f16 / 1e12, col(lt).c_str(), col(fu).c_str(), col(g).c_str(), q * 1e6);
 }
 
-Status bench_m(cuda::Context& ctx, int64_t m, int runs) {
+Status bench_m(cuda::Context& ctx, int64_t m, int runs, bool fused_layout, bool graph) {
   Times layer;
-  for (const Linear& l : kLinears) {
+  const std::vector<Linear> linears = fused_layout ? std::vector<Linear>(std::begin(kFusedLinears), std::end(kFusedLinears))
+                                                   : std::vector<Linear>(std::begin(kLinears), std::end(kLinears));
+  for (const Linear& l : linears) {
     const size_t wf16 = static_cast<size_t>(l.n * l.k) * 2, w8 = cuda::w8a8_device_bytes(l.n, l.k);
     NB_ASSIGN_OR_RETURN(cuda::DeviceBuffer w_f16, cuda::DeviceBuffer::allocate(wf16));
     NB_ASSIGN_OR_RETURN(cuda::DeviceBuffer w_q, cuda::DeviceBuffer::allocate(w8));
@@ -92,14 +97,14 @@ Status bench_m(cuda::Context& ctx, int64_t m, int runs) {
     tq.set_group_quant(gq);
     NB_ASSIGN_OR_RETURN(double t_f16, time_gpu(ctx, runs, 0, [&](int) {
       return cuda::matmul({tf16, x.as<float>(), y.as<float>(), m, DType::kF16}, ctx);
-    }));
+    }, graph));
     const MatmulParams pw{tq, x.as<float>(), y.as<float>(), m, DType::kF16};
     NB_ASSIGN_OR_RETURN(double t_lt, time_gpu(ctx, runs, 0, [&](int) {
       return cuda::matmul_w8a8_path(pw, ctx, cuda::W8A8Path::kCublasLt);
-    }));
+    }, graph));
     NB_ASSIGN_OR_RETURN(double t_q, time_gpu(ctx, runs, 0, [&](int) {
       return cuda::quantize_act_int8(x.as<float>(), m, l.k, DType::kF16, xq.as<int8_t>(), d.as<float>(), ctx);
-    }));
+    }, graph));
     // The fused path (quantization kernel + CUTLASS GEMM with the scales in its epilogue), and its
     // GEMM alone on codes already made: what a layer pays once the quantization is fused into the
     // op that produces the activation.
@@ -108,21 +113,21 @@ Status bench_m(cuda::Context& ctx, int64_t m, int runs) {
     if (cuda::w8a8_fused_available(m, l.n, l.k, DType::kF16)) {
       NB_ASSIGN_OR_RETURN(t_fu, time_gpu(ctx, runs, 0, [&](int) {
         return cuda::matmul_w8a8_path(pw, ctx, cuda::W8A8Path::kFused);
-      }));
+      }, graph));
       const auto* wq = static_cast<const int8_t*>(w_q.data());
       const auto* sc = reinterpret_cast<const float*>(static_cast<const uint8_t*>(w_q.data()) +
                                                       cuda::w8a8_scales_offset(l.n, l.k));
       NB_ASSIGN_OR_RETURN(t_g, time_gpu(ctx, runs, 0, [&](int) {
         return cuda::w8a8_gemm_sm90(xq.as<int8_t>(), wq, sc, d.as<float>(), y.data(), DType::kF16, m, l.n, l.k,
                                     ctx.stream());
-      }));
+      }, graph));
     }
 #endif
     const double flops = 2.0 * static_cast<double>(m) * static_cast<double>(l.n) * static_cast<double>(l.k);
     print_row(m, l.name, std::to_string(l.n) + "x" + std::to_string(l.k), flops, t_f16, t_lt, t_fu, t_g, t_q);
     layer.add(l.per_layer, flops, t_f16, t_lt, t_fu, t_g, t_q);
   }
-  print_row(m, "layer", "7 linears", layer.flops, layer.f16, layer.lt, layer.fu, layer.g, layer.q);
+  print_row(m, "layer", fused_layout ? "4 linears" : "7 linears", layer.flops, layer.f16, layer.lt, layer.fu, layer.g, layer.q);
   return Status::Ok();
 }
 #endif
@@ -131,6 +136,9 @@ int run_bench_w8a8_impl(int argc, char** argv) {
   CliArgs args(kCmd, "[--m 1024,2048,4096] [-r 5]");
   args.option("--m", "token counts (GEMM M)", "1024,2048,4096");
   args.option("-r,--runs", "repetitions (medians reported)", "5");
+  args.option("--layout", "separate (q, k, v, gate, up apart, as the model runs them) or fused (q|k|v, gate|up)",
+              "separate");
+  args.flag("--graph", "time each burst as one CUDA graph launch (no host launch cost, as the decode graphs)");
   if (Status s = args.parse(argc, argv); !s.ok()) return fail(kCmd, s);
   if (args.help_requested()) {
     std::fputs(args.usage().c_str(), stdout);
@@ -143,7 +151,7 @@ int run_bench_w8a8_impl(int argc, char** argv) {
     const int64_t max_m = *std::max_element(ms.begin(), ms.end());
     NB_ASSIGN_OR_RETURN(cuda::DeviceInfo info, cuda::device_info(0));
     // Workspace for the largest M unchunked: cuBLASLt scratch + codes + scales + int32 products.
-    const size_t ws = (size_t{16} << 20) + static_cast<size_t>(max_m) * (11008 + 4 + 11008 * 4);
+    const size_t ws = (size_t{16} << 20) + static_cast<size_t>(max_m) * (22016 + 4 + 22016 * 4);
     NB_ASSIGN_OR_RETURN(std::unique_ptr<cuda::Context> ctx, cuda::Context::create(0, ws));
     std::printf("device %s; f16 activations in and out; us, TFLOP/s (f16) or TOP/s (int8), speedup over f16\n",
                 info.name.c_str());
@@ -151,7 +159,9 @@ int run_bench_w8a8_impl(int argc, char** argv) {
                 "  with the scales in its epilogue; gemm = that GEMM alone on int8 codes; quant = quantize alone\n");
     std::printf("  %5s  %-8s %-11s %8s %6s | %24s | %24s | %24s | %7s\n", "M", "linear", "N x K", "f16 us", "TF/s",
                 "lt: us TOP/s speedup", "fused: us TOP/s speedup", "gemm: us TOP/s speedup", "quant");
-    for (int64_t m : ms) NB_RETURN_IF_ERROR(bench_m(*ctx, m, static_cast<int>(runs)));
+    const std::string layout = args.get("--layout");
+    if (layout != "separate" && layout != "fused") return invalid_argument("--layout: separate or fused");
+    for (int64_t m : ms) NB_RETURN_IF_ERROR(bench_m(*ctx, m, static_cast<int>(runs), layout == "fused", args.has("--graph")));
     return Status::Ok();
   };
   if (Status s = run(); !s.ok()) return fail(kCmd, s);

@@ -105,6 +105,29 @@ TEST(Engine, CancelFreesBlocks) {
   EXPECT_EQ(engine->stats().num_blocks_used, 0);
 }
 
+// The step counters split prefill from decode: one 100-token prompt under a 32-token budget runs
+// ceil(100 / 32) = 4 steps with prompt tokens (the last of them samples the first token), then
+// max_tokens - 1 decode-only steps; each kind's forward time is positive only when it ran.
+TEST(Engine, StepCountersSplitPrefillFromDecode) {
+  auto model = std::move(LlamaModel::create(testing::tiny_weights(), 2, 512).value());
+  EngineConfig cfg;
+  cfg.max_batched_tokens = 32;
+  auto engine = std::move(Engine::create(*model, cfg).value());
+  Collector col;
+  GenerationRequest r;
+  r.prompt = std::vector<int32_t>(100, 7);
+  r.max_tokens = 6;
+  r.sampling.temperature = 0;
+  engine->submit(r, col.callback()).value();
+  ASSERT_TRUE(col.wait_all(1));
+  const EngineStats st = engine->stats();
+  EXPECT_EQ(st.num_prefill_steps, 4);
+  EXPECT_EQ(st.num_steps, 4 + 5);
+  EXPECT_GT(st.prefill_forward_seconds, 0.0);
+  EXPECT_GT(st.decode_forward_seconds, 0.0);
+  EXPECT_GE(st.step_host_seconds, 0.0);
+}
+
 TEST(Engine, RejectsRequestsThatCanNeverRun) {
   auto model = std::move(LlamaModel::create(testing::tiny_weights(1, 256), 2, 512).value());
   auto engine = std::move(Engine::create(*model, EngineConfig{}).value());

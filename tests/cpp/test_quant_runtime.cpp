@@ -195,6 +195,39 @@ TEST(W8A8NormCodes, MatchTheRowQuantizerOfY) {
   }
 }
 
+// SwiGLU feeding a W8A8 down_proj writes its output's int8 codes too (SwigluParams::out_codes), one
+// scale per row of `cols`: the row quantizer's codes of out as stored, with out itself unchanged.
+TEST(W8A8SwigluCodes, MatchTheRowQuantizerOfOut) {
+  const int64_t rows = 5, cols = 200;
+  std::mt19937 rng(11);
+  std::normal_distribution<float> nd(0.f, 3.f);
+  std::vector<float> gate(static_cast<size_t>(rows * cols)), up(gate.size());
+  for (float& v : gate) v = nd(rng);
+  for (float& v : up) v = nd(rng);
+  std::fill(up.begin() + cols, up.begin() + 2 * cols, 0.f);  // row 1 all zero: scale 0, codes 0
+  for (int op = 0; op < 2; ++op) {  // reference, fast
+    std::vector<float> out0(gate.size()), out1(gate.size());
+    std::vector<int8_t> codes(gate.size(), 99);
+    std::vector<float> scales(static_cast<size_t>(rows), -1.f);
+    SwigluParams p{gate.data(), up.data(), out0.data(), rows * cols};
+    op == 0 ? cpu::ref::swiglu(p) : cpu::swiglu(p);
+    p.out = out1.data();
+    p.out_codes = codes.data();
+    p.out_scales = scales.data();
+    p.cols = cols;
+    op == 0 ? cpu::ref::swiglu(p) : cpu::swiglu(p);
+    EXPECT_EQ(out0, out1) << "op " << op;
+    for (int64_t r = 0; r < rows; ++r) {
+      std::vector<int8_t> want(static_cast<size_t>(cols));
+      const float d = cpu::quantize_act_int8_row(out1.data() + r * cols, cols, want.data());
+      EXPECT_EQ(scales[static_cast<size_t>(r)], d) << "op " << op << " row " << r;
+      EXPECT_TRUE(std::equal(want.begin(), want.end(), codes.begin() + r * cols)) << "op " << op << " row " << r;
+    }
+    EXPECT_EQ(scales[1], 0.f);
+    EXPECT_GT(scales[0], 0.f);
+  }
+}
+
 TEST(QuantFormats, BitStreamMatchesAutoGptqThreeBitLayout) {
   // AutoGPTQ's 3-bit pack: word0 = v0..v9 at 3i, v10's low 2 bits at 30..31; word1 = v10's bit 2 at
   // bit 0, v11..v20 at 3i+1, v21's bit 0 at 31; word2 = v21's bits 1..2 at 0..1, v22..v31 at 3i+2.

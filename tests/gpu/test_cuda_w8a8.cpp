@@ -167,8 +167,8 @@ TEST_F(CudaW8A8, ChunkedRowsMatchReference) {
 }
 
 // The fused sm_90a kernel (CUTLASS GEMM with the scales in its epilogue) gives the reference's
-// bits too: M in its 64 x 64 tiles (up to 128 rows) and its 128 x 128 ones (above), partial tiles,
-// N not a multiple of the tile, K from one 128-deep step to many. Both paths are forced.
+// bits too: M in each of its four tile configurations, partial tiles, N not a multiple of the tile,
+// K from one 128-deep step to many. Both paths are forced.
 TEST_F(CudaW8A8, FusedSm90MatchesReferenceExactly) {
   if (!cuda::w8a8_fused_available(256, 256, 256, DType::kF16)) {
     GTEST_SKIP() << "the fused W8A8 GEMM needs an sm_90 device and a build with the CUTLASS headers";
@@ -176,8 +176,12 @@ TEST_F(CudaW8A8, FusedSm90MatchesReferenceExactly) {
   struct Case {
     int64_t m, n, k;
   };
-  const Case cases[] = {{1, 64, 128}, {77, 136, 256}, {128, 256, 4096}, {300, 1024, 768}, {520, 2048, 1024},
-                        {130, 264, 11008}};
+  // Every tile configuration (w8a8_sm90_gemm.cuh), with partial tiles: Tiny (M <= 32; its clusters of
+  // 8 along N meet N = 64 and N = 1000, not multiples of 8 tiles), Small (M <= 128), Large (128 < M
+  // <= 192 and M > 384), Medium (192 < M <= 384).
+  const Case cases[] = {{1, 64, 128},     {20, 1000, 512},  {32, 11008, 256}, {77, 136, 256},
+                        {128, 256, 4096}, {130, 264, 11008}, {200, 136, 256}, {300, 1024, 768},
+                        {384, 520, 512},  {520, 2048, 1024}};
   uint32_t s = 14000;
   for (const Case& c : cases)
     for (DType act : {DType::kF16, DType::kBF16})
@@ -269,6 +273,61 @@ TEST_F(CudaW8A8, NormCodesMatchQuantizer) {
   RmsNormParams p{d_x.as<float>(), d_w.as<float>(), d_x.as<float>(), 1, 64, 1e-5f};
   p.y_codes = d_q.as<int8_t>();
   EXPECT_EQ(cuda::rms_norm(p, ctx()).code(), StatusCode::kInvalidArgument);
+}
+
+// SwiGLU feeding a W8A8 down_proj writes its output's codes too (SwigluParams::out_codes, one scale a
+// row of `cols`): the bits quantize_act_int8 makes from that output, which must be what swiglu writes
+// without codes. In place (out = gate) as well, as the model runs it.
+TEST_F(CudaW8A8, SwigluCodesMatchQuantizer) {
+  uint32_t s = 17000;
+  for (int64_t rows : {int64_t{1}, int64_t{7}, int64_t{130}})
+    for (int64_t cols : {int64_t{64}, int64_t{1000}, int64_t{11008}})
+      for (DType act : kActs)
+        for (bool in_place : {false, true}) {
+          const std::string what = "rows " + std::to_string(rows) + " cols " + std::to_string(cols) + " act " +
+                                   std::string(dtype_name(act)) + (in_place ? " in place" : "");
+          const size_t n = static_cast<size_t>(rows * cols), eb = gpu_test::elem_bytes(act);
+          const std::vector<float> g = make_acts(rows, cols, s++, act), u = make_acts(rows, cols, s++, act);
+          cuda::DeviceBuffer d_u = upload_act(u, act);
+          auto run = [&](int8_t* codes, float* scales, std::vector<uint8_t>* out_bytes) {
+            cuda::DeviceBuffer d_g = upload_act(g, act), d_o = poisoned(n * eb);
+            float* out = in_place ? d_g.as<float>() : d_o.as<float>();
+            SwigluParams p{d_g.as<float>(), d_u.as<float>(), out, rows * cols, act};
+            p.out_codes = codes;
+            p.out_scales = scales;
+            p.cols = cols;
+            NB_ASSERT_OK(cuda::swiglu(p, ctx()));
+            out_bytes->resize(n * eb);
+            NB_ASSERT_OK(cuda::copy_to_host(out_bytes->data(), out, out_bytes->size(), ctx().stream()));
+            NB_ASSERT_OK(ctx().synchronize());
+          };
+          std::vector<uint8_t> o_plain, o_coded;
+          run(nullptr, nullptr, &o_plain);
+          cuda::DeviceBuffer d_q = poisoned(n), d_d = poisoned(static_cast<size_t>(rows) * 4);
+          run(d_q.as<int8_t>(), d_d.as<float>(), &o_coded);
+          if (HasFatalFailure()) return;
+          EXPECT_TRUE(o_coded == o_plain) << what << ": out changed when codes are made";
+          cuda::DeviceBuffer d_o = upload(o_coded), d_q2 = poisoned(n), d_d2 = poisoned(static_cast<size_t>(rows) * 4);
+          NB_ASSERT_OK(cuda::quantize_act_int8(d_o.as<float>(), rows, cols, act, d_q2.as<int8_t>(), d_d2.as<float>(), ctx()));
+          std::vector<int8_t> got_q(n), want_q(n);
+          std::vector<float> got_d(static_cast<size_t>(rows)), want_d(static_cast<size_t>(rows));
+          NB_ASSERT_OK(cuda::copy_to_host(got_q.data(), d_q.data(), n, ctx().stream()));
+          NB_ASSERT_OK(cuda::copy_to_host(want_q.data(), d_q2.data(), n, ctx().stream()));
+          NB_ASSERT_OK(cuda::copy_to_host(got_d.data(), d_d.data(), got_d.size() * 4, ctx().stream()));
+          NB_ASSERT_OK(cuda::copy_to_host(want_d.data(), d_d2.data(), want_d.size() * 4, ctx().stream()));
+          NB_ASSERT_OK(ctx().synchronize());
+          EXPECT_TRUE(got_q == want_q) << what << ": codes differ";
+          EXPECT_TRUE(got_d == want_d) << what << ": scales differ";
+        }
+  // Codes need their scales and rows that divide n.
+  cuda::DeviceBuffer d_x = upload(std::vector<float>(64, 1.f)), d_q = poisoned(64), d_d = poisoned(16);
+  SwigluParams p{d_x.as<float>(), d_x.as<float>(), d_x.as<float>(), 64};
+  p.out_codes = d_q.as<int8_t>();
+  p.cols = 64;
+  EXPECT_EQ(cuda::swiglu(p, ctx()).code(), StatusCode::kInvalidArgument);
+  p.out_scales = d_d.as<float>();
+  p.cols = 48;
+  EXPECT_EQ(cuda::swiglu(p, ctx()).code(), StatusCode::kInvalidArgument);
 }
 
 TEST_F(CudaW8A8, RejectsOtherWeights) {

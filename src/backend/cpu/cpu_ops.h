@@ -22,6 +22,8 @@ void matmul(const MatmulParams& p, ThreadPool& pool);
 void rms_norm(const RmsNormParams& p);
 void rope(const RopeParams& p);
 void swiglu(const SwigluParams& p);
+// SwigluParams::out_codes / out_scales from out as stored (row quantizer); swiglu and ref::swiglu end with it.
+void swiglu_codes(const SwigluParams& p);
 void attention(const AttentionParams& p, ThreadPool& pool);  // batch_attention of one sequence
 // The whole batch's attention in one parallel region; a row's result does not depend on the batch.
 void batch_attention(const BatchAttentionParams& p, ThreadPool& pool);

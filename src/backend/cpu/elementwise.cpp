@@ -127,6 +127,14 @@ void swiglu(const SwigluParams& p) {
   }
 #endif
   for (; i < p.n; ++i) p.out[i] = p.gate[i] / (1.f + std::exp(-p.gate[i])) * p.up[i];
+  swiglu_codes(p);
+}
+
+void swiglu_codes(const SwigluParams& p) {
+  if (p.out_codes == nullptr || p.cols <= 0) return;
+  for (int64_t r = 0; r < p.n / p.cols; ++r) {
+    p.out_scales[r] = quantize_act_int8_row(p.out + r * p.cols, p.cols, p.out_codes + r * p.cols);
+  }
 }
 
 }  // namespace nb::cpu

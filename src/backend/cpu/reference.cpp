@@ -68,6 +68,7 @@ void swiglu(const SwigluParams& p) {
     const double g = p.gate[i];
     p.out[i] = static_cast<float>(g / (1.0 + std::exp(-g)) * p.up[i]);
   }
+  swiglu_codes(p);
 }
 
 void attention(const AttentionParams& p) {

@@ -175,6 +175,24 @@ __global__ void swiglu_kernel(const T* gate, const T* __restrict__ up, T* out, i
   }
 }
 
+// With int8 codes (SwigluParams::out_codes): one block per row of `cols` elements; each thread
+// writes its elements of out (the bits swiglu_kernel writes), then quantizes what it wrote, as
+// rms_norm_kernel's third pass does.
+template <typename T>
+__global__ void swiglu_codes_kernel(const T* gate, const T* __restrict__ up, T* out, int64_t cols, int8_t* codes,
+                                    float* scales) {
+  __shared__ float scratch[kRowThreads / 32];
+  const int64_t base = static_cast<int64_t>(blockIdx.x) * cols;
+  float amax = 0.f;
+  for (int64_t j = threadIdx.x; j < cols; j += kRowThreads) {
+    const float g = to_f32(gate[base + j]);
+    const T v = from_f32<T>(g / (1.f + expf(-g)) * to_f32(up[base + j]));
+    out[base + j] = v;
+    amax = fmaxf(amax, fabsf(to_f32(v)));
+  }
+  detail::act_int8_codes(out + base, cols, block_max(amax, scratch), codes + base, scales + blockIdx.x, kRowThreads);
+}
+
 // One block per token: copies its K and V rows into slot slot_mapping[t] (negative: padding, skip).
 template <typename T>
 __global__ void kv_write_kernel(const T* __restrict__ k, const T* __restrict__ v, T* __restrict__ k_cache,
@@ -273,8 +291,26 @@ Status rope(const RopeParams& p, Context& ctx) {
 }
 
 Status swiglu(const SwigluParams& p, Context& ctx) {
+  if ((p.out_codes == nullptr) != (p.out_scales == nullptr)) {
+    return invalid_argument("swiglu: out_codes and out_scales go together (both or neither)");
+  }
+  if (p.out_codes != nullptr && (p.cols <= 0 || p.n % p.cols != 0)) {
+    return invalid_argument("swiglu: with codes, cols must be positive and divide n (n " + std::to_string(p.n) +
+                            ", cols " + std::to_string(p.cols) + ")");
+  }
   if (p.n <= 0) return Status::Ok();
   cudaStream_t stream = detail::as_stream(ctx.stream());
+  if (p.out_codes != nullptr) {
+    NB_RETURN_IF_ERROR(check_grid_rows(p.n / p.cols, "swiglu"));
+    return detail::dispatch_act(p.act_dtype, "swiglu", [&](auto tag) -> Status {
+      using T = decltype(tag);
+      swiglu_codes_kernel<T><<<static_cast<unsigned>(p.n / p.cols), kRowThreads, 0, stream>>>(
+          reinterpret_cast<const T*>(p.gate), reinterpret_cast<const T*>(p.up), reinterpret_cast<T*>(p.out), p.cols,
+          p.out_codes, p.out_scales);
+      NB_CUDA_RETURN_IF_ERROR(cudaGetLastError());
+      return Status::Ok();
+    });
+  }
   const int64_t blocks = std::min<int64_t>(ceil_div(p.n, 256), int64_t{ctx.info().num_sms} * 16);
   return detail::dispatch_act(p.act_dtype, "swiglu", [&](auto tag) -> Status {
     using T = decltype(tag);

@@ -1,5 +1,6 @@
 // W8A8 GEMM on Hopper (sm_90a) with the scales in the epilogue: one CUTLASS 3 kernel (TMA loads,
-// int8 wgmma, warp-specialized ping-pong; two tile sizes, by M) computes
+// int8 wgmma, warp-specialized, persistent; four tile configurations, by M: cutlass/w8a8_sm90_gemm.cuh)
+// computes
 //   y[t, n] = to_T((float(sum_j xq[t, j] * wq[n, j]) * scale[n]) * d[t])
 // which is the arithmetic of w8a8.h's cuBLASLt path (int32 products, then the epilogue kernel) with
 // the int32 matrix never written to memory: the same bits, one kernel. Built only when the CUTLASS
@@ -19,8 +20,8 @@ namespace nb::cuda {
 bool w8a8_sm90_supported(int64_t m, int64_t n, int64_t k, DType out);
 
 // Up to this many rows the kernel uses 64 x 64 tiles (weight streaming at decode batch sizes),
-// above it 128 x 128 tiles in clusters of 2 (compute-bound). 128 unless NIBBLE_W8A8_SMALL_TILE_MAX_M
-// says otherwise (read once; a comparison switch).
+// above it 128-row tiles (compute-bound). 128 unless NIBBLE_W8A8_SMALL_TILE_MAX_M says otherwise
+// (read once; a comparison switch).
 int64_t w8a8_sm90_small_tile_max_m();
 
 // y[m, n] (row-major, dtype out) from xq[m, k] and wq[n, k] (row-major int8), scale[n], d[m] (f32).

@@ -246,7 +246,7 @@ Status CudaLlama::allocate_scratch() {
   NB_ASSIGN_OR_RETURN(hb2_, DeviceBuffer::allocate(t * hidden * ab));
   NB_ASSIGN_OR_RETURN(xg_, DeviceBuffer::allocate(static_cast<size_t>(max_rows_) * dim * ab));
   if (!layers_.empty() && is_w8a8(layers_[0].wq)) {
-    NB_ASSIGN_OR_RETURN(w8q_, DeviceBuffer::allocate(t * dim));
+    NB_ASSIGN_OR_RETURN(w8q_, DeviceBuffer::allocate(t * std::max(dim, hidden)));  // xb's codes, then SwiGLU's
     NB_ASSIGN_OR_RETURN(w8d_, DeviceBuffer::allocate(t * 4));
   }
   const size_t logits_bytes = static_cast<size_t>(max_rows_ * c.vocab_size) * 4;

@@ -147,7 +147,8 @@ class CudaLlama final : public ForwardBackend {
   // Activations for up to max_batch_tokens rows.
   DeviceBuffer x_, xb_, q_, k_, v_, att_, ob_, hb_, hb2_, xg_, logits_d_;
   // W8A8 models: the normed input's int8 codes [tokens, dim] and scales [tokens], made once for the
-  // linears that share it (q, k, v; gate, up). Empty for other models.
+  // linears that share it (q, k, v; gate, up), and SwiGLU's output's [tokens, hidden] for down_proj.
+  // Empty for other models.
   DeviceBuffer w8q_, w8d_;
   // A norm that writes xb, made to write xb's codes and scales into w8q_ / w8d_ too (W8A8 models).
   template <typename P>

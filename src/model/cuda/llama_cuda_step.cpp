@@ -143,8 +143,20 @@ Status CudaLlama::enqueue_layer(size_t l, const StepLayout& s, int64_t max_query
   const Tensor* gu_w[] = {&w.w_gate, &w.w_up};
   void* gu_y[] = {hb, hb2};
   NB_RETURN_IF_ERROR(shared_input(gu_w, gu_y, 2));
-  NB_RETURN_IF_ERROR(cuda::swiglu({hb, hb2, hb, n * c.hidden_dim, a}, ctx));
-  NB_RETURN_IF_ERROR(cuda::matmul({w.w_down, hb, ob, n, a}, ctx));
+  // W8A8 down_proj reads the codes SwiGLU writes of its output (w8q_ is free again: gate and up are done).
+  SwigluParams sw{hb, hb2, hb, n * c.hidden_dim, a};
+  const bool down_codes = w8q_.data() != nullptr && is_w8a8(w.w_down);
+  if (down_codes) {
+    sw.out_codes = w8q_.as<int8_t>();
+    sw.out_scales = w8d_.as<float>();
+    sw.cols = c.hidden_dim;
+  }
+  NB_RETURN_IF_ERROR(cuda::swiglu(sw, ctx));
+  if (down_codes) {
+    NB_RETURN_IF_ERROR(cuda::matmul_w8a8_quantized(w.w_down, w8q_.as<int8_t>(), w8d_.as<float>(), ob, n, a, ctx));
+  } else {
+    NB_RETURN_IF_ERROR(cuda::matmul({w.w_down, hb, ob, n, a}, ctx));
+  }
   const float* next_norm = l + 1 < layers_.size() ? layers_[l + 1].attn_norm : final_norm_;
   return cuda::add_rms_norm(w8a8_norm_codes(AddRmsNormParams{x, ob, next_norm, xb, n, dim, c.norm_eps, a}), ctx);
 }

@@ -129,7 +129,7 @@ std::string format_text(const ReportContext& ctx, const BenchReport& r, const Ru
   if (!r.counter_deltas.empty()) {
     out += "------------- Server counters (delta) -------------\n";
     for (const auto& [key, delta] : r.counter_deltas) {
-      if (delta != 0) line(&out, (key + ":").c_str(), fmt(delta, "%.0f"));
+      if (delta != 0) line(&out, (key + ":").c_str(), fmt(delta, delta == std::floor(delta) ? "%.0f" : "%.3f"));
     }
   }
   out += "==================================================\n";
