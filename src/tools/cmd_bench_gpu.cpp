@@ -195,14 +195,17 @@ int run_bench_gpu(int argc, char** argv) {
     ctx.reset();
 
     // Model prefill and batch-1 decode on a paged pool.
-    const int64_t bs = 16, seq_blocks = (std::max(p + n, sweep_ctx + n) + bs - 1) / bs;
-    NB_ASSIGN_OR_RETURN(KvStorage kv, KvStorage::create(*model, seq_blocks * std::max<int64_t>(max_b, 1), bs));
-    std::vector<int32_t> table(static_cast<size_t>(seq_blocks * std::max<int64_t>(max_b, 1)));
+    // KV for one sequence of p + n tokens (forward) and for the sweep's batches at their context.
+    const int64_t bs = 16, fwd_blocks = (p + n + bs - 1) / bs, seq_blocks = (sweep_ctx + n + 2 + bs - 1) / bs;
+    const int64_t pool_blocks = std::max(has("forward") ? fwd_blocks : 1,
+                                         has("sweep") ? seq_blocks * std::max<int64_t>(max_b, 1) : 1);
+    NB_ASSIGN_OR_RETURN(KvStorage kv, KvStorage::create(*model, pool_blocks, bs));
+    std::vector<int32_t> table(static_cast<size_t>(pool_blocks));
     for (size_t i = 0; i < table.size(); ++i) table[i] = static_cast<int32_t>(i);
     std::vector<int32_t> ids(static_cast<size_t>(p + n));
     for (size_t i = 0; i < ids.size(); ++i) ids[i] = static_cast<int32_t>((i * 7919 + 1) % static_cast<size_t>(c.vocab_size));
     std::vector<float> logits(static_cast<size_t>(std::max<int64_t>(max_b, 1) * c.vocab_size));
-    const std::span<const int32_t> t0(table.data(), static_cast<size_t>(seq_blocks));
+    const std::span<const int32_t> t0(table.data(), static_cast<size_t>(has("forward") ? fwd_blocks : 1));
     std::vector<double> pre, dec;
     for (int r = 0; r <= runs && has("forward"); ++r) {
       const auto s0 = std::chrono::steady_clock::now();

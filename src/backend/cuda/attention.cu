@@ -1,6 +1,8 @@
 // Paged attention for a batch of sequences (BatchAttentionParams): one kernel for prefill and decode,
 // flash-attention style (online softmax over key tiles held in shared memory), plus a merge kernel
-// for decode batches split along the keys (flash-decoding).
+// for decode batches split along the keys (flash-decoding). Prefill in f16/bf16 with head_dim 64 or
+// 128 goes to the tensor-core kernel of attention_mma.cu instead; this one covers the rest (f32,
+// quantized caches, other head sizes, decode).
 //
 // Work split. A block (128 threads) owns one (sequence, kv head, row tile, key split). Its "rows" are
 // the (query token, query head of the kv head's group) pairs, flattened token-major: row r is token
@@ -28,6 +30,7 @@
 #include <string>
 #include <type_traits>
 
+#include "backend/cuda/attention_mma.h"
 #include "backend/cuda/common.cuh"
 #include "backend/cuda/cuda_check.h"
 #include "backend/cuda/cuda_ops.h"
@@ -358,6 +361,8 @@ Status batch_attention(const BatchAttentionParams& p, Context& ctx) {
       p.num_seqs * p.num_kv_heads > 65535) {
     return invalid_argument("attention: batch too large for one launch (num_seqs * num_kv_heads <= 65535); split it");
   }
+  // Prefill with f16/bf16 and head_dim 64/128: the tensor-core kernel (attention_mma.cu).
+  if (attention_mma_applies(p)) return attention_mma(p, ctx);
   KvCacheDType kv = p.cache_dtype;
   switch (p.cache_dtype) {
     case KvCacheDType::kF32:

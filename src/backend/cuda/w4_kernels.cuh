@@ -7,6 +7,8 @@
 
 #include <cstdint>
 
+#include "backend/cuda/mma.cuh"
+
 namespace nb::cuda::w4 {
 
 // Per-row group parameters as the kernels use them: the scale, and the zero point folded into the
@@ -76,32 +78,7 @@ __device__ __forceinline__ void dequant_word(uint32_t w, const RowParams<__nv_bf
   }
 }
 
-// d += A(16 x 16, row) . B(16 x 8, col), f32 accumulators (PTX ISA fragment layouts).
-template <typename T>
-__device__ __forceinline__ void mma_16816(float d[4], const uint32_t a[4], uint32_t b0, uint32_t b1);
-
-template <>
-__device__ __forceinline__ void mma_16816<__half>(float d[4], const uint32_t a[4], uint32_t b0, uint32_t b1) {
-#if defined(NIBBLE_EMU)
-  emu_mma_16816_f16(d, a, b0, b1);
-#else
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-#endif
-}
-
-template <>
-__device__ __forceinline__ void mma_16816<__nv_bfloat16>(float d[4], const uint32_t a[4], uint32_t b0, uint32_t b1) {
-#if defined(NIBBLE_EMU)
-  emu_mma_16816_bf16(d, a, b0, b1);
-#else
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-#endif
-}
+// The tensor-core product (backend/cuda/mma.cuh).
+using detail::mma_16816;
 
 }  // namespace nb::cuda::w4
