@@ -83,6 +83,23 @@ std::vector<float> make_acts(int64_t m, int64_t k, uint32_t s, DType act) {
 
 class CudaW8A8 : public CudaTest {
  protected:
+  // An op's int8 codes and scales of its output (out_bytes, rows x cols in act) must be the bits
+  // quantize_act_int8 makes from that output.
+  void expect_quantizer_codes(const std::vector<uint8_t>& out_bytes, int64_t rows, int64_t cols, DType act,
+                              const cuda::DeviceBuffer& d_q, const cuda::DeviceBuffer& d_d, const std::string& what) {
+    const size_t n = static_cast<size_t>(rows * cols);
+    cuda::DeviceBuffer d_o = upload(out_bytes), d_q2 = poisoned(n), d_d2 = poisoned(static_cast<size_t>(rows) * 4);
+    NB_ASSERT_OK(cuda::quantize_act_int8(d_o.as<float>(), rows, cols, act, d_q2.as<int8_t>(), d_d2.as<float>(), ctx()));
+    std::vector<int8_t> got_q(n), want_q(n);
+    std::vector<float> got_d(static_cast<size_t>(rows)), want_d(static_cast<size_t>(rows));
+    NB_ASSERT_OK(cuda::copy_to_host(got_q.data(), d_q.data(), n, ctx().stream()));
+    NB_ASSERT_OK(cuda::copy_to_host(want_q.data(), d_q2.data(), n, ctx().stream()));
+    NB_ASSERT_OK(cuda::copy_to_host(got_d.data(), d_d.data(), got_d.size() * 4, ctx().stream()));
+    NB_ASSERT_OK(cuda::copy_to_host(want_d.data(), d_d2.data(), want_d.size() * 4, ctx().stream()));
+    NB_ASSERT_OK(ctx().synchronize());
+    EXPECT_TRUE(got_q == want_q) << what << ": codes differ";
+    EXPECT_TRUE(got_d == want_d) << what << ": scales differ";
+  }
   // One product on `c` (the fixture's Context unless given), checked against the reference.
   void check(int64_t m, int64_t n, int64_t k, DType act, uint32_t s, cuda::Context* c = nullptr,
              cuda::W8A8Path path = cuda::W8A8Path::kAuto, bool prequantized = false) {
@@ -254,18 +271,7 @@ TEST_F(CudaW8A8, NormCodesMatchQuantizer) {
           run(d_q.as<int8_t>(), d_d.as<float>(), &y_coded);
           if (HasFatalFailure()) return;
           EXPECT_TRUE(y_coded == y_plain) << what << ": y changed when codes are made";
-          // The quantizer on the norm's own output.
-          cuda::DeviceBuffer d_y = upload(y_coded), d_q2 = poisoned(n), d_d2 = poisoned(static_cast<size_t>(rows) * 4);
-          NB_ASSERT_OK(cuda::quantize_act_int8(d_y.as<float>(), rows, dim, act, d_q2.as<int8_t>(), d_d2.as<float>(), ctx()));
-          std::vector<int8_t> got_q(n), want_q(n);
-          std::vector<float> got_d(static_cast<size_t>(rows)), want_d(static_cast<size_t>(rows));
-          NB_ASSERT_OK(cuda::copy_to_host(got_q.data(), d_q.data(), n, ctx().stream()));
-          NB_ASSERT_OK(cuda::copy_to_host(want_q.data(), d_q2.data(), n, ctx().stream()));
-          NB_ASSERT_OK(cuda::copy_to_host(got_d.data(), d_d.data(), got_d.size() * 4, ctx().stream()));
-          NB_ASSERT_OK(cuda::copy_to_host(want_d.data(), d_d2.data(), want_d.size() * 4, ctx().stream()));
-          NB_ASSERT_OK(ctx().synchronize());
-          EXPECT_TRUE(got_q == want_q) << what << ": codes differ";
-          EXPECT_TRUE(got_d == want_d) << what << ": scales differ";
+          expect_quantizer_codes(y_coded, rows, dim, act, d_q, d_d, what);  // the quantizer on the norm's output
         }
   // Codes without scales (or the reverse) is a caller's mistake, not a silent skip.
   cuda::DeviceBuffer d_x = upload(std::vector<float>(64, 1.f)), d_w = upload(std::vector<float>(64, 1.f));
@@ -307,17 +313,7 @@ TEST_F(CudaW8A8, SwigluCodesMatchQuantizer) {
           run(d_q.as<int8_t>(), d_d.as<float>(), &o_coded);
           if (HasFatalFailure()) return;
           EXPECT_TRUE(o_coded == o_plain) << what << ": out changed when codes are made";
-          cuda::DeviceBuffer d_o = upload(o_coded), d_q2 = poisoned(n), d_d2 = poisoned(static_cast<size_t>(rows) * 4);
-          NB_ASSERT_OK(cuda::quantize_act_int8(d_o.as<float>(), rows, cols, act, d_q2.as<int8_t>(), d_d2.as<float>(), ctx()));
-          std::vector<int8_t> got_q(n), want_q(n);
-          std::vector<float> got_d(static_cast<size_t>(rows)), want_d(static_cast<size_t>(rows));
-          NB_ASSERT_OK(cuda::copy_to_host(got_q.data(), d_q.data(), n, ctx().stream()));
-          NB_ASSERT_OK(cuda::copy_to_host(want_q.data(), d_q2.data(), n, ctx().stream()));
-          NB_ASSERT_OK(cuda::copy_to_host(got_d.data(), d_d.data(), got_d.size() * 4, ctx().stream()));
-          NB_ASSERT_OK(cuda::copy_to_host(want_d.data(), d_d2.data(), want_d.size() * 4, ctx().stream()));
-          NB_ASSERT_OK(ctx().synchronize());
-          EXPECT_TRUE(got_q == want_q) << what << ": codes differ";
-          EXPECT_TRUE(got_d == want_d) << what << ": scales differ";
+          expect_quantizer_codes(o_coded, rows, cols, act, d_q, d_d, what);
         }
   // Codes need their scales and rows that divide n.
   cuda::DeviceBuffer d_x = upload(std::vector<float>(64, 1.f)), d_q = poisoned(64), d_d = poisoned(16);

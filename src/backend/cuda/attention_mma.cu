@@ -44,19 +44,6 @@ constexpr int kRows = 16 * kWarps;  // query rows a block
 constexpr int kKeys = 64;           // keys a tile
 constexpr int kVStride = kKeys + 8; // halves per row of V^T in shared memory
 
-struct MmaArgs {
-  const void* q;
-  void* out;
-  const void* k_cache;
-  const void* v_cache;
-  const int32_t* block_tables;
-  const int32_t* query_start;
-  const int32_t* start_pos;
-  int64_t block_table_stride;
-  int block_size, num_heads, num_kv_heads, group;
-  float scale;
-};
-
 template <typename T>
 __device__ __forceinline__ uint32_t bits16(T v) {
   uint16_t b;
@@ -79,25 +66,27 @@ __device__ __forceinline__ void split2(float p0, float p1, uint32_t& hi, uint32_
 }
 
 template <typename T, int D>
-__global__ void __launch_bounds__(kThreads) attention_mma_kernel(const MmaArgs a) {
+__global__ void __launch_bounds__(kThreads) attention_mma_kernel(const BatchAttentionParams p) {
   constexpr int kStride = D + 8;  // halves per row of the Q / K tile
   __shared__ __align__(16) uint16_t kq_s[kRows * kStride];  // Q, then each key tile's K: [row][d]
   __shared__ __align__(16) uint16_t vt_s[D * kVStride];     // the key tile's V, transposed: [d][key]
   __shared__ int64_t slot_s[kKeys];                         // element offset of key j's row; -1: none
 
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32, gid = lane / 4, tig = lane % 4;
-  const int seq = blockIdx.y / a.num_kv_heads, kvh = blockIdx.y % a.num_kv_heads;
-  const int q0 = a.query_start[seq];
-  const int rows_total = (a.query_start[seq + 1] - q0) * a.group;
-  const int sp = a.start_pos[seq];
+  const int num_heads = static_cast<int>(p.num_heads), num_kv_heads = static_cast<int>(p.num_kv_heads);
+  const int group = num_heads / num_kv_heads, block_size = static_cast<int>(p.block_size);
+  const int seq = blockIdx.y / num_kv_heads, kvh = blockIdx.y % num_kv_heads;
+  const int q0 = p.query_start[seq];
+  const int rows_total = (p.query_start[seq + 1] - q0) * group;
+  const int sp = p.start_pos[seq];
   const int row_begin = blockIdx.x * kRows;
   if (row_begin >= rows_total) return;  // the whole block
   const int rows_valid = min(kRows, rows_total - row_begin);
-  const int key_end = sp + (row_begin + rows_valid - 1) / a.group + 1;  // keys [0, key_end) are seen
-  const int64_t kv_row = static_cast<int64_t>(a.num_kv_heads) * D;
-  const T* q = static_cast<const T*>(a.q);
-  const T* kc = static_cast<const T*>(a.k_cache);
-  const T* vc = static_cast<const T*>(a.v_cache);
+  const int key_end = sp + (row_begin + rows_valid - 1) / group + 1;  // keys [0, key_end) are seen
+  const int64_t kv_row = static_cast<int64_t>(num_kv_heads) * D;
+  const T* q = reinterpret_cast<const T*>(p.q);
+  const T* kc = reinterpret_cast<const T*>(p.k_cache);
+  const T* vc = reinterpret_cast<const T*>(p.v_cache);
 
   // Q tile (zero rows past the valid ones), 8 elements a load.
   for (int e = tid; e < kRows * D / 8; e += kThreads) {
@@ -105,9 +94,9 @@ __global__ void __launch_bounds__(kThreads) attention_mma_kernel(const MmaArgs a
     uint4 v = make_uint4(0u, 0u, 0u, 0u);
     if (r < rows_valid) {
       const int row = row_begin + r;
-      const int64_t token = q0 + row / a.group;
-      const int head = kvh * a.group + row % a.group;
-      v = *reinterpret_cast<const uint4*>(q + (token * a.num_heads + head) * D + c);
+      const int64_t token = q0 + row / group;
+      const int head = kvh * group + row % group;
+      v = *reinterpret_cast<const uint4*>(q + (token * num_heads + head) * D + c);
     }
     *reinterpret_cast<uint4*>(&kq_s[r * kStride + c]) = v;
   }
@@ -127,13 +116,13 @@ __global__ void __launch_bounds__(kThreads) attention_mma_kernel(const MmaArgs a
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
     const int r = wr + gid + 8 * h;
-    qpos[h] = r < rows_valid ? sp + (row_begin + r) / a.group : -1;
+    qpos[h] = r < rows_valid ? sp + (row_begin + r) / group : -1;
   }
   float o[D / 8][4];
 #pragma unroll
   for (int j = 0; j < D / 8; ++j) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.f;
   float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
-  const int32_t* table = a.block_tables + static_cast<int64_t>(seq) * a.block_table_stride;
+  const int32_t* table = p.block_tables + static_cast<int64_t>(seq) * p.block_table_stride;
 
   for (int k0 = 0; k0 < key_end; k0 += kKeys) {
     __syncthreads();  // Q fragments / the previous tile's reads are done
@@ -141,8 +130,8 @@ __global__ void __launch_bounds__(kThreads) attention_mma_kernel(const MmaArgs a
       const int pos = k0 + tid;
       int64_t at = -1;
       if (pos < key_end) {
-        const int64_t block = table[pos / a.block_size];
-        at = (block * a.block_size + pos % a.block_size) * kv_row + static_cast<int64_t>(kvh) * D;
+        const int64_t block = table[pos / block_size];
+        at = (block * block_size + pos % block_size) * kv_row + static_cast<int64_t>(kvh) * D;
       }
       slot_s[tid] = at;
     }
@@ -181,7 +170,7 @@ __global__ void __launch_bounds__(kThreads) attention_mma_kernel(const MmaArgs a
 #pragma unroll
       for (int i = 0; i < 4; ++i) {
         const int key = k0 + jn * 8 + 2 * tig + (i & 1);
-        const float v = key <= qpos[i >> 1] ? s[jn][i] * a.scale : -INFINITY;
+        const float v = key <= qpos[i >> 1] ? s[jn][i] * p.scale : -INFINITY;
         s[jn][i] = v;
         mx[i >> 1] = fmaxf(mx[i >> 1], v);
       }
@@ -234,16 +223,16 @@ __global__ void __launch_bounds__(kThreads) attention_mma_kernel(const MmaArgs a
     }
   }
   if (!live) return;
-  T* out = static_cast<T*>(a.out);
+  T* out = reinterpret_cast<T*>(p.out);
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
     const int r = wr + gid + 8 * h;
     if (r >= rows_valid) continue;
     const float inv = 1.f / l[h];  // l >= 1: every valid row sees key 0 at least, and its own maximum
     const int row = row_begin + r;
-    const int64_t token = q0 + row / a.group;
-    const int head = kvh * a.group + row % a.group;
-    T* dst = out + (token * a.num_heads + head) * D + 2 * tig;
+    const int64_t token = q0 + row / group;
+    const int head = kvh * group + row % group;
+    T* dst = out + (token * num_heads + head) * D + 2 * tig;
 #pragma unroll
     for (int j = 0; j < D / 8; ++j) {
       *reinterpret_cast<uint32_t*>(dst + j * 8) = pack2<T>(o[j][2 * h] * inv, o[j][2 * h + 1] * inv);
@@ -279,21 +268,7 @@ Status attention_mma(const BatchAttentionParams& p, Context& ctx) {
                             "or 128 and 16-byte aligned q/k/v; use batch_attention");
   }
   if (p.num_seqs <= 0 || p.num_tokens <= 0) return Status::Ok();
-  MmaArgs a{};
-  a.q = p.q;
-  a.out = p.out;
-  a.k_cache = p.k_cache;
-  a.v_cache = p.v_cache;
-  a.block_tables = p.block_tables;
-  a.query_start = p.query_start;
-  a.start_pos = p.start_pos;
-  a.block_table_stride = p.block_table_stride;
-  a.block_size = static_cast<int>(p.block_size);
-  a.num_heads = static_cast<int>(p.num_heads);
-  a.num_kv_heads = static_cast<int>(p.num_kv_heads);
-  a.group = static_cast<int>(p.num_heads / p.num_kv_heads);
-  a.scale = p.scale;
-  const int64_t tiles = detail::ceil_div(p.max_query_len * a.group, int64_t{kRows});
+  const int64_t tiles = detail::ceil_div(p.max_query_len * (p.num_heads / p.num_kv_heads), int64_t{kRows});
   const dim3 grid(static_cast<unsigned>(tiles), static_cast<unsigned>(p.num_seqs * p.num_kv_heads));
   cudaStream_t stream = detail::as_stream(ctx.stream());
   return detail::dispatch_act(p.act_dtype, "attention_mma", [&](auto tag) -> Status {
@@ -302,9 +277,9 @@ Status attention_mma(const BatchAttentionParams& p, Context& ctx) {
       return invalid_argument("attention_mma: f32 activations");
     } else {
       if (p.head_dim == 64) {
-        attention_mma_kernel<T, 64><<<grid, kThreads, 0, stream>>>(a);
+        attention_mma_kernel<T, 64><<<grid, kThreads, 0, stream>>>(p);
       } else {
-        attention_mma_kernel<T, 128><<<grid, kThreads, 0, stream>>>(a);
+        attention_mma_kernel<T, 128><<<grid, kThreads, 0, stream>>>(p);
       }
       NB_CUDA_RETURN_IF_ERROR(cudaGetLastError());
       return Status::Ok();
