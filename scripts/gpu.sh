@@ -17,7 +17,8 @@
 #   NIBBLE_GPU_BENCH       benchmarks to run after the tests, comma-separated, or none (default:
 #                          7b,hf,load,serve): 7b = `nibble bench gpu` on a synthesized Llama-2-7B (f16;
 #                          decode vs roofline, prefill GEMM rate, batch sweep); hf = logits vs HF
-#                          transformers on that model; load = disk to first token (page cache warm);
+#                          transformers on that model (f16 and bf16, each also against HF in f32);
+#                          load = disk to first token (page cache warm);
 #                          serve = `nibble serve --device cuda` SmolLM2 + `nibble bench serve`;
 #                          7bab = decode batch 1 again with switches (NIBBLE_7B_AB, default "base prof
 #                          unfused": base = layer-by-layer fused kernels, prof = the persistent step with
@@ -221,8 +222,9 @@ if [ "${result[build]:-}" = ok ] && [ "$bench" != none ]; then
     record bench_gemm_pipe $?
   fi
   if has hf; then
-    python3 scripts/gpu_hf_compare.py "$nib" "$m7" f16 64 >"$out/hf_compare.txt" 2>&1
-    record hf_compare $?
+    rc=0
+    for dt in f16 bf16; do python3 scripts/gpu_hf_compare.py "$nib" "$m7" $dt 64 >>"$out/hf_compare.txt" 2>&1 || rc=1; done
+    record hf_compare $rc
   fi
   if has load; then
     for i in 1 2 3; do
