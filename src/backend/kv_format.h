@@ -80,6 +80,8 @@ NB_HD inline float kv_f16_value(uint16_t h) {
   return fp16_to_fp32(h);
 #endif
 }
+// A 2-byte f16 field (a scale or zero) of a pool at any byte offset.
+NB_HD inline float kv_f16_field(const uint8_t* p) { return kv_f16_value(static_cast<uint16_t>(p[0] | p[1] << 8)); }
 
 inline constexpr float kKvF16Max = 65504.f;
 

@@ -225,7 +225,17 @@ class CudaKvQuantAttention : public CudaTest {
     ASSERT_TRUE(st.ok()) << what << ": " << st.to_string();
     const std::vector<float> got = download_act(d_out, b.q.size(), act);
     EXPECT_TRUE(all_close(got, want, gpu_test::act_tol(act, 3e-5))) << what;
+    // The decode kernel (decode.cu) reads int8/int4 pools too: the same reference, every shape it takes.
+    if (cuda::decode_attention_applies(p)) {
+      cuda::DeviceBuffer d_out2 = poisoned(b.q.size() * gpu_test::elem_bytes(act));
+      p.out = d_out2.as<float>();
+      NB_ASSERT_OK(cuda::decode_attention(p, ctx()));
+      EXPECT_TRUE(all_close(download_act(d_out2, b.q.size(), act), want, gpu_test::act_tol(act, 3e-5)))
+          << what << " (decode_attention)";
+      ++decode_checks_;
+    }
   }
+  int decode_checks_ = 0;  // checks that ran decode_attention too
 };
 
 TEST_F(CudaKvQuantAttention, DecodeMatchesReference) {
@@ -251,6 +261,9 @@ TEST_F(CudaKvQuantAttention, DecodeMatchesReference) {
           if (HasFatalFailure()) return;
         }
     }
+  // f16/bf16, both splits: the two head_dim-128 cases with both caches, and the head_dim-64 one with
+  // int4 only (its int8 blocks, 7 x 3 x 64 codes + 42 scale bytes, are not a multiple of 8 bytes).
+  EXPECT_EQ(decode_checks_, 2 * 2 * 2 * 2 + 2 * 2);
 }
 
 TEST_F(CudaKvQuantAttention, PrefillMatchesReference) {

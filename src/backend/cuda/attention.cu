@@ -75,11 +75,6 @@ struct AttnArgs {
   bool word_loads;   // quantized: head_dim % 8 == 0 and 4-byte aligned rows, so 32-bit code loads
 };
 
-// A 2-byte f16 field of a pool at any byte offset.
-__device__ __forceinline__ float load_f16_field(const uint8_t* p) {
-  return kv_f16_value(static_cast<uint16_t>(p[0] | p[1] << 8));
-}
-
 template <typename T, int DMAX, KvCacheDType KV>
 __global__ void __launch_bounds__(kThreads) attention_kernel(const AttnArgs a) {
   constexpr bool kQuant = KV == KvCacheDType::kInt8 || KV == KvCacheDType::kInt4;
@@ -150,11 +145,11 @@ __global__ void __launch_bounds__(kThreads) attention_kernel(const AttnArgs a) {
         const uint8_t* kp = static_cast<const uint8_t*>(a.k_cache);
         const uint8_t* vp = static_cast<const uint8_t*>(a.v_cache);
         slot_s[tid] = a.kvf.value_offset(slot, kvh);
-        ks_s[tid] = load_f16_field(kp + a.kvf.scale_offset(slot, kvh));
-        vs_s[tid] = load_f16_field(vp + a.kvf.scale_offset(slot, kvh));
+        ks_s[tid] = kv_f16_field(kp + a.kvf.scale_offset(slot, kvh));
+        vs_s[tid] = kv_f16_field(vp + a.kvf.scale_offset(slot, kvh));
         if constexpr (KV == KvCacheDType::kInt4) {
-          kz_s[tid] = load_f16_field(kp + a.kvf.zero_offset(slot, kvh));
-          vz_s[tid] = load_f16_field(vp + a.kvf.zero_offset(slot, kvh));
+          kz_s[tid] = kv_f16_field(kp + a.kvf.zero_offset(slot, kvh));
+          vz_s[tid] = kv_f16_field(vp + a.kvf.zero_offset(slot, kvh));
         }
       } else {
         slot_s[tid] = slot * kv_row + static_cast<int64_t>(kvh) * a.head_dim;

@@ -13,6 +13,13 @@
 #include "core/dtype.h"
 #include "core/status.h"
 
+#if defined(NIBBLE_EMU)
+namespace emu {
+template <class F, class... Rest>
+void launch(F f, dim3 g, dim3 b, Rest...);  // tests/gpu/emu/emu.h
+}  // namespace emu
+#endif
+
 namespace nb::cuda::detail {
 
 template <typename T>
@@ -70,6 +77,10 @@ __device__ __forceinline__ void pdl_launch_dependents() {
 template <typename... KArgs, typename... Args>
 cudaError_t launch_pdl(void (*kernel)(KArgs...), dim3 grid, dim3 block, cudaStream_t stream, bool pdl,
                        Args&&... args) {
+#if defined(NIBBLE_EMU)  // the CPU emulator (tests/gpu/emu): an ordinary emulated launch
+  ::emu::launch([&]() { kernel(args...); }, grid, block);
+  return cudaSuccess;
+#endif
   cudaLaunchConfig_t cfg{};
   cfg.gridDim = grid;
   cfg.blockDim = block;

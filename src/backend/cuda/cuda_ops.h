@@ -57,8 +57,9 @@ int64_t w4_device_bytes(const Tensor& qgroup);
 // Decode-step fusions (gemv.cu, decode.cu); each checks with its *_applies whether it takes the Params.
 //   fused_linear     1..2 rows, f16/bf16 weights of the activation dtype, K % 8 == 0, 16-byte aligned.
 //   rope_kv_write    f16/bf16/f32, act-dtype cache.
-//   decode_attention one query token per sequence, head_dim 64 or 128, f16/bf16, act-dtype cache,
-//                    group <= 8; splits along the keys through ctx.workspace().
+//   decode_attention one query token per sequence, head_dim 64 or 128, f16/bf16, act-dtype cache or
+//                    int8/int4 pools (8- / 4-byte aligned blocks), group <= 8; splits along the keys
+//                    through ctx.workspace().
 // They launch with programmatic dependent launch when ctx.pdl().
 bool fused_linear_applies(const FusedLinearParams& p);
 Status fused_linear(const FusedLinearParams& p, Context& ctx);

@@ -1,7 +1,8 @@
-// The decode step's kernels besides the linears (gemv.cu), for f16/bf16 activations and an
-// act-dtype KV cache:
+// The decode step's kernels besides the linears (gemv.cu), for f16/bf16 activations:
 //   rope_kv_write     RoPE on q and k, and k, v into their cache slots, one block per (head, token);
-//   decode_attention  paged attention for one query token per sequence (flash-decoding).
+//   decode_attention  paged attention for one query token per sequence (flash-decoding), over an
+//                     act-dtype cache or an int8/int4 one (each lane dequantizes its 8 values of a
+//                     vector as it loads them: 8 or 4 bytes of codes and the vector's f16 scale/zero).
 //
 // decode_attention. A block (4 warps) owns one (sequence, kv head, key split) and every query head
 // of the kv head's group. A key's head vector (head_dim f16 = 128 or 256 bytes) is read by
@@ -98,9 +99,61 @@ struct DecArgs {
   float* part_out;  // [num_seqs, num_heads, max_splits, HD]
   float* part_ml;   // [num_seqs, num_heads, max_splits, 2]
   int32_t* counters;  // [num_seqs * num_kv_heads] finished splits, 0 between launches
+  KvBlockFormat kvf;  // the pools' format when quantized
 };
 
-template <typename T, int HD, int G>
+// One lane's 8 values of a key's (or value's) head vector as loaded: the act-dtype cache's 16 bytes,
+// or an int8 cache's 8 codes (w.x, w.y) / an int4 cache's 8 codes (w.x) with the vector's scale
+// and zero (backend/kv_format.h).
+struct Chunk {
+  uint4 w;
+  float s, z;
+};
+
+// `at`: the act-dtype cache's element offset of the lane's 8 values; a quantized cache's slot.
+template <typename T, int HD, KvCacheDType KV>
+__device__ __forceinline__ Chunk load_chunk(const void* pool, int64_t at_or_slot, int kvh, int dl, const DecArgs& a) {
+  Chunk c{make_uint4(0u, 0u, 0u, 0u), 0.f, 0.f};
+  if constexpr (KV == KvCacheDType::kF32) {
+    c.w = static_cast<const uint4*>(pool)[at_or_slot / 8];
+  } else {
+    const int64_t slot = at_or_slot;
+    const uint8_t* b = static_cast<const uint8_t*>(pool);
+    const int64_t at = a.kvf.value_offset(slot, kvh);
+    if constexpr (KV == KvCacheDType::kInt8) {
+      const uint2 v = *reinterpret_cast<const uint2*>(b + at + dl * 8);
+      c.w.x = v.x;
+      c.w.y = v.y;
+    } else {
+      c.w.x = *reinterpret_cast<const uint32_t*>(b + at + dl * 4);
+    }
+    c.s = kv_f16_field(b + a.kvf.scale_offset(slot, kvh));
+    if constexpr (KV == KvCacheDType::kInt4) c.z = kv_f16_field(b + a.kvf.zero_offset(slot, kvh));
+  }
+  return c;
+}
+
+// The chunk's 8 values: as stored, q * s (int8) or fmaf(q, s, z) (int4), the values
+// cpu::ref::kv_dequantize_head produces (and attention.cu's kernel).
+template <typename T, KvCacheDType KV>
+__device__ __forceinline__ void chunk_values(const Chunk& c, float f[8]) {
+  if constexpr (KV == KvCacheDType::kF32) {
+    const T* h = reinterpret_cast<const T*>(&c.w);
+#pragma unroll
+    for (int i = 0; i < 8; ++i) f[i] = to_f32(h[i]);
+  } else if constexpr (KV == KvCacheDType::kInt8) {
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+      const uint32_t w = i < 4 ? c.w.x : c.w.y;
+      f[i] = static_cast<float>(static_cast<int8_t>((w >> (8 * (i % 4))) & 0xFF)) * c.s;
+    }
+  } else {
+#pragma unroll
+    for (int i = 0; i < 8; ++i) f[i] = fmaf(static_cast<float>((c.w.x >> (4 * i)) & 15), c.s, c.z);
+  }
+}
+
+template <typename T, int HD, int G, KvCacheDType KV>
 __global__ void __launch_bounds__(kThreads) decode_attention_kernel(const DecArgs a) {
   constexpr int LPK = HD / 8;           // lanes per key
   constexpr int KPW = 32 / LPK;         // keys per warp per step
@@ -117,7 +170,6 @@ __global__ void __launch_bounds__(kThreads) decode_attention_kernel(const DecArg
   const int nk = min(a.split_keys, num_keys - key_lo);
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const int sub = lane / LPK, dl = lane % LPK;  // key within the warp step, 8-dim chunk within the key
-  const int64_t kv_row = static_cast<int64_t>(a.num_kv_heads) * HD;
   const int32_t* table = a.block_tables + static_cast<int64_t>(seq) * a.table_stride;
   const int head0 = kvh * a.group;
   // This lane's 8 query dimensions for each group row, pre-scaled.
@@ -135,35 +187,39 @@ __global__ void __launch_bounds__(kThreads) decode_attention_kernel(const DecArg
     }
   }
   for (int e = tid; e < G * HD; e += kThreads) o_s[e / HD][e % HD] = 0.f;
-  auto key_offset = [&](int j) -> int64_t {  // element offset of key j's (kv head) vector, chunk dl
+  // Key j's place for load_chunk: the element offset of this lane's 8 values (act-dtype cache) or
+  // the slot (quantized; load_chunk finds the bytes through the block format).
+  auto key_slot = [&](int j) -> int64_t {
     const int pos = key_lo + j;
     const int64_t blk = table[pos / a.block_size];
-    return (blk * a.block_size + pos % a.block_size) * kv_row + static_cast<int64_t>(kvh) * HD + dl * 8;
+    if constexpr (KV == KvCacheDType::kF32) {
+      return (blk * a.block_size + pos % a.block_size) * (static_cast<int64_t>(a.num_kv_heads) * HD) +
+             static_cast<int64_t>(kvh) * HD + dl * 8;
+    } else {
+      return blk * a.block_size + pos % a.block_size;
+    }
   };
-  const uint4* kc = static_cast<const uint4*>(a.k_cache);
-  const uint4* vc = static_cast<const uint4*>(a.v_cache);
+  const Chunk none{make_uint4(0u, 0u, 0u, 0u), 0.f, 0.f};
   // Pass 1: scores. The loop bound is uniform over the warp (the shuffles need every lane). A split
   // of at most KPB * kUnroll keys (the short splits of small batches) is one step: its V loads go
   // out with the K loads and stay in registers for pass 2 (one memory round trip in all).
   const bool one_step = nk <= KPB * kUnroll;
-  uint4 vpre[kUnroll];
+  Chunk vpre[kUnroll];
   for (int base = warp * KPW; base < nk; base += KPB * kUnroll) {
     const int j0 = base + sub;
-    uint4 kv[kUnroll];
+    Chunk kv[kUnroll];
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
       const int j = j0 + u * KPB;
-      const int64_t o = j < nk ? key_offset(j) / 8 : 0;
-      kv[u] = j < nk ? kc[o] : make_uint4(0, 0, 0, 0);
-      if (one_step) vpre[u] = j < nk ? vc[o] : make_uint4(0, 0, 0, 0);
+      const int64_t slot = j < nk ? key_slot(j) : 0;
+      kv[u] = j < nk ? load_chunk<T, HD, KV>(a.k_cache, slot, kvh, dl, a) : none;
+      if (one_step) vpre[u] = j < nk ? load_chunk<T, HD, KV>(a.v_cache, slot, kvh, dl, a) : none;
     }
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
       const int j = j0 + u * KPB;
-      const T* h = reinterpret_cast<const T*>(&kv[u]);
       float kf[8];
-#pragma unroll
-      for (int i = 0; i < 8; ++i) kf[i] = to_f32(h[i]);
+      chunk_values<T, KV>(kv[u], kf);
 #pragma unroll
       for (int g = 0; g < G; ++g) {
         float s = 0.f;
@@ -202,23 +258,24 @@ __global__ void __launch_bounds__(kThreads) decode_attention_kernel(const DecArg
     for (int i = 0; i < 8; ++i) acc[g][i] = 0.f;
   for (int base = warp * KPW; base < nk; base += KPB * kUnroll) {
     const int j0 = base + sub;
-    uint4 vv[kUnroll];
+    Chunk vv[kUnroll];
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
       const int j = j0 + u * KPB;
-      vv[u] = one_step ? vpre[u] : j < nk ? vc[key_offset(j) / 8] : make_uint4(0, 0, 0, 0);
+      vv[u] = one_step ? vpre[u] : j < nk ? load_chunk<T, HD, KV>(a.v_cache, key_slot(j), kvh, dl, a) : none;
     }
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
       const int j = j0 + u * KPB;
       if (j >= nk) break;
-      const T* h = reinterpret_cast<const T*>(&vv[u]);
+      float vf[8];
+      chunk_values<T, KV>(vv[u], vf);
 #pragma unroll
       for (int g = 0; g < G; ++g) {
         if (g < a.group) {
           const float p = s_s[g][j];
 #pragma unroll
-          for (int i = 0; i < 8; ++i) acc[g][i] = fmaf(p, to_f32(h[i]), acc[g][i]);
+          for (int i = 0; i < 8; ++i) acc[g][i] = fmaf(p, vf[i], acc[g][i]);
         }
       }
     }
@@ -274,20 +331,32 @@ __global__ void __launch_bounds__(kThreads) decode_attention_kernel(const DecArg
   if (tid == 0) a.counters[blockIdx.y] = 0;
 }
 
-template <typename T, int HD, int G>
+template <typename T, int HD, int G, KvCacheDType KV>
 Status launch_decode(const DecArgs& a, int64_t num_seqs, int splits, Context& ctx) {
   cudaStream_t s = detail::as_stream(ctx.stream());
   const dim3 grid(static_cast<unsigned>(splits), static_cast<unsigned>(num_seqs * a.num_kv_heads));
-  NB_CUDA_RETURN_IF_ERROR(detail::launch_pdl(decode_attention_kernel<T, HD, G>, grid, dim3(kThreads), s, ctx.pdl(), a));
+  NB_CUDA_RETURN_IF_ERROR(detail::launch_pdl(decode_attention_kernel<T, HD, G, KV>, grid, dim3(kThreads), s, ctx.pdl(), a));
   return Status::Ok();
 }
 
-template <typename T, int HD>
+template <typename T, int HD, KvCacheDType KV>
 Status launch_group(const DecArgs& a, int64_t num_seqs, int splits, Context& ctx) {
-  if (a.group == 1) return launch_decode<T, HD, 1>(a, num_seqs, splits, ctx);
-  if (a.group == 2) return launch_decode<T, HD, 2>(a, num_seqs, splits, ctx);
-  if (a.group <= 4) return launch_decode<T, HD, 4>(a, num_seqs, splits, ctx);
-  return launch_decode<T, HD, 8>(a, num_seqs, splits, ctx);
+  if (a.group == 1) return launch_decode<T, HD, 1, KV>(a, num_seqs, splits, ctx);
+  if (a.group == 2) return launch_decode<T, HD, 2, KV>(a, num_seqs, splits, ctx);
+  if (a.group <= 4) return launch_decode<T, HD, 4, KV>(a, num_seqs, splits, ctx);
+  return launch_decode<T, HD, 8, KV>(a, num_seqs, splits, ctx);
+}
+
+template <typename T, KvCacheDType KV>
+Status launch_dims(const DecArgs& a, int64_t head_dim, int64_t num_seqs, int splits, Context& ctx) {
+  return head_dim == 64 ? launch_group<T, 64, KV>(a, num_seqs, splits, ctx) : launch_group<T, 128, KV>(a, num_seqs, splits, ctx);
+}
+
+template <typename T>
+Status launch_cache(const DecArgs& a, KvCacheDType kv, int64_t head_dim, int64_t num_seqs, int splits, Context& ctx) {
+  if (kv == KvCacheDType::kInt8) return launch_dims<T, KvCacheDType::kInt8>(a, head_dim, num_seqs, splits, ctx);
+  if (kv == KvCacheDType::kInt4) return launch_dims<T, KvCacheDType::kInt4>(a, head_dim, num_seqs, splits, ctx);
+  return launch_dims<T, KvCacheDType::kF32>(a, head_dim, num_seqs, splits, ctx);
 }
 
 }  // namespace
@@ -320,8 +389,16 @@ Status rope_kv_write(const RopeKvWriteParams& p, Context& ctx) {
 
 bool decode_attention_applies(const BatchAttentionParams& p) {
   const int64_t group = p.num_kv_heads > 0 ? p.num_heads / p.num_kv_heads : 0;
+  // Quantized pools: every (slot, kv head) vector starts 8-byte (int8) / 4-byte (int4) aligned.
+  bool cache_ok = p.cache_dtype == KvCacheDType::kF32;
+  if (p.cache_dtype == KvCacheDType::kInt8 || p.cache_dtype == KvCacheDType::kInt4) {
+    const int64_t align = p.cache_dtype == KvCacheDType::kInt8 ? 8 : 4;
+    const KvBlockFormat f{p.cache_dtype, p.block_size, p.num_kv_heads, p.head_dim};
+    cache_ok = p.block_size > 0 && p.num_kv_heads > 0 && f.block_bytes() % align == 0 &&
+               reinterpret_cast<uintptr_t>(p.k_cache) % align == 0 && reinterpret_cast<uintptr_t>(p.v_cache) % align == 0;
+  }
   return p.max_query_len == 1 && p.num_tokens == p.num_seqs && (p.head_dim == 64 || p.head_dim == 128) &&
-         (p.act_dtype == DType::kF16 || p.act_dtype == DType::kBF16) && p.cache_dtype == KvCacheDType::kF32 &&
+         (p.act_dtype == DType::kF16 || p.act_dtype == DType::kBF16) && cache_ok &&
          group >= 1 && group <= 8 && p.num_heads % p.num_kv_heads == 0 && p.block_size > 0 &&
          p.num_seqs * p.num_kv_heads <= 65535 && p.max_context_len <= INT_MAX / 2;
 }
@@ -330,7 +407,7 @@ Status decode_attention(const BatchAttentionParams& p, Context& ctx) {
   if (p.num_seqs <= 0) return Status::Ok();
   if (!decode_attention_applies(p)) {
     return invalid_argument("decode_attention: needs one query token per sequence, head_dim 64 or 128, f16/bf16, an "
-                            "act-dtype cache and group <= 8; use batch_attention otherwise");
+                            "act-dtype, int8 or int4 cache and group <= 8; use batch_attention otherwise");
   }
   DecArgs a{};
   a.q = p.q;
@@ -345,6 +422,7 @@ Status decode_attention(const BatchAttentionParams& p, Context& ctx) {
   a.num_kv_heads = static_cast<int>(p.num_kv_heads);
   a.group = static_cast<int>(p.num_heads / p.num_kv_heads);
   a.scale = p.scale;
+  a.kvf = KvBlockFormat{p.cache_dtype, p.block_size, p.num_kv_heads, p.head_dim};
   // Small batches: short splits so that (sequence, kv head, split) blocks fill the GPU; large ones:
   // the longest split shared memory holds. The context forces a size in tests.
   // Small batches: splits of one load step (32 keys at head_dim 128, 64 at 64).
@@ -364,11 +442,8 @@ Status decode_attention(const BatchAttentionParams& p, Context& ctx) {
   a.part_ml = a.part_out + p.num_seqs * p.num_heads * splits * p.head_dim;
   a.counters = ctx.sync_counters();
   const int sp = static_cast<int>(splits);
-  if (p.act_dtype == DType::kF16) {
-    return p.head_dim == 64 ? launch_group<__half, 64>(a, p.num_seqs, sp, ctx) : launch_group<__half, 128>(a, p.num_seqs, sp, ctx);
-  }
-  return p.head_dim == 64 ? launch_group<__nv_bfloat16, 64>(a, p.num_seqs, sp, ctx)
-                          : launch_group<__nv_bfloat16, 128>(a, p.num_seqs, sp, ctx);
+  if (p.act_dtype == DType::kF16) return launch_cache<__half>(a, p.cache_dtype, p.head_dim, p.num_seqs, sp, ctx);
+  return launch_cache<__nv_bfloat16>(a, p.cache_dtype, p.head_dim, p.num_seqs, sp, ctx);
 }
 
 }  // namespace nb::cuda

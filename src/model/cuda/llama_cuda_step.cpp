@@ -78,7 +78,7 @@ Status CudaLlama::attention(size_t l, const StepLayout& s, int64_t max_query_len
   ap.head_dim = c.head_dim;
   ap.scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
   ap.act_dtype = dtype_;
-  ap.cache_dtype = kv.dtype;  // f32: the act-dtype cache; int8/int4: pools (decode_attention declines them)
+  ap.cache_dtype = kv.dtype;  // f32: the act-dtype cache; int8/int4: pools (both kernels read them)
   // The decode kernel when it takes the batch and its split workspace fits; the general one otherwise.
   if (fusion_ && cuda::decode_attention_applies(ap) && cuda::decode_attention(ap, *ctx_).ok()) return Status::Ok();
   return cuda::batch_attention(ap, *ctx_);

@@ -136,6 +136,12 @@ inline float __shfl_xor_sync(unsigned, float v, int o, int = 32) {
   __syncwarp();
   return r;
 }
+// Blocks run one after another and a fiber yields only at a sync point, so a read-modify-write is atomic.
+inline int atomicAdd(int* p, int v) { const int o = *p; *p += v; return o; }
+inline float atomicAdd(float* p, float v) { const float o = *p; *p += v; return o; }
+inline void __threadfence() {}
+template <class T>
+inline T __ldcg(const T* p) { return *p; }
 inline float rsqrtf(float x) { return 1.f / std::sqrt(x); }
 inline float __fmul_rn(float a, float b) { volatile float r = a * b; return r; }
 inline float __fadd_rn(float a, float b) { volatile float r = a + b; return r; }

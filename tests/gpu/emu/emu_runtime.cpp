@@ -29,6 +29,8 @@ Result<std::unique_ptr<Context>> Context::create(int ordinal, size_t ws) {
   c->info_.num_sms = 132;
   auto b = DeviceBuffer::allocate(ws);
   c->workspace_ = std::move(b).value();
+  c->sync_counters_ = std::move(DeviceBuffer::allocate(kSyncCounters * sizeof(int32_t))).value();
+  std::memset(c->sync_counters_.data(), 0, c->sync_counters_.size());
   return c;
 }
 Context::~Context() {}

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # CPU emulation of the CUDA kernels, for checking kernel LOGIC on a machine without a GPU before
-# spending device time: each kernel in src/backend/cuda/{attention,attention_mma,elementwise,kv_quant}.cu is compiled as
+# spending device time: each kernel in src/backend/cuda/{attention,attention_mma,decode,elementwise,kv_quant}.cu is compiled as
 # host C++ (gen.py rewrites `k<<<grid, block, ...>>>(args)` into emu::launch). A block's threads run
 # as fibers in one OS thread, one random runnable thread at a time up to its next sync point; a warp
 # is released as soon as its lanes meet, so warps drift apart as far as CUDA allows (a missing
@@ -21,6 +21,7 @@ out=${NIBBLE_EMU_OUT:-build-emu}  # a folder of your own when others emulate too
 mkdir -p "$out"
 python3 tests/gpu/emu/gen.py src/backend/cuda/attention.cu "$out/attention_emu.cpp"
 python3 tests/gpu/emu/gen.py src/backend/cuda/attention_mma.cu "$out/attention_mma_emu.cpp"
+python3 tests/gpu/emu/gen.py src/backend/cuda/decode.cu "$out/decode_emu.cpp"
 python3 tests/gpu/emu/gen.py src/backend/cuda/elementwise.cu "$out/elementwise_emu.cpp"
 python3 tests/gpu/emu/gen.py src/backend/cuda/kv_quant.cu "$out/kv_quant_emu.cpp"
 flags=(-std=c++20 -O1 -g -DNIBBLE_EMU "-DNIBBLE_SOURCE_DIR=\"$PWD\"" -Isrc -Itests/gpu/emu -Itests/gpu -I/usr/local/cuda/include -w)
@@ -32,6 +33,7 @@ g++ "${flags[@]}" -c tests/gpu/test_cuda_elementwise.cpp -o "$out/test_cuda_elem
 wait
 g++ "${flags[@]}" -c "$out/kv_quant_emu.cpp" -o "$out/kv_quant_emu.o" &
 g++ "${flags[@]}" -c "$out/attention_mma_emu.cpp" -o "$out/attention_mma_emu.o" &
+g++ "${flags[@]}" -c "$out/decode_emu.cpp" -o "$out/decode_emu.o" &
 g++ "${flags[@]}" -c tests/gpu/test_cuda_kv_quant.cpp -o "$out/test_cuda_kv_quant.o" &
 wait
 g++ -o "$out/emu_tests" "$out"/*.o "$lib" -lgtest -lgtest_main -lpcre2-8 -lpthread
