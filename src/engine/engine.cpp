@@ -444,6 +444,16 @@ void Engine::Impl::step() {
     return;
   }
   scheduler.on_step_done(sched);
+  // The step's counts are settled before any of its outputs reaches a callback (as retire does for
+  // a finished request); its host time after the forward is added at the end.
+  const auto seconds = [](Clock::duration d) { return std::chrono::duration<double>(d).count(); };
+  const double forward_s = seconds(t_forward_end - t_forward);
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    stats.num_steps += 1;
+    stats.num_prefill_steps += prompt_work > 0 ? 1 : 0;
+    (prompt_work > 0 ? stats.prefill_forward_seconds : stats.decode_forward_seconds) += forward_s;
+  }
 
   int64_t row = 0, generated = 0;
   for (const ScheduledSeq& s : sched.batch) {
@@ -470,12 +480,7 @@ void Engine::Impl::step() {
     }
     generated += accept(seq, next, std::move(lps));
   }
-  const auto seconds = [](Clock::duration d) { return std::chrono::duration<double>(d).count(); };
-  const double forward_s = seconds(t_forward_end - t_forward);
   std::lock_guard<std::mutex> lock(mu);
-  stats.num_steps += 1;
-  stats.num_prefill_steps += prompt_work > 0 ? 1 : 0;
-  (prompt_work > 0 ? stats.prefill_forward_seconds : stats.decode_forward_seconds) += forward_s;
   stats.step_host_seconds += seconds(Clock::now() - t_begin) - forward_s;
   stats.num_padding_tokens += sched.num_padding;
   stats.num_prompt_tokens_computed += prompt_work;

@@ -89,7 +89,8 @@ struct EngineStats {
   // Where the engine thread's time goes (wall clock, seconds since start): the model's forward in
   // steps that ran prompt tokens (prefill chunks, maybe with decodes) and in steps that did not
   // (decode only), and the rest of every step (scheduling, batch assembly, sampling on the host,
-  // emitting outputs). Time outside steps is the engine waiting for work.
+  // emitting outputs). Time outside steps is the engine waiting for work. A step's counts and forward
+  // time are in the stats before its outputs reach the callbacks; its host time only after them.
   int64_t num_prefill_steps = 0;            // steps that ran at least one prompt token
   double prefill_forward_seconds = 0, decode_forward_seconds = 0, step_host_seconds = 0;
 };

@@ -107,7 +107,8 @@ TEST(Engine, CancelFreesBlocks) {
 
 // The step counters split prefill from decode: one 100-token prompt under a 32-token budget runs
 // ceil(100 / 32) = 4 steps with prompt tokens (the last of them samples the first token), then
-// max_tokens - 1 decode-only steps; each kind's forward time is positive only when it ran.
+// max_tokens - 1 decode-only steps; each kind's forward time is positive only when it ran. The
+// counts are settled before the final output reaches the callback, so they can be read at once.
 TEST(Engine, StepCountersSplitPrefillFromDecode) {
   auto model = std::move(LlamaModel::create(testing::tiny_weights(), 2, 512).value());
   EngineConfig cfg;
