@@ -166,12 +166,18 @@ __global__ void rope_kernel(T* q, T* k, const int32_t* __restrict__ positions, c
   }
 }
 
+// silu(g) * u rounded to T: the one formula of both SwiGLU kernels, so codes and out agree bit for bit.
+template <typename T>
+__device__ __forceinline__ T silu_mul(T g, T u) {
+  const float gf = to_f32(g);
+  return from_f32<T>(gf / (1.f + expf(-gf)) * to_f32(u));
+}
+
 template <typename T>
 __global__ void swiglu_kernel(const T* gate, const T* __restrict__ up, T* out, int64_t n) {
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) {
-    const float g = to_f32(gate[i]);
-    out[i] = from_f32<T>(g / (1.f + expf(-g)) * to_f32(up[i]));
+    out[i] = silu_mul(gate[i], up[i]);
   }
 }
 
@@ -185,8 +191,7 @@ __global__ void swiglu_codes_kernel(const T* gate, const T* __restrict__ up, T* 
   const int64_t base = static_cast<int64_t>(blockIdx.x) * cols;
   float amax = 0.f;
   for (int64_t j = threadIdx.x; j < cols; j += kRowThreads) {
-    const float g = to_f32(gate[base + j]);
-    const T v = from_f32<T>(g / (1.f + expf(-g)) * to_f32(up[base + j]));
+    const T v = silu_mul(gate[base + j], up[base + j]);
     out[base + j] = v;
     amax = fmaxf(amax, fabsf(to_f32(v)));
   }
