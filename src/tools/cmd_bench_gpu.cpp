@@ -6,7 +6,8 @@
 //   decode (batch 1) ms/token after a P-token prompt; roofline = bytes read per token / copy
 //                    bandwidth, bytes = every linear weight + the output head + one embedding row
 //                    + the K/V read by attention at that position
-//   batch sweep      decode steps of B sequences at context C (KV contents do not matter for time)
+//   batch sweep      decode steps of B sequences at context C (KV contents do not matter for time),
+//                    greedy: each step ends with the argmax ids on the host, as in serving
 // --parts picks some of them (e.g. only the sweep, under a profiler); the copy bandwidth is always measured.
 // Medians of -r runs (kernel timings: tools/bench_cuda.h); CUDA graphs as the engine uses them.
 #include <algorithm>
@@ -260,11 +261,14 @@ int run_bench_gpu(int argc, char** argv) {
     }
     for (int64_t bsz : batches) {
       if (!has("sweep")) break;
-      std::vector<int32_t> toks(static_cast<size_t>(bsz), 1);
+      std::vector<int32_t> toks(static_cast<size_t>(bsz), 1), next(static_cast<size_t>(bsz));
       std::vector<double> steps;
       for (int64_t i = 0; i < n + 2; ++i) {
         ForwardBatch fb;
         fb.tokens = toks;
+        // As the engine's greedy decode: the argmax ids come back, not bsz x vocab logits (16 MB
+        // at batch 128 for a 32k vocabulary, a host copy the engine does not make).
+        fb.greedy_tokens = next.data();
         for (int64_t s = 0; s < bsz; ++s) {
           fb.seqs.push_back({1, sweep_ctx + i, std::span<const int32_t>(table.data() + s * seq_blocks, static_cast<size_t>(seq_blocks)), true});
         }

@@ -1,6 +1,7 @@
 // CUDA paged attention (cuda::batch_attention) against cpu::ref::batch_attention (= cpu::ref::attention
 // per sequence, double accumulation) with the same BatchAttentionParams: decode batches (one query per
-// sequence, contexts up to 4096, split-K automatic and forced) and prefill batches (causal, cached
+// sequence, contexts up to 4096, split-K automatic and forced; also through the decode step's kernel,
+// cuda::decode_attention, wherever it applies) and prefill batches (causal, cached
 // prefix, mixed lengths), GQA groups 1..16, head_dim 8..256, block sizes 1..64, shuffled block tables.
 // Cache slots outside the sequences' positions and block-table padding point at NaN, so reading
 // anything but the right slots poisons the output.
@@ -115,7 +116,18 @@ class CudaAttention : public CudaTest {
     ASSERT_TRUE(st.ok()) << what << ": " << st.to_string();
     const std::vector<float> got = download_act(d_out, b.q.size(), act);
     EXPECT_TRUE(all_close(got, want, gpu_test::act_tol(act, 3e-5))) << what;
+    // The decode step's kernel (decode.cu, what the model runs for decode batches): the same
+    // reference, on every batch it takes.
+    if (cuda::decode_attention_applies(p)) {
+      cuda::DeviceBuffer d_out2 = poisoned(b.q.size() * gpu_test::elem_bytes(act));
+      p.out = d_out2.as<float>();
+      NB_ASSERT_OK(cuda::decode_attention(p, ctx()));
+      EXPECT_TRUE(all_close(download_act(d_out2, b.q.size(), act), want, gpu_test::act_tol(act, 3e-5)))
+          << what << " (decode_attention)";
+      ++decode_checks_;
+    }
   }
+  int decode_checks_ = 0;  // checks that ran decode_attention too
 };
 
 TEST_F(CudaAttention, DecodeMatchesReference) {
@@ -147,6 +159,9 @@ TEST_F(CudaAttention, DecodeMatchesReference) {
         if (HasFatalFailure()) return;
       }
   }
+  // decode_attention takes f16/bf16 with head_dim 64/128 and groups <= 8: the first three shapes,
+  // every split.
+  EXPECT_EQ(decode_checks_, 3 * 2 * 4);
 }
 
 // A decode batch whose host-side max_context_len overstates the longest sequence: the extra splits
@@ -156,6 +171,7 @@ TEST_F(CudaAttention, DecodeWithLooseContextBound) {
     check({8, 2, 64, 16}, {1, 1}, {90, 10}, act, 1500, 32, /*extra_context=*/200);
     check({8, 2, 64, 16}, {1, 1}, {90, 10}, act, 1501, 0, /*extra_context=*/3000);
   }
+  EXPECT_EQ(decode_checks_, 2 * 2);  // f16 and bf16 through decode_attention too
 }
 
 TEST_F(CudaAttention, PrefillMatchesReference) {

@@ -7,6 +7,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <cstring>
 #include <string>
 #include <utility>
 
@@ -68,6 +69,36 @@ __device__ __forceinline__ void pdl_wait() {
 __device__ __forceinline__ void pdl_launch_dependents() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm volatile("griddepcontrol.launch_dependents;" :::);
+#endif
+}
+
+// Asynchronous global -> shared copies (sm_80+): N = 4, 8 or 16 bytes, both addresses N-aligned.
+// Each thread's copies since its last cp_async_commit form a group; cp_async_wait<P>() returns once
+// at most P of the thread's groups are still in flight (their bytes are then visible to this thread;
+// other threads need a __syncthreads after their own wait). 16-byte copies bypass L1 (.cg).
+template <int N>
+__device__ __forceinline__ void cp_async(void* smem, const void* gmem) {
+  static_assert(N == 4 || N == 8 || N == 16, "cp.async copies 4, 8 or 16 bytes");
+#if defined(NIBBLE_EMU)
+  memcpy(smem, gmem, N);
+#else
+  const auto s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+  if constexpr (N == 16) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(s), "l"(gmem) : "memory");
+  } else {
+    asm volatile("cp.async.ca.shared.global [%0], [%1], %2;\n" ::"r"(s), "l"(gmem), "n"(N) : "memory");
+  }
+#endif
+}
+__device__ __forceinline__ void cp_async_commit() {
+#if !defined(NIBBLE_EMU)
+  asm volatile("cp.async.commit_group;\n" ::: "memory");
+#endif
+}
+template <int P>
+__device__ __forceinline__ void cp_async_wait() {
+#if !defined(NIBBLE_EMU)
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(P) : "memory");
 #endif
 }
 

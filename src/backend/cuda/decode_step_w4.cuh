@@ -76,12 +76,6 @@ __device__ __forceinline__ W4Stage w4_stage_of(const StepArgs& a, int which, con
           d.group};
 }
 
-__device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(static_cast<unsigned>(__cvta_generic_to_shared(smem))),
-               "l"(gmem)
-               : "memory");
-}
-__device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_all;\n" ::: "memory"); }
 
 // Codes to exact integers q - z in T (the scale is applied to the f32 sums, per group, after the
 // mma). (w & 0x000f000f) | magic is the T pair (B + q_lo, B + q_hi), B = 1024 (f16: 0x6400) or 128
@@ -222,7 +216,7 @@ __device__ void w4_stage(const StepArgs& a, const W4Stage& s, const float* nw, c
       W4Mat m;
       int lt;
       locate(tb0 + tl, m, lt);
-      cp_async16(ps + static_cast<size_t>(tl) * groups * 16 + piece * 4,
+      detail::cp_async<16>(ps + static_cast<size_t>(tl) * groups * 16 + piece * 4,
                  m.params + static_cast<size_t>(lt) * groups * 16 + piece * 4);
     }
   }
@@ -230,7 +224,8 @@ __device__ void w4_stage(const StepArgs& a, const W4Stage& s, const float* nw, c
   float resid = 0.f;
   bar.wait();
   if (E == Epi::kAdd && threadIdx.x < nt * 16) resid = to_f32(__ldcg(static_cast<const T*>(a.x) + tb0 * 16 + threadIdx.x));
-  cp_async_wait_all();
+  detail::cp_async_commit();
+  detail::cp_async_wait<0>();
   // Stage the input in T, normalized when nw is given: copied as is (with the norm: its sum of
   // squares on the way), then normed in place, each thread rescaling the vectors it wrote.
   T* xst = reinterpret_cast<T*>(xs);
