@@ -22,6 +22,7 @@
 
 #include "backend/cpu/cpu_ops.h"
 #include "backend/cuda/cuda_ops.h"
+#include "attention_check.h"
 #include "gpu_test_util.h"
 #include "paged_layout.h"
 
@@ -79,7 +80,7 @@ std::string describe(const PagedBatch& b, DType act, int64_t split) {
   return s;
 }
 
-class CudaAttention : public CudaTest {
+class CudaAttention : public gpu_test::AttentionTest {
  protected:
   // Runs one batch on the GPU (with the given decode split; 0 = automatic) and checks every output.
   void check(const Shape& sh, const std::vector<int64_t>& tokens, const std::vector<int64_t>& start, DType act,
@@ -116,18 +117,8 @@ class CudaAttention : public CudaTest {
     ASSERT_TRUE(st.ok()) << what << ": " << st.to_string();
     const std::vector<float> got = download_act(d_out, b.q.size(), act);
     EXPECT_TRUE(all_close(got, want, gpu_test::act_tol(act, 3e-5))) << what;
-    // The decode step's kernel (decode.cu, what the model runs for decode batches): the same
-    // reference, on every batch it takes.
-    if (cuda::decode_attention_applies(p)) {
-      cuda::DeviceBuffer d_out2 = poisoned(b.q.size() * gpu_test::elem_bytes(act));
-      p.out = d_out2.as<float>();
-      NB_ASSERT_OK(cuda::decode_attention(p, ctx()));
-      EXPECT_TRUE(all_close(download_act(d_out2, b.q.size(), act), want, gpu_test::act_tol(act, 3e-5)))
-          << what << " (decode_attention)";
-      ++decode_checks_;
-    }
+    check_decode_kernel(p, b.q.size(), act, want, what);  // the decode step's kernel too, where it applies
   }
-  int decode_checks_ = 0;  // checks that ran decode_attention too
 };
 
 TEST_F(CudaAttention, DecodeMatchesReference) {

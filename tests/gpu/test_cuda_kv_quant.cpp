@@ -33,6 +33,7 @@
 #include "backend/cpu/cpu_ops.h"
 #include "backend/cuda/cuda_ops.h"
 #include "backend/kv_format.h"
+#include "attention_check.h"
 #include "gpu_test_util.h"
 #include "paged_layout.h"
 
@@ -186,7 +187,7 @@ BatchAttentionParams params_for(const QuantBatch& b) {
   return p;
 }
 
-class CudaKvQuantAttention : public CudaTest {
+class CudaKvQuantAttention : public gpu_test::AttentionTest {
  protected:
   void check(const Shape& sh, KvCacheDType kvt, const std::vector<int64_t>& tokens, const std::vector<int64_t>& start,
              DType act, uint32_t s, int64_t split_keys) {
@@ -225,17 +226,8 @@ class CudaKvQuantAttention : public CudaTest {
     ASSERT_TRUE(st.ok()) << what << ": " << st.to_string();
     const std::vector<float> got = download_act(d_out, b.q.size(), act);
     EXPECT_TRUE(all_close(got, want, gpu_test::act_tol(act, 3e-5))) << what;
-    // The decode kernel (decode.cu) reads int8/int4 pools too: the same reference, every shape it takes.
-    if (cuda::decode_attention_applies(p)) {
-      cuda::DeviceBuffer d_out2 = poisoned(b.q.size() * gpu_test::elem_bytes(act));
-      p.out = d_out2.as<float>();
-      NB_ASSERT_OK(cuda::decode_attention(p, ctx()));
-      EXPECT_TRUE(all_close(download_act(d_out2, b.q.size(), act), want, gpu_test::act_tol(act, 3e-5)))
-          << what << " (decode_attention)";
-      ++decode_checks_;
-    }
+    check_decode_kernel(p, b.q.size(), act, want, what);  // the decode step's kernel too, where it applies
   }
-  int decode_checks_ = 0;  // checks that ran decode_attention too
 };
 
 TEST_F(CudaKvQuantAttention, DecodeMatchesReference) {

@@ -7,7 +7,9 @@
 // decode_attention. A block (4 warps) owns one (sequence, kv head, key split) and every query head
 // of the kv head's group. A key's head vector (head_dim f16 = 128 or 256 bytes) is read by
 // head_dim / 8 lanes with one 16-byte load each, so a warp reads 32 / (head_dim / 8) keys at once and
-// the block 8 or 16; loads are issued kUnroll steps ahead. Pass 1 writes the scaled scores of the
+// the block 8 or 16; loads are issued kUnroll steps ahead. The split's block-table entries are read
+// into shared memory first, so a step's kUnroll loads go out together (a global table lookup in front
+// of each serialized them). Pass 1 writes the scaled scores of the
 // split's keys to shared memory; each group row's max and sum of exponentials follow; pass 2
 // accumulates p * V per lane (its 8 dimensions) and the block's key groups are summed in shared
 // memory. A sequence whose keys fit in one split writes its output directly; otherwise each split
@@ -99,7 +101,9 @@ struct DecArgs {
   float* part_out;  // [num_seqs, num_heads, max_splits, HD]
   float* part_ml;   // [num_seqs, num_heads, max_splits, 2]
   int32_t* counters;  // [num_seqs * num_kv_heads] finished splits, 0 between launches
-  KvBlockFormat kvf;  // the pools' format when quantized
+  // Quantized pools (backend/kv_format.h, KvBlockFormat, computed on the host): bytes of a block, and
+  // where its scales and zeros start in it.
+  int64_t block_bytes, scales_at, zeros_at;
 };
 
 // One lane's 8 values of a key's (or value's) head vector as loaded: the act-dtype cache's 16 bytes,
@@ -110,16 +114,23 @@ struct Chunk {
   float s, z;
 };
 
-// `at`: the act-dtype cache's element offset of the lane's 8 values; a quantized cache's slot.
+// Where a key's vector lies. Act-dtype cache: `at` is the element offset of the lane's 8 values.
+// Quantized: `at` is the byte offset of the key's cache block and `row` the vector's index in it
+// (slot in block * num_kv_heads + kv head), so no 64-bit division by the block size is needed here
+// (KvBlockFormat::value_offset's arithmetic, with the slot already split by the block table).
+struct KeyAt {
+  int64_t at;
+  int row;
+};
+
 template <typename T, int HD, KvCacheDType KV>
-__device__ __forceinline__ Chunk load_chunk(const void* pool, int64_t at_or_slot, int kvh, int dl, const DecArgs& a) {
+__device__ __forceinline__ Chunk load_chunk(const void* pool, KeyAt k, int dl, const DecArgs& a) {
   Chunk c{make_uint4(0u, 0u, 0u, 0u), 0.f, 0.f};
   if constexpr (KV == KvCacheDType::kF32) {
-    c.w = static_cast<const uint4*>(pool)[at_or_slot / 8];
+    c.w = static_cast<const uint4*>(pool)[k.at / 8];
   } else {
-    const int64_t slot = at_or_slot;
-    const uint8_t* b = static_cast<const uint8_t*>(pool);
-    const int64_t at = a.kvf.value_offset(slot, kvh);
+    const uint8_t* b = static_cast<const uint8_t*>(pool) + k.at;
+    const int64_t at = static_cast<int64_t>(k.row) * (KV == KvCacheDType::kInt8 ? HD : HD / 2);  // head_bytes()
     if constexpr (KV == KvCacheDType::kInt8) {
       const uint2 v = *reinterpret_cast<const uint2*>(b + at + dl * 8);
       c.w.x = v.x;
@@ -127,8 +138,8 @@ __device__ __forceinline__ Chunk load_chunk(const void* pool, int64_t at_or_slot
     } else {
       c.w.x = *reinterpret_cast<const uint32_t*>(b + at + dl * 4);
     }
-    c.s = kv_f16_field(b + a.kvf.scale_offset(slot, kvh));
-    if constexpr (KV == KvCacheDType::kInt4) c.z = kv_f16_field(b + a.kvf.zero_offset(slot, kvh));
+    c.s = kv_f16_field(b + a.scales_at + 2 * k.row);
+    if constexpr (KV == KvCacheDType::kInt4) c.z = kv_f16_field(b + a.zeros_at + 2 * k.row);
   }
   return c;
 }
@@ -161,6 +172,7 @@ __global__ void __launch_bounds__(kThreads) decode_attention_kernel(const DecArg
   __shared__ float s_s[G][kMaxSplitKeys];
   __shared__ float o_s[G][HD];
   __shared__ float m_s[G], l_s[G];
+  __shared__ int32_t table_s[kMaxSplitKeys + 1];  // the split's block-table entries
   pdl_launch_dependents();
   pdl_wait();
   const int seq = blockIdx.y / a.num_kv_heads, kvh = blockIdx.y % a.num_kv_heads;
@@ -172,6 +184,8 @@ __global__ void __launch_bounds__(kThreads) decode_attention_kernel(const DecArg
   const int sub = lane / LPK, dl = lane % LPK;  // key within the warp step, 8-dim chunk within the key
   const int32_t* table = a.block_tables + static_cast<int64_t>(seq) * a.table_stride;
   const int head0 = kvh * a.group;
+  const int blk0 = key_lo / a.block_size;
+  for (int e = tid; e <= (key_lo + nk - 1) / a.block_size - blk0; e += kThreads) table_s[e] = table[blk0 + e];
   // This lane's 8 query dimensions for each group row, pre-scaled.
   float qf[G][8];
 #pragma unroll
@@ -187,22 +201,24 @@ __global__ void __launch_bounds__(kThreads) decode_attention_kernel(const DecArg
     }
   }
   for (int e = tid; e < G * HD; e += kThreads) o_s[e / HD][e % HD] = 0.f;
-  // Key j's place for load_chunk: the element offset of this lane's 8 values (act-dtype cache) or
-  // the slot (quantized; load_chunk finds the bytes through the block format).
-  auto key_slot = [&](int j) -> int64_t {
+  __syncthreads();  // table_s
+  // Key j's place for load_chunk (KeyAt).
+  auto key_at = [&](int j) -> KeyAt {
     const int pos = key_lo + j;
-    const int64_t blk = table[pos / a.block_size];
+    const int64_t blk = table_s[pos / a.block_size - blk0];
     if constexpr (KV == KvCacheDType::kF32) {
-      return (blk * a.block_size + pos % a.block_size) * (static_cast<int64_t>(a.num_kv_heads) * HD) +
-             static_cast<int64_t>(kvh) * HD + dl * 8;
+      return {(blk * a.block_size + pos % a.block_size) * (static_cast<int64_t>(a.num_kv_heads) * HD) +
+                  static_cast<int64_t>(kvh) * HD + dl * 8,
+              0};
     } else {
-      return blk * a.block_size + pos % a.block_size;
+      return {blk * a.block_bytes, (pos % a.block_size) * a.num_kv_heads + kvh};
     }
   };
-  const Chunk none{make_uint4(0u, 0u, 0u, 0u), 0.f, 0.f};
   // Pass 1: scores. The loop bound is uniform over the warp (the shuffles need every lane). A split
   // of at most KPB * kUnroll keys (the short splits of small batches) is one step: its V loads go
-  // out with the K loads and stay in registers for pass 2 (one memory round trip in all).
+  // out with the K loads and stay in registers for pass 2 (one memory round trip in all). Keys past
+  // the split's end load the last key instead (their results are dropped), so a step's loads carry no
+  // conditions and go out together: with the table lookups in shared memory, one round trip a step.
   const bool one_step = nk <= KPB * kUnroll;
   Chunk vpre[kUnroll];
   for (int base = warp * KPW; base < nk; base += KPB * kUnroll) {
@@ -211,9 +227,9 @@ __global__ void __launch_bounds__(kThreads) decode_attention_kernel(const DecArg
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
       const int j = j0 + u * KPB;
-      const int64_t slot = j < nk ? key_slot(j) : 0;
-      kv[u] = j < nk ? load_chunk<T, HD, KV>(a.k_cache, slot, kvh, dl, a) : none;
-      if (one_step) vpre[u] = j < nk ? load_chunk<T, HD, KV>(a.v_cache, slot, kvh, dl, a) : none;
+      const KeyAt at = key_at(min(j, nk - 1));
+      kv[u] = load_chunk<T, HD, KV>(a.k_cache, at, dl, a);
+      if (one_step) vpre[u] = load_chunk<T, HD, KV>(a.v_cache, at, dl, a);
     }
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
@@ -262,7 +278,7 @@ __global__ void __launch_bounds__(kThreads) decode_attention_kernel(const DecArg
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
       const int j = j0 + u * KPB;
-      vv[u] = one_step ? vpre[u] : j < nk ? load_chunk<T, HD, KV>(a.v_cache, key_slot(j), kvh, dl, a) : none;
+      vv[u] = one_step ? vpre[u] : load_chunk<T, HD, KV>(a.v_cache, key_at(min(j, nk - 1)), dl, a);
     }
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
@@ -422,7 +438,10 @@ Status decode_attention(const BatchAttentionParams& p, Context& ctx) {
   a.num_kv_heads = static_cast<int>(p.num_kv_heads);
   a.group = static_cast<int>(p.num_heads / p.num_kv_heads);
   a.scale = p.scale;
-  a.kvf = KvBlockFormat{p.cache_dtype, p.block_size, p.num_kv_heads, p.head_dim};
+  const KvBlockFormat kvf{p.cache_dtype, p.block_size, p.num_kv_heads, p.head_dim};
+  a.block_bytes = kvf.block_bytes();
+  a.scales_at = kvf.scales_offset();
+  a.zeros_at = kvf.zeros_offset();
   // Small batches: short splits so that (sequence, kv head, split) blocks fill the GPU; large ones:
   // the longest split shared memory holds. The context forces a size in tests.
   // Small batches: splits of one load step (32 keys at head_dim 128, 64 at 64).
